@@ -1,0 +1,3 @@
+"""PhaseLM: Kuramoto oscillator dynamics inside language models, measured honestly."""
+
+__version__ = "0.1.0"

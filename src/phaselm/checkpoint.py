@@ -1,0 +1,540 @@
+"""Training checkpoints stored as safetensors + JSON only.
+
+Nothing here deserialises arbitrary Python objects: every tensor lives in a safetensors file
+and everything else is plain JSON, so opening a checkpoint from someone else can never run
+their code.
+
+A checkpoint is a directory::
+
+    model.safetensors          the module's state_dict
+    config.json                the caller's config plus {"format": "phaselm-checkpoint-v1"}
+    training_state.safetensors optimizer / scheduler / RNG / caller tensors   (optional)
+    training_state.json        the non-tensor rest, tensors referenced by name (optional)
+    COMPLETE                   written last: JSON manifest of the files above and their sizes
+
+Saves go to a hidden temporary sibling that is renamed into place only once ``COMPLETE`` is
+written, so an interrupted save leaves the previous checkpoint untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import numbers
+import os
+import random
+import re
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from phaselm.errors import PhaseLMError
+
+FORMAT = "phaselm-checkpoint-v1"
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+STATE_TENSORS_FILE = "training_state.safetensors"
+STATE_JSON_FILE = "training_state.json"
+COMPLETE_FILE = "COMPLETE"
+_KNOWN_FILES = {MODEL_FILE, CONFIG_FILE, STATE_TENSORS_FILE, STATE_JSON_FILE, COMPLETE_FILE}
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+# Markers used when encoding optimizer / scheduler state dicts as JSON.
+_TENSOR = "__tensor__"  # {"__tensor__": name} -> tensor stored under `name`
+_TUPLE = "__tuple__"  # tuples survive the round trip (e.g. AdamW betas)
+_INT_KEYS = "__int_keys__"  # dicts keyed by int (optimizer state is keyed by param id)
+_DROP = object()  # values JSON cannot hold (callables): left out, as torch itself does
+
+
+# --------------------------------------------------------------------------------------------
+# public API
+# --------------------------------------------------------------------------------------------
+
+
+def checkpoint_dir(run_dir: str | os.PathLike, step: int) -> Path:
+    """Where the checkpoint for ``step`` of a run lives: ``run_dir/checkpoints/step-000120``."""
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise PhaseLMError(f"checkpoint step must be a non-negative integer, got {step!r}; pass the training step")
+    return Path(run_dir) / "checkpoints" / f"step-{step:06d}"
+
+
+def is_checkpoint(directory: str | os.PathLike) -> bool:
+    """True if ``directory`` holds a complete checkpoint (manifest and file sizes check out)."""
+    try:
+        _require_complete(Path(directory))
+    except PhaseLMError:
+        return False
+    return True
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The complete ``run_dir/checkpoints/step-N`` with the highest N, or None if there is none.
+
+    Incomplete directories are skipped so a crash during a save falls back to the one before.
+    """
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return None
+    best: tuple[int, Path] | None = None
+    for entry in root.iterdir():
+        match = _STEP_DIR.match(entry.name)
+        if match and entry.is_dir() and is_checkpoint(entry):
+            step = int(match.group(1))
+            if best is None or step > best[0]:
+                best = (step, entry)
+    return best[1] if best else None
+
+
+def save_checkpoint(
+    directory: str | os.PathLike,
+    module: nn.Module,
+    config: dict,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any | None = None,
+    extra: dict | None = None,
+    extra_tensors: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Atomically write a checkpoint of ``module`` (plus optional training state) to ``directory``.
+
+    The training state (optimizer, scheduler, RNG states, ``extra``, ``extra_tensors``) is
+    written when any of optimizer / scheduler / extra / extra_tensors is given; RNG states are
+    captured with it. Returns the checkpoint path.
+    """
+    target = Path(directory)
+    _check_target(target)
+
+    # Encode everything before touching the disk, so bad input never leaves debris behind.
+    if not isinstance(config, dict):
+        raise PhaseLMError(f"checkpoint config for {target} must be a dict, got {type(config).__name__}; pass the model config as a dict")
+    if "format" in config:
+        raise PhaseLMError(f"checkpoint config for {target} must not contain the reserved key 'format'; rename that key")
+    config_text = _json_text({"format": FORMAT, **config}, f"config for {target}")
+    model_tensors = _prepare_tensors(module.state_dict())
+
+    with_state = any(x is not None for x in (optimizer, scheduler, extra, extra_tensors))
+    if with_state:
+        state_json, state_tensors = _encode_training_state(target, optimizer, scheduler, extra, extra_tensors)
+        state_text = _json_text(state_json, f"training state for {target}")
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"
+    tmp.mkdir()
+    try:
+        save_file(model_tensors, str(tmp / MODEL_FILE))
+        _fsync_file(tmp / MODEL_FILE)
+        _write_text(tmp / CONFIG_FILE, config_text)
+        if with_state:
+            save_file(state_tensors, str(tmp / STATE_TENSORS_FILE))
+            _fsync_file(tmp / STATE_TENSORS_FILE)
+            _write_text(tmp / STATE_JSON_FILE, state_text)
+        # The manifest records sizes so a later truncation is caught before any file is parsed.
+        files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}
+        _write_text(tmp / COMPLETE_FILE, json.dumps({"format": FORMAT, "files": files}, indent=2))
+        _fsync_dir(tmp)
+        _swap_into_place(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def load_config(directory: str | os.PathLike) -> dict:
+    """The caller's config saved with the checkpoint (without the format marker).
+
+    Checks first that the checkpoint is complete and in the expected format.
+    """
+    return _require_complete(Path(directory))
+
+
+def load_module_state(
+    directory: str | os.PathLike,
+    module: nn.Module,
+    expected_config: dict | None = None,
+    config_keys: Iterable[str] | None = None,
+) -> dict:
+    """Load the saved weights into ``module`` (strictly) and return the saved config.
+
+    With ``expected_config``, the values of ``config_keys`` (default: every key of
+    ``expected_config``) must equal the saved ones; the first difference is reported.
+    """
+    path = Path(directory)
+    config = _require_complete(path)
+
+    if expected_config is not None:
+        keys = list(config_keys) if config_keys is not None else list(expected_config)
+        for key in keys:
+            if key not in expected_config:
+                continue  # nothing to compare against
+            want = _json_normalise(expected_config[key])
+            if key not in config:
+                raise PhaseLMError(
+                    f"checkpoint {path} was saved without {key} but the config asks for {_show(want)}; "
+                    "use the matching recipe or a new output directory"
+                )
+            if config[key] != want:
+                raise PhaseLMError(
+                    f"checkpoint {path} was saved with {key}={_show(config[key])} but the config asks for "
+                    f"{_show(want)}; use the matching recipe or a new output directory"
+                )
+
+    saved = _load_safetensors(path, MODEL_FILE)
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in saved]
+    unexpected = [k for k in saved if k not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing tensors {_names(missing)}")
+        if unexpected:
+            parts.append(f"unexpected tensors {_names(unexpected)}")
+        raise PhaseLMError(
+            f"checkpoint {path} does not match the model ({'; '.join(parts)}); "
+            "build the model from the checkpoint's config or use a new output directory"
+        )
+    for name, tensor in expected.items():
+        if tuple(saved[name].shape) != tuple(tensor.shape):
+            raise PhaseLMError(
+                f"checkpoint {path} stores tensor {name} with shape {tuple(saved[name].shape)} but the model "
+                f"expects {tuple(tensor.shape)}; build the model from the checkpoint's config or use a new output directory"
+            )
+    module.load_state_dict(saved, strict=True)
+    return config
+
+
+def load_training_state(
+    directory: str | os.PathLike,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any | None = None,
+    restore_rng: bool = True,
+) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Restore optimizer / scheduler / RNG states; return ``(extra, extra_tensors)``.
+
+    Load the module weights first (``load_module_state``) so the optimizer's state is cast to
+    the parameters' device and dtype.
+    """
+    path = Path(directory)
+    _require_complete(path)
+    manifest = _read_manifest(path)
+    if STATE_JSON_FILE not in manifest or STATE_TENSORS_FILE not in manifest:
+        raise PhaseLMError(
+            f"checkpoint {path} has no training state ({STATE_JSON_FILE}); it holds weights only: "
+            "start a fresh run from it or resume from a full checkpoint"
+        )
+    try:
+        state = json.loads((path / STATE_JSON_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise _incomplete(path, STATE_JSON_FILE) from None
+    if not isinstance(state, dict):
+        raise _incomplete(path, STATE_JSON_FILE)
+    tensors = _load_safetensors(path, STATE_TENSORS_FILE)
+    try:
+        decoded = _decode(state, tensors)
+    except KeyError:
+        raise _incomplete(path, STATE_TENSORS_FILE) from None
+
+    if optimizer is not None:
+        if decoded.get("optimizer") is None:
+            raise PhaseLMError(f"checkpoint {path} was saved without optimizer state; resume without an optimizer or from another checkpoint")
+        try:
+            optimizer.load_state_dict(decoded["optimizer"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise PhaseLMError(
+                f"checkpoint {path} holds optimizer state that does not fit this optimizer ({_one_line(exc)}); "
+                "build the optimizer over the same parameters as when saving"
+            ) from None
+    if scheduler is not None:
+        if decoded.get("scheduler") is None:
+            raise PhaseLMError(f"checkpoint {path} was saved without scheduler state; resume without a scheduler or from another checkpoint")
+        scheduler.load_state_dict(decoded["scheduler"])
+    if restore_rng:
+        _restore_rng(decoded.get("rng") or {})
+    return decoded.get("extra") or {}, decoded.get("extra_tensors") or {}
+
+
+# --------------------------------------------------------------------------------------------
+# saving helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _check_target(target: Path) -> None:
+    """Refuse to replace anything that is not a checkpoint: the swap deletes the old directory."""
+    if target.exists() and not target.is_dir():
+        raise PhaseLMError(f"cannot save a checkpoint to {target}: it is a file; pick a directory path")
+    if target.is_dir():
+        foreign = sorted(p.name for p in target.iterdir() if p.name not in _KNOWN_FILES)
+        if foreign:
+            raise PhaseLMError(
+                f"cannot save a checkpoint to {target}: it holds files that are not part of a checkpoint "
+                f"({_names(foreign)}); pick another directory"
+            )
+
+
+def _swap_into_place(tmp: Path, target: Path) -> None:
+    """Rename ``tmp`` to ``target``; an existing target is moved aside and deleted only afterwards."""
+    old = None
+    if target.exists():
+        # os.replace cannot overwrite a non-empty directory, so the old one steps aside first.
+        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:12]}"
+        os.replace(target, old)
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        if old is not None:
+            os.replace(old, target)  # put the previous checkpoint back
+        raise
+    _fsync_dir(target.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _encode_training_state(target, optimizer, scheduler, extra, extra_tensors) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Split optimizer / scheduler / RNG / caller state into a JSON tree and named tensors."""
+    tensors: dict[str, torch.Tensor] = {}
+    state: dict[str, Any] = {"format": FORMAT}
+    state["optimizer"] = _encode(optimizer.state_dict(), "optimizer", tensors) if optimizer is not None else None
+    state["scheduler"] = _encode(scheduler.state_dict(), "scheduler", tensors) if scheduler is not None else None
+    state["rng"] = _encode(_capture_rng(), "rng", tensors)
+
+    if extra is not None and not isinstance(extra, dict):
+        raise PhaseLMError(f"checkpoint extra for {target} must be a dict, got {type(extra).__name__}; pass a JSON dict")
+    _json_text(extra or {}, f"checkpoint extra for {target} (pass tensors via extra_tensors)")
+    state["extra"] = extra or {}
+
+    names = {}
+    for name, tensor in (extra_tensors or {}).items():
+        if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
+            raise PhaseLMError(
+                f"checkpoint extra_tensors for {target} must map names to tensors, got {name!r}: "
+                f"{type(tensor).__name__}; pass e.g. {{'data_generator': g.get_state()}}"
+            )
+        names[name] = {_TENSOR: f"extra_tensors.{name}"}
+        tensors[f"extra_tensors.{name}"] = tensor
+    state["extra_tensors"] = names
+    return state, _prepare_tensors(tensors)
+
+
+def _capture_rng() -> dict:
+    """Every global RNG a training loop is likely to draw from."""
+    version, internal, gauss_next = random.getstate()
+    rng: dict[str, Any] = {
+        "torch_cpu": torch.get_rng_state(),
+        "python": {"version": version, "state": list(internal), "gauss_next": gauss_next},
+    }
+    if torch.cuda.is_available():
+        rng["torch_cuda"] = list(torch.cuda.get_rng_state_all())
+    try:
+        import numpy as np
+    except ImportError:
+        np = None
+    if np is not None:
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        rng["numpy"] = {
+            "bit_generator": name,
+            "keys": [int(k) for k in keys],
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        }
+    return rng
+
+
+def _restore_rng(rng: dict) -> None:
+    if "torch_cpu" in rng:
+        torch.set_rng_state(rng["torch_cpu"])
+    if "python" in rng:
+        py = rng["python"]
+        random.setstate((py["version"], tuple(py["state"]), py["gauss_next"]))
+    if rng.get("torch_cuda") and torch.cuda.is_available():
+        # Saved on a machine with more GPUs than this one: restore the ones that exist.
+        torch.cuda.set_rng_state_all(rng["torch_cuda"][: torch.cuda.device_count()])
+    if "numpy" in rng:
+        try:
+            import numpy as np
+        except ImportError:
+            return
+        st = rng["numpy"]
+        np.random.set_state(
+            (st["bit_generator"], np.array(st["keys"], dtype=np.uint32), st["pos"], st["has_gauss"], st["cached_gaussian"])
+        )
+
+
+def _prepare_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Detached, contiguous CPU tensors with no two sharing storage (safetensors refuses both)."""
+    out: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for name, tensor in tensors.items():
+        t = tensor.detach().to("cpu")
+        ptr = t.untyped_storage().data_ptr()
+        if not t.is_contiguous() or ptr in seen:
+            t = t.contiguous() if not t.is_contiguous() else t.clone()
+            ptr = t.untyped_storage().data_ptr()
+        seen.add(ptr)
+        out[name] = t
+    return out
+
+
+def _encode(obj: Any, name: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """JSON tree for ``obj``; tensors go to ``tensors`` under dotted names like ``optimizer.state.0.exp_avg``."""
+    if isinstance(obj, torch.Tensor):
+        while name in tensors:  # keys containing dots could collide; keep every tensor
+            name += "_"
+        tensors[name] = obj
+        return {_TENSOR: name}
+    if isinstance(obj, dict):
+        out = {}
+        for key, value in obj.items():
+            if not isinstance(key, (str, int)) or isinstance(key, bool):
+                continue
+            enc = _encode(value, f"{name}.{key}", tensors)
+            if enc is not _DROP:
+                out[str(key)] = enc
+        if obj and all(isinstance(k, int) and not isinstance(k, bool) for k in obj):
+            return {_INT_KEYS: out}
+        return out
+    if isinstance(obj, (list, tuple)):
+        items = []
+        for i, value in enumerate(obj):
+            enc = _encode(value, f"{name}.{i}", tensors)
+            items.append(None if enc is _DROP else enc)  # keep positions (LambdaLR lr_lambdas)
+        return {_TUPLE: items} if isinstance(obj, tuple) else items
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, numbers.Integral):
+        return int(obj)
+    if isinstance(obj, numbers.Real):
+        return float(obj)
+    return _DROP
+
+
+def _decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Inverse of ``_encode``."""
+    if isinstance(obj, dict):
+        if set(obj) == {_TENSOR}:
+            return tensors[obj[_TENSOR]]
+        if set(obj) == {_TUPLE}:
+            return tuple(_decode(v, tensors) for v in obj[_TUPLE])
+        if set(obj) == {_INT_KEYS}:
+            return {int(k): _decode(v, tensors) for k, v in obj[_INT_KEYS].items()}
+        return {k: _decode(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_decode(v, tensors) for v in obj]
+    return obj
+
+
+def _json_text(obj: Any, what: str) -> str:
+    try:
+        return json.dumps(obj, indent=2)
+    except (TypeError, ValueError) as exc:
+        raise PhaseLMError(f"{what} is not JSON-serialisable ({_one_line(exc)}); use plain numbers, strings, lists and dicts") from None
+
+
+def _write_text(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_file(path: Path) -> None:
+    # Data must be on disk before the rename publishes it, or a power cut could expose zeros.
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # some platforms cannot open directories; the rename is still atomic
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------------------------
+# loading helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _incomplete(path: Path, file: str) -> PhaseLMError:
+    return PhaseLMError(f"checkpoint {path} is incomplete or truncated ({file}): re-save it or pick an earlier checkpoint")
+
+
+def _read_manifest(path: Path) -> dict[str, int]:
+    try:
+        manifest = json.loads((path / COMPLETE_FILE).read_text(encoding="utf-8"))
+        files = manifest["files"]
+        if not isinstance(files, dict):
+            raise TypeError
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+        raise _incomplete(path, COMPLETE_FILE) from None
+    return files
+
+
+def _require_complete(path: Path) -> dict:
+    """Check marker, manifest sizes and format; return the caller's config."""
+    if not path.exists():
+        raise PhaseLMError(f"no checkpoint at {path}; check the path or train a model first")
+    if not path.is_dir():
+        raise PhaseLMError(f"no checkpoint at {path}: it is a file, not a checkpoint directory; pass the checkpoint directory")
+    for file, size in _read_manifest(path).items():
+        actual = path / file
+        if not actual.is_file() or actual.stat().st_size != size:
+            raise _incomplete(path, file)
+    for file in (MODEL_FILE, CONFIG_FILE):
+        if not (path / file).is_file():
+            raise _incomplete(path, file)
+    try:
+        config = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise _incomplete(path, CONFIG_FILE) from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        found = config.get("format") if isinstance(config, dict) else None
+        raise PhaseLMError(
+            f"checkpoint {path} has format {found!r}, expected {FORMAT!r} in {CONFIG_FILE}; "
+            "re-save it with this version of phaselm"
+        )
+    config = dict(config)
+    del config["format"]
+    return config
+
+
+def _load_safetensors(path: Path, file: str) -> dict[str, torch.Tensor]:
+    # safetensors raises its own error type for corrupt headers; any failure means a bad file.
+    try:
+        return load_file(str(path / file), device="cpu")
+    except Exception:
+        raise _incomplete(path, file) from None
+
+
+def _json_normalise(value: Any) -> Any:
+    """What ``value`` looks like after a JSON round trip (tuples -> lists), for comparisons."""
+    try:
+        return json.loads(json.dumps(value))
+    except (TypeError, ValueError):
+        return value
+
+
+def _show(value: Any) -> str:
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    text = _one_line(text)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _names(names: list[str], limit: int = 5) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
+
+
+def _one_line(obj: Any) -> str:
+    return " ".join(str(obj).split())

@@ -1,0 +1,191 @@
+"""Attach a Phase Core to one decoder layer of any Hugging Face causal LM, and detach it.
+
+    handle = graft(model, PhaseCoreConfig(), layer="middle")
+    out = model(input_ids)            # layer output now passes through the core
+    handle.last.order                 # R per (sample, position) of that call
+    handle.remove()                   # the model is exactly as before
+
+The hook replaces the layer's output (the first element when the layer returns a tuple). In
+``recurrent`` mode the carried phases belong to the generation cache the model passes to its
+layers (a ``transformers.Cache``), so cached generation continues the phases exactly where the
+prompt left them, and a forward pass without a cache always starts fresh.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch import nn
+
+from .errors import PhaseLMError
+from .phase_core import PhaseCore, PhaseCoreConfig, PhaseCoreOutput
+
+# Where the decoder layers live, by architecture family; the first path that resolves wins.
+LAYER_PATHS = (
+    "backbone.layers",  # Mamba, Mamba-2, FalconMamba
+    "transformer.h",  # GPT-2, GPT-J, GPT-Neo, Bloom, Falcon
+    "model.layers",  # Llama, Mistral, Qwen, Gemma, Phi
+    "rwkv.blocks",  # RWKV
+    "gpt_neox.layers",  # Pythia / GPT-NeoX
+    "model.decoder.layers",  # OPT
+    "transformer.blocks",  # MPT
+)
+
+
+def find_layers(model: nn.Module) -> tuple[nn.ModuleList, str]:
+    """The model's list of decoder layers and the attribute path it was found at."""
+    for path in LAYER_PATHS:
+        obj = model
+        for name in path.split("."):
+            obj = getattr(obj, name, None)
+            if obj is None:
+                break
+        if isinstance(obj, nn.ModuleList) and len(obj) > 0:
+            return obj, path
+    raise PhaseLMError(
+        f"cannot find the decoder layers of {type(model).__name__}: looked for "
+        f"{', '.join(LAYER_PATHS)}; graft onto a Mamba, GPT-2, Llama-style, RWKV, GPT-NeoX or OPT model"
+    )
+
+
+def resolve_layer(layer: int | str, n_layers: int) -> int:
+    """``"middle"`` → n_layers // 2 (layer 32 of 64, as in the seeds); negative ints count back."""
+    if layer == "middle":
+        return n_layers // 2
+    try:
+        index = int(layer)
+    except (TypeError, ValueError):
+        raise PhaseLMError(f"layer must be an integer or 'middle', got {layer!r}") from None
+    if not -n_layers <= index < n_layers:
+        raise PhaseLMError(
+            f"layer {index} is out of range: this model has {n_layers} layers (0..{n_layers - 1}); "
+            "pick one in range or use 'middle'"
+        )
+    return index % n_layers
+
+
+def _find_cache(args: tuple, kwargs: dict):
+    try:
+        from transformers.cache_utils import Cache
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return None
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, Cache):
+            return value
+    return None
+
+
+@dataclass
+class Recording:
+    """Detached R of every forward call made while recording, in call order."""
+
+    orders: list[torch.Tensor] = field(default_factory=list)
+
+    def sequence(self) -> torch.Tensor:
+        """R along the time axis (B, total positions): prompt then one column per new token."""
+        if not self.orders:
+            return torch.empty(0, 0)
+        return torch.cat(self.orders, dim=1)
+
+
+class Graft:
+    """A Phase Core attached to one layer of a model. Call ``remove()`` to detach it."""
+
+    def __init__(self, model: nn.Module, core: PhaseCore, layer_index: int, layer_path: str, freeze: bool):
+        self.model = model
+        self.core = core
+        self.layer_index = layer_index
+        self.layer_path = f"{layer_path}.{layer_index}"
+        self.last: PhaseCoreOutput | None = None
+        self._recordings: list[Recording] = []
+        # Recurrent phases belong to the generation cache they continue, not to the module.
+        self._states: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
+        if freeze:
+            for p in model.parameters():
+                p.requires_grad_(False)
+        layers, _ = find_layers(model)
+        self._handle = layers[layer_index].register_forward_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module, args, kwargs, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        cache = _find_cache(args, kwargs) if self.core.config.mode == "recurrent" else None
+        result = self.core(hidden, self._states.get(cache) if cache is not None else None)
+        if cache is not None:
+            self._states[cache] = result.state.detach()
+        self.last = result
+        for recording in self._recordings:
+            recording.orders.append(result.order.detach().cpu())
+        if isinstance(output, tuple):
+            return (result.hidden, *output[1:])
+        return result.hidden
+
+    @contextlib.contextmanager
+    def record(self):
+        """Collect R from every forward call inside the block (the "measured" condition)."""
+        recording = Recording()
+        self._recordings.append(recording)
+        try:
+            yield recording
+        finally:
+            self._recordings.remove(recording)
+
+    def remove(self) -> None:
+        """Detach the hook and restore the backbone's requires_grad flags."""
+        self._handle.remove()
+        for name, p in self.model.named_parameters():
+            if name in self._requires_grad:
+                p.requires_grad_(self._requires_grad[name])
+        self.last = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
+
+
+def hidden_size_of(model: nn.Module) -> int:
+    config = getattr(model, "config", None)
+    for name in ("hidden_size", "n_embd", "d_model"):
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    raise PhaseLMError(f"cannot tell the hidden size of {type(model).__name__}; set core.hidden_size")
+
+
+def graft(
+    model: nn.Module,
+    core: PhaseCore | PhaseCoreConfig | None = None,
+    layer: int | str = "middle",
+    freeze: bool = True,
+) -> Graft:
+    """Attach ``core`` (or a new core built from a config; default: the seeds' core) to ``layer``.
+
+    The backbone is frozen (only the core trains) unless ``freeze=False``. The core is moved
+    to the model's device and kept in float32.
+    """
+    layers, path = find_layers(model)
+    index = resolve_layer(layer, len(layers))
+    if core is None or isinstance(core, PhaseCoreConfig):
+        config = core or PhaseCoreConfig()
+        if config.hidden_size <= 0:
+            config = replace(config, hidden_size=hidden_size_of(model))
+        core = PhaseCore(config)
+    expected = hidden_size_of(model)
+    if core.config.hidden_size != expected:
+        raise PhaseLMError(
+            f"core hidden size {core.config.hidden_size} does not match the model's {expected}; "
+            "build the core with the backbone's hidden size"
+        )
+    if core.config.mode == "recurrent" and path == "rwkv.blocks":
+        raise PhaseLMError(
+            "recurrent core mode needs a model that passes a transformers Cache to its layers; "
+            "RWKV does not: use core.mode = 'token'"
+        )
+    device = next(model.parameters()).device
+    core.to(device=device, dtype=torch.float32)
+    return Graft(model, core, index, path, freeze)

@@ -1,0 +1,140 @@
+"""The Phase Core of Phase-Mamba: hidden state → oscillator phases → Kuramoto dynamics → R → modulation.
+
+Unlike the original code, every position gets its own phases from its own hidden state (no
+averaging over batch or sequence, so position t never sees tokens after t and samples never
+mix), the forward pass keeps no hidden mutable state, and modulation is the same in training
+and inference.
+
+Two dynamics modes:
+- ``token``: each position starts from phases projected from its hidden state and integrates
+  ``steps`` Euler updates. Fully parallel, stateless, trivially cache-friendly.
+- ``recurrent``: the phases at position t start from the phases of position t−1 plus the kick
+  projected from the hidden state at t. Sequential; the carried phases are the state that a
+  generation cache holds. With no previous state it equals ``token`` at the first position.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from . import oscillators
+from .errors import PhaseLMError
+
+MODES = ("token", "recurrent")
+MODULATIONS = ("order", "phase")
+
+
+@dataclass
+class PhaseCoreConfig:
+    """Phase Core settings. Defaults follow the seeds (N = 16, K = 2.0)."""
+
+    hidden_size: int = 0  # filled from the backbone when grafting
+    n_oscillators: int = 16
+    coupling: float = 2.0
+    dt: float = 0.1
+    steps: int = 8
+    mode: Literal["token", "recurrent"] = "token"
+    # "order": h' = h·(1 + α·R) (the paper); "phase": h' = h·(1 + gain·tanh(W[sin θ, cos θ]))
+    # (the original code).
+    modulation: Literal["order", "phase"] = "order"
+    # Both modulations start as the identity (α = 0, W = 0) so a fresh graft leaves the
+    # backbone's outputs unchanged; gradients still reach α and W from the first step.
+    alpha_init: float = 0.0
+    phase_gain: float = 0.1
+    omega_std: float = 1.0  # natural frequencies ω ~ N(0, omega_std²); K_c ≈ 1.6·omega_std
+    learn_coupling: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise PhaseLMError(f"core.mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.modulation not in MODULATIONS:
+            raise PhaseLMError(
+                f"core.modulation must be one of {', '.join(MODULATIONS)}, got {self.modulation!r}"
+            )
+        if self.n_oscillators < 2:
+            raise PhaseLMError(f"core.n_oscillators must be at least 2, got {self.n_oscillators}")
+        if self.steps < 0 or self.dt <= 0:
+            raise PhaseLMError(f"core.steps must be ≥ 0 and core.dt > 0, got steps={self.steps}, dt={self.dt}")
+        if self.coupling < 0:
+            raise PhaseLMError(f"core.coupling must be ≥ 0, got {self.coupling}")
+
+
+@dataclass
+class PhaseCoreOutput:
+    hidden: torch.Tensor  # (B, T, D) modulated hidden state, same dtype as the input
+    order: torch.Tensor  # (B, T) order parameter R per position, float32
+    phases: torch.Tensor  # (B, T, N) final phases per position, float32, unwrapped
+    state: torch.Tensor | None  # (B, N) phases to carry to the next position (recurrent mode)
+
+
+class PhaseCore(nn.Module):
+    def __init__(self, config: PhaseCoreConfig):
+        super().__init__()
+        if config.hidden_size <= 0:
+            raise PhaseLMError("PhaseCoreConfig.hidden_size must be set (the backbone's hidden size)")
+        self.config = config
+        d, n = config.hidden_size, config.n_oscillators
+        # Hidden-state scale grows with depth in most LMs; normalising first keeps the phase
+        # kick in a sensible range whatever layer the core sits at.
+        self.norm = nn.LayerNorm(d, elementwise_affine=False)
+        self.to_phase = nn.Linear(d, n)
+        self.omega = nn.Parameter(torch.randn(n) * config.omega_std)
+        log_k = torch.tensor(math.log(max(config.coupling, 1e-8)))
+        if config.learn_coupling:
+            self.log_coupling = nn.Parameter(log_k)
+        else:
+            self.register_buffer("log_coupling", log_k)
+        # Set by the drift controller between training steps, never by forward().
+        self.register_buffer("coupling_scale", torch.tensor(1.0))
+        if config.modulation == "order":
+            self.alpha = nn.Parameter(torch.tensor(float(config.alpha_init)))
+        else:
+            self.from_phase = nn.Linear(2 * n, d)
+            nn.init.zeros_(self.from_phase.weight)
+            nn.init.zeros_(self.from_phase.bias)
+
+    @property
+    def coupling(self) -> torch.Tensor:
+        """Effective K = base coupling × drift-controller scale."""
+        return torch.exp(self.log_coupling) * self.coupling_scale
+
+    def dynamics(self, hidden: torch.Tensor, state: torch.Tensor | None = None):
+        """Phases per position (B, T, N) and the state to carry (recurrent mode) or None."""
+        cfg = self.config
+        with oscillators.full_precision(hidden.device.type):
+            kick = self.to_phase(self.norm(hidden.float()))
+            k = self.coupling.float()
+            if cfg.mode == "token":
+                return oscillators.integrate(kick, self.omega, k, cfg.dt, cfg.steps), None
+            prev = state if state is not None else torch.zeros_like(kick[:, 0])
+            out = []
+            for t in range(kick.shape[1]):
+                prev = oscillators.integrate(prev + kick[:, t], self.omega, k, cfg.dt, cfg.steps)
+                out.append(prev)
+                # Wrapping the carried phases changes no sin/cos but keeps float32 precise
+                # over long sequences; remainder's gradient is 1 almost everywhere.
+                prev = torch.remainder(prev, 2 * math.pi)
+            return torch.stack(out, dim=1), prev
+
+    def modulate(self, hidden: torch.Tensor, order: torch.Tensor, phases: torch.Tensor) -> torch.Tensor:
+        if self.config.modulation == "order":
+            gain = 1.0 + self.alpha * order.unsqueeze(-1)
+        else:
+            features = torch.cat([torch.sin(phases), torch.cos(phases)], dim=-1)
+            gain = 1.0 + self.config.phase_gain * torch.tanh(self.from_phase(features))
+        return (hidden.float() * gain).to(hidden.dtype)
+
+    def forward(self, hidden: torch.Tensor, state: torch.Tensor | None = None) -> PhaseCoreOutput:
+        if hidden.dim() != 3 or hidden.shape[-1] != self.config.hidden_size:
+            raise PhaseLMError(
+                f"Phase Core expects hidden states (batch, seq, {self.config.hidden_size}), "
+                f"got {tuple(hidden.shape)}"
+            )
+        phases, new_state = self.dynamics(hidden, state)
+        order = oscillators.order_parameter(phases)
+        return PhaseCoreOutput(self.modulate(hidden, order, phases), order, phases, new_state)

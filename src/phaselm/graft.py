@@ -108,13 +108,47 @@ class Graft:
             for p in model.parameters():
                 p.requires_grad_(False)
         layers, _ = find_layers(model)
-        self._handle = layers[layer_index].register_forward_hook(self._hook, with_kwargs=True)
+        self._attention_mask: torch.Tensor | None = None
+        self._handles = [
+            layers[layer_index].register_forward_hook(self._hook, with_kwargs=True),
+            # The layers do not all see the 2-D padding mask, so catch it where the model does.
+            model.register_forward_pre_hook(self._capture_mask, with_kwargs=True),
+        ]
+
+    def _capture_mask(self, module, args, kwargs):
+        mask = kwargs.get("attention_mask")
+        self._attention_mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+
+    def _padding_mask(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """The columns of the model-level mask that belong to this call's positions."""
+        mask = self._attention_mask
+        batch, length = hidden.shape[:2]
+        if mask is None or mask.shape[0] != batch or mask.shape[1] < length:
+            return None
+        return mask[:, -length:].to(hidden.device)
+
+    def _track(self, cache) -> None:
+        """Make beam search's ``cache.reorder_cache(beam_idx)`` reorder our carried phases too."""
+        if getattr(cache, "_phaselm_tracked", False):
+            return
+        states, original = self._states, cache.reorder_cache
+
+        def reorder_cache(beam_idx, *args, **kwargs):
+            result = original(beam_idx, *args, **kwargs)
+            if cache in states:
+                states[cache] = states[cache].index_select(0, beam_idx.to(states[cache].device))
+            return result
+
+        cache.reorder_cache = reorder_cache
+        cache._phaselm_tracked = True
 
     def _hook(self, module, args, kwargs, output):
         hidden = output[0] if isinstance(output, tuple) else output
         cache = _find_cache(args, kwargs) if self.core.config.mode == "recurrent" else None
-        result = self.core(hidden, self._states.get(cache) if cache is not None else None)
+        mask = self._padding_mask(hidden) if self.core.config.mode == "recurrent" else None
+        result = self.core(hidden, self._states.get(cache) if cache is not None else None, mask)
         if cache is not None:
+            self._track(cache)
             self._states[cache] = result.state.detach()
         self.last = result
         for recording in self._recordings:
@@ -135,7 +169,8 @@ class Graft:
 
     def remove(self) -> None:
         """Detach the hook and restore the backbone's requires_grad flags."""
-        self._handle.remove()
+        for handle in self._handles:
+            handle.remove()
         for name, p in self.model.named_parameters():
             if name in self._requires_grad:
                 p.requires_grad_(self._requires_grad[name])

@@ -45,7 +45,7 @@ def tone_index(order: torch.Tensor) -> torch.Tensor:
 
 
 def tone_of(r: float) -> Tone:
-    return TONES[int(tone_index(torch.tensor(float(r))))]
+    return TONES[int(tone_index(torch.tensor(float(r), dtype=torch.float64)))]
 
 
 def tone_histogram(order: torch.Tensor) -> dict[str, int]:

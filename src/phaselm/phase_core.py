@@ -103,8 +103,13 @@ class PhaseCore(nn.Module):
         """Effective K = base coupling × drift-controller scale."""
         return torch.exp(self.log_coupling) * self.coupling_scale
 
-    def dynamics(self, hidden: torch.Tensor, state: torch.Tensor | None = None):
-        """Phases per position (B, T, N) and the state to carry (recurrent mode) or None."""
+    def dynamics(self, hidden: torch.Tensor, state: torch.Tensor | None = None, mask: torch.Tensor | None = None):
+        """Phases per position (B, T, N) and the state to carry (recurrent mode) or None.
+
+        ``mask`` (B, T), 1 for real tokens and 0 for padding: in recurrent mode a padded
+        position leaves the carried phases untouched, so a left-padded sample evolves exactly
+        as it would alone. Token mode needs no mask (positions are independent).
+        """
         cfg = self.config
         with oscillators.full_precision(hidden.device.type):
             kick = self.to_phase(self.norm(hidden.float()))
@@ -114,7 +119,10 @@ class PhaseCore(nn.Module):
             prev = state if state is not None else torch.zeros_like(kick[:, 0])
             out = []
             for t in range(kick.shape[1]):
-                prev = oscillators.integrate(prev + kick[:, t], self.omega, k, cfg.dt, cfg.steps)
+                new = oscillators.integrate(prev + kick[:, t], self.omega, k, cfg.dt, cfg.steps)
+                if mask is not None:
+                    new = torch.where(mask[:, t, None].bool(), new, prev)
+                prev = new
                 out.append(prev)
                 # Wrapping the carried phases changes no sin/cos but keeps float32 precise
                 # over long sequences; remainder's gradient is 1 almost everywhere.
@@ -129,12 +137,16 @@ class PhaseCore(nn.Module):
             gain = 1.0 + self.config.phase_gain * torch.tanh(self.from_phase(features))
         return (hidden.float() * gain).to(hidden.dtype)
 
-    def forward(self, hidden: torch.Tensor, state: torch.Tensor | None = None) -> PhaseCoreOutput:
+    def forward(
+        self, hidden: torch.Tensor, state: torch.Tensor | None = None, mask: torch.Tensor | None = None
+    ) -> PhaseCoreOutput:
         if hidden.dim() != 3 or hidden.shape[-1] != self.config.hidden_size:
             raise PhaseLMError(
                 f"Phase Core expects hidden states (batch, seq, {self.config.hidden_size}), "
                 f"got {tuple(hidden.shape)}"
             )
-        phases, new_state = self.dynamics(hidden, state)
+        if mask is not None and mask.shape != hidden.shape[:2]:
+            raise PhaseLMError(f"mask must be (batch, seq) = {tuple(hidden.shape[:2])}, got {tuple(mask.shape)}")
+        phases, new_state = self.dynamics(hidden, state, mask)
         order = oscillators.order_parameter(phases)
         return PhaseCoreOutput(self.modulate(hidden, order, phases), order, phases, new_state)

@@ -109,6 +109,7 @@ class Graft:
                 p.requires_grad_(False)
         layers, _ = find_layers(model)
         self._attention_mask: torch.Tensor | None = None
+        self.enabled = True
         self._handles = [
             layers[layer_index].register_forward_hook(self._hook, with_kwargs=True),
             # The layers do not all see the 2-D padding mask, so catch it where the model does.
@@ -143,6 +144,8 @@ class Graft:
         cache._phaselm_tracked = True
 
     def _hook(self, module, args, kwargs, output):
+        if not self.enabled:
+            return output
         hidden = output[0] if isinstance(output, tuple) else output
         cache = _find_cache(args, kwargs) if self.core.config.mode == "recurrent" else None
         mask = self._padding_mask(hidden) if self.core.config.mode == "recurrent" else None
@@ -166,6 +169,15 @@ class Graft:
             yield recording
         finally:
             self._recordings.remove(recording)
+
+    @contextlib.contextmanager
+    def disabled(self):
+        """Run the bare backbone inside the block (e.g. perplexity without the core)."""
+        previous, self.enabled = self.enabled, False
+        try:
+            yield self
+        finally:
+            self.enabled = previous
 
     def remove(self) -> None:
         """Detach the hook and restore the backbone's requires_grad flags."""

@@ -127,3 +127,33 @@ class DriftController:
         factor = {"BRAKE": self.config.brake_factor, "BOOST": self.config.boost_factor}.get(action, 1.0)
         self.scale = min(max(self.scale * factor, self.config.min_scale), self.config.max_scale)
         return action
+
+
+def _stats(x: torch.Tensor) -> dict[str, float]:
+    x = x.detach().double().flatten()
+    return {
+        "mean": float(x.mean()),
+        "std": float(x.std()) if x.numel() > 1 else 0.0,
+        "min": float(x.min()),
+        "max": float(x.max()),
+    }
+
+
+def summarize(order: torch.Tensor, uncertainty: torch.Tensor, zone: GoldilocksZone = GOLDILOCKS) -> dict:
+    """Per-token statistics of R, U and R·U, tone shares and Goldilocks residence.
+
+    ``order`` and ``uncertainty`` hold one value per token (any matching shapes); every number
+    is over tokens, never over batch means.
+    """
+    if order.shape != uncertainty.shape or order.numel() == 0:
+        raise PhaseLMError(f"summarize needs R and U of the same non-empty shape, got {tuple(order.shape)} and {tuple(uncertainty.shape)}")
+    counts = tone_histogram(order)
+    total = sum(counts.values())
+    return {
+        "n_tokens": int(order.numel()),
+        "order": _stats(order),
+        "uncertainty": _stats(uncertainty),
+        "ru": _stats(order * uncertainty),
+        "tones": {name: c / total for name, c in counts.items()},
+        "goldilocks_residence": zone.residence(order, uncertainty),
+    }

@@ -1,0 +1,138 @@
+"""Backbones: any Hugging Face causal LM by hub name or local folder, and a small Mamba to pretrain.
+
+Hubs are often unreachable on research clusters, so ``phaselm pretrain`` trains a small
+``MambaForCausalLM`` and saves it with ``save_pretrained`` plus its tokenizer; grafting then
+loads it through exactly the code path a hub name takes (``from_pretrained``).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .data import PretrainedTokenizer, Tokenizer, load_tokenizer
+from .errors import PhaseLMError
+
+
+@dataclass
+class MambaSpec:
+    """Shape of a Mamba (v1) backbone to pretrain; small defaults fit a CPU demo."""
+
+    hidden_size: int = 64
+    n_layers: int = 4
+    state_size: int = 16
+    expand: int = 2
+    conv_kernel: int = 4
+
+    def __post_init__(self) -> None:
+        for name in ("hidden_size", "n_layers", "state_size", "expand", "conv_kernel"):
+            if getattr(self, name) < 1:
+                raise PhaseLMError(f"model.{name} must be a positive integer, got {getattr(self, name)}")
+
+
+def build_mamba(spec: MambaSpec, vocab_size: int) -> nn.Module:
+    from transformers import MambaConfig, MambaForCausalLM
+
+    config = MambaConfig(
+        vocab_size=vocab_size,
+        hidden_size=spec.hidden_size,
+        num_hidden_layers=spec.n_layers,
+        state_size=spec.state_size,
+        expand=spec.expand,
+        conv_kernel=spec.conv_kernel,
+        pad_token_id=0,
+        bos_token_id=0,
+        eos_token_id=0,
+        tie_word_embeddings=True,
+    )
+    return MambaForCausalLM(config)
+
+
+def _is_local(name: str) -> bool:
+    # Hub ids are "name" or "owner/name"; anything else with path syntax is meant as a folder.
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).exists()
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Can we open a connection to the hub (HF_ENDPOINT or huggingface.co) within ``timeout``?"""
+    from urllib.parse import urlparse
+
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _from_pretrained(cls, name: str, local: bool):
+    """``cls.from_pretrained``; a hub id is served from the local cache when it is there, and an
+    unreachable hub fails at once instead of after a minute of retries."""
+    if local:
+        return cls.from_pretrained(name)
+    try:
+        return cls.from_pretrained(name, local_files_only=True)
+    except OSError:
+        pass
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") or not hub_reachable():
+        raise PhaseLMError(
+            f"cannot load hub model {name!r}: it is not in the local cache and the hub is unreachable "
+            "(offline?); download it elsewhere and pass its local folder"
+        )
+    return cls.from_pretrained(name)
+
+
+def load_backbone(name: str, device: str | torch.device = "cpu") -> tuple[nn.Module, Tokenizer]:
+    """Load a causal LM and its tokenizer from a local folder or a hub name.
+
+    A folder written by ``phaselm pretrain`` carries a PhaseLM tokenizer (tokenizer_meta.json);
+    any other folder or hub name uses its own Hugging Face tokenizer.
+    """
+    if not name:
+        raise PhaseLMError("no backbone given; set [backbone] name to a local model folder or a hub name")
+    from transformers import AutoModelForCausalLM
+
+    local = _is_local(name)
+    if local and not Path(name).is_dir():
+        raise PhaseLMError(f"backbone folder {name} does not exist; run `phaselm pretrain` first or fix the path")
+    if local and not (Path(name) / "config.json").is_file():
+        raise PhaseLMError(f"{name} is not a Hugging Face model folder (no config.json); point at a save_pretrained folder")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = _from_pretrained(AutoModelForCausalLM, name, local)
+    except (OSError, ValueError) as exc:
+        where = "folder" if local else "hub model"
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        hint = "" if local else " (offline? download it elsewhere and pass its local folder)"
+        raise PhaseLMError(f"cannot load {where} {name!r}: {reason}{hint}") from None
+    model.to(device)
+    model.eval()
+    if local and (Path(name) / "tokenizer_meta.json").is_file():
+        tokenizer = load_tokenizer(name)
+    else:
+        tokenizer = PretrainedTokenizer(name)
+    vocab = model.get_input_embeddings().num_embeddings
+    if tokenizer.vocab_size > vocab:
+        raise PhaseLMError(
+            f"the tokenizer of {name} has {tokenizer.vocab_size} tokens but the model only {vocab}; "
+            "save the tokenizer that the model was trained with beside it"
+        )
+    return model, tokenizer
+
+
+def save_backbone(model: nn.Module, tokenizer: Tokenizer, directory: str | os.PathLike) -> Path:
+    """``save_pretrained`` (safetensors) plus the tokenizer, into a new or empty folder."""
+    directory = Path(directory)
+    if directory.exists() and any(directory.iterdir()):
+        raise PhaseLMError(f"{directory} already exists and is not empty; choose a new folder")
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save(directory)
+    return directory

@@ -1,0 +1,153 @@
+"""Recipes: nested dataclasses read from and written to TOML.
+
+A recipe file has one table per section (``[backbone]``, ``[core]``, ``[train]``, …). Every key
+is checked against the dataclass: an unknown key names the closest known one, a value of the
+wrong type says which type it needs, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+import tomli_w
+
+from .errors import PhaseLMError
+
+T = TypeVar("T")
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """``value`` as type ``tp``, or a PhaseLMError naming ``where`` and the expected type."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+    elif origin in (Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(tp):
+            return None
+        for option in typing.get_args(tp):
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, where)
+            except PhaseLMError:
+                continue
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif origin in (list, tuple):
+        (item_type, *_) = typing.get_args(tp) or (Any,)
+        if isinstance(value, (list, tuple)):
+            items = [_coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
+            return tuple(items) if origin is tuple else items
+    elif tp is Any:
+        return value
+    raise PhaseLMError(f"{where} = {value!r} has the wrong type; it needs {_type_name(tp)}")
+
+
+def from_dict(cls: type[T], data: dict, where: str = "") -> T:
+    """Build dataclass ``cls`` from a (possibly nested) dict, checking every key and type."""
+    if not isinstance(data, dict):
+        raise PhaseLMError(f"[{where}] must be a table of settings, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        name = f"{where}.{key}" if where else key
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(fields)}"
+            section = f"[{where}]" if where else "the recipe"
+            raise PhaseLMError(f"unknown key {key!r} in {section}; {hint}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = from_dict(tp, value, name)
+        else:
+            kwargs[key] = _coerce(value, tp, name)
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> dict:
+    """A dataclass as a plain dict, with None values dropped (TOML has no null)."""
+
+    def clean(value):
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items() if v is not None}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+
+    return clean(dataclasses.asdict(obj))
+
+
+def load_recipe(cls: type[T], path: str | os.PathLike, overrides: dict | None = None) -> T:
+    """Read a TOML recipe into ``cls``; ``overrides`` ({"train.steps": 10}) win over the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise PhaseLMError(f"recipe {path} does not exist; pass a TOML file (see recipes/)")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise PhaseLMError(f"recipe {path} is not valid TOML: {exc}") from None
+    try:
+        return from_dict(cls, apply_overrides(data, overrides or {}))
+    except PhaseLMError as exc:
+        raise PhaseLMError(f"recipe {path}: {exc}") from None
+
+
+def apply_overrides(data: dict, overrides: dict) -> dict:
+    """Set dotted keys ("train.steps") in a nested dict, returning a new dict."""
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for dotted, value in overrides.items():
+        *sections, key = dotted.split(".")
+        node = data
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[key] = value
+    return data
+
+
+def dump_recipe(obj: Any) -> str:
+    """The recipe as TOML text (what a run directory stores as config.toml)."""
+    return tomli_w.dumps(to_dict(obj))
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"train.steps=10"`` → ("train.steps", 10): the value is read as a TOML value."""
+    if "=" not in text:
+        raise PhaseLMError(f"override {text!r} must look like section.key=value, e.g. train.steps=100")
+    key, raw = text.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # bare words are strings: core.mode=recurrent
+    return key.strip(), value

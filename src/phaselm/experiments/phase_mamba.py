@@ -1,0 +1,218 @@
+"""The Phase-Mamba experiment: pretrain a backbone, graft a Phase Core, train it, observe, report.
+
+Each stage is a function of a recipe (a dataclass loaded from TOML) and a run directory; the
+CLI commands ``pretrain``, ``train``, ``generate`` and ``demo`` are thin wrappers over them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from .. import checkpoint as ckpt
+from ..backbones import MambaSpec, build_mamba, load_backbone, save_backbone
+from ..config import dump_recipe, from_dict
+from ..data import build_tokenizer, encode_corpus, load_text, sequential_batches, train_val_split
+from ..errors import PhaseLMError
+from ..generation import generate
+from ..graft import Graft, graft, hidden_size_of
+from ..losses import LossConfig
+from ..observables import DriftConfig, normalized_entropy, summarize
+from ..phase_core import PhaseCoreConfig
+from ..reporting import write_report
+from ..training import LanguageModelObjective, PhaseCoreObjective, TrainConfig, train
+
+MODEL_FOLDER = "model"  # where `pretrain` puts the save_pretrained backbone inside its run
+
+
+@dataclass
+class CorpusConfig:
+    corpus: str = "tinyshakespeare"  # embedded corpus, a file, a folder, or "hf:NAME"
+    val_fraction: float = 0.1  # the last 10 % of the text validates
+
+
+@dataclass
+class TokenizerConfig:
+    kind: str = "char"  # "char", "bpe" or "pretrained"
+    vocab_size: int = 16000  # bpe only
+    pretrained: str = ""  # hub name or folder, kind = "pretrained" only
+
+
+@dataclass
+class PretrainRecipe:
+    model: MambaSpec = field(default_factory=MambaSpec)
+    data: CorpusConfig = field(default_factory=CorpusConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=3e-3, min_lr=3e-4))
+
+
+@dataclass
+class BackboneConfig:
+    name: str = ""  # hub name or local folder (e.g. runs/demo/backbone/model)
+    layer: int | str = "middle"
+
+
+@dataclass
+class SampleConfig:
+    prompt: str = "ROMEO:"
+    max_new_tokens: int = 200
+    temperature: float = 0.8
+    top_k: int = 0  # 0: no top-k filtering
+    seed: int = 0
+
+
+@dataclass
+class PhaseMambaRecipe:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    core: PhaseCoreConfig = field(default_factory=PhaseCoreConfig)
+    drift: DriftConfig = field(default_factory=lambda: DriftConfig(enabled=True))
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: CorpusConfig = field(default_factory=CorpusConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-2, min_lr=1e-3))
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+
+# --------------------------------------------------------------------------------------------
+# pretraining a backbone
+# --------------------------------------------------------------------------------------------
+
+
+def pretrain(
+    recipe: PretrainRecipe, run_dir: str | os.PathLike, resume: bool = False, progress: bool = True, command: str | None = None
+) -> Path:
+    """Train a small HF Mamba on the corpus; returns the ``save_pretrained`` folder."""
+    run_dir = Path(run_dir)
+    model_dir = run_dir / MODEL_FOLDER
+    if resume and model_dir.exists():
+        raise PhaseLMError(f"{run_dir} is already finished ({model_dir} exists); nothing to resume")
+    text = load_text(recipe.data.corpus)
+    tokenizer = build_tokenizer(recipe.tokenizer.kind, text, recipe.tokenizer.vocab_size, recipe.tokenizer.pretrained or None)
+    train_ids, val_ids = train_val_split(encode_corpus(tokenizer, text), recipe.data.val_fraction)
+    torch.manual_seed(recipe.train.seed)
+    model = build_mamba(recipe.model, tokenizer.vocab_size)
+    result = train(
+        LanguageModelObjective(model),
+        train_ids,
+        val_ids,
+        recipe.train,
+        run_dir,
+        dump_recipe(recipe),
+        resume=resume,
+        progress=progress,
+        description="pretrain",
+    )
+    save_backbone(model.cpu(), tokenizer, model_dir)
+    summary = {"val_ppl": result.evaluation["val_ppl"], "val_ce": result.evaluation["val_ce"], "parameters": _count(model)}
+    _write_json(run_dir / "summary.json", summary)
+    write_report(run_dir, "PhaseLM pretraining", summary, dump_recipe(recipe), [command or f"phaselm pretrain RECIPE --out {run_dir}"])
+    return model_dir
+
+
+# --------------------------------------------------------------------------------------------
+# grafting and training the Phase Core
+# --------------------------------------------------------------------------------------------
+
+
+def build_grafted(recipe: PhaseMambaRecipe, device: str = "cpu"):
+    """Load the recipe's backbone and graft a fresh core; returns (model, tokenizer, handle)."""
+    model, tokenizer = load_backbone(recipe.backbone.name, device)
+    core = recipe.core
+    if core.hidden_size not in (0, hidden_size_of(model)):
+        raise PhaseLMError(f"core.hidden_size {core.hidden_size} does not match the backbone's {hidden_size_of(model)}; leave it at 0")
+    handle = graft(model, replace(core, hidden_size=hidden_size_of(model)), layer=recipe.backbone.layer)
+    return model, tokenizer, handle
+
+
+def train_core(
+    recipe: PhaseMambaRecipe, run_dir: str | os.PathLike, resume: bool = False, progress: bool = True, command: str | None = None
+) -> dict:
+    """Graft, train the core, then observe it on validation text and write summary + report."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(recipe.train.seed)
+    model, tokenizer, handle = build_grafted(recipe, device)
+    text = load_text(recipe.data.corpus)
+    train_ids, val_ids = train_val_split(encode_corpus(tokenizer, text), recipe.data.val_fraction)
+    objective = PhaseCoreObjective(handle, recipe.loss, recipe.drift)
+    result = train(objective, train_ids, val_ids, recipe.train, run_dir, dump_recipe(recipe), resume, progress, "train core")
+    summary = observe(model, tokenizer, handle, val_ids, recipe)
+    summary.update(
+        trainable_parameters=_count(handle.core),
+        val_ppl_with_core=result.evaluation["val_ppl"],
+        val_ppl_without_core=result.evaluation["val_ppl_without_core"],
+        drift_actions=result.drift_actions,
+        coupling_scale=float(handle.core.coupling_scale),
+        graft_layer=handle.layer_path,
+    )
+    _write_json(Path(run_dir) / "summary.json", summary)
+    write_report(run_dir, "Phase-Mamba run", summary, dump_recipe(recipe), [command or f"phaselm train RECIPE --out {run_dir}"])
+    return summary
+
+
+@torch.no_grad()
+def observe(model, tokenizer, handle: Graft, val_ids: torch.Tensor, recipe: PhaseMambaRecipe) -> dict:
+    """Per-token R/U statistics on validation text, plus one blind and one measured sample."""
+    cfg = recipe.train
+    device = next(model.parameters()).device
+    orders, uncertainties = [], []
+    for i, (x, _) in enumerate(sequential_batches(val_ids, cfg.batch_size, cfg.seq_len)):
+        if i >= cfg.eval_batches:
+            break
+        logits = model(input_ids=x.to(device)).logits
+        orders.append(handle.last.order.flatten().cpu())
+        uncertainties.append(normalized_entropy(logits).flatten().cpu())
+    summary = summarize(torch.cat(orders), torch.cat(uncertainties))
+    s = recipe.sample
+    args = dict(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_k=s.top_k or None, seed=s.seed, handle=handle)
+    blind = generate(model, tokenizer, s.prompt, measured=False, **args)
+    measured = generate(model, tokenizer, s.prompt, measured=True, **args)
+    summary["samples"] = {
+        "prompt": s.prompt,
+        "blind": blind.text,
+        "measured_text": measured.text,
+        "measured": [r.__dict__ for r in measured.readings],
+    }
+    return summary
+
+
+def load_run(run_dir: str | os.PathLike, device: str = "cpu"):
+    """A trained Phase-Mamba run → (model, tokenizer, handle) with the core's latest weights."""
+    run_dir = Path(run_dir)
+    config_file = run_dir / "config.toml"
+    if not config_file.is_file():
+        raise PhaseLMError(f"{run_dir} is not a PhaseLM run (no config.toml); pass a run directory or a model folder")
+    from ..config import tomllib
+
+    recipe = from_dict(PhaseMambaRecipe, tomllib.loads(config_file.read_text(encoding="utf-8")))
+    latest = ckpt.latest_checkpoint(run_dir)
+    if latest is None:
+        raise PhaseLMError(f"{run_dir} holds no complete checkpoint; train it first (phaselm train)")
+    model, tokenizer, handle = build_grafted(recipe, device)
+    ckpt.load_module_state(latest, handle.core)
+    return model, tokenizer, handle, recipe
+
+
+def load_for_generation(path: str | os.PathLike, device: str = "cpu"):
+    """A run directory (grafted core) or a plain model folder → (model, tokenizer, handle or None)."""
+    path = Path(path)
+    if (path / "config.toml").is_file():
+        model, tokenizer, handle, _ = load_run(path, device)
+        return model, tokenizer, handle
+    model, tokenizer = load_backbone(str(path), device)
+    return model, tokenizer, None
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _count(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)

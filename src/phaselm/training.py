@@ -1,0 +1,374 @@
+"""The one training loop of PhaseLM (Accelerate): pretraining a backbone and training a grafted core.
+
+What trains is an :class:`Objective`: a module whose ``forward(x, y)`` returns the named loss
+terms, the logits and (when there are oscillators) R per position. The loop owns everything
+else: AdamW, warm-up + cosine, gradient clipping, bf16 autocast on CUDA, metrics JSONL,
+progress bar, checkpoints and ``resume``. It runs single-process on a CPU and unchanged under
+``accelerate launch``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import checkpoint as ckpt
+from .data import check_length, random_batch, sequential_batches
+from .errors import PhaseLMError
+from .graft import Graft
+from .losses import LossConfig, phase_lm_losses
+from .observables import GOLDILOCKS, DriftConfig, DriftController, normalized_entropy, tone_histogram
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 200
+    batch_size: int = 16
+    seq_len: int = 64
+    lr: float = 1e-3
+    min_lr: float = 1e-4  # the cosine ends here
+    warmup_steps: int = 20
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0
+    log_every: int = 10
+    eval_every: int = 0  # 0: evaluate only at the end
+    eval_batches: int = 8
+    checkpoint_every: int = 0  # 0: checkpoint only at the end
+    seed: int = 0
+    bf16: bool = True  # autocast in bf16 on CUDA; ignored on CPU
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "seq_len", "log_every", "eval_batches"):
+            if getattr(self, name) < 1:
+                raise PhaseLMError(f"train.{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "eval_every", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise PhaseLMError(f"train.{name} must be ≥ 0, got {getattr(self, name)}")
+        if not 0 < self.lr or not 0 <= self.min_lr <= self.lr:
+            raise PhaseLMError(f"train.lr must be > 0 and 0 ≤ train.min_lr ≤ lr, got lr={self.lr}, min_lr={self.min_lr}")
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to lr, then cosine down to min_lr at the last step (a LambdaLR factor)."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    floor = cfg.min_lr / cfg.lr
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@dataclass
+class StepOutput:
+    losses: dict[str, torch.Tensor]  # "loss" is what is minimised; the rest are logged
+    logits: torch.Tensor  # (B, T, V)
+    order: torch.Tensor | None = None  # (B, T) R per position, when the model has oscillators
+
+
+class Objective(nn.Module):
+    """Base class: subclasses set ``self.saved`` (the module to checkpoint) and define forward."""
+
+    saved: nn.Module
+
+    def after_step(self, out: StepOutput) -> dict:
+        """Called once per optimizer step; may act (drift) and returns extra metrics."""
+        return {}
+
+    def extra_state(self) -> dict:
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+    @torch.no_grad()
+    def evaluate(self, val_ids: torch.Tensor, batch_size: int, seq_len: int, max_batches: int) -> dict:
+        return {"val_ce": _mean_ce(self, val_ids, batch_size, seq_len, max_batches)}
+
+
+def _mean_ce(objective: nn.Module, ids, batch_size, seq_len, max_batches) -> float:
+    device = next(objective.parameters()).device
+    total, count = 0.0, 0
+    for i, (x, y) in enumerate(sequential_batches(ids, batch_size, seq_len)):
+        if i >= max_batches:
+            break
+        out = objective(x.to(device), y.to(device))
+        total += float(out.losses["ce"]) * y.numel()
+        count += y.numel()
+    return total / count
+
+
+class LanguageModelObjective(Objective):
+    """Plain next-token cross-entropy of a causal LM (pretraining a backbone)."""
+
+    def __init__(self, lm: nn.Module):
+        super().__init__()
+        self.lm = lm
+        self.saved = lm
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
+        logits = self.lm(input_ids=x).logits
+        ce = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        return StepOutput({"loss": ce, "ce": ce}, logits)
+
+
+class PhaseCoreObjective(Objective):
+    """A frozen backbone with a grafted Phase Core, trained on the Phase-Mamba losses.
+
+    The backbone and core are both submodules, so ``accelerate`` wraps one module and gradient
+    synchronisation covers the core's parameters (the only ones that require grad).
+    """
+
+    def __init__(self, handle: Graft, loss: LossConfig, drift: DriftConfig):
+        super().__init__()
+        self.handle = handle
+        self.backbone = handle.model
+        self.core = handle.core
+        self.saved = handle.core
+        self.loss_config = loss
+        self.drift = DriftController(drift) if drift.enabled else None
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
+        logits = self.backbone(input_ids=x).logits
+        order = self.handle.last.order
+        return StepOutput(phase_lm_losses(logits, y, order, self.loss_config), logits, order)
+
+    def after_step(self, out: StepOutput) -> dict:
+        metrics = {"coupling_scale": float(self.core.coupling_scale)}
+        if self.drift is not None:
+            action = self.drift.step(float(out.order.detach().mean()))
+            # Acts on the next step: K_eff = K · scale.
+            self.core.coupling_scale.fill_(self.drift.scale)
+            metrics["drift_action"] = action
+        return metrics
+
+    def extra_state(self) -> dict:
+        return {"drift_scale": self.drift.scale if self.drift else 1.0}
+
+    def load_extra_state(self, state: dict) -> None:
+        if self.drift is not None:
+            self.drift.scale = float(state.get("drift_scale", 1.0))
+
+    @torch.no_grad()
+    def evaluate(self, val_ids, batch_size, seq_len, max_batches) -> dict:
+        with_core = _mean_ce(self, val_ids, batch_size, seq_len, max_batches)
+        with self.handle.disabled():
+            without_core = _mean_ce(self, val_ids, batch_size, seq_len, max_batches)
+        return {
+            "val_ce": with_core,
+            "val_ce_without_core": without_core,
+            "val_ppl_without_core": math.exp(min(without_core, 50.0)),
+        }
+
+
+def step_metrics(out: StepOutput) -> dict:
+    """Observables of one training batch, per token (never on batch means)."""
+    with torch.no_grad():
+        metrics = {k: float(v) for k, v in out.losses.items()}
+        u = normalized_entropy(out.logits.detach())
+        metrics["u_mean"] = float(u.mean())
+        if out.order is not None:
+            r = out.order.detach().float()
+            metrics.update(
+                r_mean=float(r.mean()),
+                r_min=float(r.min()),
+                r_max=float(r.max()),
+                ru_mean=float((r * u).mean()),
+                tones=tone_histogram(r),
+                goldilocks_residence=GOLDILOCKS.residence(r, u),
+            )
+    return metrics
+
+
+# --------------------------------------------------------------------------------------------
+# run directory
+# --------------------------------------------------------------------------------------------
+
+
+# Files that make a directory a run; a new run refuses a directory holding any of them. Other
+# content (a backbone folder the demo pretrains beside, a user's notes) is left alone.
+RUN_MARKERS = ("config.toml", "metrics.jsonl", "checkpoints", "summary.json", "report.md")
+
+
+def prepare_run_dir(run_dir: str | os.PathLike, config_text: str, resume: bool) -> Path:
+    """Create a fresh run directory, or check the one being resumed. Never overwrites a run."""
+    run_dir = Path(run_dir)
+    config_file = run_dir / "config.toml"
+    if resume:
+        if not config_file.is_file():
+            raise PhaseLMError(f"cannot resume {run_dir}: it holds no config.toml; start a new run without --resume")
+        if config_file.read_text(encoding="utf-8") != config_text:
+            raise PhaseLMError(
+                f"cannot resume {run_dir}: its config.toml differs from this recipe; resume with the same recipe "
+                "or start a new run in another directory"
+            )
+        return run_dir
+    if run_dir.exists() and (not run_dir.is_dir() or any((run_dir / name).exists() for name in RUN_MARKERS)):
+        raise PhaseLMError(f"run directory {run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_file.write_text(config_text, encoding="utf-8")
+    return run_dir
+
+
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    """Drop records logged after the checkpoint being resumed, so no step appears twice."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    evaluation: dict
+    drift_actions: dict[str, int]
+
+
+def _progress(enabled: bool):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
+        disable=not enabled,
+        transient=False,
+        console=Console(stderr=True),  # stdout stays clean for --json
+    )
+
+
+def train(
+    objective: Objective,
+    train_ids: torch.Tensor,
+    val_ids: torch.Tensor,
+    cfg: TrainConfig,
+    run_dir: str | os.PathLike,
+    config_text: str,
+    resume: bool = False,
+    progress: bool = True,
+    description: str = "training",
+) -> TrainResult:
+    """Train ``objective`` for ``cfg.steps`` steps, writing metrics and checkpoints to ``run_dir``."""
+    from accelerate import Accelerator
+
+    check_length(train_ids, cfg.seq_len, "training split")
+    check_length(val_ids, cfg.seq_len, "validation split")
+    cuda = torch.cuda.is_available()
+    accelerator = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda and cfg.bf16 else "no")
+    main = accelerator.is_main_process
+    run_dir = prepare_run_dir(run_dir, config_text, resume) if main else Path(run_dir)
+    metrics_path = run_dir / "metrics.jsonl"
+    checkpoint_config = {"config_toml": config_text}
+
+    objective.to(accelerator.device)
+    params = [p for p in objective.parameters() if p.requires_grad]
+    if not params:
+        raise PhaseLMError("nothing to train: the objective has no parameter that requires grad")
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
+    generator = torch.Generator().manual_seed(cfg.seed + accelerator.process_index)
+
+    start, drift_totals = 0, Counter()
+    if resume:
+        latest = ckpt.latest_checkpoint(run_dir)
+        if latest is None:
+            damaged = sorted((run_dir / "checkpoints").glob("step-*"))
+            if damaged:
+                ckpt.load_config(damaged[-1])  # raises the precise one-line reason
+            raise PhaseLMError(f"cannot resume {run_dir}: it holds no complete checkpoint; start a new run in another directory")
+        ckpt.load_module_state(latest, objective.saved, expected_config=checkpoint_config)
+        extra, tensors = ckpt.load_training_state(latest, optimizer, scheduler)
+        start = int(extra["step"])
+        if start >= cfg.steps:
+            raise PhaseLMError(f"{run_dir} already finished all {cfg.steps} steps; nothing to resume")
+        drift_totals.update(extra.get("drift_actions", {}))
+        objective.load_extra_state(extra)
+        generator.set_state(tensors["data_generator"])
+        if main:
+            _truncate_metrics(metrics_path, start)
+
+    model, optimizer_acc = accelerator.prepare(objective, optimizer)
+
+    def save(step: int) -> None:
+        if not main:
+            return
+        extra = {"step": step, "drift_actions": dict(drift_totals), **objective.extra_state()}
+        target = ckpt.checkpoint_dir(run_dir, step)
+        if ckpt.is_checkpoint(target):
+            return
+        ckpt.save_checkpoint(
+            target, objective.saved, checkpoint_config, optimizer, scheduler, extra, {"data_generator": generator.get_state()}
+        )
+
+    def evaluate(step: int) -> dict:
+        objective.eval()
+        with accelerator.autocast():
+            result = objective.evaluate(val_ids, cfg.batch_size, cfg.seq_len, cfg.eval_batches)
+        objective.train()
+        result["val_ppl"] = math.exp(min(result["val_ce"], 50.0))
+        if main:
+            with metrics_path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": step, "split": "val", **result}) + "\n")
+        return result
+
+    objective.train()
+    evaluation: dict = {}
+    interval_tokens, interval_start, interval_actions = 0, time.perf_counter(), Counter()
+    with _progress(progress and main) as bar:
+        task = bar.add_task(description, total=cfg.steps, completed=start, status="")
+        for step in range(start + 1, cfg.steps + 1):
+            x, y = random_batch(train_ids, cfg.batch_size, cfg.seq_len, generator)
+            x, y = x.to(accelerator.device), y.to(accelerator.device)
+            with accelerator.autocast():
+                out = model(x, y)
+            accelerator.backward(out.losses["loss"])
+            if cfg.grad_clip > 0:
+                accelerator.clip_grad_norm_(params, cfg.grad_clip)
+            lr = scheduler.get_last_lr()[0]
+            optimizer_acc.step()
+            scheduler.step()
+            optimizer_acc.zero_grad(set_to_none=True)
+            extra = objective.after_step(out)
+            if "drift_action" in extra:
+                interval_actions[extra["drift_action"]] += 1
+                drift_totals[extra["drift_action"]] += 1
+            interval_tokens += y.numel() * accelerator.num_processes
+
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                elapsed = time.perf_counter() - interval_start
+                record = {"step": step, **step_metrics(out), **extra, "lr": lr, "tokens_per_s": interval_tokens / max(elapsed, 1e-9)}
+                if interval_actions:
+                    record["drift_counts"] = dict(interval_actions)
+                if main:
+                    with metrics_path.open("a", encoding="utf-8") as f:
+                        f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                status = f"loss {record['loss']:.3f}" + (f"  R {record['r_mean']:.2f}" if "r_mean" in record else "")
+                bar.update(task, status=status)
+                interval_tokens, interval_start, interval_actions = 0, time.perf_counter(), Counter()
+            if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
+                evaluate(step)
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                save(step)
+            bar.update(task, advance=1)
+
+    evaluation = evaluate(cfg.steps)
+    save(cfg.steps)
+    accelerator.wait_for_everyone()
+    return TrainResult(run_dir, cfg.steps, evaluation, dict(drift_totals))

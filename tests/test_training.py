@@ -1,0 +1,144 @@
+"""The training loop: schedule, metrics, checkpoints, resume, drift, only-the-core-trains."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import VOCAB
+from phaselm import checkpoint as ckpt
+from phaselm.graft import graft
+from phaselm.losses import LossConfig
+from phaselm.observables import DriftConfig, TONE_NAMES
+from phaselm.phase_core import PhaseCoreConfig
+from phaselm.training import (
+    LanguageModelObjective,
+    PhaseCoreObjective,
+    TrainConfig,
+    lr_factor,
+    train,
+)
+
+CFG = TrainConfig(steps=6, batch_size=2, seq_len=8, lr=1e-2, min_lr=1e-3, warmup_steps=2, log_every=2, eval_batches=2)
+
+
+@pytest.fixture
+def ids():
+    g = torch.Generator().manual_seed(1)
+    stream = torch.randint(0, VOCAB, (600,), generator=g)
+    return stream[:500], stream[500:]
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_lr_schedule_warms_up_then_decays_to_min_lr():
+    cfg = TrainConfig(steps=100, lr=1.0, min_lr=0.1, warmup_steps=10)
+    factors = [lr_factor(s, cfg) for s in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
+    assert lr_factor(100, cfg) == pytest.approx(0.1)
+
+
+def test_pretraining_writes_metrics_checkpoint_and_learns(tmp_path, tiny_model, ids):
+    model = tiny_model("gpt2")
+    cfg = TrainConfig(**{**CFG.__dict__, "steps": 30, "lr": 3e-2})
+    result = train(LanguageModelObjective(model), *ids, cfg, tmp_path / "run", "x = 1\n", progress=False)
+    records = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    train_records = [r for r in records if r.get("split") != "val"]
+    assert [r["step"] for r in train_records] == list(range(2, 31, 2))
+    for key in ("loss", "ce", "u_mean", "lr", "tokens_per_s"):
+        assert all(math.isfinite(r[key]) for r in train_records), key
+    assert train_records[-1]["ce"] < train_records[0]["ce"]
+    assert records[-1]["split"] == "val" and result.evaluation["val_ppl"] == pytest.approx(math.exp(records[-1]["val_ce"]))
+    assert ckpt.latest_checkpoint(tmp_path / "run").name == "step-000030"
+    assert (tmp_path / "run" / "config.toml").read_text() == "x = 1\n"
+
+
+def test_resume_continues_exactly(tmp_path, tiny_model, ids):
+    cfg = TrainConfig(**{**CFG.__dict__, "checkpoint_every": 3})
+    straight = tiny_model("gpt2")
+    train(LanguageModelObjective(straight), *ids, cfg, tmp_path / "a", "x = 1\n", progress=False)
+
+    # Interrupt after the step-3 checkpoint: run a copy to 6 steps, then delete its last checkpoint
+    # and the metrics after step 3, as a crash would leave them.
+    resumed = tiny_model("gpt2")
+    train(LanguageModelObjective(resumed), *ids, cfg, tmp_path / "b", "x = 1\n", progress=False)
+    import shutil
+
+    shutil.rmtree(tmp_path / "b" / "checkpoints" / "step-000006")
+    fresh = tiny_model("gpt2", seed=5)  # different weights: the checkpoint must restore them
+    train(LanguageModelObjective(fresh), *ids, cfg, tmp_path / "b", "x = 1\n", resume=True, progress=False)
+    for p, q in zip(straight.parameters(), fresh.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    a, b = read_jsonl(tmp_path / "a" / "metrics.jsonl"), read_jsonl(tmp_path / "b" / "metrics.jsonl")
+    assert [r["step"] for r in a] == [r["step"] for r in b]  # no step logged twice
+    assert [r.get("loss") for r in a] == [r.get("loss") for r in b]
+
+
+def test_existing_run_is_never_overwritten(tmp_path, tiny_model, ids, raises_phaselm):
+    run = tmp_path / "run"
+    train(LanguageModelObjective(tiny_model("gpt2")), *ids, CFG, run, "x = 1\n", progress=False)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with raises_phaselm(r"already holds a run; pass --resume"):
+        train(LanguageModelObjective(tiny_model("gpt2")), *ids, CFG, run, "x = 1\n", progress=False)
+    with raises_phaselm(r"config.toml differs"):
+        train(LanguageModelObjective(tiny_model("gpt2")), *ids, CFG, run, "x = 2\n", resume=True, progress=False)
+    with raises_phaselm(r"already finished"):
+        train(LanguageModelObjective(tiny_model("gpt2")), *ids, CFG, run, "x = 1\n", resume=True, progress=False)
+    assert before == {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+
+
+def test_resume_from_truncated_checkpoint_fails_and_keeps_files(tmp_path, tiny_model, ids, raises_phaselm):
+    run = tmp_path / "run"
+    cfg = TrainConfig(**{**CFG.__dict__, "checkpoint_every": 3})
+    train(LanguageModelObjective(tiny_model("gpt2")), *ids, cfg, run, "x = 1\n", progress=False)
+    import shutil
+
+    shutil.rmtree(run / "checkpoints" / "step-000006")
+    weights = run / "checkpoints" / "step-000003" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with raises_phaselm(r"step-000003"):
+        train(LanguageModelObjective(tiny_model("gpt2")), *ids, cfg, run, "x = 1\n", resume=True, progress=False)
+    assert weights.stat().st_size == 100
+
+
+def test_corpus_shorter_than_a_sequence(tmp_path, tiny_model, raises_phaselm):
+    short = torch.arange(5)
+    with raises_phaselm(r"fewer than one sequence"):
+        train(LanguageModelObjective(tiny_model("gpt2")), short, short, CFG, tmp_path / "r", "", progress=False)
+    assert not (tmp_path / "r").exists()
+
+
+def test_core_training_moves_only_the_core_and_logs_observables(tmp_path, tiny_model, ids):
+    model = tiny_model("mamba")
+    frozen = {k: v.clone() for k, v in model.state_dict().items()}
+    handle = graft(model, PhaseCoreConfig())
+    core_before = {k: v.clone() for k, v in handle.core.state_dict().items()}
+    drift = DriftConfig(enabled=True, brake_above=0.02, boost_below=0.01)  # R always "too high": BRAKE
+    result = train(PhaseCoreObjective(handle, LossConfig(), drift), *ids, CFG, tmp_path / "run", "", progress=False)
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, frozen[k], rtol=0, atol=0)
+    assert not torch.equal(handle.core.to_phase.weight, core_before["to_phase.weight"])
+    assert handle.core.alpha.item() != 0.0
+    # The controller acted: six BRAKEs scaled K by 0.9 each.
+    assert result.drift_actions == {"BRAKE": 6}
+    assert float(handle.core.coupling_scale) == pytest.approx(0.9**6)
+    records = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r.get("split") != "val"]
+    for r in records:
+        for key in ("ce", "uncertainty_reg", "presence", "tonal", "r_mean", "r_min", "r_max", "u_mean", "ru_mean",
+                    "goldilocks_residence", "drift_action", "coupling_scale", "lr", "tokens_per_s"):
+            assert key in r, key
+        assert set(r["tones"]) == set(TONE_NAMES) and sum(r["tones"].values()) == CFG.batch_size * CFG.seq_len
+        assert r["drift_counts"] == {"BRAKE": 2}
+    assert "val_ppl_without_core" in result.evaluation
+
+
+def test_drift_off_leaves_coupling_alone(tmp_path, tiny_model, ids):
+    handle = graft(tiny_model("mamba"), PhaseCoreConfig())
+    result = train(PhaseCoreObjective(handle, LossConfig(), DriftConfig()), *ids, CFG, tmp_path / "run", "", progress=False)
+    assert result.drift_actions == {} and float(handle.core.coupling_scale) == 1.0

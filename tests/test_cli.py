@@ -194,3 +194,16 @@ def test_readme_api_example_runs(demo_run, capsys):
     code = code.replace('"runs/demo/backbone/model"', repr(str(demo_run / "backbone" / "model")))
     exec(compile(code, "README.md", "exec"), {})
     assert "[(" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_generate_refuses_a_checkpoint_from_another_config(demo_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "edited"
+    shutil.copytree(demo_run, run, ignore=shutil.ignore_patterns("backbone"))
+    text = (run / "config.toml").read_text()
+    (run / "config.toml").write_text(text.replace(f'name = "{demo_run}/backbone/model"', f'name = "{demo_run}/backbone/model"').replace("coupling = 2.0", "coupling = 3.0"))
+    assert "coupling = 3.0" in (run / "config.toml").read_text()
+    code, _, err = run_cli(capsys, "generate", str(run), "-n", "2")
+    assert_one_line_error(code, err, "was saved with core=")

@@ -264,8 +264,13 @@ def train(
     resume: bool = False,
     progress: bool = True,
     description: str = "training",
+    checkpoint_config: dict | None = None,
 ) -> TrainResult:
-    """Train ``objective`` for ``cfg.steps`` steps, writing metrics and checkpoints to ``run_dir``."""
+    """Train ``objective`` for ``cfg.steps`` steps, writing metrics and checkpoints to ``run_dir``.
+
+    ``checkpoint_config`` (e.g. the model's config as a dict) is stored with every checkpoint
+    and must match on resume, so weights never load into a differently shaped model.
+    """
     from accelerate import Accelerator
 
     check_length(train_ids, cfg.seq_len, "training split")
@@ -275,7 +280,7 @@ def train(
     main = accelerator.is_main_process
     run_dir = prepare_run_dir(run_dir, config_text, resume) if main else Path(run_dir)
     metrics_path = run_dir / "metrics.jsonl"
-    checkpoint_config = {"config_toml": config_text}
+    checkpoint_config = checkpoint_config or {}
 
     objective.to(accelerator.device)
     params = [p for p in objective.parameters() if p.requires_grad]

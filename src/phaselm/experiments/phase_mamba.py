@@ -15,7 +15,7 @@ import torch
 
 from .. import checkpoint as ckpt
 from ..backbones import MambaSpec, build_mamba, load_backbone, save_backbone
-from ..config import dump_recipe, from_dict
+from ..config import dump_recipe, from_dict, to_dict
 from ..data import build_tokenizer, encode_corpus, load_text, sequential_batches, train_val_split
 from ..errors import PhaseLMError
 from ..generation import generate
@@ -104,6 +104,7 @@ def pretrain(
         resume=resume,
         progress=progress,
         description="pretrain",
+        checkpoint_config={"model": to_dict(recipe.model), "vocab_size": tokenizer.vocab_size},
     )
     save_backbone(model.cpu(), tokenizer, model_dir)
     summary = {"val_ppl": result.evaluation["val_ppl"], "val_ce": result.evaluation["val_ce"], "parameters": _count(model)}
@@ -137,7 +138,10 @@ def train_core(
     text = load_text(recipe.data.corpus)
     train_ids, val_ids = train_val_split(encode_corpus(tokenizer, text), recipe.data.val_fraction)
     objective = PhaseCoreObjective(handle, recipe.loss, recipe.drift)
-    result = train(objective, train_ids, val_ids, recipe.train, run_dir, dump_recipe(recipe), resume, progress, "train core")
+    result = train(
+        objective, train_ids, val_ids, recipe.train, run_dir, dump_recipe(recipe), resume, progress, "train core",
+        checkpoint_config=core_checkpoint_config(handle),
+    )
     summary = observe(model, tokenizer, handle, val_ids, recipe)
     summary.update(
         trainable_parameters=_count(handle.core),
@@ -178,6 +182,11 @@ def observe(model, tokenizer, handle: Graft, val_ids: torch.Tensor, recipe: Phas
     return summary
 
 
+def core_checkpoint_config(handle: Graft) -> dict:
+    """What a core checkpoint must match to load: the core's config and where it sits."""
+    return {"core": to_dict(handle.core.config), "layer": handle.layer_path}
+
+
 def load_run(run_dir: str | os.PathLike, device: str = "cpu"):
     """A trained Phase-Mamba run → (model, tokenizer, handle) with the core's latest weights."""
     run_dir = Path(run_dir)
@@ -191,7 +200,7 @@ def load_run(run_dir: str | os.PathLike, device: str = "cpu"):
     if latest is None:
         raise PhaseLMError(f"{run_dir} holds no complete checkpoint; train it first (phaselm train)")
     model, tokenizer, handle = build_grafted(recipe, device)
-    ckpt.load_module_state(latest, handle.core)
+    ckpt.load_module_state(latest, handle.core, expected_config=core_checkpoint_config(handle))
     return model, tokenizer, handle, recipe
 
 

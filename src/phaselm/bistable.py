@@ -1,0 +1,111 @@
+"""The bistable Kuramoto bank of K-SSM (seed 003, SPEC.md §3), per position and guarded.
+
+Per position, a 10-parameter projection p = (a, b, c, d, e, f, g, h, i, j) of the hidden state
+gives
+
+    Δ = b·g − c·f,      u = (d·g − c·h) / (a·g − c·e),      u ∈ [u_min, u_max] (bistable)
+    K = 2·sigmoid(u)
+
+Oscillator phases start at θ_i = ω₀_i + mean_c(hidden) (ω₀ learned, initialised evenly over
+[−π, π]), take ``steps`` coupling steps θ ← θ + K·R·sin(ψ − θ) − δ·ε, and are read out through
+the harmonics Z_n, n = 1..H, as [Re Z_n, Im Z_n, |Z_n|] → Linear → hidden. R = |Z_1|.
+
+Differences from the original, on purpose: the regulariser is computed per position (not on
+batch means); the denominator is kept at least ``den_eps`` away from zero with its sign (the
+original added 1e-6, which still divides by ~0); the monostable u-term uses max(u, 0) so
+−log never sees a negative number; the noise δ·ε is drawn only in training unless
+``noise_in_eval`` (the original drew it at inference too, making greedy decoding random).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from . import oscillators
+from .errors import PhaseLMError
+
+
+@dataclass
+class BankConfig:
+    n_oscillators: int = 192
+    n_harmonics: int = 32
+    bistable: bool = True  # False: the monostable ablation (u not clamped)
+    u_min: float = 0.1
+    u_max: float = 10.0
+    steps: int = 1
+    spread_init: float = 0.1  # δ, the phase-noise scale ("Lorentzian spread" in the seed)
+    noise_in_eval: bool = False
+    den_eps: float = 1e-6
+    reg_delta: float = 0.1  # λ₁
+    reg_u: float = 0.5  # λ₂
+    reg_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if self.n_oscillators < 2 or self.n_harmonics < 1:
+            raise PhaseLMError("bank needs at least 2 oscillators and 1 harmonic")
+        if self.bistable and not 0 < self.u_min < self.u_max:
+            raise PhaseLMError(
+                f"bistable clamp bounds need 0 < u_min < u_max, got u_min={self.u_min}, u_max={self.u_max}; "
+                "fix [model] u_min/u_max"
+            )
+
+
+@dataclass
+class BankOutput:
+    out: torch.Tensor  # (B, T, D) the bank's contribution to the residual stream
+    order: torch.Tensor  # (B, T) R = |Z_1|
+    u: torch.Tensor  # (B, T) after the clamp
+    delta: torch.Tensor  # (B, T) Δ
+    reg: torch.Tensor  # (B, T) λ₁/(|Δ|+ε) + λ₂·(−log(u+ε)) per position
+
+
+def bistable_map(p: torch.Tensor, cfg: BankConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """p (..., 10) → (Δ, u) per position, with the guarded denominator and the clamp."""
+    a, b, c, d, e, f, g, h = p[..., :8].unbind(-1)
+    delta = b * g - c * f
+    den = a * g - c * e
+    sign = torch.where(den >= 0, 1.0, -1.0).to(den.dtype)
+    den = torch.where(den.abs() < cfg.den_eps, sign * cfg.den_eps, den)
+    u = (d * g - c * h) / den
+    if cfg.bistable:
+        u = u.clamp(cfg.u_min, cfg.u_max)
+    return delta, u
+
+
+def regulariser(delta: torch.Tensor, u: torch.Tensor, cfg: BankConfig) -> torch.Tensor:
+    """Per position: λ₁/(|Δ| + ε) + λ₂·(−log(max(u, 0) + ε)); finite for every input."""
+    return cfg.reg_delta / (delta.abs() + cfg.reg_eps) - cfg.reg_u * torch.log(u.clamp_min(0) + cfg.reg_eps)
+
+
+class BistableBank(nn.Module):
+    def __init__(self, hidden_size: int, cfg: BankConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.to_params = nn.Linear(hidden_size, 10)
+        n = cfg.n_oscillators
+        self.omega0 = nn.Parameter(torch.linspace(-math.pi, math.pi, n + 1)[:-1].clone())
+        self.spread = nn.Parameter(torch.tensor(cfg.spread_init))
+        self.readout = nn.Linear(3 * cfg.n_harmonics, hidden_size)
+        # Set by interventions, never by forward(): pin R (None = free).
+        self.pinned_order: float | None = None
+
+    def forward(self, hidden: torch.Tensor) -> BankOutput:
+        cfg = self.cfg
+        with oscillators.full_precision(hidden.device.type):
+            h = hidden.float()
+            delta, u = bistable_map(self.to_params(h), cfg)
+            coupling = 2.0 * torch.sigmoid(u)
+            theta = self.omega0 + h.mean(-1, keepdim=True)
+            for _ in range(cfg.steps):
+                theta = theta + oscillators.velocity(theta, torch.zeros_like(self.omega0), coupling)
+                if self.training or cfg.noise_in_eval:
+                    theta = theta - self.spread.abs() * torch.randn_like(theta)
+            re, im = oscillators.harmonics(theta, cfg.n_harmonics)  # (B, T, H) each
+            magnitude = torch.sqrt(re**2 + im**2 + 1e-12)
+            features = torch.cat([re, im, magnitude], dim=-1)
+            out = self.readout(features)
+        return BankOutput(out.to(hidden.dtype), magnitude[..., 0], u, delta, regulariser(delta, u, cfg))

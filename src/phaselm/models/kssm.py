@@ -1,0 +1,295 @@
+"""K-SSM: a language model whose blocks couple a selective state-space mixer with a bistable
+Kuramoto bank (seed 003, SPEC.md §3), as a Hugging Face model.
+
+    token → embedding → n_layers × Block → RMSNorm → tied LM head
+
+    Block:  h += Mixer(norm(h))      selective SSM (Mamba-2 style: in-proj, causal depthwise conv,
+                                     input-dependent Δ, B, C, one decay per head, gated RMSNorm)
+            h += Bank(norm(h))       bistable Kuramoto bank (phaselm.bistable)
+            h += MLP(norm(h))        GELU, 4×
+
+``mixer = "none"`` drops the mixer: every position is then predicted from its own token (and a
+learned position embedding, as in the original), which is the original code's behaviour and
+the control that shows what token mixing is worth.
+
+Generation carries, per layer, the conv window and the SSM state, so each new token costs O(1)
+in the context length; the bank has no state across positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutput
+
+from ..bistable import BankConfig, BistableBank
+from ..errors import PhaseLMError
+from ..ops.ssd import ssd_chunked, ssd_reference, ssd_step
+
+MIXERS = ("ssd", "none")
+
+
+class KSSMConfig(PretrainedConfig):
+    model_type = "kssm"
+
+    def __init__(
+        self,
+        vocab_size: int = 65,
+        hidden_size: int = 384,
+        n_layers: int = 6,
+        mixer: str = "ssd",
+        state_size: int = 16,
+        expand: int = 2,
+        head_dim: int = 64,
+        conv_kernel: int = 4,
+        chunk_size: int = 64,
+        scan: str = "chunked",  # "chunked" (parallel) or "reference" (sequential)
+        n_oscillators: int = 192,
+        n_harmonics: int = 32,
+        bistable: bool = True,
+        u_min: float = 0.1,
+        u_max: float = 10.0,
+        bank_steps: int = 1,
+        spread_init: float = 0.1,
+        reg_weight: float = 0.5,
+        mlp_ratio: int = 4,
+        dropout: float = 0.0,
+        position_embedding: bool = False,
+        max_position_embeddings: int = 1024,
+        tie_word_embeddings: bool = True,
+        **kwargs,
+    ):
+        if mixer not in MIXERS:
+            raise PhaseLMError(f"mixer must be one of {', '.join(MIXERS)}, got {mixer!r}")
+        if scan not in ("chunked", "reference"):
+            raise PhaseLMError(f"scan must be 'chunked' or 'reference', got {scan!r}")
+        if mixer != "none" and (expand * hidden_size) % head_dim:
+            raise PhaseLMError(f"head_dim {head_dim} must divide expand·hidden_size = {expand * hidden_size}")
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.n_layers = n_layers
+        self.mixer = mixer
+        self.state_size = state_size
+        self.expand = expand
+        self.head_dim = head_dim
+        self.conv_kernel = conv_kernel
+        self.chunk_size = chunk_size
+        self.scan = scan
+        self.n_oscillators = n_oscillators
+        self.n_harmonics = n_harmonics
+        self.bistable = bistable
+        self.u_min = u_min
+        self.u_max = u_max
+        self.bank_steps = bank_steps
+        self.spread_init = spread_init
+        self.reg_weight = reg_weight
+        self.mlp_ratio = mlp_ratio
+        self.dropout = dropout
+        self.position_embedding = position_embedding
+        self.max_position_embeddings = max_position_embeddings
+        super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
+        self.bank_config()  # validates the clamp bounds now, not at the first forward
+
+    def bank_config(self) -> BankConfig:
+        return BankConfig(
+            n_oscillators=self.n_oscillators,
+            n_harmonics=self.n_harmonics,
+            bistable=self.bistable,
+            u_min=self.u_min,
+            u_max=self.u_max,
+            steps=self.bank_steps,
+            spread_init=self.spread_init,
+        )
+
+
+class KSSMCache:
+    """Per-layer (conv window, SSM state) plus the number of positions already seen."""
+
+    def __init__(self):
+        self.layers: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.seen = 0
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self.layers = {i: (c.index_select(0, beam_idx), s.index_select(0, beam_idx)) for i, (c, s) in self.layers.items()}
+
+
+class SSDMixer(nn.Module):
+    def __init__(self, config: KSSMConfig):
+        super().__init__()
+        d, n = config.hidden_size, config.state_size
+        self.d_inner = config.expand * d
+        self.heads = self.d_inner // config.head_dim
+        self.head_dim, self.state_size, self.kernel = config.head_dim, n, config.conv_kernel
+        self.chunk_size, self.scan = config.chunk_size, config.scan
+        self.conv_channels = self.d_inner + 2 * n
+        self.in_proj = nn.Linear(d, 2 * self.d_inner + 2 * n + self.heads, bias=False)
+        self.conv = nn.Conv1d(self.conv_channels, self.conv_channels, config.conv_kernel, groups=self.conv_channels)
+        # Mamba-2 initialisation: Δ between 1e-3 and 1e-1, A in [1, 16].
+        dt = torch.exp(torch.rand(self.heads) * (torch.log(torch.tensor(0.1)) - torch.log(torch.tensor(1e-3))) + torch.log(torch.tensor(1e-3)))
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        self.A_log = nn.Parameter(torch.log(torch.empty(self.heads).uniform_(1, 16)))
+        self.D = nn.Parameter(torch.ones(self.heads))
+        self.norm = nn.RMSNorm(self.d_inner)
+        self.out_proj = nn.Linear(self.d_inner, d, bias=False)
+
+    def forward(self, hidden: torch.Tensor, state=None):
+        batch, length, _ = hidden.shape
+        z, xbc, dt = self.in_proj(hidden).split([self.d_inner, self.conv_channels, self.heads], dim=-1)
+        window = state[0] if state is not None else hidden.new_zeros(batch, self.conv_channels, self.kernel - 1)
+        # Prefill and single-token steps share one path: the window holds the last k−1 inputs.
+        xbc_padded = torch.cat([window, xbc.transpose(1, 2)], dim=-1)
+        new_window = xbc_padded[..., -(self.kernel - 1) :]
+        xbc = F.silu(self.conv(xbc_padded).transpose(1, 2))  # (B, T, C): causal by construction
+        x, b, c = xbc.split([self.d_inner, self.state_size, self.state_size], dim=-1)
+        dt = F.softplus(dt.float() + self.dt_bias)  # (B, T, H)
+        log_decay = -torch.exp(self.A_log.float()) * dt
+        x = x.reshape(batch, length, self.heads, self.head_dim)
+        b = b[:, :, None, :].expand(-1, -1, self.heads, -1).float()
+        c = c[:, :, None, :].expand(-1, -1, self.heads, -1).float()
+        ssm = state[1] if state is not None else None
+        x_dt = x.float() * dt[..., None]
+        if length == 1 and ssm is not None:
+            y, ssm = ssd_step(ssm, x_dt[:, 0], log_decay[:, 0], b[:, 0], c[:, 0])
+            y = y[:, None]
+        elif self.scan == "reference":
+            y, ssm = ssd_reference(x_dt, log_decay, b, c, ssm)
+        else:
+            y, ssm = ssd_chunked(x_dt, log_decay, b, c, ssm, self.chunk_size)
+        y = (y + x.float() * self.D[:, None]).to(hidden.dtype).reshape(batch, length, self.d_inner)
+        return self.out_proj(self.norm(y * F.silu(z))), (new_window, ssm)
+
+
+class Block(nn.Module):
+    def __init__(self, config: KSSMConfig):
+        super().__init__()
+        d = config.hidden_size
+        self.mixer = SSDMixer(config) if config.mixer == "ssd" else None
+        self.mixer_norm = nn.RMSNorm(d) if self.mixer is not None else None
+        self.bank_norm = nn.RMSNorm(d)
+        self.bank = BistableBank(d, config.bank_config())
+        self.mlp_norm = nn.RMSNorm(d)
+        self.mlp = nn.Sequential(nn.Linear(d, config.mlp_ratio * d), nn.GELU(), nn.Linear(config.mlp_ratio * d, d))
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, h: torch.Tensor, state=None):
+        new_state = None
+        if self.mixer is not None:
+            mixed, new_state = self.mixer(self.mixer_norm(h), state)
+            h = h + self.drop(mixed)
+        bank = self.bank(self.bank_norm(h))
+        h = h + self.drop(bank.out)
+        h = h + self.drop(self.mlp(self.mlp_norm(h)))
+        return h, bank, new_state
+
+
+@dataclass
+class KSSMOutput(CausalLMOutput):
+    past_key_values: KSSMCache | None = None
+    orders: torch.Tensor | None = None  # (B, n_layers, T) R per layer and position
+    reg: torch.Tensor | None = None  # scalar: mean bank regulariser over layers and positions
+    u: torch.Tensor | None = None  # (B, n_layers, T)
+
+
+class KSSMForCausalLM(PreTrainedModel, GenerationMixin):
+    config_class = KSSMConfig
+    base_model_prefix = "kssm"
+    _tied_weights_keys = {"lm_head.weight": "embed.weight"}
+
+    def __init__(self, config: KSSMConfig):
+        super().__init__(config)
+        self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.pos_embed = nn.Embedding(config.max_position_embeddings, config.hidden_size) if config.position_embedding else None
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.norm = nn.RMSNorm(config.hidden_size)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)) and not getattr(module, "_phaselm_initialised", False):
+            nn.init.normal_(module.weight, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+            module._phaselm_initialised = True
+
+    def get_input_embeddings(self):
+        return self.embed
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False  # our recurrent state lives in KSSMCache, not a key/value cache
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        past_key_values: KSSMCache | None = None,
+        use_cache: bool | None = None,
+        labels: torch.LongTensor | None = None,
+        output_orders: bool = False,
+        attention_mask: torch.Tensor | None = None,  # accepted for generate(); no padding support
+        **kwargs,
+    ) -> KSSMOutput:
+        batch, length = input_ids.shape
+        if int(input_ids.max()) >= self.config.vocab_size or int(input_ids.min()) < 0:
+            raise PhaseLMError(
+                f"token id {int(input_ids.max())} is outside the model's vocabulary of {self.config.vocab_size}; "
+                "use the tokenizer the model was trained with"
+            )
+        offset = past_key_values.seen if past_key_values is not None else 0
+        h = self.embed(input_ids)
+        if self.pos_embed is not None:
+            if offset + length > self.config.max_position_embeddings:
+                raise PhaseLMError(
+                    f"sequence of {offset + length} tokens is longer than the model allows "
+                    f"({self.config.max_position_embeddings} positions); use shorter inputs"
+                )
+            h = h + self.pos_embed(torch.arange(offset, offset + length, device=h.device))
+        cache = past_key_values if past_key_values is not None else (KSSMCache() if use_cache else None)
+        orders, regs, us = [], [], []
+        for i, block in enumerate(self.blocks):
+            state = cache.layers.get(i) if cache is not None else None
+            h, bank, new_state = block(h, state)
+            if cache is not None and new_state is not None:
+                cache.layers[i] = new_state
+            orders.append(bank.order)
+            regs.append(bank.reg)
+            us.append(bank.u)
+        if cache is not None:
+            cache.seen = offset + length
+        logits = self.lm_head(self.norm(h))
+        loss = None
+        if labels is not None:  # HF convention: labels are the inputs, shifted inside
+            loss = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten())
+        return KSSMOutput(
+            loss=loss,
+            logits=logits,
+            past_key_values=cache,
+            orders=torch.stack(orders, 1),
+            reg=torch.stack(regs).mean(),
+            u=torch.stack(us, 1) if output_orders else None,
+        )
+
+    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, use_cache=True, **kwargs):
+        if past_key_values is not None:
+            input_ids = input_ids[:, past_key_values.seen :]
+        return {"input_ids": input_ids, "past_key_values": past_key_values, "use_cache": use_cache}
+
+
+def register_auto_classes() -> None:
+    """Make ``AutoConfig`` / ``AutoModelForCausalLM`` know the ``kssm`` model type."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        AutoConfig.register("kssm", KSSMConfig)
+        AutoModelForCausalLM.register(KSSMConfig, KSSMForCausalLM)
+    except ValueError:  # already registered
+        pass
+
+
+register_auto_classes()

@@ -1,0 +1,153 @@
+"""K-SSM: the bistable bank's equations, its guards, and the model's HF behaviour."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from phaselm.bistable import BankConfig, BistableBank, bistable_map, regulariser
+from phaselm.models.kssm import KSSMConfig, KSSMForCausalLM
+
+TINY = dict(vocab_size=40, hidden_size=32, n_layers=2, head_dim=16, n_oscillators=8, n_harmonics=4, chunk_size=8)
+
+
+def tiny(**overrides) -> KSSMForCausalLM:
+    torch.manual_seed(0)
+    return KSSMForCausalLM(KSSMConfig(**{**TINY, **overrides})).eval()
+
+
+# ---------------------------------------------------------------- the bank
+
+
+def test_bistable_map_against_a_float64_hand_computation():
+    p = torch.tensor([[0.3, -1.2, 0.7, 2.0, 0.5, 0.9, -0.4, 1.1, 0.0, 0.0]], dtype=torch.float64)
+    a, b, c, d, e, f, g, h = p[0, :8].tolist()
+    delta, u = bistable_map(p, BankConfig(bistable=False))
+    assert float(delta) == pytest.approx(b * g - c * f, rel=1e-12)
+    assert float(u) == pytest.approx((d * g - c * h) / (a * g - c * e), rel=1e-12)
+    cfg = BankConfig()
+    reg = regulariser(delta, u.clamp(0.1, 10), cfg)
+    u_c = min(max((d * g - c * h) / (a * g - c * e), 0.1), 10)
+    assert float(reg) == pytest.approx(0.1 / (abs(b * g - c * f) + 1e-5) - 0.5 * math.log(u_c + 1e-5), rel=1e-10)
+
+
+def test_clamp_keeps_u_in_range_and_monostable_does_not():
+    p = torch.randn(10_000, 10) * 5
+    _, u = bistable_map(p, BankConfig(u_min=0.1, u_max=10.0))
+    assert u.min() >= 0.1 and u.max() <= 10.0
+    _, u_free = bistable_map(p, BankConfig(bistable=False))
+    assert u_free.min() < 0.1 and u_free.max() > 10.0
+
+
+def test_singular_point_gives_finite_values_and_gradients():
+    """Δ = 0 and a·g − c·e = 0 exactly: nothing may become NaN or Inf, forward or backward."""
+    bank = BistableBank(6, BankConfig(n_oscillators=8, n_harmonics=4, bistable=False))
+    with torch.no_grad():
+        bank.to_params.weight.zero_()
+        bank.to_params.bias.zero_()  # every parameter a…j is 0: Δ = 0, numerator = denominator = 0
+    hidden = torch.randn(2, 5, 6, requires_grad=True)
+    out = bank(hidden)
+    assert torch.all(out.delta == 0)
+    loss = out.out.sum() + out.reg.mean() + out.order.sum()
+    assert torch.isfinite(loss)
+    loss.backward()
+    for tensor in [hidden.grad] + [p.grad for p in bank.parameters()]:
+        assert tensor is not None and torch.isfinite(tensor).all()
+
+
+def test_regulariser_is_per_position():
+    bank = BistableBank(6, BankConfig(n_oscillators=8, n_harmonics=4))
+    out = bank(torch.randn(3, 7, 6))
+    assert out.reg.shape == (3, 7) and out.u.shape == (3, 7) and out.order.shape == (3, 7)
+
+
+def test_noise_only_in_training():
+    bank = BistableBank(6, BankConfig(n_oscillators=8, n_harmonics=4, spread_init=0.5)).eval()
+    h = torch.randn(1, 4, 6)
+    torch.testing.assert_close(bank(h).out, bank(h).out, rtol=0, atol=0)
+    bank.train()
+    assert not torch.equal(bank(h).out, bank(h).out)
+
+
+@pytest.mark.parametrize("bounds", [(1.0, 1.0), (2.0, 1.0), (0.0, 1.0), (-1.0, 1.0)])
+def test_bad_clamp_bounds(raises_phaselm, bounds):
+    with raises_phaselm(r"0 < u_min < u_max"):
+        KSSMConfig(**TINY, u_min=bounds[0], u_max=bounds[1])
+
+
+# ---------------------------------------------------------------- the model
+
+
+def test_chunked_scan_model_equals_reference_scan_model_forward_and_grad():
+    a, b = tiny(scan="chunked"), tiny(scan="reference")
+    b.load_state_dict(a.state_dict())
+    ids = torch.randint(0, 40, (2, 19))
+    la, lb = a(ids).logits, b(ids).logits
+    torch.testing.assert_close(la, lb, atol=1e-5, rtol=1e-4)
+    la.square().mean().backward()
+    lb.square().mean().backward()
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(pa.grad, pb.grad, atol=1e-5, rtol=1e-3, msg=name)
+
+
+@pytest.mark.parametrize("mixer", ["ssd", "none"])
+def test_causal_and_samples_do_not_mix(mixer):
+    model = tiny(mixer=mixer, position_embedding=mixer == "none")
+    ids = torch.randint(0, 40, (2, 16))
+    base = model(ids).logits
+    changed = ids.clone()
+    changed[:, 10:] = (changed[:, 10:] + 1) % 40
+    torch.testing.assert_close(model(changed).logits[:, :10], base[:, :10], rtol=0, atol=0)
+    other = ids.clone()
+    other[1] = (other[1] + 3) % 40
+    torch.testing.assert_close(model(other).logits[0], base[0], rtol=0, atol=1e-6)
+
+
+def test_the_mixer_mixes_tokens_and_the_control_does_not():
+    ids = torch.randint(0, 40, (1, 12))
+    changed = ids.clone()
+    changed[0, 3] = (changed[0, 3] + 1) % 40
+    with_mixer = tiny()
+    assert not torch.allclose(with_mixer(ids).logits[0, 8], with_mixer(changed).logits[0, 8])
+    control = tiny(mixer="none")
+    torch.testing.assert_close(control(ids).logits[0, 8], control(changed).logits[0, 8], rtol=0, atol=0)
+
+
+def test_cached_generation_equals_full_forward():
+    model = tiny()
+    prompt = torch.randint(0, 40, (2, 7))
+    with torch.no_grad():
+        out = model.generate(prompt, max_new_tokens=9, do_sample=False, pad_token_id=0, output_logits=True, return_dict_in_generate=True)
+        full = model(out.sequences).logits
+    for i, step_logits in enumerate(out.logits):
+        torch.testing.assert_close(step_logits, full[:, 6 + i], atol=1e-5, rtol=1e-5)
+
+
+def test_save_load_identical_logits(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = tiny()
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    ids = torch.randint(0, 40, (1, 10))
+    torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=0)
+
+
+def test_orders_per_layer_and_position():
+    out = tiny()(torch.randint(0, 40, (3, 11)), output_orders=True)
+    assert out.orders.shape == (3, 2, 11) and out.u.shape == (3, 2, 11)
+    assert (out.orders >= 0).all() and (out.orders <= 1).all()
+
+
+def test_bad_inputs(raises_phaselm):
+    with raises_phaselm(r"outside the model's vocabulary of 40"):
+        tiny()(torch.tensor([[1, 2, 45]]))
+    with raises_phaselm(r"longer than the model allows \(8 positions\)"):
+        tiny(mixer="none", position_embedding=True, max_position_embeddings=8)(torch.zeros(1, 9, dtype=torch.long))
+    with raises_phaselm(r"head_dim 24 must divide"):
+        KSSMConfig(**{**TINY, "head_dim": 24})
+    with raises_phaselm(r"mixer must be one of"):
+        KSSMConfig(**{**TINY, "mixer": "attention"})

@@ -106,6 +106,33 @@ def train(
         )
 
 
+@app.command("train-lm")
+def train_lm(
+    recipe: Path = typer.Argument(..., help="Language-model TOML recipe (top-level arch, [kssm] or [gpt], [data] [tokenizer] [train])."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory to create (default: runs/<recipe name>)."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help=OVERRIDE_HELP),
+    resume: bool = typer.Option(False, help="Continue the run in --out from its latest checkpoint."),
+    as_json: bool = typer.Option(False, "--json", help="Print summary.json to stdout."),
+) -> None:
+    """Train a language model from scratch: K-SSM (bistable, monostable, no-mixer) or the GPT-2 baseline.
+
+    Writes config.toml, metrics.jsonl, checkpoints/, model/ (save_pretrained), summary.json,
+    plots/ and report.md. The trained model/ folder works with `phaselm generate`.
+
+    Example: `phaselm train-lm recipes/kssm-v3.toml --out runs/kssm --set train.steps=200`
+    """
+    from .config import load_recipe
+    from .experiments.language_model import LMRecipe, train_lm as run_train_lm
+
+    cfg = load_recipe(LMRecipe, recipe, _overrides(set_))
+    run_dir = out or Path("runs") / recipe.stem
+    summary = run_train_lm(cfg, run_dir, resume=resume, command=_command_line())
+    if as_json:
+        _print_json(summary)
+    else:
+        typer.echo(f"{summary['arch']}: {summary['parameters']:,} parameters, val loss {summary['val_ce']:.4f}; report: {run_dir / 'report.md'}")
+
+
 @app.command()
 def generate(
     model: Path = typer.Argument(..., help="A run directory from `phaselm train`/`demo`, or a model folder."),

@@ -109,17 +109,28 @@ def _mean_ce(objective: nn.Module, ids, batch_size, seq_len, max_batches) -> flo
 
 
 class LanguageModelObjective(Objective):
-    """Plain next-token cross-entropy of a causal LM (pretraining a backbone)."""
+    """Next-token cross-entropy of a causal LM (a backbone, a baseline, or K-SSM).
 
-    def __init__(self, lm: nn.Module):
+    A model whose output carries a bank regulariser (``reg``) adds ``reg_weight · reg`` to the
+    loss (logged as ``bank_reg``); one that carries R per layer (``orders``) reports R as the
+    mean over layers per position. Validation always reports pure cross-entropy.
+    """
+
+    def __init__(self, lm: nn.Module, reg_weight: float = 0.0):
         super().__init__()
         self.lm = lm
         self.saved = lm
+        self.reg_weight = reg_weight
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
-        logits = self.lm(input_ids=x).logits
-        ce = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-        return StepOutput({"loss": ce, "ce": ce}, logits)
+        out = self.lm(input_ids=x)
+        ce = F.cross_entropy(out.logits.float().flatten(0, 1), y.flatten())
+        losses = {"loss": ce, "ce": ce}
+        reg = getattr(out, "reg", None)
+        if reg is not None:
+            losses.update(loss=ce + self.reg_weight * reg, bank_reg=reg)
+        orders = getattr(out, "orders", None)
+        return StepOutput(losses, out.logits, orders.mean(1) if orders is not None else None)
 
 
 class PhaseCoreObjective(Objective):

@@ -1,0 +1,60 @@
+"""Every language-model recipe trains a few steps through the CLI (the CI smoke run)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from phaselm.cli import main
+from phaselm.config import load_recipe
+from phaselm.experiments.language_model import LMRecipe
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+LM_RECIPES = ["kssm-v3.toml", "kssm-v3-monostable.toml", "kssm-v3-nomixer.toml", "gpt-baseline.toml"]
+TINY_TRAIN = ["train.steps=3", "train.batch_size=2", "train.seq_len=16", "train.eval_batches=1", "train.log_every=1", "train.checkpoint_every=0", "train.eval_every=0"]
+TINY_MODEL = {
+    "kssm": ["kssm.hidden_size=32", "kssm.n_layers=1", "kssm.head_dim=16", "kssm.n_oscillators=8", "kssm.n_harmonics=4"],
+    "gpt2": ["gpt.n_embd=32", "gpt.n_layer=1", "gpt.n_head=2"],
+}
+
+
+def cli(capsys, *args):
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    return (code, *capsys.readouterr())
+
+
+@pytest.mark.parametrize("name", LM_RECIPES)
+def test_recipe_smoke(name, tmp_path, capsys):
+    arch = load_recipe(LMRecipe, RECIPES / name).arch
+    sets = [x for item in TINY_TRAIN + TINY_MODEL[arch] for x in ("--set", item)]
+    code, out, err = cli(capsys, "train-lm", str(RECIPES / name), "--out", str(tmp_path / "run"), "--json", *sets)
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["arch"] == arch and summary["val_ce"] > 0
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train_records = [r for r in records if r.get("split") != "val"]
+    assert len(train_records) == 3
+    if arch == "kssm":
+        assert all("bank_reg" in r and 0 <= r["r_mean"] <= 1 for r in train_records)
+    code, out, err = cli(capsys, "generate", str(tmp_path / "run" / "model"), "-n", "4", "--json")
+    assert code == 0, err and len(json.loads(out)["text"]) > 0
+
+
+def test_recipe_bad_inputs(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('arch = "kssm"\n[kssm]\nu_min = 5.0\nu_max = 1.0\n')
+    code, _, err = cli(capsys, "train-lm", str(bad), "--out", str(tmp_path / "r"))
+    assert code == 2 and "0 < u_min < u_max" in err and err.count("\n") == 1
+    bad.write_text('arch = "gpt2"\n[gpt]\nn_positions = 8\n[train]\nseq_len = 16\n')
+    code, _, err = cli(capsys, "train-lm", str(bad), "--out", str(tmp_path / "r"))
+    assert code == 2 and "longer than gpt.n_positions" in err
+    bad.write_text('arch = "lstm"\n')
+    code, _, err = cli(capsys, "train-lm", str(bad), "--out", str(tmp_path / "r"))
+    assert code == 2 and "arch must be one of" in err
+    assert not (tmp_path / "r").exists()

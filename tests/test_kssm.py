@@ -151,3 +151,12 @@ def test_bad_inputs(raises_phaselm):
         KSSMConfig(**{**TINY, "head_dim": 24})
     with raises_phaselm(r"mixer must be one of"):
         KSSMConfig(**{**TINY, "mixer": "attention"})
+
+
+def test_bank_starts_at_a_regular_point_inside_a_model():
+    """Δ ≈ 1 and u ≈ 1 at initialisation, even after the model's own weight init runs."""
+    model = tiny()
+    bank = model.blocks[0].bank
+    p = bank.to_params(torch.randn(50, 32) * 0.1)
+    delta, u = bistable_map(p, bank.cfg)
+    assert (delta.abs() > 0.5).all() and ((u > 0.5) & (u < 2)).all()

@@ -86,6 +86,13 @@ class BistableBank(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.to_params = nn.Linear(hidden_size, 10)
+        # Start at a regular point: a = b = d = g = 1, the rest 0, so Δ = 1 and u = 1 (the
+        # middle of [0.1, 10] in log scale). With all ten near 0 (a default init) Δ ≈ 0, the
+        # 1/|Δ| regulariser's gradient is ~10⁵ and, after clipping, drowns the CE gradient.
+        with torch.no_grad():
+            nn.init.normal_(self.to_params.weight, std=0.02)
+            self.to_params.bias.copy_(torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]))
+        self.to_params._phaselm_initialised = True  # keep this init when a model re-initialises
         n = cfg.n_oscillators
         self.omega0 = nn.Parameter(torch.linspace(-math.pi, math.pi, n + 1)[:-1].clone())
         self.spread = nn.Parameter(torch.tensor(cfg.spread_init))

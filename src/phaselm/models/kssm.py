@@ -29,6 +29,7 @@ from transformers.modeling_outputs import CausalLMOutput
 from ..bistable import BankConfig, BistableBank
 from ..errors import PhaseLMError
 from ..ops.ssd import ssd_chunked, ssd_reference, ssd_step
+from ..oscillators import full_precision
 
 MIXERS = ("ssd", "none")
 
@@ -152,13 +153,16 @@ class SSDMixer(nn.Module):
         c = c[:, :, None, :].expand(-1, -1, self.heads, -1).float()
         ssm = state[1] if state is not None else None
         x_dt = x.float() * dt[..., None]
-        if length == 1 and ssm is not None:
-            y, ssm = ssd_step(ssm, x_dt[:, 0], log_decay[:, 0], b[:, 0], c[:, 0])
-            y = y[:, None]
-        elif self.scan == "reference":
-            y, ssm = ssd_reference(x_dt, log_decay, b, c, ssm)
-        else:
-            y, ssm = ssd_chunked(x_dt, log_decay, b, c, ssm, self.chunk_size)
+        # The scan stays in float32 under bf16 autocast (as Mamba's kernels keep it): its
+        # einsums would otherwise run in bf16 over products of decays.
+        with full_precision(hidden.device.type):
+            if length == 1 and ssm is not None:
+                y, ssm = ssd_step(ssm, x_dt[:, 0], log_decay[:, 0], b[:, 0], c[:, 0])
+                y = y[:, None]
+            elif self.scan == "reference":
+                y, ssm = ssd_reference(x_dt, log_decay, b, c, ssm)
+            else:
+                y, ssm = ssd_chunked(x_dt, log_decay, b, c, ssm, self.chunk_size)
         y = (y + x.float() * self.D[:, None]).to(hidden.dtype).reshape(batch, length, self.d_inner)
         return self.out_proj(self.norm(y * F.silu(z))), (new_window, ssm)
 

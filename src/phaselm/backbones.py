@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .data import PretrainedTokenizer, Tokenizer, load_tokenizer
+from .data import PretrainedTokenizer, Tokenizer, load_tokenizer, looks_like_path
 from .errors import PhaseLMError
 
 
@@ -55,8 +55,7 @@ def build_mamba(spec: MambaSpec, vocab_size: int) -> nn.Module:
 
 
 def _is_local(name: str) -> bool:
-    # Hub ids are "name" or "owner/name"; anything else with path syntax is meant as a folder.
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).exists()
+    return looks_like_path(name) or Path(name).exists()
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:

@@ -307,7 +307,7 @@ class BPETokenizer:
             raise PhaseLMError(f"cannot read BPE tokenizer {path}: {_one_line(exc)}; save the tokenizer again") from None
 
 
-def _looks_like_path(name: str) -> bool:
+def looks_like_path(name: str) -> bool:
     # Hub ids are "name" or "owner/name"; anything else with path syntax is meant as a folder.
     return name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1
 
@@ -324,7 +324,7 @@ class PretrainedTokenizer:
         local = Path(self.name).expanduser()
         # A path-like name that does not exist would otherwise be sent to the hub and fail slowly
         # with a confusing repo-id error.
-        if not local.exists() and (isinstance(path_or_name, os.PathLike) or _looks_like_path(self.name)):
+        if not local.exists() and (isinstance(path_or_name, os.PathLike) or looks_like_path(self.name)):
             raise PhaseLMError(
                 f"tokenizer folder not found: {self.name}; pass a folder written by save_pretrained or a hub name like 'gpt2'"
             )

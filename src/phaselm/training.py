@@ -211,6 +211,10 @@ def step_metrics(out: StepOutput) -> dict:
 RUN_MARKERS = ("config.toml", "metrics.jsonl", "checkpoints", "summary.json", "report.md")
 
 
+def holds_run(directory: Path) -> bool:
+    return any((directory / name).exists() for name in RUN_MARKERS)
+
+
 def prepare_run_dir(run_dir: str | os.PathLike, config_text: str, resume: bool) -> Path:
     """Create a fresh run directory, or check the one being resumed. Never overwrites a run."""
     run_dir = Path(run_dir)
@@ -224,7 +228,7 @@ def prepare_run_dir(run_dir: str | os.PathLike, config_text: str, resume: bool) 
                 "or start a new run in another directory"
             )
         return run_dir
-    if run_dir.exists() and (not run_dir.is_dir() or any((run_dir / name).exists() for name in RUN_MARKERS)):
+    if run_dir.exists() and (not run_dir.is_dir() or holds_run(run_dir)):
         raise PhaseLMError(f"run directory {run_dir} already holds a run; pass --resume to continue it or choose another --out")
     run_dir.mkdir(parents=True, exist_ok=True)
     config_file.write_text(config_text, encoding="utf-8")

@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..backbones import MambaSpec
-from ..training import RUN_MARKERS, TrainConfig
+from ..training import TrainConfig, holds_run
 from ..errors import PhaseLMError
 from .phase_mamba import BackboneConfig, PhaseMambaRecipe, PretrainRecipe, pretrain, train_core
 
@@ -40,7 +40,7 @@ def demo_recipes(out: Path, quick: bool = False) -> tuple[PretrainRecipe, PhaseM
 
 def run_demo(out: str | os.PathLike = "runs/demo", quick: bool = False, progress: bool = True) -> dict:
     out = Path(out)
-    if out.exists() and (any((out / m).exists() for m in RUN_MARKERS) or (out / "backbone").exists()):
+    if out.exists() and (holds_run(out) or (out / "backbone").exists()):
         raise PhaseLMError(f"{out} already holds a demo run; remove it (rm -r {out}) or pass --out to another folder")
     pre, core = demo_recipes(out, quick)
     command = f"phaselm demo --out {out}" + (" --quick" if quick else "")

@@ -20,3 +20,17 @@ for recipe in ${RECIPES:-gpt-baseline kssm-v3}; do
   cp "$RUNS/$recipe/metrics.jsonl" "$OUT/$recipe.metrics.jsonl" 2>/dev/null
   tail -c 400 "$OUT/$recipe.log"
 done
+# The table of docs/results.md: parameters, final val loss, median training tokens/s (first two
+# logged intervals skipped as warm-up).
+python3 - "$OUT" ${RECIPES:-gpt-baseline kssm-v3} <<'PY' | tee "$OUT/table.txt"
+import json, sys
+out = sys.argv[1]
+for name in sys.argv[2:]:
+    try:
+        summary = json.load(open(f"{out}/{name}.summary.json"))
+        records = [json.loads(line) for line in open(f"{out}/{name}.metrics.jsonl")]
+    except (OSError, ValueError):
+        print(f"{name}: no result"); continue
+    speeds = sorted(r["tokens_per_s"] for r in records if "tokens_per_s" in r)[2:] or [float("nan")]
+    print(f"{name}: parameters {summary['parameters']:,}  val loss {summary['val_ce']:.3f}  median tokens/s {speeds[len(speeds)//2]:,.0f}")
+PY

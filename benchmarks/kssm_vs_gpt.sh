@@ -31,6 +31,6 @@ for name in sys.argv[2:]:
         records = [json.loads(line) for line in open(f"{out}/{name}.metrics.jsonl")]
     except (OSError, ValueError):
         print(f"{name}: no result"); continue
-    speeds = sorted(r["tokens_per_s"] for r in records if "tokens_per_s" in r)[2:] or [float("nan")]
+    speeds = sorted([r["tokens_per_s"] for r in records if "tokens_per_s" in r][2:]) or [float("nan")]
     print(f"{name}: parameters {summary['parameters']:,}  val loss {summary['val_ce']:.3f}  median tokens/s {speeds[len(speeds)//2]:,.0f}")
 PY

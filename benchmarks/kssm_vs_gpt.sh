@@ -1,28 +1,41 @@
 #!/usr/bin/env bash
-# K-SSM v3 vs the same-size GPT baseline, char-level Tiny Shakespeare, one GPU, one run each.
-# Usage on the device tool (from the repo root; .whl holds the tomli_w wheel):
-#   STEPS=1000 bash benchmarks/kssm_vs_gpt.sh   # results under $OUT
+# Train language-model recipes one after another on one GPU and collect what docs/results.md
+# quotes: parameters, final validation loss, median training tokens/s.
+#
+# Usage (repo root; on the device tool .whl holds the tomli_w wheel the image lacks):
+#   RECIPES="kssm-v3 gpt-baseline" bash benchmarks/kssm_vs_gpt.sh
+# Environment:
+#   RECIPES  recipe names under recipes/ (default: kssm-v3 gpt-baseline)
+#   STEPS    override train.steps (default: the recipe's own)
+#   SET      extra space-separated --set overrides, e.g. "data.corpus=.data/gutenberg"
+#   LIMIT    seconds allowed per run (default 280)
+#   KEEP     recipes whose trained model folder comes back as $OUT/NAME.model.tgz.part-*
+#            (split at 15 MB: the device tool returns files up to 16 MiB)
+# Writes $OUT/results.tgz (per recipe: summary.json, metrics.jsonl, log; machine.txt, table.txt).
 set -uo pipefail
 OUT=${OUT:-runs/bench}
-STEPS=${STEPS:-5000}
-LIMIT=${LIMIT:-270}   # seconds per run, so the pair fits one 10-minute device call
+RECIPES=${RECIPES:-kssm-v3 gpt-baseline}
+LIMIT=${LIMIT:-280}
+mkdir -p "$OUT"
 if [ -d .whl ]; then
   python3 -m pip install -q --upgrade --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH=src:${PYTHONPATH:-} PYTHONUNBUFFERED=1
-RUNS=$(mktemp -d)   # a fresh run root: a warm machine keeps earlier runs
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/machine.txt"
-for recipe in ${RECIPES:-gpt-baseline kssm-v3}; do
-  timeout "$LIMIT" python3 -m phaselm train-lm "recipes/$recipe.toml" --out "$RUNS/$recipe" \
-    --set train.steps="$STEPS" --set train.eval_every=500 --set train.eval_batches=20 --set train.checkpoint_every=0 \
-    --json > "$OUT/$recipe.summary.json" 2> "$OUT/$recipe.log"
-  echo "$recipe exit $?"
-  cp "$RUNS/$recipe/metrics.jsonl" "$OUT/$recipe.metrics.jsonl" 2>/dev/null
-  tail -c 400 "$OUT/$recipe.log"
+RUNS=$(mktemp -d)     # fresh run root: a warm machine keeps earlier runs
+RESULTS=$(mktemp -d)
+overrides=()
+[ -n "${STEPS:-}" ] && overrides+=(--set "train.steps=$STEPS")
+for s in ${SET:-}; do overrides+=(--set "$s"); done
+{ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; date -u; git rev-parse --short HEAD 2>/dev/null; } | tee "$RESULTS/machine.txt"
+for recipe in $RECIPES; do
+  start=$(date +%s)
+  timeout "$LIMIT" python3 -m phaselm train-lm "recipes/$recipe.toml" --out "$RUNS/$recipe" "${overrides[@]}" \
+    --json > "$RESULTS/$recipe.summary.json" 2> "$RESULTS/$recipe.log"
+  echo "$recipe exit $? after $(( $(date +%s) - start )) s"
+  cp "$RUNS/$recipe/metrics.jsonl" "$RESULTS/$recipe.metrics.jsonl" 2>/dev/null
+  tail -c 300 "$RESULTS/$recipe.log"; echo
 done
-# The table of docs/results.md: parameters, final val loss, median training tokens/s (first two
-# logged intervals skipped as warm-up).
-python3 - "$OUT" ${RECIPES:-gpt-baseline kssm-v3} <<'PY' | tee "$OUT/table.txt"
+python3 - "$RESULTS" $RECIPES <<'PY' | tee "$RESULTS/table.txt"
 import json, sys
 out = sys.argv[1]
 for name in sys.argv[2:]:
@@ -31,6 +44,15 @@ for name in sys.argv[2:]:
         records = [json.loads(line) for line in open(f"{out}/{name}.metrics.jsonl")]
     except (OSError, ValueError):
         print(f"{name}: no result"); continue
+    # Median training tokens/s, the first two logged intervals skipped (compilation, warm-up).
     speeds = sorted([r["tokens_per_s"] for r in records if "tokens_per_s" in r][2:]) or [float("nan")]
-    print(f"{name}: parameters {summary['parameters']:,}  val loss {summary['val_ce']:.3f}  median tokens/s {speeds[len(speeds)//2]:,.0f}")
+    print(f"{name}: parameters {summary['parameters']:,}  val loss {summary['val_ce']:.4f}  "
+          f"val ppl {summary['val_ppl']:.2f}  median tokens/s {speeds[len(speeds)//2]:,.0f}  "
+          f"train {summary['train_seconds']:.0f} s")
 PY
+tar czf "$OUT/results.tgz" -C "$RESULTS" .
+for recipe in ${KEEP:-}; do
+  [ -d "$RUNS/$recipe/model" ] || { echo "no model for $recipe"; continue; }
+  tar czf - -C "$RUNS" --exclude checkpoints "$recipe" | split -b 15M - "$OUT/$recipe.model.tgz.part-"
+done
+ls -la "$OUT"

@@ -19,6 +19,8 @@ import math
 
 import torch
 
+from .ops.harmonics import harmonics as _harmonics_op
+
 # Keeps d|Z|/dZ finite when the oscillators are perfectly spread (Z = 0). Biases R by at most
 # sqrt(1e-12) = 1e-6, far below anything we report.
 _R_EPS = 1e-12
@@ -48,11 +50,12 @@ def order_parameter(theta: torch.Tensor) -> torch.Tensor:
 
 
 def harmonics(theta: torch.Tensor, n_harmonics: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Z_n = mean_j e^{i n θ_j} for n = 1..H, returned as (Re, Im), each ``(..., H)``."""
+    """Z_n = mean_j e^{i n θ_j} for n = 1..H, returned as (Re, Im), each ``(..., H)``.
+
+    On CUDA this runs the fused kernel of :mod:`phaselm.ops.harmonics` (no (…, N, H) tensor).
+    """
     with full_precision(theta.device.type):
-        n = torch.arange(1, n_harmonics + 1, device=theta.device, dtype=torch.float32)
-        angles = theta.float().unsqueeze(-1) * n  # (..., N, H)
-        return torch.cos(angles).mean(-2), torch.sin(angles).mean(-2)
+        return _harmonics_op(theta.float(), n_harmonics)
 
 
 def velocity(theta: torch.Tensor, omega: torch.Tensor, coupling: torch.Tensor | float) -> torch.Tensor:

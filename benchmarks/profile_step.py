@@ -1,0 +1,114 @@
+"""Time one training step of each model at the recipe's shape and profile where K-SSM spends it.
+
+    PYTHONPATH=src python3 benchmarks/profile_step.py [--steps 30] [--out DIR]
+
+For each variant: median training tokens/s over ``--steps`` steps after 5 warm-up steps (bf16
+autocast, AdamW, gradient clipping — what train() does). Variants: the GPT baseline, K-SSM
+with the fused harmonics kernel, K-SSM with the direct (reference) harmonics, and both models
+under torch.compile. Then a torch.profiler table of the K-SSM step's top CUDA kernels.
+Writes speeds.json and profile.txt to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import phaselm.oscillators as oscillators
+from phaselm.config import load_recipe
+from phaselm.experiments.language_model import LMRecipe, build_lm
+from phaselm.ops import harmonics as harmonics_ops
+from phaselm.training import LanguageModelObjective
+
+VOCAB = 65
+
+
+def make(recipe_path: str, compiled: bool):
+    recipe = load_recipe(LMRecipe, recipe_path)
+    torch.manual_seed(0)
+    model = build_lm(recipe, VOCAB).cuda()
+    objective = LanguageModelObjective(model, recipe.kssm.reg_weight if recipe.arch == "kssm" else 0.0)
+    forward = torch.compile(objective) if compiled else objective
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
+    return recipe, objective, forward, optimizer
+
+
+def step(forward, objective, optimizer, x, y):
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = forward(x, y)
+    out.losses["loss"].backward()
+    torch.nn.utils.clip_grad_norm_(objective.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def time_variant(recipe_path: str, compiled: bool, steps: int) -> dict:
+    recipe, objective, forward, optimizer = make(recipe_path, compiled)
+    b, t = recipe.train.batch_size, recipe.train.seq_len
+    x = torch.randint(0, VOCAB, (b, t), device="cuda")
+    y = torch.randint(0, VOCAB, (b, t), device="cuda")
+    for _ in range(5):
+        step(forward, objective, optimizer, x, y)
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step(forward, objective, optimizer, x, y)
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    return {"median_step_s": median, "tokens_per_s": b * t / median, "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--out", default="runs/profile")
+    parser.add_argument("--kssm", default="recipes/kssm-v3.toml")
+    parser.add_argument("--gpt", default="recipes/gpt-baseline.toml")
+    parser.add_argument("--no-compile", action="store_true")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    variants = [("gpt", args.gpt, False, "fused"), ("kssm", args.kssm, False, "fused"), ("kssm-reference-harmonics", args.kssm, False, "reference")]
+    if not args.no_compile:
+        variants += [("gpt-compiled", args.gpt, True, "fused"), ("kssm-compiled", args.kssm, True, "fused")]
+    speeds = {}
+    for name, path, compiled, backend in variants:
+        oscillators._harmonics_op = harmonics_ops.harmonics if backend == "fused" else harmonics_ops.harmonics_reference
+        torch.cuda.reset_peak_memory_stats()
+        try:
+            speeds[name] = time_variant(path, compiled, args.steps)
+        except Exception as error:  # a variant that fails (e.g. compile) must not hide the others
+            speeds[name] = {"error": f"{type(error).__name__}: {error}"[:500]}
+        print(name, speeds[name], flush=True)
+    if "tokens_per_s" in speeds.get("gpt", {}):
+        for name, s in speeds.items():
+            if "tokens_per_s" in s:
+                s["ratio_to_gpt"] = s["tokens_per_s"] / speeds["gpt"]["tokens_per_s"]
+    (out / "speeds.json").write_text(json.dumps(speeds, indent=2))
+
+    oscillators._harmonics_op = harmonics_ops.harmonics
+    recipe, objective, forward, optimizer = make(args.kssm, False)
+    b, t = recipe.train.batch_size, recipe.train.seq_len
+    x = torch.randint(0, VOCAB, (b, t), device="cuda")
+    for _ in range(3):
+        step(forward, objective, optimizer, x, x)
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA, torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(5):
+            step(forward, objective, optimizer, x, x)
+        torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=90)
+    (out / "profile.txt").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

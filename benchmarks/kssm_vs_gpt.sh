@@ -27,15 +27,9 @@ overrides=()
 [ -n "${STEPS:-}" ] && overrides+=(--set "train.steps=$STEPS")
 for s in ${SET:-}; do overrides+=(--set "$s"); done
 { nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; date -u; git rev-parse --short HEAD 2>/dev/null; } | tee "$RESULTS/machine.txt"
-for recipe in $RECIPES; do
-  start=$(date +%s)
-  timeout "$LIMIT" python3 -m phaselm train-lm "recipes/$recipe.toml" --out "$RUNS/$recipe" "${overrides[@]}" \
-    --json > "$RESULTS/$recipe.summary.json" 2> "$RESULTS/$recipe.log"
-  echo "$recipe exit $? after $(( $(date +%s) - start )) s"
-  cp "$RUNS/$recipe/metrics.jsonl" "$RESULTS/$recipe.metrics.jsonl" 2>/dev/null
-  tail -c 300 "$RESULTS/$recipe.log"; echo
-done
-python3 - "$RESULTS" $RECIPES <<'PY' | tee "$RESULTS/table.txt"
+# Collect after every recipe, so a call cut off at its limit still returns what finished.
+collect() {
+python3 - "$RESULTS" $done_recipes <<'PY' | tee "$RESULTS/table.txt"
 import json, sys
 out = sys.argv[1]
 for name in sys.argv[2:]:
@@ -46,13 +40,27 @@ for name in sys.argv[2:]:
         print(f"{name}: no result"); continue
     # Median training tokens/s, the first two logged intervals skipped (compilation, warm-up).
     speeds = sorted([r["tokens_per_s"] for r in records if "tokens_per_s" in r][2:]) or [float("nan")]
+    vals = [r for r in records if r.get("split") == "val"]
+    best = min(vals, key=lambda r: r["val_ce"]) if vals else {"val_ce": float("nan"), "step": 0}
     print(f"{name}: parameters {summary['parameters']:,}  val loss {summary['val_ce']:.4f}  "
+          f"best val {best['val_ce']:.4f} @ {best['step']}  "
           f"val ppl {summary['val_ppl']:.2f}  median tokens/s {speeds[len(speeds)//2]:,.0f}  "
           f"train {summary['train_seconds']:.0f} s")
 PY
 tar czf "$OUT/results.tgz" -C "$RESULTS" .
-for recipe in ${KEEP:-}; do
-  [ -d "$RUNS/$recipe/model" ] || { echo "no model for $recipe"; continue; }
-  tar czf - -C "$RUNS" --exclude checkpoints "$recipe" | split -b 15M - "$OUT/$recipe.model.tgz.part-"
+}
+done_recipes=""
+for recipe in $RECIPES; do
+  start=$(date +%s)
+  timeout "$LIMIT" python3 -m phaselm train-lm "recipes/$recipe.toml" --out "$RUNS/$recipe" "${overrides[@]}" \
+    --json > "$RESULTS/$recipe.summary.json" 2> "$RESULTS/$recipe.log"
+  echo "$recipe exit $? after $(( $(date +%s) - start )) s"
+  cp "$RUNS/$recipe/metrics.jsonl" "$RESULTS/$recipe.metrics.jsonl" 2>/dev/null
+  tail -c 300 "$RESULTS/$recipe.log"; echo
+  done_recipes="$done_recipes $recipe"
+  collect
+  if [[ " ${KEEP:-} " == *" $recipe "* && -d "$RUNS/$recipe/model" ]]; then
+    tar czf - -C "$RUNS" --exclude checkpoints "$recipe" | split -b 15M - "$OUT/$recipe.model.tgz.part-"
+  fi
 done
 ls -la "$OUT"

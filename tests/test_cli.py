@@ -207,3 +207,124 @@ def test_generate_refuses_a_checkpoint_from_another_config(demo_run, tmp_path, c
     assert "coupling = 3.0" in (run / "config.toml").read_text()
     code, _, err = run_cli(capsys, "generate", str(run), "-n", "2")
     assert_one_line_error(code, err, "was saved with core=")
+
+
+# ---------------------------------------------------------------- phaselm eval …
+
+
+@pytest.fixture(scope="module")
+def eval_runs(tmp_path_factory):
+    """Tiny K-SSM and GPT run directories (the layout train-lm writes) on a small corpus."""
+    from test_evals import make_run
+
+    from phaselm.data import load_text
+
+    root = tmp_path_factory.mktemp("eval_runs")
+    corpus = root / "small.txt"
+    corpus.write_text(load_text("tinyshakespeare")[:12_000], encoding="utf-8")
+    return {"kssm": make_run(root, "kssm", corpus=corpus), "gpt": make_run(root, "gpt", arch="gpt2", corpus=corpus)}
+
+
+FAST_GEN = ["--prompts", "4", "--prompt-tokens", "8", "--max-new-tokens", "5"]
+FAST_VAL = ["--batches", "1", "--batch-size", "2", "--seq-len", "16"]
+
+
+def test_eval_intervention_writes_json_and_png(eval_runs, tmp_path, capsys):
+    out = tmp_path / "ev"
+    code, stdout, err = run_cli(capsys, "eval", "intervention", str(eval_runs["kssm"]), *FAST_GEN, "--kind", "sync", "--kind", "pin",
+                                "--value", "0.3", "--layers", "1", "--json", "--out", str(out))
+    assert code == 0, err
+    data = json.loads(stdout)
+    assert data == json.loads((out / "intervention.json").read_text())
+    assert [r["label"] for r in data["results"]] == ["sync @ layers 1", "pin 0.3 @ layers 1"] and data["n_prompts"] == 4
+    assert data["results"][1]["forced"]["r_per_layer"][1] == pytest.approx(0.3, abs=1e-5)
+    assert data["command"].startswith("phaselm ")
+    assert (out / "intervention.png").read_bytes()[:4] == b"\x89PNG"
+    # a second run into the same --out is refused and leaves the first result alone
+    before = snapshot(out)
+    code, _, err = run_cli(capsys, "eval", "intervention", str(eval_runs["kssm"]), *FAST_GEN, "--out", str(out))
+    assert_one_line_error(code, err, "already holds intervention.json")
+    assert snapshot(out) == before
+
+
+def test_eval_intervention_default_out_and_text_output(eval_runs, capsys):
+    code, stdout, err = run_cli(capsys, "eval", "intervention", str(eval_runs["kssm"] / "model"), *FAST_GEN, "--kind", "disorder", "--temperature", "0")
+    assert code == 0, err
+    assert "| disorder @ layers all | KL(unforced ‖ forced) |" in stdout and "plot:" in stdout
+    assert (eval_runs["kssm"] / "evals" / "intervention.png").is_file()
+
+
+@pytest.mark.parametrize(
+    "args, check",
+    [
+        (["temperature", "{kssm}", "-t", "0,1", *FAST_GEN], lambda d: [r["temperature"] for r in d["rows"]] == [0.0, 1.0]),
+        (["temperature", "{gpt}", "-t", "0.8", *FAST_GEN], lambda d: d["rows"][0]["metrics"]["mean_r"] is None),
+        (["clamp", "{kssm}", "--bounds", "0.1:10,0.9:1.1", *FAST_VAL], lambda d: "not retraining" in d["note"] and len(d["rows"]) == 3),
+        (["correlation", "{kssm}", *FAST_VAL], lambda d: d["tokens"] == 32 and len(d["layers"]) == 3),
+    ],
+)
+def test_eval_commands_json(eval_runs, tmp_path, capsys, args, check):
+    args = [a.format(**eval_runs) for a in args]
+    code, stdout, err = run_cli(capsys, "eval", *args, "--json", "--out", str(tmp_path))
+    assert code == 0, err
+    data = json.loads(stdout)
+    assert check(data)
+    assert Path(data["files"]["png"]).read_bytes()[:4] == b"\x89PNG" and Path(data["files"]["json"]).is_file()
+
+
+def test_eval_ablation_on_a_trained_run(eval_runs, tmp_path, capsys):
+    """A real `train-lm` run next to a GPT run: the table shows — for GPT's R and u."""
+    sets = ["train.steps=2", "train.batch_size=2", "train.seq_len=16", "train.eval_batches=1", "train.checkpoint_every=0",
+            "kssm.hidden_size=32", "kssm.n_layers=1", "kssm.head_dim=16", "kssm.n_oscillators=8", "kssm.n_harmonics=4",
+            f"data.corpus={eval_runs['kssm'].parent / 'small.txt'}"]
+    run = tmp_path / "trained"
+    code, _, err = run_cli(capsys, "train-lm", str(RECIPES / "kssm-v3.toml"), "--out", str(run), *[x for s in sets for x in ("--set", s)])
+    assert code == 0, err
+    out = tmp_path / "ablation"
+    code, stdout, err = run_cli(capsys, "eval", "ablation", str(run), str(eval_runs["gpt"]), "--batches", "1", "--batch-size", "2", "--json",
+                                "--out", str(out))
+    assert code == 0, err
+    data = json.loads(stdout)
+    assert [r["variant"] for r in data["rows"]] == ["K-SSM bistable", "GPT-2"]
+    assert 0 <= data["rows"][0]["r_mean"] <= 1 and data["rows"][1]["r_mean"] is None
+    assert "—" in (out / "ablation.md").read_text() and (out / "ablation.png").is_file()
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["intervention", "{tmp}/missing"], "run directory {tmp}/missing does not exist"),
+        (["intervention", "{gpt}"], "needs a model with oscillators (K-SSM); this is a gpt2 model"),
+        (["correlation", "{gpt}"], "needs a model with oscillators"),
+        (["clamp", "{gpt}"], "needs a model with oscillators"),
+        (["intervention", "{kssm}", "--kind", "pin", "--value", "1.5"], "pinned R must be in [0, 1], got 1.5"),
+        (["intervention", "{kssm}", "--kind", "pin=-0.2"], "pinned R must be in [0, 1]"),
+        (["intervention", "{kssm}", "--kind", "pin"], "needs a value"),
+        (["intervention", "{kssm}", "--value", "0.5"], "--value only applies to --kind pin"),
+        (["intervention", "{kssm}", "--kind", "freeze"], "unknown intervention kind 'freeze'"),
+        (["intervention", "{kssm}", "--layers", "7"], "layer 7 is out of range: this model has 2 oscillator layers"),
+        (["intervention", "{kssm}", "--prompts", "1"], "at least 2 prompts, got --prompts 1"),
+        (["temperature", "{kssm}", "--prompts", "0"], "at least 2 prompts"),
+        (["temperature", "{kssm}", "-t", "hot"], "bad temperatures 'hot'"),
+        (["clamp", "{kssm}", "--bounds", "5:1"], "u_min < u_max, got u_min=5 ≥ u_max=1"),
+        (["clamp", "{kssm}", "--bounds", "0:1"], "clamp bounds of a bistable model need 0 < u_min"),
+        (["clamp", "{kssm}", "--bounds", "1-2"], "bad bounds '1-2'"),
+        (["correlation", "{kssm}", "--seq-len", "5000"], "fewer than one sequence"),
+        (["ablation", "{kssm}", "{tmp}/missing"], "run directory {tmp}/missing does not exist"),
+    ],
+)
+def test_eval_bad_inputs_are_one_line_errors(eval_runs, tmp_path, capsys, args, match):
+    values = {"tmp": tmp_path, **eval_runs}
+    before = {name: snapshot(path) for name, path in eval_runs.items()}
+    code, stdout, err = run_cli(capsys, "eval", *[a.format(**values) for a in args], "--out", str(tmp_path / "out"))
+    assert_one_line_error(code, err, match.format(**values))
+    assert not (tmp_path / "out").exists()
+    assert {name: snapshot(path) for name, path in eval_runs.items()} == before
+
+
+def test_eval_commands_have_help_with_an_example(capsys):
+    code, out, _ = run_cli(capsys, "eval", "--help")
+    assert code == 0 and all(name in out for name in ("intervention", "temperature", "clamp", "correlation", "ablation"))
+    for command in ("intervention", "temperature", "clamp", "correlation", "ablation"):
+        code, out, _ = run_cli(capsys, "eval", command, "--help")
+        assert code == 0 and "Example" in out and "--json" in out and "--out" in out, command

@@ -63,6 +63,19 @@ def test_regulariser_is_per_position():
     assert out.reg.shape == (3, 7) and out.u.shape == (3, 7) and out.order.shape == (3, 7)
 
 
+@pytest.mark.parametrize("through_hidden", [False, True])
+def test_regulariser_reaches_the_hidden_state_only_when_asked(through_hidden):
+    bank = BistableBank(6, BankConfig(n_oscillators=8, n_harmonics=4, reg_through_hidden=through_hidden))
+    hidden = torch.randn(3, 7, 6, requires_grad=True)
+    out = bank(hidden)
+    direct = regulariser(*bistable_map(bank.to_params(hidden), bank.cfg), bank.cfg)
+    torch.testing.assert_close(out.reg, direct)  # same values either way
+    out.reg.mean().backward()
+    assert bank.to_params.weight.grad.abs().sum() > 0
+    reached = hidden.grad is not None and bool(hidden.grad.abs().sum() > 0)
+    assert reached == through_hidden
+
+
 def test_noise_only_in_training():
     bank = BistableBank(6, BankConfig(n_oscillators=8, n_harmonics=4, spread_init=0.5)).eval()
     h = torch.randn(1, 4, 6)

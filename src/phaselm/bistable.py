@@ -43,6 +43,11 @@ class BankConfig:
     reg_delta: float = 0.1  # λ₁
     reg_u: float = 0.5  # λ₂
     reg_eps: float = 1e-5
+    # False: the regulariser's gradient trains only the bank's own map (to_params), not the
+    # hidden state feeding it. Through the hidden state it stalled learning: at the seed's size
+    # the 6 banks' push on |Δ| and u held char-level validation loss at ~3.3 nats (unigram level)
+    # for the first ~1,000 steps on H100 (docs/results.md); with it cut, learning starts at once.
+    reg_through_hidden: bool = False
 
     def __post_init__(self) -> None:
         if self.n_oscillators < 2 or self.n_harmonics < 1:
@@ -97,22 +102,30 @@ class BistableBank(nn.Module):
         self.omega0 = nn.Parameter(torch.linspace(-math.pi, math.pi, n + 1)[:-1].clone())
         self.spread = nn.Parameter(torch.tensor(cfg.spread_init))
         self.readout = nn.Linear(3 * cfg.n_harmonics, hidden_size)
-        # Set by interventions, never by forward(): pin R (None = free).
-        self.pinned_order: float | None = None
+        # Set by interventions (phaselm.interventions.intervene), never by forward(): functions
+        # θ (…, N) → θ applied in order after the coupling steps, before the harmonic readout.
+        # Empty (the default) leaves the computation exactly as without interventions.
+        self.phase_transforms: list = []
 
     def forward(self, hidden: torch.Tensor) -> BankOutput:
         cfg = self.cfg
         with oscillators.full_precision(hidden.device.type):
             h = hidden.float()
             delta, u = bistable_map(self.to_params(h), cfg)
+            if cfg.reg_through_hidden:
+                reg = regulariser(delta, u, cfg)
+            else:  # the same values; the gradient reaches to_params only
+                reg = regulariser(*bistable_map(self.to_params(h.detach()), cfg), cfg)
             coupling = 2.0 * torch.sigmoid(u)
             theta = self.omega0 + h.mean(-1, keepdim=True)
             for _ in range(cfg.steps):
                 theta = theta + oscillators.velocity(theta, torch.zeros_like(self.omega0), coupling)
                 if self.training or cfg.noise_in_eval:
                     theta = theta - self.spread.abs() * torch.randn_like(theta)
+            for transform in self.phase_transforms:
+                theta = transform(theta)
             re, im = oscillators.harmonics(theta, cfg.n_harmonics)  # (B, T, H) each
             magnitude = torch.sqrt(re**2 + im**2 + 1e-12)
             features = torch.cat([re, im, magnitude], dim=-1)
             out = self.readout(features)
-        return BankOutput(out.to(hidden.dtype), magnitude[..., 0], u, delta, regulariser(delta, u, cfg))
+        return BankOutput(out.to(hidden.dtype), magnitude[..., 0], u, delta, reg)

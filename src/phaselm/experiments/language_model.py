@@ -1,8 +1,9 @@
-"""Train a language model from scratch — K-SSM or the GPT-2 baseline — with the one training loop.
+"""Train a language model from scratch — K-SSM, the fusion family or the GPT-2 baseline — with the one training loop.
 
 ``phaselm train-lm recipes/kssm-v3.toml`` writes a run directory with config.toml,
 metrics.jsonl, checkpoints/, model/ (save_pretrained + tokenizer), summary.json, plots and
-report.md. The K-SSM variants (bistable, monostable, no mixer) and the baseline differ only in
+report.md. The K-SSM variants (bistable, monostable, no mixer), the fusion models (pure RWKV-6,
+pure Mamba-2, RWKV-6 + Mamba-2 hybrids with every fusion type) and the baseline differ only in
 their recipes, so they are trained and measured by the same code.
 """
 
@@ -23,7 +24,7 @@ from ..reporting import write_report
 from ..training import LanguageModelObjective, TrainConfig, train
 from .phase_mamba import MODEL_FOLDER, CorpusConfig, TokenizerConfig, _count, _write_json
 
-ARCHES = ("kssm", "gpt2")
+ARCHES = ("kssm", "fusion", "gpt2")
 
 
 @dataclass
@@ -46,10 +47,39 @@ class KSSMSpec:
     bank_steps: int = 1
     spread_init: float = 0.1
     reg_weight: float = 0.5
+    reg_through_hidden: bool = False  # True: the regulariser also trains the hidden state (stalls learning)
     mlp_ratio: int = 4
     dropout: float = 0.2
     position_embedding: bool = False
     max_position_embeddings: int = 1024
+
+
+@dataclass
+class FusionSpec:
+    """Fusion-family shape (phaselm.models.fusion); defaults are GF-MH at ~5.6M parameters char-level."""
+
+    mixer: str = "hybrid"  # "hybrid" (RWKV-6 ∥ Mamba-2, fused), "rwkv6" or "mamba2" (one branch)
+    fusion: str = "GF"  # WS, HY, GF, HGF, CP or RF (SPEC.md §4); hybrid only
+    gate_init: float | str = 0.3  # RWKV share at init, in (0, 1), or balanced / rwkv-heavy / mamba-heavy / extreme-mamba / extreme-rwkv
+    hidden_size: int = 192
+    n_layers: int = 7
+    rwkv_head_dim: int = 64
+    rwkv_mix_rank: int = 32
+    rwkv_decay_rank: int = 64
+    rwkv_chunk_size: int = 16
+    mamba_state_size: int = 16
+    mamba_expand: int = 2
+    mamba_head_dim: int = 64
+    mamba_conv_kernel: int = 4
+    mamba_chunk_size: int = 64
+    scan: str = "auto"  # "auto": RWKV-6 through fla on CUDA when installed; "chunked"; "reference"
+    mlp_ratio: int = 4
+    dropout: float = 0.2
+
+    def model_config(self, vocab_size: int):
+        from ..models.fusion import FusionConfig
+
+        return FusionConfig(vocab_size=vocab_size, **asdict(self))
 
 
 @dataclass
@@ -65,8 +95,9 @@ class GPTSpec:
 
 @dataclass
 class LMRecipe:
-    arch: str = "kssm"  # "kssm" or "gpt2"
+    arch: str = "kssm"  # "kssm", "fusion" or "gpt2"
     kssm: KSSMSpec = field(default_factory=KSSMSpec)
+    fusion: FusionSpec = field(default_factory=FusionSpec)
     gpt: GPTSpec = field(default_factory=GPTSpec)
     data: CorpusConfig = field(default_factory=CorpusConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
@@ -81,6 +112,13 @@ class LMRecipe:
             raise PhaseLMError(
                 f"train.seq_len {self.train.seq_len} is longer than kssm.max_position_embeddings {self.kssm.max_position_embeddings}"
             )
+        if self.arch == "fusion":
+            self.fusion.model_config(vocab_size=1)  # checks the shape now (fusion type, gate init, heads)
+
+    @property
+    def spec(self):
+        """The section of the chosen architecture."""
+        return {"kssm": self.kssm, "fusion": self.fusion, "gpt2": self.gpt}[self.arch]
 
 
 def build_lm(recipe: LMRecipe, vocab_size: int):
@@ -88,6 +126,10 @@ def build_lm(recipe: LMRecipe, vocab_size: int):
         from ..models.kssm import KSSMConfig, KSSMForCausalLM
 
         return KSSMForCausalLM(KSSMConfig(vocab_size=vocab_size, **asdict(recipe.kssm)))
+    if recipe.arch == "fusion":
+        from ..models.fusion import FusionForCausalLM
+
+        return FusionForCausalLM(recipe.fusion.model_config(vocab_size))
     from transformers import GPT2Config, GPT2LMHeadModel
 
     g = recipe.gpt
@@ -111,7 +153,7 @@ def train_lm(recipe: LMRecipe, run_dir: str | os.PathLike, resume: bool = False,
     train_ids, val_ids = train_val_split(encode_corpus(tokenizer, text), recipe.data.val_fraction)
     torch.manual_seed(recipe.train.seed)
     model = build_lm(recipe, tokenizer.vocab_size)
-    spec = to_dict(recipe.kssm if recipe.arch == "kssm" else recipe.gpt)
+    spec = to_dict(recipe.spec)
     reg_weight = recipe.kssm.reg_weight if recipe.arch == "kssm" else 0.0
     started = time.perf_counter()
     result = train(

@@ -56,6 +56,7 @@ class KSSMConfig(PretrainedConfig):
         bank_steps: int = 1,
         spread_init: float = 0.1,
         reg_weight: float = 0.5,
+        reg_through_hidden: bool = False,
         mlp_ratio: int = 4,
         dropout: float = 0.0,
         position_embedding: bool = False,
@@ -87,6 +88,7 @@ class KSSMConfig(PretrainedConfig):
         self.bank_steps = bank_steps
         self.spread_init = spread_init
         self.reg_weight = reg_weight
+        self.reg_through_hidden = reg_through_hidden
         self.mlp_ratio = mlp_ratio
         self.dropout = dropout
         self.position_embedding = position_embedding
@@ -103,6 +105,7 @@ class KSSMConfig(PretrainedConfig):
             u_max=self.u_max,
             steps=self.bank_steps,
             spread_init=self.spread_init,
+            reg_through_hidden=self.reg_through_hidden,
         )
 
 

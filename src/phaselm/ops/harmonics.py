@@ -17,7 +17,8 @@ The recurrence loses about one float32 ulp per harmonic; at H = 32 the results d
 the direct form by ~1e-6 (tests/test_harmonics.py bounds it).
 
 :func:`harmonics` picks the kernel for float32 CUDA tensors when Triton is importable, the
-reference otherwise. On a machine without a GPU, ``TRITON_INTERPRET=1`` runs the kernel in
+reference otherwise; ``PHASELM_HARMONICS=reference`` (or ``fused``) in the environment forces
+one. On a machine without a GPU, ``TRITON_INTERPRET=1`` runs the kernel in
 Triton's interpreter, which is how the CPU tests compare the two.
 """
 
@@ -51,6 +52,7 @@ def fused_available(theta: torch.Tensor) -> bool:
 
 def harmonics(theta: torch.Tensor, n_harmonics: int, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Z_n for n = 1..H as (Re, Im), each ``(..., H)``; ``backend`` is "auto", "fused" or "reference"."""
+    backend = os.environ.get("PHASELM_HARMONICS", backend)  # a switch for A/B runs and debugging
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     use_fused = backend == "fused" or (backend == "auto" and theta.is_cuda and fused_available(theta))

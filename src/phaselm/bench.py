@@ -1,0 +1,178 @@
+"""Speed profile of language-model recipes against a baseline, measured in one run.
+
+``bench(["recipes/fusion-gf-mh.toml", ...], baseline="recipes/gpt2-fusion-baseline.toml")`` builds
+each recipe's model (random weights: speed does not depend on them) and measures, on one device:
+
+- training tokens/s at each batch size (seq 512 by default): forward + backward + AdamW step,
+  bf16 autocast on CUDA (what ``train()`` does), median over timed steps after warm-up;
+- inference tokens/s at each batch size: a no-grad forward over (batch, seq);
+- decode cost per token (ms) at batch 1 after contexts of 64 … 4096 tokens, through the model's
+  cache (flat for the recurrent models; the baseline's grows with the context and stops at its
+  ``n_positions``);
+
+and reports every model's numbers with ratios to the baseline: ``train_step_ratio`` = step time /
+baseline step time (the issue's target: GF-MH ≤ 1.0 at batch 16), ``infer_speed_ratio`` = tokens/s
+/ baseline tokens/s.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .config import load_recipe
+
+
+@dataclass
+class BenchConfig:
+    batches: tuple[int, ...] = (1, 4, 16, 64)
+    seq_len: int = 512
+    steps: int = 10
+    warmup: int = 3
+    decode_contexts: tuple[int, ...] = (64, 256, 1024, 4096)
+    decode_tokens: int = 32
+    vocab_size: int | None = None  # None: 65 for char-level recipes (Tiny Shakespeare), else tokenizer.vocab_size
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def _median_seconds(fn, steps: int, warmup: int, device: torch.device) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        _sync(device)
+        started = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def _train_tokens_per_s(model, batch: int, cfg: BenchConfig, vocab: int, device) -> float:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    ids = torch.randint(0, vocab, (batch, cfg.seq_len), device=device)
+    model.train()
+
+    def step():
+        with _autocast(device):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    seconds = _median_seconds(step, cfg.steps, cfg.warmup, device)
+    model.eval()
+    return batch * cfg.seq_len / seconds
+
+
+@torch.no_grad()
+def _infer_tokens_per_s(model, batch: int, cfg: BenchConfig, vocab: int, device) -> float:
+    ids = torch.randint(0, vocab, (batch, cfg.seq_len), device=device)
+
+    def forward():
+        with _autocast(device):
+            model(input_ids=ids)
+
+    return batch * cfg.seq_len / _median_seconds(forward, cfg.steps, cfg.warmup, device)
+
+
+@torch.no_grad()
+def _decode_ms_per_token(model, context: int, cfg: BenchConfig, vocab: int, device) -> float:
+    ids = torch.randint(0, vocab, (1, context), device=device)
+    with _autocast(device):
+        out = model(input_ids=ids, use_cache=True)
+    cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    for _ in range(2):  # warm-up (the cache grows by two tokens; negligible against the context)
+        with _autocast(device):
+            out = model(input_ids=token, past_key_values=cache, use_cache=True)
+        cache = out.past_key_values
+    _sync(device)
+    started = time.perf_counter()
+    for _ in range(cfg.decode_tokens):
+        with _autocast(device):
+            out = model(input_ids=token, past_key_values=cache, use_cache=True)
+        cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    _sync(device)
+    return 1000 * (time.perf_counter() - started) / cfg.decode_tokens
+
+
+def _max_positions(recipe) -> int | None:
+    if recipe.arch == "gpt2":
+        return recipe.gpt.n_positions
+    if recipe.arch == "kssm" and recipe.kssm.position_embedding:
+        return recipe.kssm.max_position_embeddings
+    return None
+
+
+def bench_recipe(path: str | Path, cfg: BenchConfig, device: torch.device, overrides: dict | None = None) -> dict:
+    from .experiments.language_model import LMRecipe, build_lm
+
+    # The recipe checks the bench length against the model's positions (GPT-2's n_positions).
+    recipe = load_recipe(LMRecipe, path, {**(overrides or {}), "train.seq_len": cfg.seq_len})
+    vocab = cfg.vocab_size or (65 if recipe.tokenizer.kind == "char" else recipe.tokenizer.vocab_size)
+    limit = _max_positions(recipe)
+    torch.manual_seed(0)
+    model = build_lm(recipe, vocab).to(device).eval()
+    result = {
+        "recipe": str(path),
+        "arch": recipe.arch,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "train_tokens_per_s": {},
+        "infer_tokens_per_s": {},
+        "decode_ms_per_token": {},
+    }
+    for batch in cfg.batches:
+        result["train_tokens_per_s"][str(batch)] = _train_tokens_per_s(model, batch, cfg, vocab, device)
+        result["infer_tokens_per_s"][str(batch)] = _infer_tokens_per_s(model, batch, cfg, vocab, device)
+    for context in cfg.decode_contexts:
+        fits = limit is None or context + 2 + cfg.decode_tokens <= limit
+        result["decode_ms_per_token"][str(context)] = _decode_ms_per_token(model, context, cfg, vocab, device) if fits else None
+    del model
+    return result
+
+
+def bench(recipes: list[str | Path], baseline: str | Path, cfg: BenchConfig | None = None, device: str | None = None, overrides: dict | None = None) -> dict:
+    """Measure ``baseline`` and every recipe in one run; ratios are against the baseline."""
+    cfg = cfg or BenchConfig()
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    base = bench_recipe(baseline, cfg, device, overrides)
+    models = []
+    for path in recipes:
+        r = bench_recipe(path, cfg, device, overrides)
+        r["train_step_ratio"] = {b: base["train_tokens_per_s"][b] / r["train_tokens_per_s"][b] for b in r["train_tokens_per_s"]}
+        r["infer_speed_ratio"] = {b: r["infer_tokens_per_s"][b] / base["infer_tokens_per_s"][b] for b in r["infer_tokens_per_s"]}
+        decode = [v for v in r["decode_ms_per_token"].values() if v is not None]
+        r["decode_growth"] = decode[-1] / decode[0] if len(decode) > 1 else None  # ≈ 1: flat in the context
+        models.append(r)
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    return {"device": device_name, "settings": asdict(cfg), "baseline": base, "models": models}
+
+
+def table(result: dict) -> list[str]:
+    """Markdown rows: model, batch, train tok/s, step-time ratio, inference tok/s, speed ratio."""
+    lines = ["| model | batch | train tok/s | step time / baseline | infer tok/s | infer speed / baseline |", "|---|---|---|---|---|---|"]
+    base = result["baseline"]
+    for b in base["train_tokens_per_s"]:
+        lines.append(f"| {Path(base['recipe']).stem} (baseline) | {b} | {base['train_tokens_per_s'][b]:,.0f} | 1.00 | {base['infer_tokens_per_s'][b]:,.0f} | 1.00 |")
+    for r in result["models"]:
+        for b in r["train_tokens_per_s"]:
+            lines.append(
+                f"| {Path(r['recipe']).stem} | {b} | {r['train_tokens_per_s'][b]:,.0f} | {r['train_step_ratio'][b]:.2f} | "
+                f"{r['infer_tokens_per_s'][b]:,.0f} | {r['infer_speed_ratio'][b]:.2f} |"
+            )
+    return lines

@@ -1,0 +1,86 @@
+"""Mamba-2 mixer (SSD form): the token mixer of K-SSM and of the fusion models' Mamba branch.
+
+    in_proj(x) → z (gate), xBC (conv input), Δ (one per head)
+    xBC → causal depthwise conv (window of k−1 past inputs carried across calls) → SiLU → x, B, C
+    Δ = softplus(Δ + dt_bias);  log decay a = −exp(A_log)·Δ  (one scalar per head and position)
+    y = SSD scan over (x·Δ, a, B, C) + D·x          (phaselm.ops.ssd; float32 under autocast)
+    out = out_proj(RMSNorm(y · SiLU(z)))
+
+The state is ``(conv window (B, C_conv, k−1), SSM state (B, H, P, N))``; a single new token with a
+state takes the O(1) :func:`~phaselm.ops.ssd.ssd_step` path.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..ops.ssd import ssd_chunked, ssd_reference, ssd_step
+from ..oscillators import full_precision
+
+
+class Mamba2Mixer(nn.Module):
+    """Mamba-2 mixer with ``heads = expand·hidden_size / head_dim`` heads and one shared B, C group.
+
+    ``scan``: "chunked" (parallel SSD, the default) or "reference" (sequential; for checks).
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        state_size: int = 16,
+        expand: int = 2,
+        head_dim: int = 64,
+        conv_kernel: int = 4,
+        chunk_size: int = 64,
+        scan: str = "chunked",
+    ):
+        super().__init__()
+        if scan not in ("chunked", "reference"):
+            raise ValueError(f"scan must be 'chunked' or 'reference', got {scan!r}")
+        d, n = hidden_size, state_size
+        self.d_inner = expand * d
+        self.heads = self.d_inner // head_dim
+        self.head_dim, self.state_size, self.kernel = head_dim, n, conv_kernel
+        self.chunk_size, self.scan = chunk_size, scan
+        self.conv_channels = self.d_inner + 2 * n
+        self.in_proj = nn.Linear(d, 2 * self.d_inner + 2 * n + self.heads, bias=False)
+        self.conv = nn.Conv1d(self.conv_channels, self.conv_channels, conv_kernel, groups=self.conv_channels)
+        # Mamba-2 initialisation: Δ between 1e-3 and 1e-1, A in [1, 16].
+        dt = torch.exp(torch.rand(self.heads) * (torch.log(torch.tensor(0.1)) - torch.log(torch.tensor(1e-3))) + torch.log(torch.tensor(1e-3)))
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        self.A_log = nn.Parameter(torch.log(torch.empty(self.heads).uniform_(1, 16)))
+        self.D = nn.Parameter(torch.ones(self.heads))
+        self.norm = nn.RMSNorm(self.d_inner)
+        self.out_proj = nn.Linear(self.d_inner, d, bias=False)
+
+    def forward(self, hidden: torch.Tensor, state=None):
+        """hidden (B, T, d), state None or (window, ssm) → (out (B, T, d), (window, ssm))."""
+        batch, length, _ = hidden.shape
+        z, xbc, dt = self.in_proj(hidden).split([self.d_inner, self.conv_channels, self.heads], dim=-1)
+        window = state[0] if state is not None else hidden.new_zeros(batch, self.conv_channels, self.kernel - 1)
+        # Prefill and single-token steps share one path: the window holds the last k−1 inputs.
+        xbc_padded = torch.cat([window, xbc.transpose(1, 2)], dim=-1)
+        new_window = xbc_padded[..., -(self.kernel - 1) :]
+        xbc = F.silu(self.conv(xbc_padded).transpose(1, 2))  # (B, T, C): causal by construction
+        x, b, c = xbc.split([self.d_inner, self.state_size, self.state_size], dim=-1)
+        dt = F.softplus(dt.float() + self.dt_bias)  # (B, T, H)
+        log_decay = -torch.exp(self.A_log.float()) * dt
+        x = x.reshape(batch, length, self.heads, self.head_dim)
+        b = b[:, :, None, :].expand(-1, -1, self.heads, -1).float()
+        c = c[:, :, None, :].expand(-1, -1, self.heads, -1).float()
+        ssm = state[1] if state is not None else None
+        x_dt = x.float() * dt[..., None]
+        # The scan stays in float32 under bf16 autocast (as Mamba's kernels keep it): its
+        # einsums would otherwise run in bf16 over products of decays.
+        with full_precision(hidden.device.type):
+            if length == 1 and ssm is not None:
+                y, ssm = ssd_step(ssm, x_dt[:, 0], log_decay[:, 0], b[:, 0], c[:, 0])
+                y = y[:, None]
+            elif self.scan == "reference":
+                y, ssm = ssd_reference(x_dt, log_decay, b, c, ssm)
+            else:
+                y, ssm = ssd_chunked(x_dt, log_decay, b, c, ssm, self.chunk_size)
+        y = (y + x.float() * self.D[:, None]).to(hidden.dtype).reshape(batch, length, self.d_inner)
+        return self.out_proj(self.norm(y * F.silu(z))), (new_window, ssm)

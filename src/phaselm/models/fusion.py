@@ -1,0 +1,404 @@
+"""Fusion hybrids (seed 004, SPEC.md §4): RWKV-6 and Mamba-2 side by side in every block, as one
+Hugging Face model family — and the pure RWKV-6 and pure Mamba-2 models, which are the same
+model with one branch.
+
+    token → embedding → n_layers × Block → RMSNorm → tied LM head
+
+    Block:  x_n = RMSNorm(h)
+            r = RWKV6(x_n);  m = Mamba2(x_n)               both branches on the same input
+            h += fuse(r, m)                                (pure models: h += r or h += m)
+            h += MLP(RMSNorm(h))                           GELU, 4×
+
+Fusion types (``fusion``), with σ the logistic sigmoid and g₀ = ``gate_init``:
+
+    WS   α·r + (1−α)·m                 one scalar α = σ(a), a learned, α = g₀ at init
+    HY   r⊙g_r + m⊙g_m                 per-channel gains, g_r = g₀ and g_m = 1 − g₀ at init
+    GF   γ·r + (1−γ)·m                 γ = σ(Linear([r, m]) → 1): a gate per position
+    HGF  γ⊙r + (1−γ)⊙m                 γ = σ(Linear([r, m]) → d): per position and channel
+    CP   Linear([r, m]) (2d → d)       concat + project
+    RF   r + Linear(m)                 RWKV plus projected Mamba
+
+GF / HGF gate biases start at logit(g₀) with small weights, so γ ≈ g₀ at initialisation; the
+seed's named inits are ``GATE_INITS`` (balanced 0.5, RWKV-heavy 0.7, Mamba-heavy 0.3 = GF-MH,
+extremes 0.03 = GF-XM and 0.97 = GF-XR). CP and RF have no gate; ``gate_init`` does not apply.
+
+``forward(..., output_branches=True)`` returns, per layer, the RWKV and Mamba branch outputs,
+the gate values (WS: α; HY: (g_r, g_m); GF: γ (B, T, 1); HGF: γ (B, T, d); CP, RF: None) and
+the recurrent states after the input (RWKV wkv (B, H, K, V), Mamba SSM (B, H, P, N));
+``output_hidden_states=True`` the residual stream after the embedding and after each block
+(n_layers + 1 tensors, before the final norm);
+``ablate="rwkv"`` or ``"mamba"`` zeroes that branch's output before the fusion (its state still
+advances), for ablation studies.
+
+Generation carries, per layer, the RWKV (last token, wkv state) and the Mamba (conv window, SSM
+state), so each new token costs O(1) in the context length.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutput
+
+from ..errors import PhaseLMError
+from ..layers.mamba2 import Mamba2Mixer
+from ..layers.rwkv6 import RWKV6TimeMix
+
+MIXERS = ("hybrid", "rwkv6", "mamba2")
+FUSIONS = ("WS", "HY", "GF", "HGF", "CP", "RF")
+GATED = ("WS", "HY", "GF", "HGF")  # the fusion types ``gate_init`` initialises
+SCANS = ("auto", "chunked", "reference")
+GATE_INITS = {  # the seed's GF initialisations: the RWKV share γ at the start
+    "balanced": 0.5,
+    "rwkv-heavy": 0.7,
+    "mamba-heavy": 0.3,
+    "extreme-mamba": 0.03,
+    "extreme-rwkv": 0.97,
+}
+GATE_INIT_ALIASES = {"gf": "balanced", "gf-rh": "rwkv-heavy", "gf-mh": "mamba-heavy", "gf-xm": "extreme-mamba", "gf-xr": "extreme-rwkv"}
+
+
+def resolve_gate_init(value) -> float:
+    """A number in (0, 1), or one of the names of ``GATE_INITS`` (or the seed's GF-MH, GF-XM, …)."""
+    if isinstance(value, str):
+        key = value.strip().lower().replace("_", "-")
+        key = GATE_INIT_ALIASES.get(key, key)
+        if key not in GATE_INITS:
+            names = ", ".join(f"{name} ({ratio})" for name, ratio in GATE_INITS.items())
+            raise PhaseLMError(f"unknown gate_init {value!r}; use a number in (0, 1) or one of {names}")
+        return GATE_INITS[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) < 1.0:
+        raise PhaseLMError(f"gate_init must lie strictly between 0 and 1 (a sigmoid gate never reaches 0 or 1), got {value!r}")
+    return float(value)
+
+
+def _fusion_name(value: str) -> str:
+    name = str(value).strip().upper()
+    if name not in FUSIONS:
+        close = difflib.get_close_matches(name, FUSIONS, n=1, cutoff=0.5)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise PhaseLMError(f"unknown fusion type {value!r}; {hint}valid types: {', '.join(FUSIONS)}")
+    return name
+
+
+class FusionConfig(PretrainedConfig):
+    model_type = "phaselm_fusion"
+
+    def __init__(
+        self,
+        vocab_size: int = 65,
+        hidden_size: int = 192,
+        n_layers: int = 8,
+        mixer: str = "hybrid",  # "hybrid" (both branches, fused), "rwkv6" or "mamba2" (one branch)
+        fusion: str = "GF",
+        gate_init: float | str = 0.5,
+        rwkv_head_dim: int = 64,
+        rwkv_mix_rank: int = 32,
+        rwkv_decay_rank: int = 64,
+        rwkv_chunk_size: int = 16,
+        mamba_state_size: int = 16,
+        mamba_expand: int = 2,
+        mamba_head_dim: int = 64,
+        mamba_conv_kernel: int = 4,
+        mamba_chunk_size: int = 64,
+        scan: str = "auto",  # "auto" (RWKV-6 through fla on CUDA when installed), "chunked", "reference"
+        mlp_ratio: int = 4,
+        dropout: float = 0.0,
+        tie_word_embeddings: bool = True,
+        **kwargs,
+    ):
+        if mixer not in MIXERS:
+            raise PhaseLMError(f"mixer must be one of {', '.join(MIXERS)}, got {mixer!r}")
+        if scan not in SCANS:
+            raise PhaseLMError(f"scan must be one of {', '.join(SCANS)}, got {scan!r}")
+        fusion = _fusion_name(fusion)
+        gate_init = resolve_gate_init(gate_init)
+        if mixer != "mamba2" and (rwkv_head_dim <= 0 or hidden_size % rwkv_head_dim):
+            raise PhaseLMError(
+                f"rwkv_head_dim {rwkv_head_dim} does not divide hidden_size {hidden_size}; "
+                "RWKV-6 needs a whole number of heads (e.g. hidden_size a multiple of 64)"
+            )
+        if mixer != "rwkv6" and (mamba_head_dim <= 0 or (mamba_expand * hidden_size) % mamba_head_dim):
+            raise PhaseLMError(
+                f"mamba_head_dim {mamba_head_dim} does not divide mamba_expand·hidden_size = {mamba_expand * hidden_size}; "
+                "Mamba-2 needs a whole number of heads"
+            )
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.n_layers = n_layers
+        self.mixer = mixer
+        self.fusion = fusion
+        self.gate_init = gate_init
+        self.rwkv_head_dim = rwkv_head_dim
+        self.rwkv_mix_rank = rwkv_mix_rank
+        self.rwkv_decay_rank = rwkv_decay_rank
+        self.rwkv_chunk_size = rwkv_chunk_size
+        self.mamba_state_size = mamba_state_size
+        self.mamba_expand = mamba_expand
+        self.mamba_head_dim = mamba_head_dim
+        self.mamba_conv_kernel = mamba_conv_kernel
+        self.mamba_chunk_size = mamba_chunk_size
+        self.scan = scan
+        self.mlp_ratio = mlp_ratio
+        self.dropout = dropout
+        super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
+
+    @property
+    def has_rwkv(self) -> bool:
+        return self.mixer in ("hybrid", "rwkv6")
+
+    @property
+    def has_mamba(self) -> bool:
+        return self.mixer in ("hybrid", "mamba2")
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1.0 - p))
+
+
+class Fusion(nn.Module):
+    """fuse(r, m) → (fused (B, T, d), gate values or None); see the module docstring."""
+
+    def __init__(self, kind: str, hidden_size: int, gate_init: float):
+        super().__init__()
+        d = hidden_size
+        self.kind = kind
+        if kind == "WS":
+            self.alpha_logit = nn.Parameter(torch.tensor(_logit(gate_init)))
+        elif kind == "HY":
+            self.rwkv_gain = nn.Parameter(torch.full((d,), gate_init))
+            self.mamba_gain = nn.Parameter(torch.full((d,), 1.0 - gate_init))
+        elif kind in ("GF", "HGF"):
+            self.gate = nn.Linear(2 * d, 1 if kind == "GF" else d)
+            with torch.no_grad():
+                nn.init.normal_(self.gate.weight, std=0.02)
+                self.gate.bias.fill_(_logit(gate_init))
+            self.gate._phaselm_initialised = True  # the model's weight init must not zero the bias
+        elif kind == "CP":
+            self.proj = nn.Linear(2 * d, d)
+        else:  # RF
+            self.proj = nn.Linear(d, d)
+
+    def forward(self, r: torch.Tensor, m: torch.Tensor):
+        if self.kind == "WS":
+            alpha = torch.sigmoid(self.alpha_logit)
+            return alpha * r + (1 - alpha) * m, alpha
+        if self.kind == "HY":
+            return r * self.rwkv_gain + m * self.mamba_gain, torch.stack([self.rwkv_gain, self.mamba_gain])
+        if self.kind in ("GF", "HGF"):
+            gate = torch.sigmoid(self.gate(torch.cat([r, m], dim=-1)))
+            return gate * r + (1 - gate) * m, gate
+        if self.kind == "CP":
+            return self.proj(torch.cat([r, m], dim=-1)), None
+        return r + self.proj(m), None
+
+    def parts(self, r: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What each branch puts into the fused output: fused = RWKV part + Mamba part (+ the
+        projection bias for CP and RF, which belongs to neither). Used by the balance diagnostic."""
+        if self.kind == "WS":
+            alpha = torch.sigmoid(self.alpha_logit)
+            return alpha * r, (1 - alpha) * m
+        if self.kind == "HY":
+            return r * self.rwkv_gain, m * self.mamba_gain
+        if self.kind in ("GF", "HGF"):
+            gate = torch.sigmoid(self.gate(torch.cat([r, m], dim=-1)))
+            return gate * r, (1 - gate) * m
+        if self.kind == "CP":
+            w_r, w_m = self.proj.weight.split(r.shape[-1], dim=1)
+            return r @ w_r.T, m @ w_m.T
+        return r, m @ self.proj.weight.T
+
+
+@dataclass
+class BlockOutput:
+    rwkv: torch.Tensor | None  # branch outputs (B, T, d)
+    mamba: torch.Tensor | None
+    gate: torch.Tensor | None
+    state: dict  # {"rwkv": (last token, wkv), "mamba": (conv window, ssm)} for the branches present
+
+
+class FusionBlock(nn.Module):
+    def __init__(self, config: FusionConfig, layer_id: int):
+        super().__init__()
+        d = config.hidden_size
+        self.norm = nn.RMSNorm(d)
+        self.rwkv = (
+            RWKV6TimeMix(
+                d,
+                head_dim=config.rwkv_head_dim,
+                mix_rank=config.rwkv_mix_rank,
+                decay_rank=config.rwkv_decay_rank,
+                layer_id=layer_id,
+                n_layers=config.n_layers,
+                backend=config.scan,
+                chunk_size=config.rwkv_chunk_size,
+            )
+            if config.has_rwkv
+            else None
+        )
+        self.mamba = (
+            Mamba2Mixer(
+                d,
+                state_size=config.mamba_state_size,
+                expand=config.mamba_expand,
+                head_dim=config.mamba_head_dim,
+                conv_kernel=config.mamba_conv_kernel,
+                chunk_size=config.mamba_chunk_size,
+                scan="reference" if config.scan == "reference" else "chunked",
+            )
+            if config.has_mamba
+            else None
+        )
+        self.fusion = Fusion(config.fusion, d, config.gate_init) if config.mixer == "hybrid" else None
+        self.mlp_norm = nn.RMSNorm(d)
+        self.mlp = nn.Sequential(nn.Linear(d, config.mlp_ratio * d), nn.GELU(), nn.Linear(config.mlp_ratio * d, d))
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, h: torch.Tensor, state: dict | None = None, ablate: str | None = None):
+        x = self.norm(h)
+        state = state or {}
+        r = m = gate = None
+        new_state = {}
+        if self.rwkv is not None:
+            r, new_state["rwkv"] = self.rwkv(x, state.get("rwkv"))
+            if ablate == "rwkv":
+                r = torch.zeros_like(r)
+        if self.mamba is not None:
+            m, new_state["mamba"] = self.mamba(x, state.get("mamba"))
+            if ablate == "mamba":
+                m = torch.zeros_like(m)
+        if self.fusion is not None:
+            fused, gate = self.fusion(r, m)
+        else:
+            fused = r if r is not None else m
+        h = h + self.drop(fused)
+        h = h + self.drop(self.mlp(self.mlp_norm(h)))
+        return h, BlockOutput(r, m, gate, new_state)
+
+
+class FusionCache:
+    """Per-layer branch states plus the number of positions already seen."""
+
+    def __init__(self):
+        self.layers: dict[int, dict] = {}
+        self.seen = 0
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self.layers = {
+            i: {name: tuple(t.index_select(0, beam_idx) for t in pair) for name, pair in branches.items()}
+            for i, branches in self.layers.items()
+        }
+
+
+@dataclass
+class FusionOutput(CausalLMOutput):
+    past_key_values: FusionCache | None = None
+    rwkv_outputs: tuple | None = None  # per layer (B, T, d), or None for a model without the branch
+    mamba_outputs: tuple | None = None
+    gates: tuple | None = None  # per layer: see the module docstring
+    states: tuple | None = None  # per layer {"rwkv": wkv (B, H, K, V), "mamba": ssm (B, H, P, N)}
+
+
+class FusionForCausalLM(PreTrainedModel, GenerationMixin):
+    config_class = FusionConfig
+    base_model_prefix = "fusion"
+    _tied_weights_keys = {"lm_head.weight": "embed.weight"}
+
+    def __init__(self, config: FusionConfig):
+        super().__init__(config)
+        self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.blocks = nn.ModuleList(FusionBlock(config, i) for i in range(config.n_layers))
+        self.norm = nn.RMSNorm(config.hidden_size)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)) and not getattr(module, "_phaselm_initialised", False):
+            nn.init.normal_(module.weight, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+            module._phaselm_initialised = True
+
+    def get_input_embeddings(self):
+        return self.embed
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False  # our recurrent state lives in FusionCache, not a key/value cache
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        past_key_values: FusionCache | None = None,
+        use_cache: bool | None = None,
+        labels: torch.LongTensor | None = None,
+        output_branches: bool = False,
+        output_hidden_states: bool | None = None,
+        ablate: str | None = None,
+        attention_mask: torch.Tensor | None = None,  # accepted for generate(); no padding support
+        **kwargs,
+    ) -> FusionOutput:
+        if ablate not in (None, "rwkv", "mamba"):
+            raise PhaseLMError(f"ablate must be 'rwkv', 'mamba' or None, got {ablate!r}")
+        if int(input_ids.max()) >= self.config.vocab_size or int(input_ids.min()) < 0:
+            raise PhaseLMError(
+                f"token id {int(input_ids.max())} is outside the model's vocabulary of {self.config.vocab_size}; "
+                "use the tokenizer the model was trained with"
+            )
+        length = input_ids.shape[1]
+        offset = past_key_values.seen if past_key_values is not None else 0
+        cache = past_key_values if past_key_values is not None else (FusionCache() if use_cache else None)
+        h = self.embed(input_ids)
+        hidden, outs = [], []
+        hidden.append(h)
+        for i, block in enumerate(self.blocks):
+            h, out = block(h, cache.layers.get(i) if cache is not None else None, ablate)
+            if cache is not None:
+                cache.layers[i] = out.state
+            outs.append(out)
+            hidden.append(h)
+        if cache is not None:
+            cache.seen = offset + length
+        logits = self.lm_head(self.norm(h))
+        loss = None
+        if labels is not None:  # HF convention: labels are the inputs, shifted inside
+            loss = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten())
+        extra = {}
+        if output_hidden_states:
+            extra["hidden_states"] = tuple(hidden)
+        if output_branches:
+            extra.update(
+                rwkv_outputs=tuple(o.rwkv for o in outs),
+                mamba_outputs=tuple(o.mamba for o in outs),
+                gates=tuple(o.gate for o in outs),
+                states=tuple({name: pair[1] for name, pair in o.state.items()} for o in outs),
+            )
+        return FusionOutput(loss=loss, logits=logits, past_key_values=cache, **extra)
+
+    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, use_cache=True, **kwargs):
+        if past_key_values is not None:
+            input_ids = input_ids[:, past_key_values.seen :]
+        return {"input_ids": input_ids, "past_key_values": past_key_values, "use_cache": use_cache}
+
+
+def register_auto_classes() -> None:
+    """Make ``AutoConfig`` / ``AutoModelForCausalLM`` know the ``phaselm_fusion`` model type."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        AutoConfig.register(FusionConfig.model_type, FusionConfig)
+        AutoModelForCausalLM.register(FusionConfig, FusionForCausalLM)
+    except ValueError:  # already registered
+        pass
+
+
+register_auto_classes()

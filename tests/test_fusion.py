@@ -1,0 +1,318 @@
+"""Fusion family (pure RWKV-6, pure Mamba-2, every hybrid fusion type): training, save/load,
+cached generation, causality, branch outputs, bad inputs, and the train-lm recipes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from phaselm.cli import main
+from phaselm.config import load_recipe
+from phaselm.experiments.language_model import LMRecipe
+from phaselm.models.fusion import FUSIONS, GATE_INITS, FusionConfig, FusionForCausalLM
+
+TINY = dict(
+    vocab_size=40, hidden_size=32, n_layers=2, rwkv_head_dim=16, rwkv_mix_rank=4, rwkv_decay_rank=8,
+    rwkv_chunk_size=4, mamba_state_size=8, mamba_head_dim=16, mamba_chunk_size=8,
+)
+VARIANTS = [dict(mixer="hybrid", fusion=f) for f in FUSIONS] + [dict(mixer="rwkv6"), dict(mixer="mamba2")]
+IDS = [v.get("fusion", v["mixer"]) for v in VARIANTS]
+
+
+def tiny(**overrides) -> FusionForCausalLM:
+    torch.manual_seed(0)
+    return FusionForCausalLM(FusionConfig(**{**TINY, **overrides})).eval()
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
+def test_trains_a_few_steps_with_finite_gradients_everywhere(variant):
+    model = tiny(**variant).train()
+    ids = torch.randint(0, 40, (4, 24))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for step in range(6):
+        loss = model(ids, labels=ids).loss
+        optimizer.zero_grad()
+        loss.backward()
+        if step == 0:
+            for name, p in model.named_parameters():
+                assert p.grad is not None, f"{name} gets no gradient"
+                assert torch.isfinite(p.grad).all(), name
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
+def test_save_load_identical_logits(variant, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = tiny(**variant, gate_init=0.3)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert type(loaded) is FusionForCausalLM and loaded.config.fusion == model.config.fusion
+    ids = torch.randint(0, 40, (2, 10))
+    torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
+def test_cached_generation_equals_full_forward(variant):
+    model = tiny(**variant)
+    prompt = torch.randint(0, 40, (2, 7))
+    with torch.no_grad():
+        out = model.generate(prompt, max_new_tokens=9, do_sample=False, pad_token_id=0, output_logits=True, return_dict_in_generate=True)
+        full = model(out.sequences).logits
+    assert out.sequences.shape == (2, 16)
+    for i, step_logits in enumerate(out.logits):
+        torch.testing.assert_close(step_logits, full[:, 6 + i], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
+def test_causal_and_samples_do_not_mix(variant):
+    model = tiny(**variant)
+    ids = torch.randint(0, 40, (2, 20))
+    base = model(ids).logits
+    changed = ids.clone()
+    changed[:, 11:] = (changed[:, 11:] + 1) % 40
+    torch.testing.assert_close(model(changed).logits[:, :11], base[:, :11], rtol=0, atol=0)
+    assert not torch.allclose(model(changed).logits[:, 11:], base[:, 11:])
+    other = ids.clone()
+    other[1] = (other[1] + 3) % 40
+    torch.testing.assert_close(model(other).logits[0], base[0], rtol=0, atol=1e-6)
+
+
+def test_reference_scan_model_equals_chunked_scan_model():
+    a, b = tiny(fusion="HGF", scan="chunked"), tiny(fusion="HGF", scan="reference")
+    b.load_state_dict(a.state_dict())
+    ids = torch.randint(0, 40, (2, 19))
+    torch.testing.assert_close(a(ids).logits, b(ids).logits, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
+def test_branch_outputs_gates_states_and_hidden_states(variant):
+    model = tiny(**variant, gate_init=0.3)
+    out = model(torch.randint(0, 40, (3, 9)), output_branches=True, output_hidden_states=True)
+    mixer, fusion = variant["mixer"], variant.get("fusion")
+    assert len(out.rwkv_outputs) == len(out.mamba_outputs) == len(out.gates) == len(out.states) == 2
+    assert len(out.hidden_states) == 3 and out.hidden_states[0].shape == (3, 9, 32)
+    fusion_parts = model.blocks[0].fusion
+    if fusion_parts is not None:  # the parts add up to the fused output (CP, RF: up to the bias)
+        r0, m0 = out.rwkv_outputs[0], out.mamba_outputs[0]
+        a, b = fusion_parts.parts(r0, m0)
+        bias = getattr(getattr(fusion_parts, "proj", None), "bias", None)
+        torch.testing.assert_close(a + b + (bias if bias is not None else 0), fusion_parts(r0, m0)[0], rtol=1e-5, atol=1e-6)
+    for layer in range(2):
+        r, m, gate, states = out.rwkv_outputs[layer], out.mamba_outputs[layer], out.gates[layer], out.states[layer]
+        assert (r is not None) == (mixer != "mamba2") and (m is not None) == (mixer != "rwkv6")
+        if r is not None:
+            assert r.shape == (3, 9, 32) and states["rwkv"].shape == (3, 2, 16, 16)
+        if m is not None:
+            assert m.shape == (3, 9, 32) and states["mamba"].shape == (3, 4, 16, 8)
+        expected_gate = {"WS": (), "HY": (2, 32), "GF": (3, 9, 1), "HGF": (3, 9, 32)}.get(fusion)
+        assert (gate is None) == (expected_gate is None)
+        if fusion == "HY":
+            torch.testing.assert_close(gate, torch.stack([torch.full((32,), 0.3), torch.full((32,), 0.7)]))
+        elif gate is not None:
+            assert gate.shape == expected_gate
+            assert ((gate - 0.3).abs() < 0.05).all()  # the gate starts at gate_init
+    assert out.rwkv_outputs[0] is None or out.mamba_outputs[0] is None or fusion is not None
+    plain = model(torch.randint(0, 40, (1, 4)))
+    assert plain.rwkv_outputs is None and plain.hidden_states is None
+
+
+def test_ablating_a_branch_changes_the_output_and_keeps_the_other():
+    model = tiny(fusion="GF")
+    ids = torch.randint(0, 40, (2, 12))
+    base = model(ids, output_branches=True)
+    no_mamba = model(ids, ablate="mamba", output_branches=True)
+    assert not torch.allclose(base.logits, no_mamba.logits)
+    assert torch.count_nonzero(no_mamba.mamba_outputs[0]) == 0
+    torch.testing.assert_close(no_mamba.rwkv_outputs[0], base.rwkv_outputs[0], rtol=0, atol=0)
+
+
+def test_named_gate_inits():
+    for name, ratio in GATE_INITS.items():
+        assert FusionConfig(**TINY, gate_init=name).gate_init == ratio
+    assert FusionConfig(**TINY, gate_init="GF-MH").gate_init == 0.3
+    assert FusionConfig(**TINY, gate_init="gf-xm").gate_init == 0.03
+    assert FusionConfig(**TINY, gate_init="GF-XR").gate_init == 0.97
+    assert FusionConfig(**TINY, fusion="hgf").fusion == "HGF"
+    gate = tiny(fusion="GF", gate_init="extreme-mamba").blocks[0].fusion.gate
+    assert float(torch.sigmoid(gate.bias.detach())) == pytest.approx(0.03)
+
+
+def test_bad_inputs(raises_phaselm):
+    with raises_phaselm(r"unknown fusion type 'GX'; did you mean GF\? valid types: WS, HY, GF, HGF, CP, RF"):
+        FusionConfig(**TINY, fusion="GX")
+    with raises_phaselm(r"unknown fusion type 'attention'; valid types: WS, HY, GF, HGF, CP, RF"):
+        FusionConfig(**TINY, fusion="attention")
+    for bad in (0.0, 1.0, 1.5, -0.2):
+        with raises_phaselm(r"gate_init must lie strictly between 0 and 1"):
+            FusionConfig(**TINY, gate_init=bad)
+    with raises_phaselm(r"unknown gate_init 'heavy'; use a number in \(0, 1\) or one of balanced \(0.5\)"):
+        FusionConfig(**TINY, gate_init="heavy")
+    with raises_phaselm(r"rwkv_head_dim 24 does not divide hidden_size 32"):
+        FusionConfig(**{**TINY, "rwkv_head_dim": 24})
+    with raises_phaselm(r"mamba_head_dim 24 does not divide mamba_expand·hidden_size = 64"):
+        FusionConfig(**{**TINY, "mamba_head_dim": 24})
+    FusionConfig(**{**TINY, "mixer": "mamba2", "rwkv_head_dim": 24})  # no RWKV branch: no RWKV heads
+    with raises_phaselm(r"mixer must be one of hybrid, rwkv6, mamba2"):
+        FusionConfig(**{**TINY, "mixer": "lstm"})
+    with raises_phaselm(r"scan must be one of"):
+        FusionConfig(**{**TINY, "scan": "triton"})
+    with raises_phaselm(r"outside the model's vocabulary of 40"):
+        tiny()(torch.tensor([[1, 2, 45]]))
+    with raises_phaselm(r"ablate must be"):
+        tiny()(torch.tensor([[1, 2]]), ablate="both")
+
+
+# ---------------------------------------------------------------- recipes through train-lm
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+FUSION_RECIPES = ["fusion-gf-mh.toml", "rwkv6.toml", "mamba2.toml", "gpt2-fusion-baseline.toml"]
+TINY_TRAIN = ["train.steps=3", "train.batch_size=2", "train.seq_len=16", "train.eval_batches=1", "train.log_every=1", "train.checkpoint_every=0", "train.eval_every=0"]
+TINY_SETS = {
+    "fusion": ["fusion.hidden_size=32", "fusion.n_layers=1", "fusion.rwkv_head_dim=16", "fusion.mamba_head_dim=16"],
+    "gpt2": ["gpt.n_embd=32", "gpt.n_layer=1", "gpt.n_head=2"],
+}
+
+
+def cli(capsys, *args):
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    return (code, *capsys.readouterr())
+
+
+@pytest.mark.parametrize("name", FUSION_RECIPES)
+def test_recipe_smoke(name, tmp_path, capsys):
+    arch = load_recipe(LMRecipe, RECIPES / name).arch
+    sets = [x for item in TINY_TRAIN + TINY_SETS[arch] for x in ("--set", item)]
+    code, out, err = cli(capsys, "train-lm", str(RECIPES / name), "--out", str(tmp_path / "run"), "--json", *sets)
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["arch"] == arch and summary["val_ce"] > 0
+    code, out, err = cli(capsys, "generate", str(tmp_path / "run" / "model"), "-n", "4", "--json")
+    assert code == 0, err
+    assert len(json.loads(out)["text"]) > 0
+
+
+def test_recipe_shapes_hit_the_seed_sizes():
+    """Char-level (65 symbols): GF-MH ~5.6M, pure RWKV-6 / Mamba-2 ~5M, GPT-2 ~6.8M (seed 004)."""
+    from phaselm.experiments.language_model import build_lm
+
+    targets = {"fusion-gf-mh.toml": 5.6e6, "rwkv6.toml": 5.0e6, "mamba2.toml": 5.0e6, "gpt2-fusion-baseline.toml": 6.8e6}
+    for name, target in targets.items():
+        with torch.device("meta"):
+            model = build_lm(load_recipe(LMRecipe, RECIPES / name), 65)
+        count = sum(p.numel() for p in model.parameters())
+        assert abs(count - target) / target < 0.06, (name, count)
+
+
+def test_recipe_bad_fusion(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('arch = "fusion"\n[fusion]\nfusion = "XX"\n')
+    code, _, err = cli(capsys, "train-lm", str(bad), "--out", str(tmp_path / "r"))
+    assert code == 2 and "unknown fusion type 'XX'" in err and err.count("\n") == 1
+    bad.write_text('arch = "fusion"\n[fusion]\ngate_init = 1.0\n')
+    code, _, err = cli(capsys, "train-lm", str(bad), "--out", str(tmp_path / "r"))
+    assert code == 2 and "gate_init must lie strictly between 0 and 1" in err
+    bad.write_text('arch = "fusion"\n[fusion]\nhidden_size = 100\n')
+    code, _, err = cli(capsys, "train-lm", str(bad), "--out", str(tmp_path / "r"))
+    assert code == 2 and "does not divide hidden_size 100" in err
+    assert not (tmp_path / "r").exists()
+
+
+# ---------------------------------------------------------------- diagnostics
+
+TINY_DIAG = dict(
+    windows=4, short=8, long=32, positions=(8, 16, 32), frozen_inputs=4, gradient_windows=2, ucw_lengths=(8, 16, 32, 64),
+    sps_turns=(1, 2), turn_tokens=8, fact_tokens=4, sps_samples=4, decode_tokens=4, segment=16,
+)
+CHECKS = ["D1_state_growth", "D2_frozen_state", "D3_balance", "D4_information_flow", "long_context", "state_norm_ratio", "output_entropy"]
+
+
+@pytest.mark.parametrize("variant", [dict(mixer="hybrid", fusion="GF"), dict(mixer="hybrid", fusion="RF"), dict(mixer="mamba2")], ids=["GF", "RF", "mamba2"])
+def test_diagnostics_produce_every_field_with_thresholds(variant):
+    from phaselm.diagnostics import DiagnosticsConfig, diagnose
+
+    model = tiny(**variant)
+    result = diagnose(model, torch.randint(0, 40, (3000,)), DiagnosticsConfig(**TINY_DIAG))
+    hybrid = variant["mixer"] == "hybrid"
+    assert set(result["checks"]) == set(CHECKS)
+    for name, check in result["checks"].items():
+        pair_check = name in ("D3_balance", "state_norm_ratio")
+        if pair_check and not hybrid:
+            assert check["status"] == "n/a" and check["value"] is None
+        else:
+            assert check["status"] in ("PASS", "WARN", "FAIL") and isinstance(check["value"], float), name
+        assert check["rule"]
+    norms = result["state_norms"]
+    assert norms["positions"] == [8, 16, 32]
+    assert ("rwkv" in norms) == hybrid and len(norms["mamba"]) == 2 and all(len(layer) == 3 for layer in norms["mamba"])
+    assert len(result["depth"]["residual_variance"]) == 3 and result["depth"]["mamba"]["character"] in ("amplifier", "damper")
+    assert result["gradients"]["norms"]["mamba"] > 0
+    assert set(result["ablation"]) >= {"ce", "ce_without_mamba", "delta_mamba"}
+    if hybrid:
+        assert 0 < result["balance"]["rwkv_share"] < 1 and len(result["balance"]["ratio_per_layer"]) == 2
+        assert len(result["balance"]["gates"]) == (2 if variant["fusion"] == "GF" else 0)
+        assert "mamba_over_rwkv" in result["gradients"]
+    assert result["long_context"]["ppl_ratio"] > 0 and result["long_context"]["ce_by_position"]
+    v5 = result["v5"]
+    assert v5["CER"]["value"] > 0 and v5["UCW"]["value"] in (8, 16, 32, 64) and set(v5["SPS"]["by_turns"]) == {"1", "2"}
+    json.dumps(result)  # everything is plain JSON
+
+
+def test_threshold_grading():
+    from phaselm.diagnostics import _below
+
+    assert [_below(v, 2, 10) for v in (1.9, 2.0, 9.9, 10.0, float("nan"))] == ["PASS", "WARN", "WARN", "FAIL", "FAIL"]
+
+
+def test_diagnose_run_directory_with_gate_history(tmp_path, capsys):
+    from phaselm.diagnostics import DiagnosticsConfig, run_diagnostics
+
+    sets = [x for item in TINY_TRAIN + TINY_SETS["fusion"] + ["train.checkpoint_every=1", "train.steps=2"] for x in ("--set", item)]
+    code, _, err = cli(capsys, "train-lm", str(RECIPES / "fusion-gf-mh.toml"), "--out", str(tmp_path / "run"), "--json", *sets)
+    assert code == 0, err
+    result = run_diagnostics(tmp_path / "run", cfg=DiagnosticsConfig(**TINY_DIAG), device="cpu")
+    written = json.loads((tmp_path / "run" / "diagnostics" / "diagnostics.json").read_text())
+    assert written["checks"].keys() == result["checks"].keys()
+    assert [h["step"] for h in written["gate_history"]] == [1, 2] and len(written["gate_history"][0]["gates"]) == 1
+    for name in ("diag_state_norms.png", "diag_depth.png", "diag_position_loss.png", "diag_gates.png"):
+        assert (tmp_path / "run" / "diagnostics" / "plots" / name).is_file()
+
+
+def test_diagnostics_refuse_a_model_without_branches(tmp_path, capsys, raises_phaselm):
+    from phaselm.diagnostics import diagnose, run_diagnostics
+
+    sets = [x for item in TINY_TRAIN + TINY_SETS["gpt2"] for x in ("--set", item)]
+    code, _, err = cli(capsys, "train-lm", str(RECIPES / "gpt2-fusion-baseline.toml"), "--out", str(tmp_path / "gpt"), "--json", *sets)
+    assert code == 0, err
+    with raises_phaselm(r"holds a 'gpt2' model, which has no RWKV-6 / Mamba-2 branches"):
+        run_diagnostics(tmp_path / "gpt")
+    with raises_phaselm(r"neither a train-lm run directory nor a saved model folder"):
+        run_diagnostics(tmp_path / "nothing")
+    with raises_phaselm(r"diagnostics need a fusion-family model"):
+        diagnose(torch.nn.Linear(2, 2), torch.zeros(10, dtype=torch.long))
+
+
+def test_bench_measures_every_model_against_the_baseline():
+    from phaselm.bench import BenchConfig, bench, table
+
+    overrides = {"fusion.hidden_size": 32, "fusion.n_layers": 1, "fusion.rwkv_head_dim": 16, "fusion.mamba_head_dim": 16,
+                 "gpt.n_embd": 32, "gpt.n_layer": 1, "gpt.n_head": 2, "gpt.n_positions": 64}
+    cfg = BenchConfig(batches=(1, 2), seq_len=16, steps=1, warmup=1, decode_contexts=(8, 70), decode_tokens=2)
+    result = bench([RECIPES / "fusion-gf-mh.toml", RECIPES / "mamba2.toml"], RECIPES / "gpt2-fusion-baseline.toml", cfg, "cpu", overrides)
+    assert result["baseline"]["arch"] == "gpt2" and [m["arch"] for m in result["models"]] == ["fusion", "fusion"]
+    for m in result["models"]:
+        assert set(m["train_step_ratio"]) == {"1", "2"} and all(v > 0 for v in m["infer_speed_ratio"].values())
+        assert all(v > 0 for v in m["decode_ms_per_token"].values()) and m["decode_growth"] > 0
+    assert result["baseline"]["decode_ms_per_token"]["70"] is None  # past the baseline's 64 positions
+    assert len(table(result)) == 2 + 3 * 2

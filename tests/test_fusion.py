@@ -287,6 +287,10 @@ def test_diagnose_run_directory_with_gate_history(tmp_path, capsys):
     assert [h["step"] for h in written["gate_history"]] == [1, 2] and len(written["gate_history"][0]["gates"]) == 1
     for name in ("diag_state_norms.png", "diag_depth.png", "diag_position_loss.png", "diag_gates.png"):
         assert (tmp_path / "run" / "diagnostics" / "plots" / name).is_file()
+    before = (tmp_path / "run" / "diagnostics" / "diagnostics.json").read_bytes()
+    code, _, err = cli(capsys, "diagnose", str(tmp_path / "run"))
+    assert code == 2 and err.count("\n") == 1 and "already holds diagnostics.json" in err
+    assert (tmp_path / "run" / "diagnostics" / "diagnostics.json").read_bytes() == before
 
 
 def test_diagnostics_refuse_a_model_without_branches(tmp_path, capsys, raises_phaselm):
@@ -297,6 +301,9 @@ def test_diagnostics_refuse_a_model_without_branches(tmp_path, capsys, raises_ph
     assert code == 0, err
     with raises_phaselm(r"holds a 'gpt2' model, which has no RWKV-6 / Mamba-2 branches"):
         run_diagnostics(tmp_path / "gpt")
+    code, _, err = cli(capsys, "diagnose", str(tmp_path / "gpt"))
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1
+    assert not (tmp_path / "gpt" / "diagnostics").exists()
     with raises_phaselm(r"neither a train-lm run directory nor a saved model folder"):
         run_diagnostics(tmp_path / "nothing")
     with raises_phaselm(r"diagnostics need a fusion-family model"):
@@ -316,3 +323,21 @@ def test_bench_measures_every_model_against_the_baseline():
         assert all(v > 0 for v in m["decode_ms_per_token"].values()) and m["decode_growth"] > 0
     assert result["baseline"]["decode_ms_per_token"]["70"] is None  # past the baseline's 64 positions
     assert len(table(result)) == 2 + 3 * 2
+
+
+def test_bench_command_writes_json_and_table_and_refuses_bad_input(tmp_path, capsys):
+    sets = ["fusion.hidden_size=32", "fusion.n_layers=1", "fusion.rwkv_head_dim=16", "fusion.mamba_head_dim=16",
+            "gpt.n_embd=32", "gpt.n_layer=1", "gpt.n_head=2", "gpt.n_positions=64"]
+    args = ["bench", str(RECIPES / "mamba2.toml"), "--baseline", str(RECIPES / "gpt2-fusion-baseline.toml"),
+            "--batches", "1", "--seq-len", "8", "--steps", "1", "--contexts", "8", "--out", str(tmp_path / "b")]
+    args += [x for item in sets for x in ("--set", item)]
+    code, out, err = cli(capsys, *args)
+    assert code == 0, err
+    assert "| mamba2 | 1 |" in out and json.loads((tmp_path / "b" / "bench.json").read_text())["models"][0]["arch"] == "fusion"
+    code, _, err = cli(capsys, *args)  # the same --out again
+    assert code == 2 and "already holds a bench result" in err and err.count("\n") == 1
+    for bad in (["--batches", "0"], ["--contexts", "a"]):
+        code, _, err = cli(capsys, "bench", str(RECIPES / "mamba2.toml"), *bad)
+        assert code == 2 and err.startswith("error: ") and err.count("\n") == 1
+    code, _, err = cli(capsys, "bench", str(tmp_path / "missing.toml"))
+    assert code == 2 and "recipe not found" in err

@@ -149,6 +149,22 @@ def test_save_load_identical_logits(tmp_path):
     torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=0)
 
 
+def test_a_fresh_process_loads_a_saved_kssm_folder(tmp_path):
+    """load_backbone registers PhaseLM's model types itself (no prior import of the model module)."""
+    import subprocess
+    import sys
+
+    from phaselm.backbones import save_backbone
+    from phaselm.data import CharTokenizer
+
+    tokenizer = CharTokenizer("abcdefghijklmnopqrstuvwxyz .,;:!?'\n")
+    save_backbone(tiny(vocab_size=tokenizer.vocab_size), tokenizer, tmp_path / "model")
+    code = f"from phaselm.backbones import load_backbone; m, t = load_backbone({str(tmp_path / 'model')!r}); print(type(m).__name__)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "KSSMForCausalLM"
+
+
 def test_orders_per_layer_and_position():
     out = tiny()(torch.randint(0, 40, (3, 11)), output_orders=True)
     assert out.orders.shape == (3, 2, 11) and out.u.shape == (3, 2, 11)

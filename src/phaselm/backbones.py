@@ -97,6 +97,8 @@ def load_backbone(name: str, device: str | torch.device = "cpu") -> tuple[nn.Mod
         raise PhaseLMError("no backbone given; set [backbone] name to a local model folder or a hub name")
     from transformers import AutoModelForCausalLM
 
+    from . import models  # noqa: F401  registers PhaseLM's model types with the Auto classes
+
     local = _is_local(name)
     if local and not Path(name).is_dir():
         raise PhaseLMError(f"backbone folder {name} does not exist; run `phaselm pretrain` first or fix the path")

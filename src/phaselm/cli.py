@@ -421,6 +421,93 @@ def eval_ablation(
     _eval_done(result, as_json, f"{len(run_dirs)} runs; table: {result['files']['md']}")
 
 
+def _int_list(text: str, what: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise PhaseLMError(f"{what} must be positive integers separated by commas, e.g. 1,4,16; got {text!r}")
+    return values
+
+
+@app.command()
+def diagnose(
+    path: Path = typer.Argument(..., help="A fusion-family train-lm run directory (or its model/ folder)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Directory for diagnostics.json and plots (default: PATH/diagnostics)."),
+    corpus: Optional[str] = typer.Option(None, "--corpus", help="Text to measure on (default: the run's own validation split)."),
+    windows: int = typer.Option(8, "--windows", help="Validation windows per measurement."),
+    device: Optional[str] = typer.Option(None, "--device", help="cuda or cpu (default: cuda when available)."),
+    as_json: bool = typer.Option(False, "--json", help="Print diagnostics.json to stdout."),
+) -> None:
+    """Diagnose an RWKV-6 / Mamba-2 fusion model: D1–D4, long context, state norms, gates, V5 metrics.
+
+    Every check prints PASS / WARN / FAIL against SPEC.md's thresholds (or ours, where the seed
+    gives none; diagnostics.json says which). Also measured: state norms per layer at 64–512
+    tokens, activation variance through depth (amplifier or damper), gradient norm per branch,
+    the loss cost of zeroing each branch, and the fusion gates at every saved checkpoint.
+
+    Example: `phaselm diagnose runs/fusion-gf-mh --json`
+    """
+    from .diagnostics import DiagnosticsConfig, run_diagnostics, summary_lines
+
+    if windows < 1:
+        raise PhaseLMError(f"--windows must be at least 1, got {windows}")
+    target = out or path / "diagnostics"
+    if (target / "diagnostics.json").exists():
+        raise PhaseLMError(f"{target} already holds diagnostics.json; pass another --out or move it away")
+    result = run_diagnostics(path, out=target, corpus=corpus, cfg=DiagnosticsConfig(windows=windows), device=device)
+    if as_json:
+        _print_json(result)
+    else:
+        typer.echo("\n".join(summary_lines(result)))
+        typer.echo(f"diagnostics: {target / 'diagnostics.json'}")
+
+
+@app.command()
+def bench(
+    recipes: List[Path] = typer.Argument(..., help="Language-model recipes to measure (e.g. recipes/fusion-gf-mh.toml)."),
+    baseline: Path = typer.Option(Path("recipes/gpt2-fusion-baseline.toml"), "--baseline", help="The recipe every ratio is against."),
+    batches: str = typer.Option("1,4,16,64", "--batches", help="Batch sizes, comma-separated."),
+    seq_len: int = typer.Option(512, "--seq-len", help="Tokens per sequence for the training and inference timings."),
+    steps: int = typer.Option(10, "--steps", help="Timed steps per measurement (after warm-up)."),
+    contexts: str = typer.Option("64,256,1024,4096", "--contexts", help="Context lengths for the decode cost per token."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write bench.json and bench.md here (refused if they exist)."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a value in every recipe, e.g. `--set fusion.n_layers=2` (repeatable)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Speed profile against a baseline, measured in one run: training and inference tokens/s per
+    batch size, step-time ratios, and decode cost per token as the context grows.
+
+    Models are built from the recipes with random weights (speed does not depend on them).
+    Timings are only meaningful on the machine they name; on a CPU they say little about a GPU.
+
+    Example: `phaselm bench recipes/fusion-gf-mh.toml recipes/rwkv6.toml recipes/mamba2.toml --out runs/bench`
+    """
+    from .bench import BenchConfig, bench as run_bench, table
+
+    if seq_len < 2 or steps < 1:
+        raise PhaseLMError(f"--seq-len must be ≥ 2 and --steps ≥ 1, got {seq_len} and {steps}")
+    if out is not None and ((out / "bench.json").exists() or (out / "bench.md").exists()):
+        raise PhaseLMError(f"{out} already holds a bench result; pass another --out or move it away")
+    for recipe in [baseline, *recipes]:
+        if not recipe.is_file():
+            raise PhaseLMError(f"recipe not found: {recipe}; pass a TOML file under recipes/")
+    cfg = BenchConfig(batches=_int_list(batches, "--batches"), seq_len=seq_len, steps=steps, decode_contexts=_int_list(contexts, "--contexts"))
+    result = run_bench(recipes, baseline, cfg, overrides=_overrides(set_))
+    result["command"] = _command_line()
+    rows = table(result)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "bench.json").write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
+        (out / "bench.md").write_text(f"Device: {result['device']}. Command: `{result['command']}`\n\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    if as_json:
+        _print_json(result)
+    else:
+        typer.echo(f"device: {result['device']}")
+        typer.echo("\n".join(rows))
+
+
 def _quiet_libraries() -> None:
     """Keep the terminal for our own progress bars: no per-file tqdm bars or kernel fallback notes."""
     try:

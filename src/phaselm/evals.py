@@ -134,7 +134,6 @@ def load_subject(
     """
     from .backbones import load_backbone
     from .experiments.phase_mamba import MODEL_FOLDER
-    _register_models()
 
     path = Path(path)
     if not path.exists():
@@ -164,18 +163,6 @@ def load_subject(
         corpus=corpus or str(data.get("corpus", "tinyshakespeare")), val_fraction=fraction,
         train_seq_len=int(train["seq_len"]) if isinstance(train.get("seq_len"), int) else None,
     )
-
-
-def _register_models() -> None:
-    """Make the Auto classes know PhaseLM's own model types before loading a folder."""
-    import importlib
-
-    for name in ("kssm", "fusion"):
-        try:
-            importlib.import_module(f"phaselm.models.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"phaselm.models.{name}":
-                raise
 
 
 def default_out_dir(path: str | os.PathLike) -> Path:

@@ -54,7 +54,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -382,7 +382,6 @@ def diagnose(model: FusionForCausalLM, val_ids: torch.Tensor, cfg: DiagnosticsCo
     device = _device(model)
     config: FusionConfig = model.config
     long_windows = windows_from(val_ids, cfg.windows, cfg.long).to(device)
-    short_windows = long_windows[:, : cfg.short]
     hybrid = config.mixer == "hybrid"
 
     norms = state_norms(model, long_windows, cfg.positions)

@@ -41,13 +41,13 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
+from transformers import PretrainedConfig
 from transformers.modeling_outputs import CausalLMOutput
 
 from ..errors import PhaseLMError
 from ..layers.mamba2 import Mamba2Mixer
+from .recurrent import RecurrentLM, register_auto_classes
 from ..layers.rwkv6 import RWKV6TimeMix
 
 MIXERS = ("hybrid", "rwkv6", "mamba2")
@@ -305,10 +305,9 @@ class FusionOutput(CausalLMOutput):
     states: tuple | None = None  # per layer {"rwkv": wkv (B, H, K, V), "mamba": ssm (B, H, P, N)}
 
 
-class FusionForCausalLM(PreTrainedModel, GenerationMixin):
+class FusionForCausalLM(RecurrentLM):
     config_class = FusionConfig
     base_model_prefix = "fusion"
-    _tied_weights_keys = {"lm_head.weight": "embed.weight"}
 
     def __init__(self, config: FusionConfig):
         super().__init__(config)
@@ -317,23 +316,6 @@ class FusionForCausalLM(PreTrainedModel, GenerationMixin):
         self.norm = nn.RMSNorm(config.hidden_size)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
-
-    def _init_weights(self, module):
-        if isinstance(module, (nn.Linear, nn.Embedding)) and not getattr(module, "_phaselm_initialised", False):
-            nn.init.normal_(module.weight, std=0.02)
-            if isinstance(module, nn.Linear) and module.bias is not None:
-                nn.init.zeros_(module.bias)
-            module._phaselm_initialised = True
-
-    def get_input_embeddings(self):
-        return self.embed
-
-    def get_output_embeddings(self):
-        return self.lm_head
-
-    @classmethod
-    def _supports_default_dynamic_cache(cls) -> bool:
-        return False  # our recurrent state lives in FusionCache, not a key/value cache
 
     def forward(
         self,
@@ -349,11 +331,7 @@ class FusionForCausalLM(PreTrainedModel, GenerationMixin):
     ) -> FusionOutput:
         if ablate not in (None, "rwkv", "mamba"):
             raise PhaseLMError(f"ablate must be 'rwkv', 'mamba' or None, got {ablate!r}")
-        if int(input_ids.max()) >= self.config.vocab_size or int(input_ids.min()) < 0:
-            raise PhaseLMError(
-                f"token id {int(input_ids.max())} is outside the model's vocabulary of {self.config.vocab_size}; "
-                "use the tokenizer the model was trained with"
-            )
+        self.check_ids(input_ids)
         length = input_ids.shape[1]
         offset = past_key_values.seen if past_key_values is not None else 0
         cache = past_key_values if past_key_values is not None else (FusionCache() if use_cache else None)
@@ -369,9 +347,7 @@ class FusionForCausalLM(PreTrainedModel, GenerationMixin):
         if cache is not None:
             cache.seen = offset + length
         logits = self.lm_head(self.norm(h))
-        loss = None
-        if labels is not None:  # HF convention: labels are the inputs, shifted inside
-            loss = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten())
+        loss = self.shifted_loss(logits, labels)
         extra = {}
         if output_hidden_states:
             extra["hidden_states"] = tuple(hidden)
@@ -384,21 +360,5 @@ class FusionForCausalLM(PreTrainedModel, GenerationMixin):
             )
         return FusionOutput(loss=loss, logits=logits, past_key_values=cache, **extra)
 
-    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, use_cache=True, **kwargs):
-        if past_key_values is not None:
-            input_ids = input_ids[:, past_key_values.seen :]
-        return {"input_ids": input_ids, "past_key_values": past_key_values, "use_cache": use_cache}
 
-
-def register_auto_classes() -> None:
-    """Make ``AutoConfig`` / ``AutoModelForCausalLM`` know the ``phaselm_fusion`` model type."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    try:
-        AutoConfig.register(FusionConfig.model_type, FusionConfig)
-        AutoModelForCausalLM.register(FusionConfig, FusionForCausalLM)
-    except ValueError:  # already registered
-        pass
-
-
-register_auto_classes()
+register_auto_classes(FusionConfig, FusionForCausalLM)

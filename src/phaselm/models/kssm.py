@@ -21,14 +21,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
+from transformers import PretrainedConfig
 from transformers.modeling_outputs import CausalLMOutput
 
 from ..bistable import BankConfig, BistableBank
 from ..errors import PhaseLMError
 from ..layers.mamba2 import Mamba2Mixer
+from .recurrent import RecurrentLM, register_auto_classes
 
 MIXERS = ("ssd", "none")
 
@@ -157,10 +157,9 @@ class KSSMOutput(CausalLMOutput):
     u: torch.Tensor | None = None  # (B, n_layers, T)
 
 
-class KSSMForCausalLM(PreTrainedModel, GenerationMixin):
+class KSSMForCausalLM(RecurrentLM):
     config_class = KSSMConfig
     base_model_prefix = "kssm"
-    _tied_weights_keys = {"lm_head.weight": "embed.weight"}
 
     def __init__(self, config: KSSMConfig):
         super().__init__(config)
@@ -170,23 +169,6 @@ class KSSMForCausalLM(PreTrainedModel, GenerationMixin):
         self.norm = nn.RMSNorm(config.hidden_size)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
-
-    def _init_weights(self, module):
-        if isinstance(module, (nn.Linear, nn.Embedding)) and not getattr(module, "_phaselm_initialised", False):
-            nn.init.normal_(module.weight, std=0.02)
-            if isinstance(module, nn.Linear) and module.bias is not None:
-                nn.init.zeros_(module.bias)
-            module._phaselm_initialised = True
-
-    def get_input_embeddings(self):
-        return self.embed
-
-    def get_output_embeddings(self):
-        return self.lm_head
-
-    @classmethod
-    def _supports_default_dynamic_cache(cls) -> bool:
-        return False  # our recurrent state lives in KSSMCache, not a key/value cache
 
     def forward(
         self,
@@ -199,13 +181,7 @@ class KSSMForCausalLM(PreTrainedModel, GenerationMixin):
         **kwargs,
     ) -> KSSMOutput:
         batch, length = input_ids.shape
-        # The check syncs with the GPU and breaks a compiled graph, so a compiled training step
-        # (whose ids come from the model's own tokenizer) skips it.
-        if not torch.compiler.is_compiling() and (int(input_ids.max()) >= self.config.vocab_size or int(input_ids.min()) < 0):
-            raise PhaseLMError(
-                f"token id {int(input_ids.max())} is outside the model's vocabulary of {self.config.vocab_size}; "
-                "use the tokenizer the model was trained with"
-            )
+        self.check_ids(input_ids)
         offset = past_key_values.seen if past_key_values is not None else 0
         h = self.embed(input_ids)
         if self.pos_embed is not None:
@@ -228,9 +204,7 @@ class KSSMForCausalLM(PreTrainedModel, GenerationMixin):
         if cache is not None:
             cache.seen = offset + length
         logits = self.lm_head(self.norm(h))
-        loss = None
-        if labels is not None:  # HF convention: labels are the inputs, shifted inside
-            loss = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten())
+        loss = self.shifted_loss(logits, labels)
         return KSSMOutput(
             loss=loss,
             logits=logits,
@@ -240,21 +214,5 @@ class KSSMForCausalLM(PreTrainedModel, GenerationMixin):
             u=torch.stack(us, 1) if output_orders else None,
         )
 
-    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, use_cache=True, **kwargs):
-        if past_key_values is not None:
-            input_ids = input_ids[:, past_key_values.seen :]
-        return {"input_ids": input_ids, "past_key_values": past_key_values, "use_cache": use_cache}
 
-
-def register_auto_classes() -> None:
-    """Make ``AutoConfig`` / ``AutoModelForCausalLM`` know the ``kssm`` model type."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    try:
-        AutoConfig.register("kssm", KSSMConfig)
-        AutoModelForCausalLM.register(KSSMConfig, KSSMForCausalLM)
-    except ValueError:  # already registered
-        pass
-
-
-register_auto_classes()
+register_auto_classes(KSSMConfig, KSSMForCausalLM)

@@ -201,6 +201,12 @@ def test_recipe_smoke(name, tmp_path, capsys):
     code, out, err = cli(capsys, "generate", str(tmp_path / "run" / "model"), "-n", "4", "--json")
     assert code == 0, err
     assert len(json.loads(out)["text"]) > 0
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in logged if "loss" in r]
+    if name == "fusion-gf-mh.toml":  # the gate (RWKV share) of each layer is logged every step
+        assert all(len(r["gate_rwkv_share"]) == 1 and 0 < r["gate_rwkv_share"][0] < 1 for r in train_rows)
+    else:
+        assert all("gate_rwkv_share" not in r for r in train_rows)
 
 
 def test_recipe_shapes_hit_the_seed_sizes():
@@ -285,6 +291,7 @@ def test_diagnose_run_directory_with_gate_history(tmp_path, capsys):
     written = json.loads((tmp_path / "run" / "diagnostics" / "diagnostics.json").read_text())
     assert written["checks"].keys() == result["checks"].keys()
     assert [h["step"] for h in written["gate_history"]] == [1, 2] and len(written["gate_history"][0]["gates"]) == 1
+    assert [g["step"] for g in written["gate_training_log"]] == [1, 2] and len(written["gate_training_log"][0]["gate_rwkv_share"]) == 1
     for name in ("diag_state_norms.png", "diag_depth.png", "diag_position_loss.png", "diag_gates.png"):
         assert (tmp_path / "run" / "diagnostics" / "plots" / name).is_file()
     before = (tmp_path / "run" / "diagnostics" / "diagnostics.json").read_bytes()

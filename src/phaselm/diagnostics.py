@@ -31,7 +31,8 @@ Measurements without thresholds: state norms per layer at positions 64…512; ac
 through depth (the residual stream, and each branch's output; "amplifier" when a branch's output
 variance grows from the first to the last layer, "damper" when it shrinks — the seed's RWKV ×5.4
 and Mamba 1.0 → 0.011); gradient norm per component; fusion-gate statistics (and, for a run
-directory with checkpoints, the same at every checkpoint: the gates over training).
+directory, the gates over training: measured at every checkpoint, and as logged at every
+training log step in metrics.jsonl).
 
 The V5 gate metrics, which the seed names but does not define precisely — our definitions:
 
@@ -471,6 +472,15 @@ def gate_history(run_dir: Path, windows: torch.Tensor) -> list[dict]:
     return history
 
 
+def gate_training_log(run_dir: Path) -> list[dict]:
+    """The fusion gates (RWKV share per layer) as logged at every training log step."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    rows = (json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    return [{"step": r["step"], "gate_rwkv_share": r["gate_rwkv_share"]} for r in rows if "gate_rwkv_share" in r]
+
+
 def _plots(result: dict, plot_dir: Path) -> list[str]:
     import matplotlib
 
@@ -563,6 +573,7 @@ def run_diagnostics(
     if run_dir is not None:
         windows = windows_from(val_ids, cfg.windows, cfg.short).to(device)
         result["gate_history"] = gate_history(run_dir, windows)
+        result["gate_training_log"] = gate_training_log(run_dir)
     out = Path(out) if out is not None else path / "diagnostics"
     out.mkdir(parents=True, exist_ok=True)
     result["plots"] = _plots(result, out / "plots")

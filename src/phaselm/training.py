@@ -88,6 +88,7 @@ class StepOutput:
     losses: dict[str, torch.Tensor]  # "loss" is what is minimised; the rest are logged
     logits: torch.Tensor  # (B, T, V)
     order: torch.Tensor | None = None  # (B, T) R per position, when the model has oscillators
+    gate_means: torch.Tensor | None = None  # (n_layers,) fusion gates (RWKV share), when the model has them
 
 
 class Objective(nn.Module):
@@ -127,7 +128,8 @@ class LanguageModelObjective(Objective):
 
     A model whose output carries a bank regulariser (``reg``) adds ``reg_weight · reg`` to the
     loss (logged as ``bank_reg``); one that carries R per layer (``orders``) reports R as the
-    mean over layers per position. Validation always reports pure cross-entropy.
+    mean over layers per position; one that carries fusion gates (``gate_means``) logs them per
+    layer. Validation always reports pure cross-entropy.
     """
 
     def __init__(self, lm: nn.Module, reg_weight: float = 0.0):
@@ -144,7 +146,7 @@ class LanguageModelObjective(Objective):
         if reg is not None:
             losses.update(loss=ce + self.reg_weight * reg, bank_reg=reg)
         orders = getattr(out, "orders", None)
-        return StepOutput(losses, out.logits, orders.mean(1) if orders is not None else None)
+        return StepOutput(losses, out.logits, orders.mean(1) if orders is not None else None, getattr(out, "gate_means", None))
 
 
 class PhaseCoreObjective(Objective):
@@ -212,6 +214,8 @@ def step_metrics(out: StepOutput) -> dict:
                 tones=tone_histogram(r),
                 goldilocks_residence=GOLDILOCKS.residence(r, u),
             )
+        if out.gate_means is not None:  # the fusion gates over training, one value per layer
+            metrics["gate_rwkv_share"] = [round(float(g), 5) for g in out.gate_means]
     return metrics
 
 

@@ -296,6 +296,9 @@ class FusionCache:
         }
 
 
+SHARE_FUSIONS = ("WS", "GF", "HGF")  # fusions whose gate is the RWKV share of the output
+
+
 @dataclass
 class FusionOutput(CausalLMOutput):
     past_key_values: FusionCache | None = None
@@ -303,6 +306,9 @@ class FusionOutput(CausalLMOutput):
     mamba_outputs: tuple | None = None
     gates: tuple | None = None  # per layer: see the module docstring
     states: tuple | None = None  # per layer {"rwkv": wkv (B, H, K, V), "mamba": ssm (B, H, P, N)}
+    # (n_layers,) mean RWKV share of the fused output, for the fusions with a share in (0, 1)
+    # (WS, GF, HGF); always returned (it is computed anyway), so training can log the gates.
+    gate_means: torch.Tensor | None = None
 
 
 class FusionForCausalLM(RecurrentLM):
@@ -349,6 +355,8 @@ class FusionForCausalLM(RecurrentLM):
         logits = self.lm_head(self.norm(h))
         loss = self.shifted_loss(logits, labels)
         extra = {}
+        if self.config.mixer == "hybrid" and self.config.fusion in SHARE_FUSIONS:
+            extra["gate_means"] = torch.stack([o.gate.detach().float().mean() for o in outs])
         if output_hidden_states:
             extra["hidden_states"] = tuple(hidden)
         if output_branches:

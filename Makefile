@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test test-fast demo clean-venv
+.PHONY: test test-fast demo chromium clean-venv
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,17 @@ test-fast: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/phaselm demo
+
+# Chromium and chromedriver from Debian, for the live view's headless-browser test
+# (tests/test_browser.py). Does nothing when both are there; otherwise apt-get, as root or via sudo.
+chromium:
+	@if command -v chromedriver >/dev/null 2>&1 && { command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; }; then \
+		echo "chromium and chromedriver are installed"; \
+	else \
+		sudo=; [ "$$(id -u)" -eq 0 ] || sudo=sudo; \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver; \
+	fi
 
 clean-venv:
 	rm -rf $(VENV)

@@ -106,6 +106,9 @@ class BistableBank(nn.Module):
         # θ (…, N) → θ applied in order after the coupling steps, before the harmonic readout.
         # Empty (the default) leaves the computation exactly as without interventions.
         self.phase_transforms: list = []
+        # Likewise: functions K (…) → K applied in order to the coupling 2·sigmoid(u) before the
+        # coupling steps (an evaluation-time scale of K). Empty: the computation is unchanged.
+        self.coupling_transforms: list = []
 
     def forward(self, hidden: torch.Tensor) -> BankOutput:
         cfg = self.cfg
@@ -117,6 +120,8 @@ class BistableBank(nn.Module):
             else:  # the same values; the gradient reaches to_params only
                 reg = regulariser(*bistable_map(self.to_params(h.detach()), cfg), cfg)
             coupling = 2.0 * torch.sigmoid(u)
+            for transform in self.coupling_transforms:
+                coupling = transform(coupling)
             theta = self.omega0 + h.mean(-1, keepdim=True)
             for _ in range(cfg.steps):
                 theta = theta + oscillators.velocity(theta, torch.zeros_like(self.omega0), coupling)

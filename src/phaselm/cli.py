@@ -198,6 +198,59 @@ def demo(
 
 
 # --------------------------------------------------------------------------------------------
+# phaselm report / phaselm serve: the HTML report of a run, and the live token view
+# --------------------------------------------------------------------------------------------
+
+
+@app.command()
+def report(
+    run_dir: Path = typer.Argument(..., help="A run directory (train, train-lm, pretrain, demo or a protocol run)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write the page (default: RUN_DIR/report.html, replaced)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the written path as JSON."),
+) -> None:
+    """Rebuild RUN_DIR/report.html, one self-contained page, from the run directory's files.
+
+    Reads config.toml, metrics.jsonl, summary.json, protocol.toml, provenance.json and the
+    results of evals and protocols found there (results.json, */results.json, evals/*.json).
+    The page embeds its plots (loss and R over steps, tones, R–U scatter with the Goldilocks
+    box, per-condition distributions), the statistics tables, the exact config and protocol,
+    the software versions and the git commit; it references nothing outside itself.
+
+    Example: `phaselm report runs/kssm` (then open runs/kssm/report.html)
+    """
+    from .reporting import rebuild_html_report
+
+    path = rebuild_html_report(run_dir, out)
+    if as_json:
+        _print_json({"report": str(path)})
+    else:
+        typer.echo(f"wrote {path}")
+
+
+@app.command()
+def serve(
+    checkpoint: Path = typer.Argument(
+        ..., help="A `phaselm train-lm` run directory or model folder (K-SSM, GPT, …), or a Phase-Mamba run directory from `phaselm train`/`demo`."
+    ),
+    port: int = typer.Option(8000, "--port", "-p", help="TCP port; 0 picks a free one."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; the default is reachable from this machine only."),
+    max_new_tokens: int = typer.Option(512, "--max-new-tokens", help="The most tokens one request may ask for."),
+    log: bool = typer.Option(False, "--log", help="Log every request on stderr."),
+) -> None:
+    """Live token view: a local web page where a prompt streams generated tokens, coloured by tone.
+
+    Hover a token for R, U and R·U; a running plot follows R and U over the tokens; toggles
+    force the oscillators (sync, disorder, pin R — K-SSM) or switch a grafted Phase Core off.
+    The page needs no network (no external scripts). Ctrl-C stops the server.
+
+    Example: `phaselm serve runs/kssm --port 8000`, then open http://127.0.0.1:8000/
+    """
+    from .serve import serve as run_serve
+
+    run_serve(checkpoint, host=host, port=port, max_new_tokens=max_new_tokens, log=log, announce=typer.echo)
+
+
+# --------------------------------------------------------------------------------------------
 # phaselm eval …: thin wrappers over phaselm.evals (each prints JSON with --json and writes
 # NAME.json + NAME.png into --out, refusing to overwrite an earlier result there)
 # --------------------------------------------------------------------------------------------
@@ -419,6 +472,72 @@ def eval_ablation(
 
     result = ablation_table(run_dirs, batch_size=batch_size, seq_len=seq_len, max_batches=batches, out_dir=out, command=_command_line())
     _eval_done(result, as_json, f"{len(run_dirs)} runs; table: {result['files']['md']}")
+
+
+# --------------------------------------------------------------------------------------------
+# phaselm protocol …: experiment protocols declared in TOML (phaselm.protocols)
+# --------------------------------------------------------------------------------------------
+
+protocol_app = typer.Typer(
+    name="protocol",
+    help="Run an experiment protocol declared in TOML before running: observation (blind vs measured), "
+    "intervention (each condition vs none) or ablation_grid.\n\n"
+    "The protocol file's SHA-256 is stored with its results, and results never attach to a changed protocol. "
+    "Examples are in protocols/*.toml (each says at the top how to run it).",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+)
+app.add_typer(protocol_app, name="protocol")
+
+
+@protocol_app.command("run")
+def protocol_run(
+    file: Path = typer.Argument(..., help="The protocol TOML file ([protocol] [model] [prompts] [decoding] [design] [metrics] [statistics] …)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Out directory (default: runs/protocols/<file name>); refused if it holds another protocol's results."),
+    as_json: bool = typer.Option(False, "--json", help="Print results.json to stdout."),
+) -> None:
+    """Run a protocol and write results.json, results.md, results.png and protocol.toml into --out.
+
+    Kinds: `observation` (blind vs measured generation: token agreement, R mean / spread / range
+    with permutation, Brown–Forsythe and Levene tests, bootstrap CIs, effect sizes, power for the
+    n used), `intervention` (each condition vs none, paired by prompt and seed: KL, perplexity
+    under a reference model, distinct-n, repetition, mean R) and `ablation_grid` (layer, K scale,
+    oscillator count, U regulation on/off over validation windows and seeds: loss and R per cell).
+    Holm corrects every protocol's family of tests; every table states n. Running the same file
+    again into the same --out replaces its results; a changed file is refused there.
+
+    Example: `phaselm protocol run protocols/kssm-observation.toml --out runs/protocols/kssm-observation`
+    """
+    from .protocols import run_protocol
+
+    result = run_protocol(file, out, command=_command_line())
+    if as_json:
+        _print_json(result)
+    else:
+        typer.echo(result["markdown"])
+        typer.echo(f"results: {result['files']['json']}; table: {result['files']['md']}")
+
+
+@protocol_app.command("check")
+def protocol_check(
+    file: Path = typer.Argument(..., help="The protocol TOML file."),
+    as_json: bool = typer.Option(False, "--json", help="Print the checked design as JSON."),
+) -> None:
+    """Check a protocol file without running it: every field, the design (n per condition) and its SHA-256.
+
+    Example: `phaselm protocol check protocols/kssm-intervention.toml`
+    """
+    from .protocols import load_protocol
+
+    protocol = load_protocol(file)
+    info = {**protocol.header(), "samples_per_condition": protocol.samples_per_condition, "seeds": protocol.seeds,
+            "conditions": [c.to_dict() for c in protocol.conditions], "metrics": protocol.metrics, "test": protocol.test,
+            "alpha": protocol.alpha}
+    if as_json:
+        _print_json(info)
+    else:
+        typer.echo(f"{file}: {protocol.kind} protocol {protocol.name!r}, n = {protocol.samples_per_condition} per condition, "
+                   f"sha256 {protocol.sha256}")
 
 
 def _int_list(text: str, what: str) -> tuple[int, ...]:

@@ -9,6 +9,15 @@ returns JSON-able results (``to_dict``); undefined quantities are ``None``, neve
   and the matched-pairs rank-biserial correlation (Kerby's r = (W⁺ − W⁻)/(W⁺ + W⁻)).
 * :func:`holm` — Holm–Bonferroni adjusted p-values for a family of tests.
 * :func:`correlation` — Pearson and Spearman coefficients with their p-values.
+* :func:`spread_test` — Levene's test for equal variances (``center="mean"``) and its
+  Brown–Forsythe form (``center="median"``): a one-way ANOVA on |x − centre| per group.
+* :func:`permutation_test` — paired (sign-flip) or two-sample (label-shuffle) permutation test
+  of a mean difference or a log variance ratio, exact when the permutations are few.
+* :func:`bootstrap_ci` — percentile bootstrap interval of any one- or two-sample statistic.
+* :func:`power_paired_t`, :func:`min_detectable_effect` — power of the two-sided paired t-test
+  (noncentral t) and the smallest d_z it detects at a given power, for the n used;
+  :func:`power_variance_ratio`, :func:`min_detectable_variance_ratio` — the same for a
+  two-sided F-test of a variance ratio (normal data; an approximation for Brown–Forsythe).
 """
 
 from __future__ import annotations
@@ -16,7 +25,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -215,3 +224,283 @@ def describe(values, level: float = 0.95, n_resamples: int = 2_000, seed: int = 
     if len(values) >= MIN_N:
         out["ci_low"], out["ci_high"] = bootstrap_mean_ci(values, level, n_resamples, seed)
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Spread: Levene / Brown–Forsythe
+# --------------------------------------------------------------------------------------------
+
+CENTERS = ("median", "mean")
+
+
+@dataclass
+class SpreadResult:
+    test: str  # "Brown–Forsythe" (centre = median) or "Levene" (centre = mean)
+    center: str
+    n: list[int]  # per group
+    variances: list[float]  # per group, ddof = 1
+    variance_ratio: float | None  # first / second group (two groups only)
+    statistic: float | None
+    p: float | None
+
+    def to_dict(self) -> dict:
+        return {k: (_finite(v) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+def spread_test(*samples, center: str = "median") -> SpreadResult:
+    """Levene's test (``center="mean"``) or Brown–Forsythe (``"median"``) for equal variances.
+
+    W = [(N − k)/(k − 1)] · Σ n_i (Z̄_i − Z̄)² / Σ Σ (Z_ij − Z̄_i)², Z_ij = |x_ij − centre_i|,
+    compared with F(k − 1, N − k). Identical spreads in every group give W = 0, p = 1.
+    """
+    from scipy import stats
+
+    if center not in CENTERS:
+        raise PhaseLMError(f"center must be one of {', '.join(CENTERS)}, got {center!r}")
+    if len(samples) < 2:
+        raise PhaseLMError(f"a spread test needs at least 2 groups, got {len(samples)}")
+    groups = [as_array(s, f"group {i + 1}") for i, s in enumerate(samples)]
+    for i, g in enumerate(groups):
+        if len(g) < MIN_N:
+            raise PhaseLMError(f"a spread test needs at least {MIN_N} values per group, got n = {len(g)} in group {i + 1}")
+    centre = np.median if center == "median" else np.mean
+    z = [np.abs(g - centre(g)) for g in groups]
+    k, total = len(z), sum(len(g) for g in z)
+    grand = np.concatenate(z).mean()
+    between = sum(len(g) * (g.mean() - grand) ** 2 for g in z)
+    within = sum(((g - g.mean()) ** 2).sum() for g in z)
+    if within == 0:
+        statistic, p = (0.0, 1.0) if between == 0 else (None, 0.0)
+    else:
+        statistic = float((total - k) / (k - 1) * between / within)
+        p = float(stats.f.sf(statistic, k - 1, total - k))
+    variances = [float(np.var(g, ddof=1)) for g in groups]
+    ratio = None
+    if k == 2:
+        ratio = variances[0] / variances[1] if variances[1] > 0 else (1.0 if variances[0] == 0 else None)
+    return SpreadResult("Brown–Forsythe" if center == "median" else "Levene", center, [len(g) for g in groups], variances,
+                        _finite(ratio), _finite(statistic), _finite(p))
+
+
+# --------------------------------------------------------------------------------------------
+# Permutation tests
+# --------------------------------------------------------------------------------------------
+
+PERMUTATION_STATISTICS = ("mean", "log_variance_ratio")
+ALTERNATIVES = ("two-sided", "greater", "less")
+
+
+@dataclass
+class PermutationResult:
+    statistic_name: str  # "mean" (of x − y, or mean x − mean y) or "log_variance_ratio" (log var x / var y)
+    paired: bool
+    n: int  # pairs (paired) or total observations
+    observed: float
+    p: float
+    alternative: str
+    n_resamples: int  # permutations used (all of them when exact)
+    exact: bool
+
+    def to_dict(self) -> dict:
+        return {k: (_finite(v) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+def _log_variance_ratio(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    vx, vy = np.var(x, ddof=1, axis=axis), np.var(y, ddof=1, axis=axis)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.log(vx) - np.log(vy)
+
+
+def _p_from_null(null: np.ndarray, observed: float, alternative: str, adjustment: int) -> float:
+    # the same conventions as scipy.stats.permutation_test (a relative tolerance for ties)
+    gamma = np.abs(1e-14 * observed)
+    less = (np.sum(null <= observed + gamma) + adjustment) / (len(null) + adjustment)
+    greater = (np.sum(null >= observed - gamma) + adjustment) / (len(null) + adjustment)
+    if alternative == "less":
+        return float(less)
+    if alternative == "greater":
+        return float(greater)
+    return float(min(1.0, 2 * min(less, greater)))
+
+
+def permutation_test(
+    x, y, paired: bool = True, statistic: str = "mean", n_resamples: int = 10_000, seed: int = 0, alternative: str = "two-sided"
+) -> PermutationResult:
+    """Permutation test of x against y.
+
+    ``paired``: the null exchanges x_i and y_i within each pair (flips the sign of d_i); the
+    statistic is mean(d). Otherwise the null shuffles the pooled values between the groups;
+    the statistic is mean(x) − mean(y) (``"mean"``) or log(var x / var y)
+    (``"log_variance_ratio"``, ddof = 1). Exact (every sign pattern) when 2ⁿ ≤ n_resamples
+    for a paired test; otherwise ``n_resamples`` seeded random permutations with
+    p = (count + 1)/(n_resamples + 1), as scipy.stats.permutation_test.
+    """
+    if statistic not in PERMUTATION_STATISTICS:
+        raise PhaseLMError(f"permutation statistic must be one of {', '.join(PERMUTATION_STATISTICS)}, got {statistic!r}")
+    if alternative not in ALTERNATIVES:
+        raise PhaseLMError(f"alternative must be one of {', '.join(ALTERNATIVES)}, got {alternative!r}")
+    if n_resamples < 1:
+        raise PhaseLMError(f"a permutation test needs at least 1 resample, got {n_resamples}")
+    rng = np.random.default_rng(seed)
+    if paired:
+        if statistic != "mean":
+            raise PhaseLMError("a paired permutation test compares means; use paired=False for a variance ratio")
+        x, y = _check_pairs(x, y, "a paired permutation test")
+        d = x - y
+        n = len(d)
+        observed = float(d.mean())
+        exact = 2**n <= n_resamples
+        if exact:
+            signs = 1 - 2 * ((np.arange(2**n)[:, None] >> np.arange(n)[None, :]) & 1)
+        else:
+            signs = rng.choice(np.array([-1.0, 1.0]), size=(n_resamples, n))
+        null = (signs * d[None, :]).mean(axis=1)
+        p = _p_from_null(null, observed, alternative, 0 if exact else 1)
+        return PermutationResult(statistic, True, n, observed, p, alternative, len(null), exact)
+    x, y = as_array(x, "first sample"), as_array(y, "second sample")
+    if min(len(x), len(y)) < MIN_N:
+        raise PhaseLMError(f"a permutation test needs at least {MIN_N} values per sample, got n = {len(x)} and {len(y)}")
+    pooled = np.concatenate([x, y])
+    nx = len(x)
+
+    def stat(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return a.mean(axis=-1) - b.mean(axis=-1) if statistic == "mean" else _log_variance_ratio(a, b)
+
+    observed = float(stat(x, y))
+    if not math.isfinite(observed):
+        raise PhaseLMError("the variance ratio is undefined: a sample has zero variance")
+    null = np.empty(n_resamples)
+    chunk = max(1, 1_000_000 // len(pooled))
+    for start in range(0, n_resamples, chunk):
+        stop = min(n_resamples, start + chunk)
+        perm = rng.permuted(np.broadcast_to(pooled, (stop - start, len(pooled))), axis=1)
+        null[start:stop] = stat(perm[:, :nx], perm[:, nx:])
+    null = np.where(np.isfinite(null), null, 0.0)
+    p = _p_from_null(null, observed, alternative, 1)
+    return PermutationResult(statistic, False, len(pooled), observed, p, alternative, n_resamples, False)
+
+
+# --------------------------------------------------------------------------------------------
+# Bootstrap of any statistic
+# --------------------------------------------------------------------------------------------
+
+
+def bootstrap_ci(
+    x, y=None, statistic: Callable[..., np.ndarray] | None = None, paired: bool = False, level: float = 0.95,
+    n_resamples: int = 10_000, seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic``: f(x) for one sample, f(x, y) for two
+    (pairs resampled together when ``paired``, each sample on its own otherwise). The
+    statistic takes arrays with resamples on the first axis and values on the last
+    (``axis=-1``); default: the mean (of x, or of x − y when paired, or mean x − mean y)."""
+    if not 0 < level < 1:
+        raise PhaseLMError(f"confidence level must be in (0, 1), got {level}")
+    x = as_array(x, "first sample")
+    if y is not None:
+        y = as_array(y, "second sample")
+        if paired:
+            x, y = _check_pairs(x, y, "a paired bootstrap")
+    for name, sample in (("first", x), ("second", y)):
+        if sample is not None and len(sample) < MIN_N:
+            raise PhaseLMError(f"a bootstrap interval needs at least {MIN_N} values, got n = {len(sample)} in the {name} sample")
+    if statistic is None:
+        if y is None:
+            statistic = lambda a: a.mean(axis=-1)  # noqa: E731
+        elif paired:
+            statistic = lambda a, b: (a - b).mean(axis=-1)  # noqa: E731
+        else:
+            statistic = lambda a, b: a.mean(axis=-1) - b.mean(axis=-1)  # noqa: E731
+    rng = np.random.default_rng(seed)
+    values = np.empty(n_resamples)
+    size = len(x) + (len(y) if y is not None else 0)
+    chunk = max(1, 2_000_000 // size)
+    for start in range(0, n_resamples, chunk):
+        stop = min(n_resamples, start + chunk)
+        ix = rng.integers(0, len(x), size=(stop - start, len(x)))
+        if y is None:
+            values[start:stop] = statistic(x[ix])
+        elif paired:
+            values[start:stop] = statistic(x[ix], y[ix])
+        else:
+            iy = rng.integers(0, len(y), size=(stop - start, len(y)))
+            values[start:stop] = statistic(x[ix], y[iy])
+    values = values[np.isfinite(values)]
+    if len(values) == 0:
+        raise PhaseLMError("the bootstrap statistic is undefined on every resample (e.g. a zero variance)")
+    alpha = (1 - level) / 2
+    low, high = np.quantile(values, [alpha, 1 - alpha])
+    return float(low), float(high)
+
+
+def variance_ratio_ci(x, y, level: float = 0.95, n_resamples: int = 10_000, seed: int = 0) -> tuple[float, float] | None:
+    """Bootstrap interval of var(x)/var(y) (two independent resamplings); None when undefined."""
+    try:
+        low, high = bootstrap_ci(x, y, lambda a, b: _log_variance_ratio(a, b), False, level, n_resamples, seed)
+    except PhaseLMError:
+        return None
+    return float(np.exp(low)), float(np.exp(high))
+
+
+# --------------------------------------------------------------------------------------------
+# Power
+# --------------------------------------------------------------------------------------------
+
+
+def _check_power_args(n: int, alpha: float, power: float | None = None) -> None:
+    if int(n) != n or n < MIN_N:
+        raise PhaseLMError(f"power needs n ≥ {MIN_N} pairs, got n = {n}")
+    if not 0 < alpha < 1:
+        raise PhaseLMError(f"α must be in (0, 1), got {alpha}")
+    if power is not None and not alpha < power < 1:
+        raise PhaseLMError(f"the target power must be in (α, 1), got {power}")
+
+
+def power_paired_t(n: int, effect: float, alpha: float = 0.05) -> float:
+    """Power of the two-sided paired t-test with n pairs at standardized effect d_z:
+    P(|T| > t_{1−α/2, n−1}) for T ~ noncentral t(n − 1, d_z·√n)."""
+    from scipy import stats
+
+    _check_power_args(n, alpha)
+    df, nc = n - 1, abs(float(effect)) * math.sqrt(n)
+    crit = stats.t.ppf(1 - alpha / 2, df)
+    upper = stats.nct.sf(crit, df, nc)
+    if not math.isfinite(upper):
+        upper = 1.0 - stats.nct.cdf(crit, df, nc)
+    lower = stats.nct.cdf(-crit, df, nc)  # the far tail; scipy returns NaN where it underflows
+    lower = lower if math.isfinite(lower) else 0.0
+    return float(min(1.0, max(0.0, upper + lower)))
+
+
+def min_detectable_effect(n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest |d_z| the two-sided paired t-test detects with probability ``power`` at n."""
+    from scipy.optimize import brentq
+
+    _check_power_args(n, alpha, power)
+    high = 1.0
+    while power_paired_t(n, high, alpha) < power:
+        high *= 2
+    return float(brentq(lambda d: power_paired_t(n, d, alpha) - power, 0.0, high, xtol=1e-10))
+
+
+def power_variance_ratio(n_x: int, n_y: int, ratio: float, alpha: float = 0.05) -> float:
+    """Power of the two-sided F-test of var x = var y (normal data) when var x / var y = ratio."""
+    from scipy import stats
+
+    _check_power_args(min(n_x, n_y), alpha)
+    if not ratio > 0:
+        raise PhaseLMError(f"a variance ratio must be > 0, got {ratio}")
+    d1, d2 = n_x - 1, n_y - 1
+    low, high = stats.f.ppf(alpha / 2, d1, d2), stats.f.ppf(1 - alpha / 2, d1, d2)
+    return float(stats.f.sf(high / ratio, d1, d2) + stats.f.cdf(low / ratio, d1, d2))
+
+
+def min_detectable_variance_ratio(n_x: int, n_y: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest ratio > 1 of variances the two-sided F-test detects with ``power``
+    (by symmetry its reciprocal is the smallest detectable ratio below 1)."""
+    from scipy.optimize import brentq
+
+    _check_power_args(min(n_x, n_y), alpha, power)
+    high = 2.0
+    while power_variance_ratio(n_x, n_y, high, alpha) < power:
+        high *= 2
+    return float(brentq(lambda r: power_variance_ratio(n_x, n_y, r, alpha) - power, 1.0, high, xtol=1e-10))

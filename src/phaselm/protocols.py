@@ -661,10 +661,10 @@ def generate_many(
         texts = texts if texts is not None else [subject.tokenizer.decode(p) for p in prompts]
         out = []
         for text, p in zip(texts, prompts):
-            sample = generate_sample(subject, text, seed, protocol)
-            if sample.prompt_ids != list(p):
+            generated = generate_sample(subject, text, seed, protocol)
+            if generated.prompt_ids != list(p):
                 raise PhaseLMError(f"the prompt {text[:30]!r} does not encode back to the same tokens; use prompts the tokenizer round-trips")
-            out.append(sample.ids)
+            out.append(generated.ids)
         return out
     device = next(subject.model.parameters()).device
     out: list = [None] * len(prompts)

@@ -14,26 +14,13 @@ import pytest
 
 from phaselm.cli import main
 from phaselm.observables import TONE_NAMES
+from cli_helpers import assert_one_line_error, run_cli
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 
-def run_cli(capsys, *args) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
-def assert_one_line_error(code, err, match):
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    assert match in lines[0], lines[0]
 
 
 def snapshot(folder: Path) -> dict:

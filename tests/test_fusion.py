@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from phaselm.cli import main
 from phaselm.config import load_recipe
 from phaselm.experiments.language_model import LMRecipe
 from phaselm.models.fusion import FUSIONS, GATE_INITS, FusionConfig, FusionForCausalLM
+from cli_helpers import run_cli as cli
 
 TINY = dict(
     vocab_size=40, hidden_size=32, n_layers=2, rwkv_head_dim=16, rwkv_mix_rank=4, rwkv_decay_rank=8,
@@ -181,13 +181,6 @@ TINY_SETS = {
 }
 
 
-def cli(capsys, *args):
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    return (code, *capsys.readouterr())
 
 
 @pytest.mark.parametrize("name", FUSION_RECIPES)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from phaselm.cli import main
 from phaselm.config import load_recipe
 from phaselm.experiments.language_model import LMRecipe
+from cli_helpers import run_cli as cli
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 LM_RECIPES = ["kssm-v3.toml", "kssm-v3-monostable.toml", "kssm-v3-nomixer.toml", "gpt-baseline.toml"]
@@ -20,13 +20,6 @@ TINY_MODEL = {
 }
 
 
-def cli(capsys, *args):
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    return (code, *capsys.readouterr())
 
 
 @pytest.mark.parametrize("name", LM_RECIPES)

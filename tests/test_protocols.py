@@ -16,11 +16,11 @@ import torch
 import torch.nn.functional as F
 
 from phaselm import protocols as P
-from phaselm.cli import main
 from phaselm.config import tomllib
 from phaselm.data import CharTokenizer, load_text
 from phaselm.interventions import Intervention, intervene
 from test_evals import make_run
+from cli_helpers import assert_one_line_error, run_cli
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "protocols"
 FAST = {"bootstrap_resamples": 200, "permutation_resamples": 200}
@@ -85,21 +85,8 @@ def write(path: Path, data: dict, header: str = "") -> Path:
     return path
 
 
-def run_cli(capsys, *args) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
-def assert_one_line_error(code, err, match):
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
-    assert match in lines[0], lines[0]
 
 
 def assert_every_table_states_n(result: dict):

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from phaselm.cli import main
 from phaselm.reporting import discover_results, markdown_to_html, write_html_report, write_report
+from cli_helpers import run_cli as cli
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TONES = {"over-sync": 12, "balance": 30, "goldilocks": 40, "unbound-joy": 10, "silent-intimacy": 5, "unformed": 3}
@@ -173,13 +173,6 @@ def test_markdown_tables():
     assert html == "<h4>Title</h4>\n<p>Some text</p>\n<table><tr><th>a</th><th>b</th></tr><tr><td>x | y</td><td class=\"num\">2</td></tr></table>"
 
 
-def cli(capsys, *args):
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    return (code, *capsys.readouterr())
 
 
 @pytest.mark.slow
@@ -205,6 +198,8 @@ def test_rebuild_tiny_train_lm_run(tmp_path, capsys):
     assert len(data_images(html)) >= 6  # loss, R, tones, scatter, the eval's plot, its distributions
     recorded = json.loads((run / "provenance.json").read_text(encoding="utf-8"))
     assert recorded["title"] == "PhaseLM language model (kssm)" and recorded["commands"][0] in html  # as the run recorded it
+    # main([...]) records its own arguments, not pytest's sys.argv
+    assert recorded["commands"][0].startswith(f"phaselm train-lm {RECIPES / 'kssm-v3.toml'} --out {run} ")
     assert "r_intervention" in html and "sync @ layers all" in html and (run / "config.toml").read_text(encoding="utf-8").splitlines()[0] in html
 
     code, out, err = cli(capsys, "report", str(run), "--out", str(tmp_path / "copy.html"), "--json")

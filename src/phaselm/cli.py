@@ -34,10 +34,15 @@ def _overrides(items: Optional[List[str]]) -> dict:
     return dict(parse_override(item) for item in items or [])
 
 
+# The arguments of the running command: main(argv) sets them, so a command started from Python
+# (main(["train-lm", ...])) records its own arguments, not the host program's sys.argv.
+_ARGV: list[str] = []
+
+
 def _command_line() -> str:
     import shlex
 
-    return "phaselm " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    return " ".join(["phaselm", *(shlex.quote(a) for a in _ARGV)])
 
 
 def _print_json(data) -> None:
@@ -641,6 +646,7 @@ def _quiet_libraries() -> None:
 def main(argv: Optional[List[str]] = None) -> None:
     """Entry point: PhaseLMError → one line on stderr, exit code 2."""
     _quiet_libraries()
+    _ARGV[:] = list(sys.argv[1:] if argv is None else argv)
     try:
         app(args=argv, standalone_mode=False)
     except PhaseLMError as exc:

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from phaselm import protocols as P
+from phaselm import statistics as st
+from phaselm.errors import PhaseLMError
 from phaselm.config import tomllib
 from phaselm.data import CharTokenizer, load_text
 from phaselm.interventions import Intervention, intervene
@@ -177,7 +179,7 @@ def test_observation_on_a_tiny_kssm(observation):
     assert all(c["mean_diff"] == 0.0 and c["p"] == 1.0 for c in saved["comparisons"].values())
     assert saved["holm_family_size"] == 4 * 6  # 4 metrics × (3 mean tests + 3 spread tests)
     power = saved["power"]
-    assert power["n"] == 6 and power["min_detectable_dz"] == pytest.approx(P.st.min_detectable_effect(6, 0.05, 0.8))
+    assert power["n"] == 6 and power["min_detectable_dz"] == pytest.approx(st.min_detectable_effect(6, 0.05, 0.8))
     assert power["min_detectable_variance_ratio"] > 1
     assert_every_table_states_n(saved)
     assert set(saved["distributions"]) == {"R mean", "R std (within sample)", "R range (max − min within sample)", "U mean"}
@@ -191,7 +193,7 @@ def test_observation_r_is_the_r_of_the_producing_positions(observation, runs):
     file, _, result = observation
     protocol = P.load_protocol(file)
     subject = P.load_subject(runs["kssm"], "cpu")
-    text = P._prompts(protocol, subject)[0]
+    text = P.subject._prompts(protocol, subject)[0]
     sample = P.generate_sample(subject, text, 0, protocol)
     with torch.no_grad():
         out = subject.model(torch.tensor([sample.prompt_ids + sample.ids]))
@@ -205,14 +207,14 @@ def test_observation_r_is_the_r_of_the_producing_positions(observation, runs):
 
 def test_a_planted_observer_effect_is_flagged(runs, tmp_path, monkeypatch):
     """Sabotage measured mode so that measuring pins R: the protocol says the computation changed."""
-    real_measure = P.measure
+    real_measure = P.subject.measure
 
     @contextlib.contextmanager
     def meddling(model):
         with intervene(model, Intervention("pin", 0.99)), real_measure(model) as m:
             yield m
 
-    monkeypatch.setattr(P, "measure", meddling)
+    monkeypatch.setattr(P.subject, "measure", meddling)  # where generate_sample looks it up
     file = write(tmp_path / "obs.toml", spec("observation", runs["kssm"]))
     result = P.run_protocol(file, tmp_path / "out", progress=False)
     assert result["agreement"]["computation_changed"]
@@ -288,7 +290,7 @@ def test_intervention_metrics_by_hand(intervention, runs):
     file, result = intervention
     protocol = P.load_protocol(file)
     subject, reference = P.load_subject(runs["kssm"], "cpu"), P.load_subject(runs["gpt"], "cpu")
-    prompts = [subject.tokenizer.encode(t) for t in P._prompts(protocol, subject)]
+    prompts = [subject.tokenizer.encode(t) for t in P.subject._prompts(protocol, subject)]
     # K-SSM decodes the prompts of one seed as a batch, with the recurrent cache
     batch = torch.tensor(prompts)
     unforced = sample(subject.model, batch, 6, 1.0, None, 0)[0][0].tolist()
@@ -374,7 +376,7 @@ def test_grid_ablates_fusion_branches_as_the_model_does(corpus, tmp_path):
     cells = {c["cell"]: c for c in result["comparisons"]}
     assert cells["layers all · K×1 · oscillators all · U on · ablate mamba"]["loss"]["mean_x"] == pytest.approx(float(own.mean()), rel=1e-6)
     assert result["model"]["type"] == "phaselm_fusion" and len(result["cells"]) == 3
-    with pytest.raises(P.PhaseLMError, match="no branch 'bank'; its branches are: rwkv, mamba, fusion_gate, mlp"):
+    with pytest.raises(PhaseLMError, match="no branch 'bank'; its branches are: rwkv, mamba, fusion_gate, mlp"):
         P.run_protocol(write(tmp_path / "g2.toml", {**data, "grid": {"ablate": ["bank"]}}), tmp_path / "out2", subject=subject,
                        progress=False)
 

@@ -1,0 +1,70 @@
+"""Statistics shared by the protocol kinds: paired comparisons, one Holm family, power."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .. import statistics as st
+from .spec import Protocol
+
+
+def _clean_pairs(x: Sequence, y: Sequence) -> tuple[np.ndarray, np.ndarray]:
+    keep = [i for i in range(len(x)) if x[i] is not None and y[i] is not None and math.isfinite(x[i]) and math.isfinite(y[i])]
+    return np.asarray([x[i] for i in keep], dtype=float), np.asarray([y[i] for i in keep], dtype=float)
+
+
+def compare(x: Sequence, y: Sequence, protocol: Protocol, seed: int = 0) -> dict | None:
+    """x (condition) against y (baseline), paired: the declared test's p as ``p``, and every test."""
+    x, y = _clean_pairs(x, y)
+    if len(x) < st.MIN_N:
+        return None
+    out = st.paired(x, y, protocol.ci_level, protocol.bootstrap_resamples, seed).to_dict()
+    out["p_permutation"] = st.permutation_test(x, y, True, "mean", protocol.permutation_resamples, seed).p
+    out["p"] = {"t": out["p_t"], "wilcoxon": out["p_wilcoxon"], "permutation": out["p_permutation"]}[protocol.test]
+    return out
+
+
+def holm_family(entries: list[dict | None], keys: Sequence[str] = ("p", "p_t", "p_wilcoxon", "p_permutation")) -> int:
+    """Holm-adjust each key across the entries in place (``KEY_holm``); returns the family size."""
+    live = [e for e in entries if e is not None]
+    for key in keys:
+        adjusted = st.holm([e.get(key) for e in live])
+        for entry, value in zip(live, adjusted):
+            entry[f"{key}_holm"] = value
+    return sum(1 for e in live if e.get("p") is not None)
+
+
+def power_statement(n: int, protocol: Protocol, family: int, variance: bool = False) -> dict:
+    out = {
+        "n": n,
+        "alpha": protocol.alpha,
+        "power": protocol.power,
+        "family": family,
+        "min_detectable_dz": st.min_detectable_effect(n, protocol.alpha, protocol.power),
+        "min_detectable_dz_holm_strictest": st.min_detectable_effect(n, protocol.alpha / max(family, 1), protocol.power),
+        "note": f"paired t-test, two-sided; 'holm_strictest' is the level α/{max(family, 1)} Holm applies to the smallest p-value",
+    }
+    if variance:
+        out["min_detectable_variance_ratio"] = st.min_detectable_variance_ratio(n, n, protocol.alpha, protocol.power)
+        out["variance_note"] = ("two-sided F-test of a variance ratio for normal data (an approximation for Brown–Forsythe); "
+                                "ratios below 1 are detectable at the reciprocal")
+    return out
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def _mean(values: Sequence) -> float | None:
+    clean = [v for v in values if v is not None]
+    return float(np.mean(clean)) if clean else None
+
+
+def _per_token_r(orders: torch.Tensor | None, window: slice) -> np.ndarray | None:
+    if orders is None:
+        return None
+    return orders[:, window].mean(0).double().numpy()

@@ -1,0 +1,105 @@
+"""Where evals write: output folders, JSON, plots."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import PhaseLMError
+
+
+def prepare_outputs(out_dir: str | os.PathLike | None, name: str, suffixes: Sequence[str] = (".json", ".png")) -> dict[str, Path] | None:
+    """The files an eval will write; refuses (before any work) to overwrite existing ones."""
+    if out_dir is None:
+        return None
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise PhaseLMError(f"--out {out_dir} is a file; choose a directory")
+    files = {s.lstrip("."): out_dir / f"{name}{s}" for s in suffixes}
+    existing = [p for p in files.values() if p.exists()]
+    if existing:
+        raise PhaseLMError(f"{out_dir} already holds {existing[0].name} from an earlier `{name}` eval; choose another --out")
+    return files
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, torch.Tensor):
+        return _jsonable(value.detach().cpu().tolist())
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _write_outputs(files: dict[str, Path] | None, result: dict, plot) -> dict:
+    """Draw the plot and write the JSON (atomically); returns the final, JSON-clean result."""
+    from ..reporting import machine_description
+
+    result["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    result["machine"] = machine_description()
+    if files is not None:
+        files["json"].parent.mkdir(parents=True, exist_ok=True)
+        result["files"] = {k: str(v) for k, v in files.items()}
+        plot(files["png"])
+        if "md" in files:
+            files["md"].write_text(result["markdown"] + "\n", encoding="utf-8")
+    result = _jsonable(result)
+    if files is not None:
+        tmp = files["json"].with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(tmp, files["json"])
+    return result
+
+
+def _progress(enabled: bool):
+    from ..training import _progress as project_progress
+
+    return project_progress(enabled)
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module):
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _max_positions(model: nn.Module) -> int | None:
+    cfg = getattr(model, "config", None)
+    if cfg is None:
+        return None
+    if getattr(cfg, "model_type", "") == "kssm":
+        return cfg.max_position_embeddings if cfg.position_embedding else None
+    return getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
+
+
+def _check_positions(model: nn.Module, length: int, what: str) -> None:
+    limit = _max_positions(model)
+    if limit is not None and length > limit:
+        raise PhaseLMError(f"{what} needs {length} positions but the model allows {limit}; use fewer tokens")

@@ -1,0 +1,173 @@
+"""Prompts, batched cached generation, scoring and the text metrics (distinct-n, repetition)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import statistics as st
+from ..errors import PhaseLMError
+from .outputs import _device
+from .subject import TEXT_METRICS
+
+
+def validation_prompts(val_ids: torch.Tensor, n: int = 50, prompt_tokens: int = 32) -> list[list[int]]:
+    """``n`` prompts of ``prompt_tokens`` tokens, evenly spaced over the validation split."""
+    if n < st.MIN_N:
+        raise PhaseLMError(f"paired statistics need at least {st.MIN_N} prompts, got {n}; use --prompts 50 or more")
+    if prompt_tokens < 1:
+        raise PhaseLMError(f"prompt length must be at least 1 token, got {prompt_tokens}")
+    room = len(val_ids) - prompt_tokens
+    if room + 1 < n:
+        raise PhaseLMError(
+            f"the validation split has {len(val_ids)} tokens: too short for {n} distinct prompts of {prompt_tokens} tokens; "
+            "use fewer or shorter prompts"
+        )
+    starts = [(i * room) // (n - 1) for i in range(n)]
+    return [val_ids[s : s + prompt_tokens].tolist() for s in starts]
+
+
+def _prompt_ids(tokenizer, prompts: Sequence) -> list[list[int]]:
+    out = []
+    for p in prompts:
+        ids = tokenizer.encode(p) if isinstance(p, str) else [int(i) for i in (p.tolist() if isinstance(p, torch.Tensor) else p)]
+        if not ids:
+            raise PhaseLMError("a prompt encodes to no tokens; pass non-empty prompts")
+        out.append(ids)
+    return out
+
+
+def _batches(prompts: list[list[int]], batch_size: int) -> list[list[int]]:
+    """Indices grouped by prompt length (no padding needed), ``batch_size`` at a time, in order."""
+    if batch_size < 1:
+        raise PhaseLMError(f"batch size must be at least 1, got {batch_size}")
+    by_length: dict[int, list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_length.setdefault(len(p), []).append(i)
+    return [idx[s : s + batch_size] for idx in by_length.values() for s in range(0, len(idx), batch_size)]
+
+
+def _pick(logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator) -> torch.Tensor:
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = logits / temperature
+    if top_k:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(torch.softmax(logits, -1), 1, generator=generator).squeeze(1)
+
+
+@torch.no_grad()
+def sample(
+    model: nn.Module, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Continue a batch of equal-length prompts (B, P) with the recurrent/KV cache.
+
+    Returns the new tokens (B, M) and, for models with oscillators, R of the positions that
+    produced them (B, n_layers, M); both on the CPU. ``temperature = 0`` decodes greedily.
+    """
+    device = prompt.device
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    tokens, orders = [], []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)  # any noise inside the model (noise_in_eval) is seeded too
+        out = model(input_ids=prompt, use_cache=True)
+        for i in range(max_new_tokens):
+            order = getattr(out, "orders", None)
+            if order is not None:
+                orders.append(order[:, :, -1].float())
+            nxt = _pick(out.logits[:, -1].float(), temperature, top_k, generator)
+            tokens.append(nxt)
+            if i + 1 < max_new_tokens:
+                out = model(input_ids=nxt[:, None], past_key_values=out.past_key_values, use_cache=True)
+    new = torch.stack(tokens, 1).cpu()
+    return new, (torch.stack(orders, -1).cpu() if orders else None)
+
+
+@torch.no_grad()
+def _continuation_logprobs(model: nn.Module, prompt: torch.Tensor, continuation: torch.Tensor) -> torch.Tensor:
+    """log p(· | prefix) at the M positions that predict the continuation: (B, M, V), float32."""
+    full = torch.cat([prompt, continuation.to(prompt.device)], 1)
+    logits = model(input_ids=full).logits[:, prompt.shape[1] - 1 : -1]
+    return F.log_softmax(logits.float(), -1)
+
+
+def _nll(logprobs: torch.Tensor, continuation: torch.Tensor) -> torch.Tensor:
+    """Mean −log p of the continuation per sequence: (B,)."""
+    return -logprobs.gather(-1, continuation.to(logprobs.device)[..., None]).squeeze(-1).mean(-1)
+
+
+def kl_divergence(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+    """KL(p ‖ q) over the last axis from log-probabilities; exactly 0 when they are equal."""
+    return (logp.exp() * (logp - logq)).sum(-1).clamp_min(0.0)
+
+
+def distinct_n(ids: Sequence[int], n: int) -> float | None:
+    grams = [tuple(ids[i : i + n]) for i in range(len(ids) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else None
+
+
+def text_metrics(ids: Sequence[int]) -> dict[str, float | None]:
+    """distinct-1/2/3 and repetition (1 − distinct-4) of one continuation."""
+    d4 = distinct_n(ids, 4)
+    return {
+        "distinct_1": distinct_n(ids, 1),
+        "distinct_2": distinct_n(ids, 2),
+        "distinct_3": distinct_n(ids, 3),
+        "repetition": None if d4 is None else 1.0 - d4,
+    }
+
+
+def _check_decoding(max_new_tokens: int, temperature: float, top_k: int | None) -> None:
+    if max_new_tokens < 4:
+        raise PhaseLMError(f"max_new_tokens must be at least 4 (repetition counts 4-grams), got {max_new_tokens}")
+    if not (temperature >= 0 and math.isfinite(temperature)):
+        raise PhaseLMError(f"temperature must be ≥ 0, got {temperature}")
+    if top_k is not None and top_k < 0:
+        raise PhaseLMError(f"top_k must be ≥ 0 (0 keeps every token), got {top_k}")
+
+
+@dataclass
+class _Generated:
+    ids: list[list[int]]  # continuation per prompt
+    orders: np.ndarray | None  # (n, L, M)
+
+
+def _generate_all(model, prompts, batches, max_new_tokens, temperature, top_k, seed, advance) -> _Generated:
+    device = _device(model)
+    ids: list = [None] * len(prompts)
+    orders = None
+    for batch in batches:
+        prompt = torch.tensor([prompts[i] for i in batch], device=device)
+        new, order = sample(model, prompt, max_new_tokens, temperature, top_k, seed + batch[0])
+        for row, i in enumerate(batch):
+            ids[i] = new[row].tolist()
+        if order is not None:
+            if orders is None:
+                orders = np.zeros((len(prompts), order.shape[1], max_new_tokens), dtype=np.float64)
+            orders[batch] = order.double().numpy()
+        advance()
+    return _Generated(ids, orders)
+
+
+def _per_prompt_metrics(generated: _Generated, perplexity: np.ndarray) -> dict[str, list]:
+    rows = [text_metrics(c) for c in generated.ids]
+    out = {m: [r[m] for r in rows] for m in TEXT_METRICS}
+    out["perplexity"] = perplexity.tolist()
+    out["mean_r"] = generated.orders.mean(axis=(1, 2)).tolist() if generated.orders is not None else None
+    return out
+
+
+def _r_per_layer(generated: _Generated) -> list[float] | None:
+    return generated.orders.mean(axis=(0, 2)).tolist() if generated.orders is not None else None
+
+
+def _describe_metrics(values: dict[str, list | None], seed: int) -> dict:
+    return {m: (st.describe(v, seed=seed) if v is not None else None) for m, v in values.items()}

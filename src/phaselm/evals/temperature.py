@@ -1,0 +1,119 @@
+"""Temperature sweep: quality of sampled text per temperature."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import statistics as st
+from ..errors import PhaseLMError
+from .intervention import _md_table
+from .outputs import _check_positions, _device, _eval_mode, _progress, _write_outputs, prepare_outputs
+from .sampling import _batches, _check_decoding, _continuation_logprobs, _describe_metrics, _generate_all, _nll, _per_prompt_metrics, _prompt_ids, _r_per_layer
+from .subject import DEFAULT_TEMPERATURES, METRIC_LABELS
+
+
+def temperature_sweep(
+    model: nn.Module,
+    tokenizer,
+    prompts: Sequence,
+    temperatures: Sequence[float] = DEFAULT_TEMPERATURES,
+    max_new_tokens: int = 64,
+    seed: int = 0,
+    top_k: int | None = None,
+    batch_size: int = 16,
+    out_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    model_name: str | None = None,
+    command: str | None = None,
+) -> dict:
+    """Quality of generated text per sampling temperature (0 = greedy), over the same prompts.
+
+    Per temperature: distinct-1/2/3, repetition, perplexity under the model at temperature 1,
+    and mean R (per layer too) for models with oscillators. Writes temperature.json/.png.
+    """
+    temperatures = [float(t) for t in temperatures]
+    if not temperatures:
+        raise PhaseLMError("give at least one temperature, e.g. 0,0.8,1.0")
+    if len(set(temperatures)) != len(temperatures):
+        raise PhaseLMError("temperatures are listed twice; give each once")
+    for t in temperatures:
+        _check_decoding(max_new_tokens, t, top_k)
+    prompts = _prompt_ids(tokenizer, prompts)
+    if len(prompts) < st.MIN_N:
+        raise PhaseLMError(f"a temperature sweep needs at least {st.MIN_N} prompts, got {len(prompts)}")
+    files = prepare_outputs(out_dir, "temperature")
+    _check_positions(model, max(len(p) for p in prompts) + max_new_tokens, "prompt + generation")
+    batches = _batches(prompts, batch_size)
+    device = _device(model)
+    rows = []
+    with _eval_mode(model), _progress(progress) as bar:
+        task = bar.add_task("temperature sweep", total=len(batches) * 2 * len(temperatures), status="")
+        advance = lambda: bar.update(task, advance=1)  # noqa: E731
+        for t in temperatures:
+            bar.update(task, status=f"T = {t:g}")
+            generated = _generate_all(model, prompts, batches, max_new_tokens, t, top_k, seed, advance)
+            ppl = np.zeros(len(prompts))
+            for batch in batches:
+                prompt = torch.tensor([prompts[i] for i in batch], device=device)
+                cont = torch.tensor([generated.ids[i] for i in batch], device=device)
+                ppl[batch] = torch.exp(_nll(_continuation_logprobs(model, prompt, cont), cont)).double().cpu().numpy()
+                advance()
+            values = _per_prompt_metrics(generated, ppl)
+            rows.append({
+                "temperature": t,
+                "metrics": _describe_metrics(values, seed),
+                "r_per_layer": _r_per_layer(generated),
+                "sample": tokenizer.decode(generated.ids[0]),
+            })
+    quality = ("distinct_1", "distinct_2", "distinct_3", "repetition", "perplexity", "mean_r")
+    table_rows = [[r["temperature"]] + [(r["metrics"][m] or {}).get("mean") for m in quality] for r in rows]
+    result = {
+        "eval": "temperature_sweep",
+        "command": command,
+        "model": model_name,
+        "n_prompts": len(prompts),
+        "max_new_tokens": max_new_tokens,
+        "decoding": {"top_k": top_k, "seed": seed, "temperature_0": "greedy"},
+        "definitions": {"perplexity": "of the continuation given its prompt, under the model at temperature 1",
+                        "repetition": "1 − distinct-4 of the continuation"},
+        "rows": rows,
+        "markdown": _md_table(["T"] + [METRIC_LABELS[m] for m in quality], table_rows),
+        "device": str(device),
+    }
+    return _write_outputs(files, result, lambda path: _plot_temperature(result, path))
+
+
+def _plot_temperature(result: dict, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from ..reporting import _save
+
+    temps = [r["temperature"] for r in result["rows"]]
+    panels = [(("distinct_1", "distinct_2", "distinct_3"), "distinct-n"), (("repetition",), "repetition"),
+              (("perplexity",), "perplexity (T = 1)"), (("mean_r",), "mean R")]
+    fig, axes = plt.subplots(1, 4, figsize=(16, 4))
+    for ax, (metrics, title) in zip(axes, panels):
+        for m in metrics:
+            stats = [r["metrics"][m] for r in result["rows"]]
+            if any(s is None for s in stats):
+                ax.text(0.5, 0.5, "— (no oscillators)", ha="center", va="center", transform=ax.transAxes)
+                continue
+            mean = np.array([s["mean"] for s in stats])
+            low = mean - np.array([s.get("ci_low", s["mean"]) for s in stats])
+            high = np.array([s.get("ci_high", s["mean"]) for s in stats]) - mean
+            ax.errorbar(temps, mean, yerr=[low, high], marker="o", capsize=3, label=METRIC_LABELS[m])
+        if len(metrics) > 1:
+            ax.legend(fontsize=8)
+        if metrics == ("perplexity",):
+            ax.set_yscale("log")
+        ax.set_xlabel("temperature (0 = greedy)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"Temperature sweep: n = {result['n_prompts']} prompts, {result['max_new_tokens']} new tokens, mean ± 95% CI")
+    _save(fig, path)

@@ -27,7 +27,7 @@ forced run reuses the unforced run's seed, so both draw the same random numbers.
 """
 
 from .subject import CLAMP_NOTE, CORRELATION_NOTE, DEFAULT_BOUNDS, DEFAULT_TEMPERATURES, EvalSubject, METRICS, METRIC_LABELS, SAMPLES_SHOWN, TEXT_METRICS, default_device, default_out_dir, load_subject
-from .outputs import _check_positions, _jsonable, _progress, prepare_outputs
+from .outputs import prepare_outputs
 from .sampling import distinct_n, kl_divergence, sample, text_metrics, validation_prompts
 from .intervention import r_intervention_eval
 from .temperature import temperature_sweep

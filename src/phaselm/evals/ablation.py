@@ -110,7 +110,7 @@ def _summary_val_ce(subject: EvalSubject) -> float | None:
 def _plot_ablation(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    from ..reporting import _save
+    from ..reporting.plots import _save
 
     rows = result["rows"]
     labels = [f"{r['run']}\n{r['variant']}" for r in rows]

@@ -112,7 +112,7 @@ def parse_bounds(text: str) -> tuple[float, float]:
 def _plot_clamp(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    from ..reporting import _save
+    from ..reporting.plots import _save
 
     rows = result["rows"]
     labels = [r["bounds"] for r in rows]

@@ -81,7 +81,7 @@ def _binned(r: np.ndarray, ce: np.ndarray, bins: int) -> list[dict]:
 def _plot_correlation(result: dict, series: dict, ce: np.ndarray, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    from ..reporting import _save
+    from ..reporting.plots import _save
 
     n = len(series)
     cols = min(4, n)

@@ -156,13 +156,13 @@ def r_intervention_eval(
 
 
 def _fmt(value, digits: int = 4) -> str:
-    from ..reporting import _fmt as fmt
+    from ..reporting.markdown import _fmt as fmt
 
     return fmt(value, digits)
 
 
 def _md_table(header: list[str], rows: list[list]) -> str:
-    from ..reporting import _table
+    from ..reporting.markdown import _table
 
     return "\n".join(_table(header, [[_fmt(c) if not isinstance(c, str) else c for c in row] for row in rows]))
 
@@ -181,7 +181,7 @@ def _intervention_markdown(result: dict) -> str:
 def _plot_intervention(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    from ..reporting import _save
+    from ..reporting.plots import _save
 
     labels = [r["label"] for r in result["results"]]
     fig, axes = plt.subplots(2, 4, figsize=(16, 7.5))

@@ -92,7 +92,7 @@ def temperature_sweep(
 def _plot_temperature(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    from ..reporting import _save
+    from ..reporting.plots import _save
 
     temps = [r["temperature"] for r in result["rows"]]
     panels = [(("distinct_1", "distinct_2", "distinct_3"), "distinct-n"), (("repetition",), "repetition"),

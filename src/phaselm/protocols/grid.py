@@ -91,7 +91,7 @@ def _window_stats(subject: Subject, val_ids: torch.Tensor, windows: list[tuple[i
 
 
 def run_ablation_grid(protocol: Protocol, subject: Subject, progress=None) -> dict:
-    from ..evals import _check_positions
+    from ..evals.outputs import _check_positions
 
     info = structure(subject.target)
     cells = grid_cells(protocol)

@@ -29,7 +29,7 @@ class _Bar:
         if not self.enabled:
             return
         if self.progress is None:
-            from ..evals import _progress
+            from ..evals.outputs import _progress
 
             self.progress = _progress(True)
             self.progress.start()
@@ -42,7 +42,7 @@ class _Bar:
 
 
 def _jsonable(value):
-    from ..evals import _jsonable as clean
+    from ..evals.outputs import _jsonable as clean
 
     return clean(value)
 
@@ -126,7 +126,7 @@ def run_protocol(
 
 
 def _cell_text(value) -> str:
-    from ..reporting import _fmt
+    from ..reporting.markdown import _fmt
 
     if isinstance(value, bool):
         return "yes" if value else "no"
@@ -137,7 +137,7 @@ def _cell_text(value) -> str:
 
 def protocol_markdown(results: dict) -> str:
     """The protocol's verdict and tables as Markdown (every table states n)."""
-    from ..reporting import _table
+    from ..reporting.markdown import _table
 
     p = results["protocol"]
     lines = [f"# {results['title']}", "", f"Protocol file `{p['file']}`, SHA-256 `{p['sha256']}`."]
@@ -182,7 +182,7 @@ def write_protocol_report(out_dir: str | os.PathLike, results: dict) -> list[Pat
 def _plot_results(results: dict, path: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
-    from ..reporting import _save
+    from ..reporting.plots import _save
 
     distributions = {m: c for m, c in (results.get("distributions") or {}).items() if any(c.values())}
     token_r = results.get("token_r") or {}

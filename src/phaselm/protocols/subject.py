@@ -228,7 +228,7 @@ def _prompts(protocol: Protocol, subject: Subject) -> list[str]:
 
 
 def _check_prompts(subject: Subject, texts: list[str], extra: int) -> None:
-    from ..evals import _check_positions
+    from ..evals.outputs import _check_positions
 
     vocab = subject.model.get_input_embeddings().num_embeddings
     for text in texts:

@@ -1,0 +1,58 @@
+"""Run reports: plots of a training run's metrics, a Markdown summary and one HTML page.
+
+A run directory holds ``metrics.jsonl`` (one JSON object per logged step; evaluation lines
+carry ``"split"``) and the caller's final statistics. ``write_report`` turns both into
+``plots/*.png``, ``report.md`` and ``report.html``; ``write_html_report`` writes the
+self-contained page alone (protocol runs call it with their results) and
+``rebuild_html_report`` (``phaselm report RUN_DIR``) rebuilds it from a run directory's files.
+Every key is optional: a pretraining run has no R, U or tones, so each plot and section is
+drawn only when its data is there.
+"""
+
+import matplotlib
+
+# Reports are written on headless training machines: pick the file-only backend before any
+# submodule imports pyplot, so pyplot never tries to open a display.
+matplotlib.use("Agg")
+
+from .common import AUX_LOSS_KEYS, DPI, MAIN_LOSS_KEYS, MEASURED_TOKENS, PLOT_FILES, STAT_ROWS, TONE_COLOURS, TONE_GLYPH_BY_NAME, TONE_NAME_BY_GLYPH
+from .reading import read_metrics
+from .plots import plot_loss, plot_order, plot_tones, tone_counts
+from .markdown import machine_description, write_report
+from .html_common import HTML_REPORT, MAX_DETAIL_CHARS, PROTOCOL_FILE, PROVENANCE, RESULT_GLOBS, SAMPLE_TOKENS_HTML, VERSION_PACKAGES, markdown_to_html
+from .provenance import git_commit, software_versions
+from .results import discover_results, result_distributions
+from .page import rebuild_html_report, write_html_report
+
+__all__ = [
+    "AUX_LOSS_KEYS",
+    "DPI",
+    "MAIN_LOSS_KEYS",
+    "MEASURED_TOKENS",
+    "PLOT_FILES",
+    "STAT_ROWS",
+    "TONE_COLOURS",
+    "TONE_GLYPH_BY_NAME",
+    "TONE_NAME_BY_GLYPH",
+    "read_metrics",
+    "plot_loss",
+    "plot_order",
+    "plot_tones",
+    "tone_counts",
+    "machine_description",
+    "write_report",
+    "HTML_REPORT",
+    "MAX_DETAIL_CHARS",
+    "PROTOCOL_FILE",
+    "PROVENANCE",
+    "RESULT_GLOBS",
+    "SAMPLE_TOKENS_HTML",
+    "VERSION_PACKAGES",
+    "markdown_to_html",
+    "git_commit",
+    "software_versions",
+    "discover_results",
+    "result_distributions",
+    "rebuild_html_report",
+    "write_html_report",
+]

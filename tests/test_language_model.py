@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from phaselm.config import load_recipe
+from phaselm.config import load_recipe, tomllib
 from phaselm.experiments.language_model import LMRecipe
 from cli_helpers import run_cli as cli
 
@@ -37,6 +37,10 @@ def test_recipe_smoke(name, tmp_path, capsys):
         assert all("bank_reg" in r and 0 <= r["r_mean"] <= 1 for r in train_records)
     code, out, err = cli(capsys, "generate", str(tmp_path / "run" / "model"), "-n", "4", "--json")
     assert code == 0, err and len(json.loads(out)["text"]) > 0
+    stored = tomllib.loads((tmp_path / "run" / "config.toml").read_text())
+    model_sections = {"kssm": "kssm", "gpt2": "gpt", "fusion": "fusion"}
+    assert [s for s in model_sections.values() if s in stored] == [model_sections[arch]]  # only the trained arch's
+    assert load_recipe(LMRecipe, tmp_path / "run" / "config.toml").arch == arch  # and it loads back
 
 
 def test_recipe_bad_inputs(tmp_path, capsys):

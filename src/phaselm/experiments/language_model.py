@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ..backbones import save_backbone
-from ..config import dump_recipe, to_dict
+from ..config import to_dict
 from ..data import build_tokenizer, encode_corpus, load_text, train_val_split
 from ..errors import PhaseLMError
 from ..reporting import write_report
@@ -118,7 +118,21 @@ class LMRecipe:
     @property
     def spec(self):
         """The section of the chosen architecture."""
-        return {"kssm": self.kssm, "fusion": self.fusion, "gpt2": self.gpt}[self.arch]
+        return getattr(self, ARCH_SECTIONS[self.arch])
+
+
+ARCH_SECTIONS = {"kssm": "kssm", "fusion": "fusion", "gpt2": "gpt"}
+
+
+def recipe_text(recipe: LMRecipe) -> str:
+    """config.toml of a run: the recipe with only the chosen architecture's model section."""
+    import tomli_w
+
+    data = to_dict(recipe)
+    for arch, section in ARCH_SECTIONS.items():
+        if arch != recipe.arch:
+            data.pop(section, None)
+    return tomli_w.dumps(data)
 
 
 def build_lm(recipe: LMRecipe, vocab_size: int):
@@ -157,7 +171,7 @@ def train_lm(recipe: LMRecipe, run_dir: str | os.PathLike, resume: bool = False,
     reg_weight = recipe.kssm.reg_weight if recipe.arch == "kssm" else 0.0
     started = time.perf_counter()
     result = train(
-        LanguageModelObjective(model, reg_weight), train_ids, val_ids, recipe.train, run_dir, dump_recipe(recipe),
+        LanguageModelObjective(model, reg_weight), train_ids, val_ids, recipe.train, run_dir, recipe_text(recipe),
         resume=resume, progress=progress, description=f"train {recipe.arch}",
         checkpoint_config={"arch": recipe.arch, "model": spec, "vocab_size": tokenizer.vocab_size},
     )
@@ -171,5 +185,5 @@ def train_lm(recipe: LMRecipe, run_dir: str | os.PathLike, resume: bool = False,
         "device": "cuda" if torch.cuda.is_available() else "cpu",
     }
     _write_json(run_dir / "summary.json", summary)
-    write_report(run_dir, f"PhaseLM language model ({recipe.arch})", summary, dump_recipe(recipe), [command or f"phaselm train-lm RECIPE --out {run_dir}"])
+    write_report(run_dir, f"PhaseLM language model ({recipe.arch})", summary, recipe_text(recipe), [command or f"phaselm train-lm RECIPE --out {run_dir}"])
     return summary

@@ -457,7 +457,7 @@ def test_cli_refuses_a_changed_protocol(observation, tmp_path, capsys):
 # ---------------------------------------------------------------- the example files
 
 
-@pytest.mark.parametrize("name", ["kssm-observation.toml", "kssm-intervention.toml", "phase-mamba-observation.toml", "kssm-ablation-grid.toml"])
+@pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.toml")))
 def test_example_protocols_are_valid_and_say_how_to_run(name, capsys):
     file = EXAMPLES / name
     protocol = P.load_protocol(file)

@@ -140,3 +140,23 @@ def _raises_phaselm(match: str | None = None):
 def raises_phaselm():
     """``with raises_phaselm("regex"):`` — expects a PhaseLMError with a one-line message."""
     return _raises_phaselm
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A 12,000-character slice of Tiny Shakespeare as a corpus file (evals, protocols)."""
+    from phaselm.data import load_text
+
+    path = tmp_path_factory.mktemp("corpus") / "small.txt"
+    path.write_text(load_text("tinyshakespeare")[:12_000], encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors gain nothing from intra-op threads, and on a busy 2-core machine the
+    threads' spin-waiting makes each small op ~20× slower; restored after the module."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

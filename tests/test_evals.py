@@ -54,13 +54,6 @@ def make_run(root: Path, name: str, arch: str = "kssm", corpus: Path | None = No
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("corpus") / "small.txt"
-    path.write_text(load_text("tinyshakespeare")[:12_000], encoding="utf-8")
-    return path
-
-
-@pytest.fixture(scope="module")
 def runs(tmp_path_factory, corpus) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("runs")
     return {

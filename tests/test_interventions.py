@@ -37,14 +37,8 @@ from phaselm.phase_core import PhaseCoreConfig
 TINY = dict(vocab_size=40, hidden_size=32, n_layers=2, head_dim=16, n_oscillators=8, n_harmonics=4, chunk_size=8)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a busy 2-core machine the
-    threads' spin-waiting makes each small op ~20× slower; restored after this module."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One intra-op thread for this module (see conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def kssm(**overrides) -> KSSMForCausalLM:

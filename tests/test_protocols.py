@@ -28,21 +28,8 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "protocols"
 FAST = {"bootstrap_resamples": 200, "permutation_resamples": 200}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a busy 2-core machine the
-    threads' spin-waiting makes each small op ~20× slower; restored after this module."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("corpus") / "small.txt"
-    path.write_text(load_text("tinyshakespeare")[:12_000], encoding="utf-8")
-    return path
+# One intra-op thread for this module (see conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

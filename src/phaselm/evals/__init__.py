@@ -30,10 +30,10 @@ from .subject import CLAMP_NOTE, CORRELATION_NOTE, DEFAULT_BOUNDS, DEFAULT_TEMPE
 from .outputs import prepare_outputs
 from .sampling import distinct_n, kl_divergence, sample, text_metrics, validation_prompts
 from .intervention import r_intervention_eval
-from .temperature import temperature_sweep
-from .clamp import clamp_sweep, parse_bounds
+from .temperature import parse_floats, temperature_sweep
+from .clamp import clamp_sweep, iter_bounds, parse_bounds
 from .correlation import order_loss_correlation
-from .ablation import ablation_table, iter_bounds, parse_floats
+from .ablation import ablation_table
 
 __all__ = [
     "CLAMP_NOTE",

@@ -6,12 +6,11 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from ..errors import PhaseLMError
-from .clamp import parse_bounds
 from .intervention import _md_table
 from .outputs import _device, _eval_mode, _progress, _write_outputs, prepare_outputs
 from .subject import EvalSubject, load_subject
@@ -134,14 +133,3 @@ def _plot_ablation(result: dict, path: Path) -> None:
         ax.grid(alpha=0.3)
     fig.suptitle("Ablation: val loss, R and u per run (— = not defined)")
     _save(fig, path)
-
-
-def parse_floats(text: str, what: str) -> list[float]:
-    try:
-        return [float(p) for p in text.split(",") if p.strip()]
-    except ValueError:
-        raise PhaseLMError(f"bad {what} {text!r}; write comma-separated numbers, e.g. 0,0.8,1.0") from None
-
-
-def iter_bounds(items: Iterable[str]) -> list[tuple[float, float]]:
-    return [parse_bounds(t) for item in items for t in item.split(",") if t.strip()]

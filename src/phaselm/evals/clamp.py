@@ -6,7 +6,7 @@ import contextlib
 import math
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -107,6 +107,10 @@ def parse_bounds(text: str) -> tuple[float, float]:
         return float(lo), float(hi)
     except ValueError:
         raise PhaseLMError(f"bad bounds {text!r}; write u_min:u_max, e.g. 0.1:10") from None
+
+
+def iter_bounds(items: Iterable[str]) -> list[tuple[float, float]]:
+    return [parse_bounds(t) for item in items for t in item.split(",") if t.strip()]
 
 
 def _plot_clamp(result: dict, path: Path) -> None:

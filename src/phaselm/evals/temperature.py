@@ -117,3 +117,10 @@ def _plot_temperature(result: dict, path: Path) -> None:
         ax.grid(alpha=0.3)
     fig.suptitle(f"Temperature sweep: n = {result['n_prompts']} prompts, {result['max_new_tokens']} new tokens, mean ± 95% CI")
     _save(fig, path)
+
+
+def parse_floats(text: str, what: str) -> list[float]:
+    try:
+        return [float(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise PhaseLMError(f"bad {what} {text!r}; write comma-separated numbers, e.g. 0,0.8,1.0") from None

@@ -55,7 +55,7 @@ def harmonics(theta: torch.Tensor, n_harmonics: int, backend: str = "auto") -> t
     backend = os.environ.get("PHASELM_HARMONICS", backend)  # a switch for A/B runs and debugging
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    use_fused = backend == "fused" or (backend == "auto" and theta.is_cuda and fused_available(theta))
+    use_fused = backend == "fused" or (backend == "auto" and theta.is_cuda and triton is not None)
     if use_fused:
         return harmonics_fused(theta, n_harmonics)
     return harmonics_reference(theta, n_harmonics)

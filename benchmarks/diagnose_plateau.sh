@@ -3,10 +3,7 @@
 # 400-step no-mixer runs with and without torch.compile, with the reference harmonics, and
 # without the bank regulariser. Prints the validation losses of each.
 set -uo pipefail
-if [ -d .whl ]; then
-  python3 -m pip install -q --upgrade --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=src:${PYTHONPATH:-} PYTHONUNBUFFERED=1
+source "$(dirname "$0")/device_env.sh"
 python3 -m pytest -q -p no:cacheprovider tests/test_harmonics.py 2>&1 | tail -3
 RUNS=$(mktemp -d)
 common="--set train.steps=400 --set train.eval_every=100 --set train.eval_batches=10 --set train.checkpoint_every=0"

@@ -1,30 +1,49 @@
 #!/usr/bin/env bash
 # Issue #4 on one GPU: fast paths against their references, the speed profile, and the recipe runs.
 #
-# Before the device call, put the wheels the device image lacks into .whl (ignored by git):
-#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#     --platform manylinux_2_17_x86_64 -d .whl tomli_w==1.2.0 flash-linear-attention==0.6.0 fla-core==0.6.0
-# (fla's one other need, einops, is on the image). Then, with .whl carried:
-#   STAGES="check bench" bash benchmarks/fusion_gpu.sh        # ~3 min
-#   STAGES=train SEEDS="0 1 2" bash benchmarks/fusion_gpu.sh  # the seed spread of GF-MH / GPT-2
-# Results under $OUT: fast_paths.json, bench.json/bench.md, and kssm_vs_gpt.sh's results.tgz.
+# Wheels first (.whl, see device_env.sh), carried with the call. The BPE recipes read the books
+# from ../shared/data/gutenberg; on the device, carry a copy in .data and link it there first:
+#   mkdir -p ../shared/data && ln -sfn "$PWD/.data/gutenberg" ../shared/data/gutenberg
+# Stages (STAGES, in order):
+#   check      benchmarks/check_fast_paths.py: fla / chunked / fused paths vs references → $OUT/fast_paths.json
+#   bench      phaselm bench GF-MH, RWKV-6, Mamba-2 vs the GPT-2 baseline, batch 1/4/16/64 at seq 512,
+#              compiled at batch 16, decode 64…4096 → $OUT/bench/bench.{json,md}   (run it alone on the GPU)
+#   train      char-level recipes: GF-MH and GPT-2 for every seed in SEEDS, RWKV-6 and Mamba-2 for the
+#              first seed → $OUT/char/results.tgz
+#   train-bpe  the four BPE-16K recipes, first seed → $OUT/bpe/results.tgz
+# PARALLEL runs share the GPU during the train stages (their tokens/s are then not speeds), LIMIT caps
+# each run in seconds. Example:  STAGES="check bench" bash benchmarks/fusion_gpu.sh
 set -uo pipefail
 OUT=${OUT:-runs/fusion-gpu}
-STAGES=${STAGES:-check bench train}
+STAGES=${STAGES:-check bench train train-bpe}
+SEEDS=${SEEDS:-0 1 2}
+source "$(dirname "$0")/device_env.sh"
 mkdir -p "$OUT"
-if [ -d .whl ]; then
-  python3 -m pip install -q --upgrade --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=src:${PYTHONPATH:-} PYTHONUNBUFFERED=1
+first_seed=${SEEDS%% *}
+train_jobs() {  # out dir, then --job arguments
+  local out=$1; shift
+  python3 benchmarks/train_jobs.py --out "$out" --parallel "${PARALLEL:-1}" --limit "${LIMIT:-550}" "$@"
+}
 for stage in $STAGES; do
   case $stage in
     check) python3 benchmarks/check_fast_paths.py --out "$OUT" ;;
-    bench) python3 -m phaselm bench recipes/fusion-gf-mh.toml recipes/rwkv6.toml recipes/mamba2.toml \
-             --baseline recipes/gpt2-fusion-baseline.toml --out "$OUT/bench" ;;
-    train) for seed in ${SEEDS:-0}; do
-             OUT="$OUT/seed-$seed" RECIPES="${RECIPES:-fusion-gf-mh gpt2-fusion-baseline rwkv6 mamba2}" \
-               SET="train.seed=$seed ${SET:-}" bash benchmarks/kssm_vs_gpt.sh
-           done ;;
-    *) echo "unknown stage $stage (check, bench, train)"; exit 2 ;;
+    bench) # n_positions 4160: the baseline's decode cost is measured out to 4096 tokens of context too.
+           python3 -m phaselm bench recipes/fusion-gf-mh.toml recipes/rwkv6.toml recipes/mamba2.toml \
+             --baseline recipes/gpt2-fusion-baseline.toml --compile-batches 16 --set gpt.n_positions=4160 \
+             --out "$OUT/bench" ;;
+    train) jobs=()
+           for seed in $SEEDS; do
+             jobs+=(--job "gf-mh-s$seed" recipes/fusion-gf-mh.toml "train.seed=$seed"
+                    --job "gpt2-s$seed" recipes/gpt2-fusion-baseline.toml "train.seed=$seed")
+           done
+           jobs+=(--job "rwkv6-s$first_seed" recipes/rwkv6.toml "train.seed=$first_seed"
+                  --job "mamba2-s$first_seed" recipes/mamba2.toml "train.seed=$first_seed")
+           train_jobs "$OUT/char" "${jobs[@]}" ;;
+    train-bpe) jobs=()
+           for recipe in fusion-gf-mh gpt2-fusion-baseline rwkv6 mamba2; do
+             jobs+=(--job "$recipe-bpe" "recipes/$recipe-bpe.toml" "train.seed=$first_seed")
+           done
+           train_jobs "$OUT/bpe" "${jobs[@]}" ;;
+    *) echo "unknown stage $stage (check, bench, train, train-bpe)"; exit 2 ;;
   esac
 done

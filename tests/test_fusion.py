@@ -315,14 +315,19 @@ def test_bench_measures_every_model_against_the_baseline():
 
     overrides = {"fusion.hidden_size": 32, "fusion.n_layers": 1, "fusion.rwkv_head_dim": 16, "fusion.mamba_head_dim": 16,
                  "gpt.n_embd": 32, "gpt.n_layer": 1, "gpt.n_head": 2, "gpt.n_positions": 64}
-    cfg = BenchConfig(batches=(1, 2), seq_len=16, steps=1, warmup=1, decode_contexts=(8, 70), decode_tokens=2)
+    # aot_eager: the compiled path (dynamo + autograd tracing) without a C++ toolchain's wait.
+    cfg = BenchConfig(batches=(1, 2), seq_len=16, steps=1, warmup=1, decode_contexts=(8, 70), decode_tokens=2,
+                      compile_batches=(2,), compile_backend="aot_eager")
     result = bench([RECIPES / "fusion-gf-mh.toml", RECIPES / "mamba2.toml"], RECIPES / "gpt2-fusion-baseline.toml", cfg, "cpu", overrides)
     assert result["baseline"]["arch"] == "gpt2" and [m["arch"] for m in result["models"]] == ["fusion", "fusion"]
     for m in result["models"]:
         assert set(m["train_step_ratio"]) == {"1", "2"} and all(v > 0 for v in m["infer_speed_ratio"].values())
+        assert set(m["train_step_ratio_compiled"]) == {"2"} and m["train_step_ratio_compiled"]["2"] > 0
         assert all(v > 0 for v in m["decode_ms_per_token"].values()) and m["decode_growth"] > 0
     assert result["baseline"]["decode_ms_per_token"]["70"] is None  # past the baseline's 64 positions
-    assert len(table(result)) == 2 + 3 * 2
+    rows = table(result)
+    assert len(rows) == (2 + 3 * 2) + (1 + 2 + 3) + (1 + 2 + 3)  # eager, compiled and decode tables
+    assert rows[-3].startswith("| gpt2-fusion-baseline | ") and "| — | — |" in rows[-3]
 
 
 def test_bench_command_writes_json_and_table_and_refuses_bad_input(tmp_path, capsys):

@@ -55,3 +55,23 @@ def test_recipe_bad_inputs(tmp_path, capsys):
     code, _, err = cli(capsys, "train-lm", str(bad), "--out", str(tmp_path / "r"))
     assert code == 2 and "arch must be one of" in err
     assert not (tmp_path / "r").exists()
+
+
+def _lm_recipe_paths():
+    return sorted(p for p in RECIPES.glob("*.toml") if "arch" in tomllib.loads(p.read_text()))
+
+
+@pytest.mark.parametrize("path", _lm_recipe_paths(), ids=lambda p: p.stem)
+def test_every_lm_recipe_loads(path):
+    recipe = load_recipe(LMRecipe, path)
+    assert recipe.train.steps > 0 and recipe.tokenizer.kind in ("char", "bpe")
+
+
+@pytest.mark.parametrize("path", [p for p in _lm_recipe_paths() if p.stem.endswith("-bpe")], ids=lambda p: p.stem)
+def test_bpe_recipe_keeps_its_char_level_siblings_model(path):
+    """The BPE-16K comparison changes the data and vocabulary, never the model."""
+    bpe = tomllib.loads(path.read_text())
+    char = tomllib.loads((RECIPES / f"{path.stem.removesuffix('-bpe')}.toml").read_text())
+    section = {"kssm": "kssm", "gpt2": "gpt", "fusion": "fusion"}[char["arch"]]
+    assert bpe["arch"] == char["arch"] and bpe[section] == char[section]
+    assert bpe["tokenizer"] == {"kind": "bpe", "vocab_size": 16000} and char["tokenizer"]["kind"] == "char"

@@ -4,7 +4,9 @@
 each recipe's model (random weights: speed does not depend on them) and measures, on one device:
 
 - training tokens/s at each batch size (seq 512 by default): forward + backward + AdamW step,
-  bf16 autocast on CUDA (what ``train()`` does), median over timed steps after warm-up;
+  bf16 autocast on CUDA (what ``train()`` does), median over timed steps after warm-up; eager,
+  and at ``compile_batches`` also with the model under ``torch.compile`` (``train()``'s default
+  on CUDA);
 - inference tokens/s at each batch size: a no-grad forward over (batch, seq);
 - decode cost per token (ms) at batch 1 after contexts of 64 … 4096 tokens, through the model's
   cache (flat for the recurrent models; the baseline's grows with the context and stops at its
@@ -36,6 +38,10 @@ class BenchConfig:
     decode_contexts: tuple[int, ...] = (64, 256, 1024, 4096)
     decode_tokens: int = 32
     vocab_size: int | None = None  # None: 65 for char-level recipes (Tiny Shakespeare), else tokenizer.vocab_size
+    # Batches also timed with the training step under torch.compile (what `train()` does on
+    # CUDA); each model is compiled once, so these cost a compilation per model.
+    compile_batches: tuple[int, ...] = ()
+    compile_backend: str = "inductor"
 
 
 def _sync(device: torch.device) -> None:
@@ -133,12 +139,18 @@ def bench_recipe(path: str | Path, cfg: BenchConfig, device: torch.device, overr
         "arch": recipe.arch,
         "parameters": sum(p.numel() for p in model.parameters()),
         "train_tokens_per_s": {},
+        "train_tokens_per_s_compiled": {},
         "infer_tokens_per_s": {},
         "decode_ms_per_token": {},
     }
     for batch in cfg.batches:
         result["train_tokens_per_s"][str(batch)] = _train_tokens_per_s(model, batch, cfg, vocab, device)
         result["infer_tokens_per_s"][str(batch)] = _infer_tokens_per_s(model, batch, cfg, vocab, device)
+    if cfg.compile_batches:
+        compiled = torch.compile(model, backend=cfg.compile_backend)  # shares the weights
+        for batch in cfg.compile_batches:
+            result["train_tokens_per_s_compiled"][str(batch)] = _train_tokens_per_s(compiled, batch, cfg, vocab, device)
+        del compiled
     for context in cfg.decode_contexts:
         fits = limit is None or context + 2 + cfg.decode_tokens <= limit
         result["decode_ms_per_token"][str(context)] = _decode_ms_per_token(model, context, cfg, vocab, device) if fits else None
@@ -155,16 +167,22 @@ def bench(recipes: list[str | Path], baseline: str | Path, cfg: BenchConfig | No
     for path in recipes:
         r = bench_recipe(path, cfg, device, overrides)
         r["train_step_ratio"] = {b: base["train_tokens_per_s"][b] / r["train_tokens_per_s"][b] for b in r["train_tokens_per_s"]}
+        r["train_step_ratio_compiled"] = {
+            b: base["train_tokens_per_s_compiled"][b] / r["train_tokens_per_s_compiled"][b] for b in r["train_tokens_per_s_compiled"]
+        }
         r["infer_speed_ratio"] = {b: r["infer_tokens_per_s"][b] / base["infer_tokens_per_s"][b] for b in r["infer_tokens_per_s"]}
-        decode = [v for v in r["decode_ms_per_token"].values() if v is not None]
-        r["decode_growth"] = decode[-1] / decode[0] if len(decode) > 1 else None  # ≈ 1: flat in the context
         models.append(r)
+    for r in [base, *models]:
+        decode = [v for v in r["decode_ms_per_token"].values() if v is not None]
+        # Last measured context over the first: ≈ 1 is flat; the baseline's KV cache makes it grow.
+        r["decode_growth"] = decode[-1] / decode[0] if len(decode) > 1 else None
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     return {"device": device_name, "settings": asdict(cfg), "baseline": base, "models": models}
 
 
 def table(result: dict) -> list[str]:
-    """Markdown rows: model, batch, train tok/s, step-time ratio, inference tok/s, speed ratio."""
+    """Markdown rows: model, batch, train tok/s, step-time ratio, inference tok/s, speed ratio;
+    then the compiled training rows, if any, and the decode cost per token."""
     lines = ["| model | batch | train tok/s | step time / baseline | infer tok/s | infer speed / baseline |", "|---|---|---|---|---|---|"]
     base = result["baseline"]
     for b in base["train_tokens_per_s"]:
@@ -175,4 +193,17 @@ def table(result: dict) -> list[str]:
                 f"| {Path(r['recipe']).stem} | {b} | {r['train_tokens_per_s'][b]:,.0f} | {r['train_step_ratio'][b]:.2f} | "
                 f"{r['infer_tokens_per_s'][b]:,.0f} | {r['infer_speed_ratio'][b]:.2f} |"
             )
+    if base.get("train_tokens_per_s_compiled"):
+        lines += ["", "| model (torch.compile) | batch | train tok/s | step time / baseline |", "|---|---|---|---|"]
+        for b, speed in base["train_tokens_per_s_compiled"].items():
+            lines.append(f"| {Path(base['recipe']).stem} (baseline) | {b} | {speed:,.0f} | 1.00 |")
+        for r in result["models"]:
+            for b, speed in r["train_tokens_per_s_compiled"].items():
+                lines.append(f"| {Path(r['recipe']).stem} | {b} | {speed:,.0f} | {r['train_step_ratio_compiled'][b]:.2f} |")
+    contexts = list(base["decode_ms_per_token"])
+    lines += ["", "| model | " + " | ".join(f"decode ms/token @ {c}" for c in contexts) + " | growth |", "|---" * (len(contexts) + 2) + "|"]
+    for r in [base, *result["models"]]:
+        cells = ["—" if r["decode_ms_per_token"][c] is None else f"{r['decode_ms_per_token'][c]:.2f}" for c in contexts]
+        growth = r.get("decode_growth")
+        lines.append(f"| {Path(r['recipe']).stem} | " + " | ".join(cells) + f" | {'—' if growth is None else f'{growth:.2f}'} |")
     return lines

@@ -596,6 +596,7 @@ def bench(
     seq_len: int = typer.Option(512, "--seq-len", help="Tokens per sequence for the training and inference timings."),
     steps: int = typer.Option(10, "--steps", help="Timed steps per measurement (after warm-up)."),
     contexts: str = typer.Option("64,256,1024,4096", "--contexts", help="Context lengths for the decode cost per token."),
+    compile_batches: str = typer.Option("", "--compile-batches", help="Batch sizes also timed with the training step under torch.compile (what training does on CUDA), e.g. 16."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write bench.json and bench.md here (refused if they exist)."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a value in every recipe, e.g. `--set fusion.n_layers=2` (repeatable)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
@@ -617,7 +618,8 @@ def bench(
     for recipe in [baseline, *recipes]:
         if not recipe.is_file():
             raise PhaseLMError(f"recipe not found: {recipe}; pass a TOML file under recipes/")
-    cfg = BenchConfig(batches=_int_list(batches, "--batches"), seq_len=seq_len, steps=steps, decode_contexts=_int_list(contexts, "--contexts"))
+    cfg = BenchConfig(batches=_int_list(batches, "--batches"), seq_len=seq_len, steps=steps, decode_contexts=_int_list(contexts, "--contexts"),
+                      compile_batches=_int_list(compile_batches, "--compile-batches") if compile_batches else ())
     result = run_bench(recipes, baseline, cfg, overrides=_overrides(set_))
     result["command"] = _command_line()
     rows = table(result)

@@ -108,6 +108,16 @@ def fla_available() -> bool:
     return _fla_chunk_rwkv6() is not None
 
 
+# torch.compile of a training step steps around fla's kernel (a graph break) rather than
+# tracing into its autotuned Triton launches.
+@torch.compiler.disable
+def _rwkv6_fla(r, k, v, w, u, initial_state):
+    chunk_rwkv6 = _fla_chunk_rwkv6()
+    if chunk_rwkv6 is None:
+        raise RuntimeError("backend 'fla' needs flash-linear-attention (pip install fla-core) and a CUDA device")
+    return chunk_rwkv6(r=r, k=k, v=v, w=w, u=u, scale=1.0, initial_state=initial_state, output_final_state=True)
+
+
 def rwkv6(r, k, v, w, u, initial_state=None, backend: str = "auto", chunk_size: int = 16):
     """RWKV-6 recurrence over a sequence → (y (B, T, H, V), final state (B, H, K, V)).
 
@@ -135,13 +145,7 @@ def rwkv6(r, k, v, w, u, initial_state=None, backend: str = "auto", chunk_size: 
     if backend == "auto":
         backend = "fla" if r.is_cuda and fla_available() else "chunked"
     if backend == "fla":
-        chunk_rwkv6 = _fla_chunk_rwkv6()
-        if chunk_rwkv6 is None:
-            raise RuntimeError("backend 'fla' needs flash-linear-attention (pip install fla-core) and a CUDA device")
-        y, state = chunk_rwkv6(
-            r=r, k=k, v=v, w=w, u=u, scale=1.0, initial_state=initial_state, output_final_state=True
-        )
-        return y, state
+        return _rwkv6_fla(r, k, v, w, u, initial_state)
     if backend == "reference":
         return rwkv6_reference(r, k, v, w, u, initial_state)
     return rwkv6_chunked(r, k, v, w, u, initial_state, chunk_size)

@@ -1,0 +1,143 @@
+"""Train several language-model recipes on one GPU, some at once, and collect what the docs quote.
+
+    PYTHONPATH=src python3 benchmarks/train_jobs.py --out $OUT --parallel 4 --limit 550 \\
+        --set data.corpus=.data/gutenberg \\
+        --job kssm-bpe recipes/kssm-v3-bpe.toml \\
+        --job gf-mh-s1 recipes/fusion-gf-mh.toml train.seed=1
+
+Each ``--job NAME RECIPE [KEY=VALUE ...]`` runs ``phaselm train-lm RECIPE --set KEY=VALUE …`` (the
+``--set`` overrides given once apply to every job) under a time limit, at most ``--parallel`` at a
+time. Small models leave most of an H100 idle, so running several at once buys wall time; the
+tokens/s they log are then shared-GPU figures and the table says so — speed comes from
+``phaselm bench`` or a run alone (``--parallel 1``), never from a shared one.
+
+After every finished job, $OUT/results.tgz is rewritten (per job: summary.json, metrics.jsonl,
+log; machine.txt; table.txt with parameters, final and best val loss, median tokens/s), so a
+device call cut off at its limit still returns what finished. ``--keep NAME`` also returns that
+job's trained model folder as $OUT/NAME.model.tgz.part-* (split at 15 MB: the device tool
+returns files up to 16 MiB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+PART_BYTES = 15 * 1024 * 1024
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--job", nargs="+", action="append", required=True, metavar="NAME RECIPE [KEY=VALUE]",
+                        help="a run: its name, its recipe, and overrides for it alone")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override for every job")
+    parser.add_argument("--parallel", type=int, default=1, help="jobs at once on the GPU (default 1: speeds are clean)")
+    parser.add_argument("--limit", type=float, default=550, help="seconds allowed per job")
+    parser.add_argument("--keep", action="append", default=[], metavar="NAME", help="return this job's model folder")
+    parser.add_argument("--out", type=Path, default=Path("runs/train-jobs"))
+    args = parser.parse_args(argv)
+    for job in args.job:
+        if len(job) < 2 or not Path(job[1]).is_file():
+            parser.error(f"--job needs NAME RECIPE [KEY=VALUE ...] with an existing recipe, got {' '.join(job)}")
+    names = [job[0] for job in args.job]
+    if len(set(names)) != len(names):
+        parser.error("job names must differ")
+    return args
+
+
+def machine_text(parallel: int) -> str:
+    def output(cmd):
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, check=False).stdout.strip()
+        except OSError:
+            return "?"
+
+    gpu = output(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"]) or "no GPU"
+    commit = output(["git", "rev-parse", "--short", "HEAD"]) or "?"
+    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    return f"{gpu}\n{started}\ncommit {commit}\njobs at once: {parallel}\n"
+
+
+def summarize(results: Path, name: str, parallel: int) -> str:
+    try:
+        summary = json.loads((results / f"{name}.summary.json").read_text())
+        records = [json.loads(line) for line in (results / f"{name}.metrics.jsonl").read_text().splitlines() if line]
+    except (OSError, ValueError):
+        return f"{name}: no result (see {name}.log)"
+    # Median training tokens/s, the first two logged intervals skipped (compilation, warm-up).
+    speeds = sorted(r["tokens_per_s"] for r in records if "tokens_per_s" in r)[2:] or [float("nan")]
+    vals = [r for r in records if r.get("split") == "val"]
+    best = min(vals, key=lambda r: r["val_ce"]) if vals else {"val_ce": float("nan"), "step": 0}
+    shared = " (GPU shared)" if parallel > 1 else ""
+    return (f"{name}: parameters {summary['parameters']:,}  val loss {summary['val_ce']:.4f}  "
+            f"best val {best['val_ce']:.4f} @ {best['step']}  val ppl {summary['val_ppl']:.2f}  "
+            f"median tokens/s {speeds[len(speeds) // 2]:,.0f}{shared}  train {summary['train_seconds']:.0f} s")
+
+
+def write_results(out: Path, results: Path, finished: list[str], parallel: int) -> None:
+    table = "\n".join(summarize(results, name, parallel) for name in finished) + "\n"
+    (results / "table.txt").write_text(table)
+    print(table, flush=True)
+    with tarfile.open(out / "results.tgz", "w:gz") as tar:
+        tar.add(results, arcname=".")
+
+
+def keep_model(run_dir: Path, name: str, out: Path) -> None:
+    """The run folder without its checkpoints, as a tar.gz split into parts the device tool returns."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        tar.add(run_dir, arcname=name, filter=lambda info: None if "/checkpoints" in info.name else info)
+    data = buffer.getvalue()
+    for i in range(0, len(data), PART_BYTES):
+        (out / f"{name}.model.tgz.part-{i // PART_BYTES:02d}").write_bytes(data[i:i + PART_BYTES])
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    runs = Path(tempfile.mkdtemp(prefix="runs-"))  # fresh: a warm machine keeps earlier runs
+    results = Path(tempfile.mkdtemp(prefix="results-"))
+    (results / "machine.txt").write_text(machine_text(args.parallel))
+    print((results / "machine.txt").read_text(), flush=True)
+    pending = list(args.job)
+    running: dict[str, tuple[subprocess.Popen, float, list]] = {}
+    finished: list[str] = []
+    while pending or running:
+        while pending and len(running) < args.parallel:
+            name, recipe, *own = pending.pop(0)
+            command = [sys.executable, "-m", "phaselm", "train-lm", recipe, "--out", str(runs / name), "--json"]
+            for item in [*args.set, *own]:
+                command += ["--set", item]
+            with open(results / f"{name}.summary.json", "w") as stdout, open(results / f"{name}.log", "w") as stderr:
+                (results / f"{name}.command.txt").write_text(" ".join(command[1:]) + "\n")
+                running[name] = (subprocess.Popen(command, stdout=stdout, stderr=stderr), time.time(), command)
+            print(f"started {name}: {' '.join(command[2:])}", flush=True)
+        time.sleep(2)
+        for name, (process, started, _) in list(running.items()):
+            if process.poll() is None and time.time() - started > args.limit:
+                process.kill()  # past its limit: what it logged so far still comes back
+            if process.poll() is None:
+                continue
+            del running[name]
+            print(f"{name} exit {process.returncode} after {time.time() - started:.0f} s", flush=True)
+            if (runs / name / "metrics.jsonl").exists():
+                (results / f"{name}.metrics.jsonl").write_bytes((runs / name / "metrics.jsonl").read_bytes())
+            if process.returncode != 0:
+                print((results / f"{name}.log").read_text()[-600:], flush=True)
+            finished.append(name)
+            write_results(args.out, results, finished, args.parallel)
+            if name in args.keep and (runs / name / "model").is_dir():
+                keep_model(runs / name, name, args.out)
+    print("\n".join(sorted(os.listdir(args.out))))
+
+
+if __name__ == "__main__":
+    main()

@@ -7,6 +7,11 @@ autocast, AdamW, gradient clipping — what train() does). Variants: the GPT bas
 with the fused harmonics kernel, K-SSM with the direct (reference) harmonics, and both models
 under torch.compile. Then a torch.profiler table of the K-SSM step's top CUDA kernels.
 Writes speeds.json and profile.txt to --out.
+
+``--variant NAME RECIPE eager|compiled [KEY=VALUE ...]`` (repeatable) times those instead, e.g.
+the fusion models with fla's RWKV-6 kernel against our chunked path (``fusion.scan=chunked``);
+``--no-profile`` skips the profiler table. Every variant also reports ``setup_s``: the time of
+its warm-up steps, where compilation and Triton autotuning happen.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from pathlib import Path
 import torch
 
 import phaselm.oscillators as oscillators
-from phaselm.config import load_recipe
+from phaselm.config import load_recipe, parse_override
 from phaselm.experiments.language_model import LMRecipe, build_lm
 from phaselm.ops import harmonics as harmonics_ops
 from phaselm.training import LanguageModelObjective
@@ -28,8 +33,8 @@ from phaselm.training import LanguageModelObjective
 VOCAB = 65
 
 
-def make(recipe_path: str, compiled: bool):
-    recipe = load_recipe(LMRecipe, recipe_path)
+def make(recipe_path: str, compiled: bool, overrides: dict | None = None):
+    recipe = load_recipe(LMRecipe, recipe_path, overrides)
     torch.manual_seed(0)
     model = build_lm(recipe, VOCAB).cuda()
     objective = LanguageModelObjective(model, recipe.kssm.reg_weight if recipe.arch == "kssm" else 0.0)
@@ -47,14 +52,16 @@ def step(forward, objective, optimizer, x, y):
     optimizer.zero_grad(set_to_none=True)
 
 
-def time_variant(recipe_path: str, compiled: bool, steps: int) -> dict:
-    recipe, objective, forward, optimizer = make(recipe_path, compiled)
+def time_variant(recipe_path: str, compiled: bool, steps: int, overrides: dict | None = None) -> dict:
+    recipe, objective, forward, optimizer = make(recipe_path, compiled, overrides)
     b, t = recipe.train.batch_size, recipe.train.seq_len
     x = torch.randint(0, VOCAB, (b, t), device="cuda")
     y = torch.randint(0, VOCAB, (b, t), device="cuda")
+    start = time.perf_counter()
     for _ in range(5):
         step(forward, objective, optimizer, x, y)
     torch.cuda.synchronize()
+    setup = time.perf_counter() - start
     times = []
     for _ in range(steps):
         start = time.perf_counter()
@@ -62,7 +69,8 @@ def time_variant(recipe_path: str, compiled: bool, steps: int) -> dict:
         torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     median = statistics.median(times)
-    return {"median_step_s": median, "tokens_per_s": b * t / median, "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
+    return {"median_step_s": median, "tokens_per_s": b * t / median, "setup_s": setup,
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
 
 
 def main() -> None:
@@ -72,19 +80,25 @@ def main() -> None:
     parser.add_argument("--kssm", default="recipes/kssm-v3.toml")
     parser.add_argument("--gpt", default="recipes/gpt-baseline.toml")
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--variant", nargs="+", action="append", metavar="NAME RECIPE eager|compiled [KEY=VALUE]")
+    parser.add_argument("--no-profile", action="store_true")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    variants = [("gpt", args.gpt, False, "fused"), ("kssm", args.kssm, False, "fused"), ("kssm-reference-harmonics", args.kssm, False, "reference")]
+    variants = [("gpt", args.gpt, False, "fused", {}), ("kssm", args.kssm, False, "fused", {}),
+                ("kssm-reference-harmonics", args.kssm, False, "reference", {})]
     if not args.no_compile:
-        variants += [("gpt-compiled", args.gpt, True, "fused"), ("kssm-compiled", args.kssm, True, "fused")]
+        variants += [("gpt-compiled", args.gpt, True, "fused", {}), ("kssm-compiled", args.kssm, True, "fused", {})]
+    if args.variant:
+        variants = [(name, path, mode == "compiled", "fused", dict(parse_override(s) for s in sets))
+                    for name, path, mode, *sets in args.variant]
     speeds = {}
-    for name, path, compiled, backend in variants:
+    for name, path, compiled, backend, overrides in variants:
         oscillators._harmonics_op = harmonics_ops.harmonics if backend == "fused" else harmonics_ops.harmonics_reference
         torch.cuda.reset_peak_memory_stats()
         try:
-            speeds[name] = time_variant(path, compiled, args.steps)
+            speeds[name] = time_variant(path, compiled, args.steps, overrides)
         except Exception as error:  # a variant that fails (e.g. compile) must not hide the others
             speeds[name] = {"error": f"{type(error).__name__}: {error}"[:500]}
         print(name, speeds[name], flush=True)
@@ -93,6 +107,8 @@ def main() -> None:
             if "tokens_per_s" in s:
                 s["ratio_to_gpt"] = s["tokens_per_s"] / speeds["gpt"]["tokens_per_s"]
     (out / "speeds.json").write_text(json.dumps(speeds, indent=2))
+    if args.no_profile:
+        return
 
     oscillators._harmonics_op = harmonics_ops.harmonics
     recipe, objective, forward, optimizer = make(args.kssm, False)

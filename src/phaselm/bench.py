@@ -125,7 +125,12 @@ def _max_positions(recipe) -> int | None:
     return None
 
 
-def bench_recipe(path: str | Path, cfg: BenchConfig, device: torch.device, overrides: dict | None = None) -> dict:
+def _silent(message: str) -> None:
+    pass
+
+
+def bench_recipe(path: str | Path, cfg: BenchConfig, device: torch.device, overrides: dict | None = None, log=_silent) -> dict:
+    """One recipe's numbers; ``log`` gets a line after each measurement (progress on long runs)."""
     from .experiments.language_model import LMRecipe, build_lm
 
     # The recipe checks the bench length against the model's positions (GPT-2's n_positions).
@@ -143,29 +148,40 @@ def bench_recipe(path: str | Path, cfg: BenchConfig, device: torch.device, overr
         "infer_tokens_per_s": {},
         "decode_ms_per_token": {},
     }
+    name, started = Path(path).stem, time.perf_counter()
+
+    def note(what: str, value: float | None, unit: str) -> None:
+        shown = "—" if value is None else f"{value:,.2f} {unit}"
+        log(f"[{time.perf_counter() - started:6.1f} s] {name}: {what} {shown}")
+
     for batch in cfg.batches:
-        result["train_tokens_per_s"][str(batch)] = _train_tokens_per_s(model, batch, cfg, vocab, device)
-        result["infer_tokens_per_s"][str(batch)] = _infer_tokens_per_s(model, batch, cfg, vocab, device)
+        result["train_tokens_per_s"][str(batch)] = speed = _train_tokens_per_s(model, batch, cfg, vocab, device)
+        note(f"train batch {batch}", speed, "tok/s")
+        result["infer_tokens_per_s"][str(batch)] = speed = _infer_tokens_per_s(model, batch, cfg, vocab, device)
+        note(f"inference batch {batch}", speed, "tok/s")
     if cfg.compile_batches:
         compiled = torch.compile(model, backend=cfg.compile_backend)  # shares the weights
         for batch in cfg.compile_batches:
-            result["train_tokens_per_s_compiled"][str(batch)] = _train_tokens_per_s(compiled, batch, cfg, vocab, device)
+            result["train_tokens_per_s_compiled"][str(batch)] = speed = _train_tokens_per_s(compiled, batch, cfg, vocab, device)
+            note(f"compiled train batch {batch}", speed, "tok/s")
         del compiled
     for context in cfg.decode_contexts:
         fits = limit is None or context + 2 + cfg.decode_tokens <= limit
-        result["decode_ms_per_token"][str(context)] = _decode_ms_per_token(model, context, cfg, vocab, device) if fits else None
+        result["decode_ms_per_token"][str(context)] = ms = _decode_ms_per_token(model, context, cfg, vocab, device) if fits else None
+        note(f"decode after {context} tokens", ms, "ms/token")
     del model
     return result
 
 
-def bench(recipes: list[str | Path], baseline: str | Path, cfg: BenchConfig | None = None, device: str | None = None, overrides: dict | None = None) -> dict:
+def bench(recipes: list[str | Path], baseline: str | Path, cfg: BenchConfig | None = None, device: str | None = None,
+          overrides: dict | None = None, log=_silent) -> dict:
     """Measure ``baseline`` and every recipe in one run; ratios are against the baseline."""
     cfg = cfg or BenchConfig()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    base = bench_recipe(baseline, cfg, device, overrides)
+    base = bench_recipe(baseline, cfg, device, overrides, log)
     models = []
     for path in recipes:
-        r = bench_recipe(path, cfg, device, overrides)
+        r = bench_recipe(path, cfg, device, overrides, log)
         r["train_step_ratio"] = {b: base["train_tokens_per_s"][b] / r["train_tokens_per_s"][b] for b in r["train_tokens_per_s"]}
         r["train_step_ratio_compiled"] = {
             b: base["train_tokens_per_s_compiled"][b] / r["train_tokens_per_s_compiled"][b] for b in r["train_tokens_per_s_compiled"]

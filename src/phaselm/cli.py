@@ -620,7 +620,7 @@ def bench(
             raise PhaseLMError(f"recipe not found: {recipe}; pass a TOML file under recipes/")
     cfg = BenchConfig(batches=_int_list(batches, "--batches"), seq_len=seq_len, steps=steps, decode_contexts=_int_list(contexts, "--contexts"),
                       compile_batches=_int_list(compile_batches, "--compile-batches") if compile_batches else ())
-    result = run_bench(recipes, baseline, cfg, overrides=_overrides(set_))
+    result = run_bench(recipes, baseline, cfg, overrides=_overrides(set_), log=lambda line: typer.echo(line, err=True))
     result["command"] = _command_line()
     rows = table(result)
     if out is not None:

@@ -107,7 +107,7 @@ class FusionConfig(PretrainedConfig):
         mamba_head_dim: int = 64,
         mamba_conv_kernel: int = 4,
         mamba_chunk_size: int = 64,
-        scan: str = "auto",  # "auto" (RWKV-6 through fla on CUDA when installed), "chunked", "reference"
+        scan: str = "auto",  # "auto" (on CUDA: RWKV-6 through fla when installed, SSD through our Triton kernel), "chunked", "reference"
         mlp_ratio: int = 4,
         dropout: float = 0.0,
         tie_word_embeddings: bool = True,
@@ -250,7 +250,7 @@ class FusionBlock(nn.Module):
                 head_dim=config.mamba_head_dim,
                 conv_kernel=config.mamba_conv_kernel,
                 chunk_size=config.mamba_chunk_size,
-                scan="reference" if config.scan == "reference" else "chunked",
+                scan=config.scan,  # the SSD backends include all of SCANS
             )
             if config.has_mamba
             else None

@@ -4,12 +4,12 @@
 
 - RWKV-6: fla's ``chunk_rwkv6`` (when fla imports) and our chunked path vs the sequential
   reference, float32 inputs at a fusion-recipe shape.
-- Mamba-2 / K-SSM SSD: our chunked scan vs the sequential reference.
+- Mamba-2 / K-SSM SSD: our chunked scan and the fused Triton kernels vs the sequential reference.
 - Kuramoto harmonics: the fused Triton kernel vs the direct form, at the K-SSM bank's shape.
 
 Errors are max |fast − reference| / max |reference| per output (forward) and per input gradient
 (backward, for one random cotangent). Writes fast_paths.json to --out and prints a table. Runs
-on CPU too (fla and the compiled kernel are then skipped), but the point is the GPU.
+on CPU too (fla and the compiled kernels are then skipped), but the point is the GPU.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from phaselm.ops import harmonics as harmonics_ops
+from phaselm.ops import ssd as ssd_ops
 from phaselm.ops.rwkv6 import fla_available, rwkv6, rwkv6_reference
 from phaselm.ops.ssd import ssd_chunked, ssd_reference
 
@@ -82,6 +83,10 @@ def main() -> None:
 
     s = ssd_inputs(device)
     report["checks"]["ssd chunked vs reference"] = relative_errors(lambda *t: ssd_chunked(*t)[0], lambda *t: ssd_reference(*t)[0], s)
+    if ssd_ops.fused_available(s[0]):
+        report["checks"]["ssd fused vs reference"] = relative_errors(lambda *t: ssd_ops.ssd_fused(*t)[0], lambda *t: ssd_reference(*t)[0], s)
+    else:
+        report["checks"]["ssd fused vs reference"] = "skipped: no CUDA device (the CPU tests run it in Triton's interpreter)"
 
     theta = (torch.rand(64, 256, 192, device=device) - 0.5) * 8
     if harmonics_ops.fused_available(theta):

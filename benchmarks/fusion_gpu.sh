@@ -30,15 +30,16 @@ for stage in $STAGES; do
   case $stage in
     check) python3 benchmarks/check_fast_paths.py --out "$OUT" ;;
     bench) # Eager. n_positions 4160: the baseline's decode cost is measured out to 4096 tokens of
-           # context too. SCAN picks the RWKV-6 path: fla's first call in a process autotuned for
-           # minutes on the H100 image (2026-11-23), so the default is our chunked path.
+           # context too. SCAN=kernels times fla's RWKV-6 and our fused SSD instead of the default
+           # chunked paths (fla's first call in a process autotuned for minutes on the H100 image,
+           # 2026-11-23: give it time).
            python3 -m phaselm bench recipes/fusion-gf-mh.toml recipes/rwkv6.toml recipes/mamba2.toml \
              --baseline recipes/gpt2-fusion-baseline.toml --set gpt.n_positions=4160 \
-             --set fusion.scan="${SCAN:-chunked}" --out "$OUT/bench" ;;
+             --set fusion.scan="${SCAN:-auto}" --out "$OUT/bench" ;;
     bench-compiled) # The same under torch.compile at batch 16.
            python3 -m phaselm bench recipes/fusion-gf-mh.toml recipes/rwkv6.toml recipes/mamba2.toml \
              --baseline recipes/gpt2-fusion-baseline.toml --batches 16 --compile-batches 16 --contexts 64 \
-             --set gpt.n_positions=4160 --set fusion.scan="${SCAN:-chunked}" --out "$OUT/bench-compiled" ;;
+             --set gpt.n_positions=4160 --set fusion.scan="${SCAN:-auto}" --out "$OUT/bench-compiled" ;;
     train) jobs=()
            for seed in $SEEDS; do
              jobs+=(--job "gf-mh-s$seed" recipes/fusion-gf-mh.toml "train.seed=$seed"

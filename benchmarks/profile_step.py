@@ -4,8 +4,9 @@
 
 For each variant: median training tokens/s over ``--steps`` steps after 5 warm-up steps (bf16
 autocast, AdamW, gradient clipping — what train() does). Variants: the GPT baseline, K-SSM
-with the fused harmonics kernel, K-SSM with the direct (reference) harmonics, and both models
-under torch.compile. Then a torch.profiler table of the K-SSM step's top CUDA kernels.
+with the fused kernels (harmonics and SSD scan), K-SSM with the direct (reference) harmonics,
+K-SSM with the chunked PyTorch SSD scan (``PHASELM_SSD=chunked``), and GPT and K-SSM (both SSD
+paths) under torch.compile. Then a torch.profiler table of the K-SSM step's top CUDA kernels.
 Writes speeds.json and profile.txt to --out.
 
 ``--variant NAME RECIPE eager|compiled [KEY=VALUE ...]`` (repeatable) times those instead, e.g.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -86,16 +88,27 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    variants = [("gpt", args.gpt, False, "fused", {}), ("kssm", args.kssm, False, "fused", {}),
-                ("kssm-reference-harmonics", args.kssm, False, "reference", {})]
+    # (name, recipe, compiled, harmonics backend, SSD backend, recipe overrides)
+    variants = [
+        ("gpt", args.gpt, False, "fused", "auto", {}),
+        ("kssm", args.kssm, False, "fused", "fused", {}),
+        ("kssm-reference-harmonics", args.kssm, False, "reference", "fused", {}),
+        ("kssm-chunked-ssd", args.kssm, False, "fused", "chunked", {}),
+    ]
     if not args.no_compile:
-        variants += [("gpt-compiled", args.gpt, True, "fused", {}), ("kssm-compiled", args.kssm, True, "fused", {})]
+        variants += [
+            ("gpt-compiled", args.gpt, True, "fused", "auto", {}),
+            ("kssm-compiled", args.kssm, True, "fused", "fused", {}),
+            ("kssm-compiled-chunked-ssd", args.kssm, True, "fused", "chunked", {}),
+        ]
     if args.variant:
-        variants = [(name, path, mode == "compiled", "fused", dict(parse_override(s) for s in sets))
+        variants = [(name, path, mode == "compiled", "fused", "auto", dict(parse_override(s) for s in sets))
                     for name, path, mode, *sets in args.variant]
     speeds = {}
-    for name, path, compiled, backend, overrides in variants:
-        oscillators._harmonics_op = harmonics_ops.harmonics if backend == "fused" else harmonics_ops.harmonics_reference
+    for name, path, compiled, harmonics_backend, ssd_backend, overrides in variants:
+        oscillators._harmonics_op = harmonics_ops.harmonics if harmonics_backend == "fused" else harmonics_ops.harmonics_reference
+        os.environ["PHASELM_SSD"] = ssd_backend  # read by phaselm.ops.ssd.ssd at each call
+        torch._dynamo.reset()  # a compiled variant must not reuse a graph traced under another backend
         torch.cuda.reset_peak_memory_stats()
         try:
             speeds[name] = time_variant(path, compiled, args.steps, overrides)
@@ -111,6 +124,7 @@ def main() -> None:
         return
 
     oscillators._harmonics_op = harmonics_ops.harmonics
+    os.environ["PHASELM_SSD"] = "fused"
     recipe, objective, forward, optimizer = make(args.kssm, False)
     b, t = recipe.train.batch_size, recipe.train.seq_len
     x = torch.randint(0, VOCAB, (b, t), device="cuda")

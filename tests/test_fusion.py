@@ -346,3 +346,12 @@ def test_bench_command_writes_json_and_table_and_refuses_bad_input(tmp_path, cap
         assert code == 2 and err.startswith("error: ") and err.count("\n") == 1
     code, _, err = cli(capsys, "bench", str(tmp_path / "missing.toml"))
     assert code == 2 and "recipe not found" in err
+
+
+def test_scan_setting_reaches_both_branches():
+    """"auto" is the chunked PyTorch path in both mixers; "kernels" opts into fla and our fused SSD."""
+    for scan, rwkv_backend, ssd_backend in (("auto", "auto", "auto"), ("kernels", "fla", "fused"), ("reference", "reference", "reference")):
+        block = tiny(scan=scan).blocks[0]
+        assert (block.rwkv.backend, block.mamba.scan) == (rwkv_backend, ssd_backend)
+    with pytest.raises(Exception, match="scan must be one of auto, kernels, chunked, reference"):
+        FusionConfig(**TINY, scan="fla")

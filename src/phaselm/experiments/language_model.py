@@ -72,7 +72,7 @@ class FusionSpec:
     mamba_head_dim: int = 64
     mamba_conv_kernel: int = 4
     mamba_chunk_size: int = 64
-    scan: str = "auto"  # "auto": RWKV-6 through fla on CUDA when installed; "chunked"; "reference"
+    scan: str = "auto"  # "auto" (= "chunked" for now), "kernels" (fla's RWKV-6, our fused SSD; CUDA), "chunked", "reference"
     mlp_ratio: int = 4
     dropout: float = 0.2
 

@@ -3,7 +3,7 @@
     in_proj(x) → z (gate), xBC (conv input), Δ (one per head)
     xBC → causal depthwise conv (window of k−1 past inputs carried across calls) → SiLU → x, B, C
     Δ = softplus(Δ + dt_bias);  log decay a = −exp(A_log)·Δ  (one scalar per head and position)
-    y = SSD scan over (x·Δ, a, B, C) + D·x          (phaselm.ops.ssd; float32 under autocast)
+    y = SSD scan over (x·Δ, a, B, C) + D·x          (phaselm.ops.ssd.ssd; float32 under autocast)
     out = out_proj(RMSNorm(y · SiLU(z)))
 
 The state is ``(conv window (B, C_conv, k−1), SSM state (B, H, P, N))``; a single new token with a
@@ -16,14 +16,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops.ssd import ssd_chunked, ssd_reference, ssd_step
+from ..ops.ssd import BACKENDS as SCANS
+from ..ops.ssd import ssd, ssd_reference, ssd_step
 from ..oscillators import full_precision
 
 
 class Mamba2Mixer(nn.Module):
     """Mamba-2 mixer with ``heads = expand·hidden_size / head_dim`` heads and one shared B, C group.
 
-    ``scan``: "chunked" (parallel SSD, the default) or "reference" (sequential; for checks).
+    ``scan``: a backend of :func:`phaselm.ops.ssd.ssd` — "auto" (the default; the chunked parallel
+    scan until the fused kernel is checked on a GPU), "fused" (Triton), "chunked" or "reference"
+    (sequential; for checks).
     """
 
     def __init__(
@@ -34,11 +37,11 @@ class Mamba2Mixer(nn.Module):
         head_dim: int = 64,
         conv_kernel: int = 4,
         chunk_size: int = 64,
-        scan: str = "chunked",
+        scan: str = "auto",
     ):
         super().__init__()
-        if scan not in ("chunked", "reference"):
-            raise ValueError(f"scan must be 'chunked' or 'reference', got {scan!r}")
+        if scan not in SCANS:
+            raise ValueError(f"scan must be one of {', '.join(SCANS)}, got {scan!r}")
         d, n = hidden_size, state_size
         self.d_inner = expand * d
         self.heads = self.d_inner // head_dim
@@ -81,6 +84,6 @@ class Mamba2Mixer(nn.Module):
             elif self.scan == "reference":
                 y, ssm = ssd_reference(x_dt, log_decay, b, c, ssm)
             else:
-                y, ssm = ssd_chunked(x_dt, log_decay, b, c, ssm, self.chunk_size)
+                y, ssm = ssd(x_dt, log_decay, b, c, ssm, backend=self.scan, chunk_size=self.chunk_size)
         y = (y + x.float() * self.D[:, None]).to(hidden.dtype).reshape(batch, length, self.d_inner)
         return self.out_proj(self.norm(y * F.silu(z))), (new_window, ssm)

@@ -53,7 +53,7 @@ from ..layers.rwkv6 import RWKV6TimeMix
 MIXERS = ("hybrid", "rwkv6", "mamba2")
 FUSIONS = ("WS", "HY", "GF", "HGF", "CP", "RF")
 GATED = ("WS", "HY", "GF", "HGF")  # the fusion types ``gate_init`` initialises
-SCANS = ("auto", "chunked", "reference")
+SCANS = ("auto", "kernels", "chunked", "reference")
 GATE_INITS = {  # the seed's GF initialisations: the RWKV share γ at the start
     "balanced": 0.5,
     "rwkv-heavy": 0.7,
@@ -107,7 +107,7 @@ class FusionConfig(PretrainedConfig):
         mamba_head_dim: int = 64,
         mamba_conv_kernel: int = 4,
         mamba_chunk_size: int = 64,
-        scan: str = "auto",  # "auto" (RWKV-6 through fla on CUDA when installed), "chunked", "reference"
+        scan: str = "auto",  # "auto" (= "chunked" for now), "kernels" (fla's RWKV-6 and our fused SSD on CUDA), "chunked", "reference"
         mlp_ratio: int = 4,
         dropout: float = 0.0,
         tie_word_embeddings: bool = True,
@@ -236,7 +236,7 @@ class FusionBlock(nn.Module):
                 decay_rank=config.rwkv_decay_rank,
                 layer_id=layer_id,
                 n_layers=config.n_layers,
-                backend=config.scan,
+                backend="fla" if config.scan == "kernels" else config.scan,
                 chunk_size=config.rwkv_chunk_size,
             )
             if config.has_rwkv
@@ -250,7 +250,7 @@ class FusionBlock(nn.Module):
                 head_dim=config.mamba_head_dim,
                 conv_kernel=config.mamba_conv_kernel,
                 chunk_size=config.mamba_chunk_size,
-                scan="reference" if config.scan == "reference" else "chunked",
+                scan="fused" if config.scan == "kernels" else config.scan,
             )
             if config.has_mamba
             else None

@@ -28,6 +28,7 @@ from transformers.modeling_outputs import CausalLMOutput
 from ..bistable import BankConfig, BistableBank
 from ..errors import PhaseLMError
 from ..layers.mamba2 import Mamba2Mixer
+from ..ops.ssd import BACKENDS as SSD_BACKENDS
 from .recurrent import RecurrentLM, register_auto_classes
 
 MIXERS = ("ssd", "none")
@@ -47,7 +48,7 @@ class KSSMConfig(PretrainedConfig):
         head_dim: int = 64,
         conv_kernel: int = 4,
         chunk_size: int = 64,
-        scan: str = "chunked",  # "chunked" (parallel) or "reference" (sequential)
+        scan: str = "auto",  # SSD backend: "auto" (= "chunked" for now), "fused" (Triton), "chunked", "reference"
         n_oscillators: int = 192,
         n_harmonics: int = 32,
         bistable: bool = True,
@@ -66,8 +67,8 @@ class KSSMConfig(PretrainedConfig):
     ):
         if mixer not in MIXERS:
             raise PhaseLMError(f"mixer must be one of {', '.join(MIXERS)}, got {mixer!r}")
-        if scan not in ("chunked", "reference"):
-            raise PhaseLMError(f"scan must be 'chunked' or 'reference', got {scan!r}")
+        if scan not in SSD_BACKENDS:
+            raise PhaseLMError(f"scan must be one of {', '.join(SSD_BACKENDS)}, got {scan!r}")
         if mixer != "none" and (expand * hidden_size) % head_dim:
             raise PhaseLMError(f"head_dim {head_dim} must divide expand·hidden_size = {expand * hidden_size}")
         self.vocab_size = vocab_size

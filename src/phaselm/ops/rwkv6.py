@@ -122,7 +122,10 @@ def rwkv6(r, k, v, w, u, initial_state=None, backend: str = "auto", chunk_size: 
     """RWKV-6 recurrence over a sequence → (y (B, T, H, V), final state (B, H, K, V)).
 
     ``backend``:
-      - "auto": fla's ``chunk_rwkv6`` on CUDA tensors when fla is importable, else "chunked";
+      - "auto": "chunked", for now. On the H100 device image (2026-11-23) fla's first call in a
+        process spent minutes autotuning, and under torch.compile it splits the graph at every
+        layer; our chunked path compiles into one graph. Its accuracy is checked
+        (benchmarks/check_fast_paths.py), its speed not yet;
       - "fla": fla's kernel (fails where it is not installed or the tensors are not on CUDA);
       - "chunked": :func:`rwkv6_chunked` (plain PyTorch, any device; ``chunk_size`` applies);
       - "reference": :func:`rwkv6_reference` (sequential; for checks).
@@ -143,7 +146,7 @@ def rwkv6(r, k, v, w, u, initial_state=None, backend: str = "auto", chunk_size: 
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend == "auto":
-        backend = "fla" if r.is_cuda and fla_available() else "chunked"
+        backend = "chunked"
     if backend == "fla":
         return _rwkv6_fla(r, k, v, w, u, initial_state)
     if backend == "reference":

@@ -1,4 +1,4 @@
-"""Selective state-space scan with one decay per head (Mamba-2's "SSD" form), two ways.
+"""Selective state-space scan with one decay per head (Mamba-2's "SSD" form), three ways.
 
 Recurrence, per batch b, head h, channel p, state n:
 
@@ -10,14 +10,34 @@ Recurrence, per batch b, head h, channel p, state n:
 - :func:`ssd_chunked` computes the same thing in chunks with matrix products (the SSD
   algorithm of Dao & Gu 2024): quadratic inside a chunk, a short recurrence across chunks.
   Every exponent is a sum of non-positive terms, so nothing overflows.
+- :func:`ssd_fused` is the chunked algorithm as one Triton kernel per direction: one program
+  per (batch, head) walks the chunks in order with the P × N state in registers, so none of
+  the chunked path's (L × L) decay tensors or per-chunk states reach global memory except the
+  state entering each chunk, which backward reads (it walks the chunks in reverse, carrying
+  the gradient of the state).
+- :func:`ssd` is the dispatch point the layers call. "auto" takes the chunked path for now: the
+  fused kernel is checked against the reference only in Triton's interpreter so far, not yet on
+  a GPU (benchmarks/check_fast_paths.py does that); ask for it with ``backend="fused"`` or
+  ``PHASELM_SSD=fused`` (``reference``, ``chunked`` likewise) in the environment. On a machine without a GPU,
+  ``TRITON_INTERPRET=1`` runs the kernels in Triton's interpreter (how the CPU tests check them).
 
 Shapes: x (B, T, H, P), a (B, T, H), b and c (B, T, H, N), state (B, H, P, N).
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
+
+try:  # Triton ships with CUDA builds of torch; the CPU test environment installs it for the interpreter.
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - exercised only where Triton is absent
+    triton = None
+
+BACKENDS = ("auto", "fused", "chunked", "reference")
 
 
 def ssd_step(state: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor):
@@ -85,3 +105,244 @@ def ssd_chunked(x, a, b, c, initial_state=None, chunk_size: int = 64):
     y_off = torch.einsum("bclhn,bchpn,bhcl->bclhp", c, entering, torch.exp(a_cum))
     y = (y_diag + y_off).reshape(batch, n_chunks * chunk_size, heads, p)
     return y[:, :length], final_state
+
+
+def fused_available(x: torch.Tensor) -> bool:
+    if triton is None:
+        return False
+    return x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def fused_supports(chunk_size: int) -> bool:
+    """The kernel's chunk is one tile: a power of two, and at least 16 (tl.dot's smallest side)."""
+    return chunk_size >= 16 and chunk_size & (chunk_size - 1) == 0
+
+
+def ssd(x, a, b, c, initial_state=None, backend: str = "auto", chunk_size: int = 64):
+    """SSD scan over a sequence → (y (B, T, H, P), final state (B, H, P, N)).
+
+    ``backend``:
+      - "auto": "chunked" until the fused kernel has been checked on a GPU (see the module
+        docstring);
+      - "fused": the Triton kernels (CUDA tensors, or any device under ``TRITON_INTERPRET=1``);
+      - "chunked": :func:`ssd_chunked` (plain PyTorch, any device);
+      - "reference": :func:`ssd_reference` (sequential; for checks).
+    """
+    backend = os.environ.get("PHASELM_SSD", backend)  # a switch for A/B runs and debugging
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        backend = "chunked"
+    if backend == "fused":
+        return ssd_fused(x, a, b, c, initial_state, chunk_size)
+    if backend == "reference":
+        return ssd_reference(x, a, b, c, initial_state)
+    return ssd_chunked(x, a, b, c, initial_state, chunk_size)
+
+
+def ssd_fused(x, a, b, c, initial_state=None, chunk_size: int = 64):
+    """Same results as :func:`ssd_chunked` from the Triton kernels; computes in float32 whatever
+    the inputs' dtype and returns y and the final state in x's dtype."""
+    if triton is None:
+        raise RuntimeError("the fused SSD kernel needs Triton; use backend='chunked'")
+    if not fused_available(x):
+        raise RuntimeError("the fused SSD kernel needs CUDA tensors (or TRITON_INTERPRET=1); use backend='chunked'")
+    if not fused_supports(chunk_size):
+        raise ValueError(f"the fused SSD kernel needs chunk_size a power of two ≥ 16, got {chunk_size}")
+    state = None if initial_state is None else initial_state.float()
+    y, final_state = _FusedSSD.apply(x.float(), a.float(), b.float(), c.float(), state, chunk_size)
+    return y.to(x.dtype), final_state.to(x.dtype)
+
+
+def _tile(size: int) -> int:
+    """Tile side for a dimension of ``size``: a power of two (tl.arange), ≥ 16 (tl.dot); masked past ``size``."""
+    return max(16, triton.next_power_of_2(size))
+
+
+def _launch_options(tile_p: int, tile_n: int, chunk_size: int) -> dict:
+    # Untuned: a program holds a dozen (L × P), (L × N), (P × N) and (L × L) float32 tiles in
+    # registers; more warps spread the 64-wide ones over more threads.
+    return {"num_warps": 8 if max(tile_p, tile_n, chunk_size) >= 64 else 4}
+
+
+def _unused_pointer(like: torch.Tensor) -> torch.Tensor:
+    """A kernel argument its constexpr flags never touch; a fresh tensor rather than one of the
+    others, so torch.compile's analysis of what the kernel writes cannot mistake an alias."""
+    return like.new_empty(1)
+
+
+class _FusedSSD(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, a, b, c, initial_state, chunk_size: int):
+        x, a, b, c = (t.contiguous() for t in (x, a, b, c))
+        batch, length, heads, p = x.shape
+        n = b.shape[-1]
+        n_chunks = triton.cdiv(length, chunk_size)
+        has_initial = initial_state is not None
+        initial = initial_state.contiguous() if has_initial else _unused_pointer(x)
+        y = torch.empty_like(x)
+        final_state = torch.empty(batch, heads, p, n, device=x.device, dtype=torch.float32)
+        entering = torch.empty(batch, heads, n_chunks, p, n, device=x.device, dtype=torch.float32)
+        tile_p, tile_n = _tile(p), _tile(n)
+        # The chunk count is a compile-time constant because Triton 3.6's interpreter cannot
+        # loop over a runtime bound with NumPy ≥ 2.4 (triton-lang/triton#9171); on a GPU that
+        # costs one compilation per chunk count.
+        _ssd_fwd[(batch * heads,)](
+            x, a, b, c, initial, y, entering, final_state, length, heads, p, n,
+            N_CHUNKS=n_chunks, HAS_INITIAL=has_initial, L=chunk_size, TILE_P=tile_p, TILE_N=tile_n,
+            **_launch_options(tile_p, tile_n, chunk_size),
+        )
+        ctx.save_for_backward(x, a, b, c, entering)
+        ctx.chunk_size, ctx.has_initial = chunk_size, has_initial
+        return y, final_state
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_final):
+        x, a, b, c, entering = ctx.saved_tensors
+        batch, length, heads, p = x.shape
+        n = b.shape[-1]
+        grad_y, grad_final = grad_y.float().contiguous(), grad_final.float().contiguous()  # zeros for an unused output
+        dx, db, dc = torch.empty_like(x), torch.empty_like(b), torch.empty_like(c)
+        da = torch.empty_like(a)
+        want_initial = ctx.has_initial and ctx.needs_input_grad[4]
+        d_initial = torch.empty_like(grad_final) if want_initial else _unused_pointer(x)
+        tile_p, tile_n = _tile(p), _tile(n)
+        _ssd_bwd[(batch * heads,)](
+            x, a, b, c, entering, grad_y, grad_final, dx, da, db, dc, d_initial,
+            length, heads, p, n,
+            N_CHUNKS=entering.shape[2], STORE_D_INITIAL=want_initial, L=ctx.chunk_size, TILE_P=tile_p, TILE_N=tile_n,
+            **_launch_options(tile_p, tile_n, ctx.chunk_size),
+        )
+        return dx, da, db, dc, (d_initial if want_initial else None), None
+
+
+if triton is not None:
+
+    @triton.jit
+    def _load_rows(ptr, rows, row_ok, width, TILE: tl.constexpr):
+        """(L, TILE) tile of a (…, width) tensor at the given flat row indices; zero where masked."""
+        cols = tl.arange(0, TILE)
+        mask = row_ok[:, None] & (cols[None, :] < width)
+        return tl.load(ptr + rows[:, None] * width + cols[None, :], mask=mask, other=0.0)
+
+    @triton.jit
+    def _store_rows(ptr, value, rows, row_ok, width, TILE: tl.constexpr):
+        cols = tl.arange(0, TILE)
+        mask = row_ok[:, None] & (cols[None, :] < width)
+        tl.store(ptr + rows[:, None] * width + cols[None, :], value, mask=mask)
+
+    @triton.jit
+    def _state_tile(P, N, TILE_P: tl.constexpr, TILE_N: tl.constexpr):
+        """Offsets and mask of a (P, N) state inside its (TILE_P, TILE_N) tile."""
+        p = tl.arange(0, TILE_P)
+        n = tl.arange(0, TILE_N)
+        return p[:, None] * N + n[None, :], (p[:, None] < P) & (n[None, :] < N)
+
+    @triton.jit
+    def _chunk_rows(pid, chunk, T, H, L: tl.constexpr):
+        """Flat (batch·T + t)·H + head row index of each position of ``chunk``, and which exist."""
+        batch = pid // H
+        head = pid % H
+        t = chunk * L + tl.arange(0, L)
+        return (batch * T + t) * H + head, t < T
+
+    @triton.jit
+    def _decays(a, L: tl.constexpr):
+        """The decays of one chunk from its log decays ``a`` (L,), every exponent ≤ 0:
+
+            decay[t, s] = exp(a_cum[t] − a_cum[s]) for s ≤ t, else 0   (a_cum[t] = a_0 + … + a_t)
+            from_start[t] = exp(a_cum[t]),  to_end[s] = exp(a_last − a_cum[s]),  whole = exp(a_last)
+
+        with a_last = a_cum[L − 1] (padding has a = 0: the last real position's). The cumulative
+        sums are kept in float64: a_cum reaches hundreds under strong decay, and a float32
+        difference of two of them would lose that many ulps of the (small) exponent.
+        """
+        idx = tl.arange(0, L)
+        a_cum = tl.cumsum(a.to(tl.float64), axis=0)
+        a_last = tl.sum(tl.where(idx == L - 1, a_cum, 0.0), axis=0)
+        causal = idx[:, None] >= idx[None, :]
+        decay = tl.exp(tl.where(causal, a_cum[:, None] - a_cum[None, :], float("-inf")).to(tl.float32))
+        from_start = tl.exp(a_cum.to(tl.float32))
+        to_end = tl.exp((a_last - a_cum).to(tl.float32))
+        return decay, from_start, to_end, tl.exp(a_last.to(tl.float32))
+
+    @triton.jit
+    def _ssd_fwd(
+        x_ptr, a_ptr, b_ptr, c_ptr, initial_ptr, y_ptr, entering_ptr, final_ptr,
+        T, H, P, N,
+        N_CHUNKS: tl.constexpr, HAS_INITIAL: tl.constexpr, L: tl.constexpr, TILE_P: tl.constexpr, TILE_N: tl.constexpr,
+    ):
+        pid = tl.program_id(0)  # one (batch, head)
+        state_offsets, state_mask = _state_tile(P, N, TILE_P, TILE_N)
+        if HAS_INITIAL:
+            state = tl.load(initial_ptr + pid * P * N + state_offsets, mask=state_mask, other=0.0)
+        else:
+            state = tl.zeros((TILE_P, TILE_N), dtype=tl.float32)
+        for chunk in range(N_CHUNKS):
+            rows, row_ok = _chunk_rows(pid, chunk, T, H, L)
+            x = _load_rows(x_ptr, rows, row_ok, P, TILE_P)
+            b = _load_rows(b_ptr, rows, row_ok, N, TILE_N)
+            c = _load_rows(c_ptr, rows, row_ok, N, TILE_N)
+            a = tl.load(a_ptr + rows, mask=row_ok, other=0.0)  # zero log decay past T: state unchanged
+            tl.store(entering_ptr + (pid * N_CHUNKS + chunk) * P * N + state_offsets, state, mask=state_mask)
+            decay, from_start, to_end, whole = _decays(a, L)
+            # y_t = Σ_{s≤t} (C_t·B_s) decay[t, s] x_s  +  from_start[t] S C_t
+            scores = tl.dot(c, tl.trans(b), input_precision="ieee") * decay
+            y = tl.dot(scores, x, input_precision="ieee")
+            y += tl.dot(c, tl.trans(state), input_precision="ieee") * from_start[:, None]
+            _store_rows(y_ptr, y, rows, row_ok, P, TILE_P)
+            # S ← whole·S + Σ_s to_end[s] x_s ⊗ B_s
+            state = state * whole + tl.dot(tl.trans(x), b * to_end[:, None], input_precision="ieee")
+        tl.store(final_ptr + pid * P * N + state_offsets, state, mask=state_mask)
+
+    @triton.jit
+    def _ssd_bwd(
+        x_ptr, a_ptr, b_ptr, c_ptr, entering_ptr, dy_ptr, d_final_ptr,
+        dx_ptr, da_ptr, db_ptr, dc_ptr, d_initial_ptr,
+        T, H, P, N,
+        N_CHUNKS: tl.constexpr, STORE_D_INITIAL: tl.constexpr, L: tl.constexpr, TILE_P: tl.constexpr, TILE_N: tl.constexpr,
+    ):
+        pid = tl.program_id(0)  # one (batch, head)
+        state_offsets, state_mask = _state_tile(P, N, TILE_P, TILE_N)
+        idx = tl.arange(0, L)
+        # Gradient of the state leaving the current chunk; walking backwards, it starts as the
+        # final state's and each chunk turns it into the gradient of the state entering it.
+        d_state = tl.load(d_final_ptr + pid * P * N + state_offsets, mask=state_mask, other=0.0)
+        for step in range(N_CHUNKS):
+            chunk = N_CHUNKS - 1 - step
+            rows, row_ok = _chunk_rows(pid, chunk, T, H, L)
+            x = _load_rows(x_ptr, rows, row_ok, P, TILE_P)
+            b = _load_rows(b_ptr, rows, row_ok, N, TILE_N)
+            c = _load_rows(c_ptr, rows, row_ok, N, TILE_N)
+            dy = _load_rows(dy_ptr, rows, row_ok, P, TILE_P)
+            a = tl.load(a_ptr + rows, mask=row_ok, other=0.0)
+            state = tl.load(entering_ptr + (pid * N_CHUNKS + chunk) * P * N + state_offsets, mask=state_mask, other=0.0)
+            decay, from_start, to_end, whole = _decays(a, L)
+            gram = tl.dot(c, tl.trans(b), input_precision="ieee")  # C_t·B_s
+            scores = gram * decay
+
+            # Through y = scores·X + from_start ∘ (C Sᵀ) and S_out = whole·S + Xᵀ (to_end ∘ B):
+            d_out_b = tl.dot(b, tl.trans(d_state), input_precision="ieee")  # (dS_out B_s)_p
+            dx = tl.dot(tl.trans(scores), dy, input_precision="ieee") + to_end[:, None] * d_out_b
+            d_gram = tl.dot(dy, tl.trans(x), input_precision="ieee") * decay
+            dc = tl.dot(d_gram, b, input_precision="ieee")
+            dc += tl.dot(dy, state, input_precision="ieee") * from_start[:, None]
+            db = tl.dot(tl.trans(d_gram), c, input_precision="ieee")
+            db += tl.dot(x, d_state, input_precision="ieee") * to_end[:, None]
+
+            # Gradient of a_cum: every exponent is a difference of a_cum entries.
+            pair = d_gram * gram  # ∂L/∂(a_cum[t] − a_cum[s]) for the pair (t, s)
+            y_from_state = tl.dot(c, tl.trans(state), input_precision="ieee") * from_start[:, None]
+            to_end_grad = to_end * tl.sum(x * d_out_b, axis=1)  # ∂L/∂(a_last − a_cum[s])
+            d_a_cum = tl.sum(pair, axis=1) - tl.sum(pair, axis=0) + tl.sum(dy * y_from_state, axis=1) - to_end_grad
+            d_last = whole * tl.sum(tl.sum(d_state * state, axis=1), axis=0) + tl.sum(to_end_grad, axis=0)
+            d_a_cum += tl.where(idx == L - 1, d_last, 0.0)
+            da = tl.cumsum(d_a_cum, axis=0, reverse=True)  # a_cum[t] = Σ_{j≤t} a_j
+
+            _store_rows(dx_ptr, dx, rows, row_ok, P, TILE_P)
+            _store_rows(db_ptr, db, rows, row_ok, N, TILE_N)
+            _store_rows(dc_ptr, dc, rows, row_ok, N, TILE_N)
+            tl.store(da_ptr + rows, da, mask=row_ok)
+            d_state = d_state * whole + tl.dot(tl.trans(dy * from_start[:, None]), c, input_precision="ieee")
+        if STORE_D_INITIAL:
+            tl.store(d_initial_ptr + pid * P * N + state_offsets, d_state, mask=state_mask)

@@ -75,3 +75,14 @@ def test_bpe_recipe_keeps_its_char_level_siblings_model(path):
     section = {"kssm": "kssm", "gpt2": "gpt", "fusion": "fusion"}[char["arch"]]
     assert bpe["arch"] == char["arch"] and bpe[section] == char[section]
     assert bpe["tokenizer"] == {"kind": "bpe", "vocab_size": 16000} and char["tokenizer"]["kind"] == "char"
+
+
+def test_recipe_picks_the_scan_path(tmp_path, capsys):
+    from phaselm.experiments.language_model import build_lm
+
+    recipe = load_recipe(LMRecipe, RECIPES / "kssm-v3.toml", {"kssm.scan": "fused", "kssm.n_layers": 1})
+    assert build_lm(recipe, 65).config.scan == "fused"
+    bad = ["--set", "kssm.scan=fast", "--set", "kssm.n_layers=1"]
+    code, _, err = cli(capsys, "train-lm", str(RECIPES / "kssm-v3.toml"), "--out", str(tmp_path / "r"), *bad)
+    assert code == 2 and "scan must be one of auto, fused, chunked, reference" in err and err.count("\n") == 1
+    assert not (tmp_path / "r").exists()

@@ -39,6 +39,7 @@ class KSSMSpec:
     head_dim: int = 64
     conv_kernel: int = 4
     chunk_size: int = 64
+    scan: str = "auto"  # SSD path: "auto" (= "chunked" for now), "fused" (Triton), "chunked", "reference"
     n_oscillators: int = 192
     n_harmonics: int = 32
     bistable: bool = True  # False: the monostable ablation

@@ -61,9 +61,10 @@ def machine_text(parallel: int) -> str:
             return "?"
 
     gpu = output(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"]) or "no GPU"
-    commit = output(["git", "rev-parse", "--short", "HEAD"]) or "?"
+    # "-dirty": the tree differs from that commit (a device copy can carry an older .git).
+    commit = output(["git", "describe", "--always", "--dirty"]) or "?"
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-    return f"{gpu}\n{started}\ncommit {commit}\njobs at once: {parallel}\n"
+    return f"{gpu}\n{started}\ngit {commit}\njobs at once: {parallel}\n"
 
 
 def summarize(results: Path, name: str, parallel: int) -> str:

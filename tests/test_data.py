@@ -16,6 +16,8 @@ from phaselm.data import (
     build_tokenizer,
     check_length,
     encode_corpus,
+    encode_split,
+    learn_tokenizer,
     load_text,
     load_tokenizer,
     random_batch,
@@ -246,6 +248,32 @@ def test_split_proportions():
 def test_split_bad_fraction(raises_phaselm):
     with raises_phaselm("val_fraction"):
         train_val_split(torch.arange(10), 1.0)
+    with raises_phaselm("val_fraction"):
+        encode_split(CharTokenizer.from_text("ab"), "abab", -0.1)
+
+
+def test_text_split_equals_the_stream_split_for_chars(shakespeare):
+    tokenizer = learn_tokenizer("char", shakespeare[:5000], 0.1)
+    train, val = encode_split(tokenizer, shakespeare[:5000], 0.1)
+    old_train, old_val = train_val_split(encode_corpus(tokenizer, shakespeare[:5000]), 0.1)
+    assert torch.equal(train, old_train) and torch.equal(val, old_val)
+    train, val = encode_split(tokenizer, shakespeare[:5000], 0.0)
+    assert len(train) == 5000 and val.numel() == 0 and val.dtype == torch.long
+
+
+def test_bpe_learns_from_the_training_text_only():
+    """A word that occurs only in the validation part gets no merges of its own."""
+    train_part = "the cat sat on the mat. " * 200
+    text = train_part + "zyxwvq " * 40  # the validation tenth: one made-up word, many times
+    cut = len(train_part)
+    val_fraction = 1 - cut / len(text)
+    learned = learn_tokenizer("bpe", text, val_fraction, vocab_size=300)
+    leaky = build_tokenizer("bpe", text, vocab_size=300)
+    assert len(leaky.encode(" zyxwvq")) <= 2 < len(learned.encode(" zyxwvq"))
+    train, val = encode_split(learned, text, val_fraction)
+    assert learned.decode(train) == train_part and learned.decode(val) == text[cut:]
+    char = learn_tokenizer("char", text, val_fraction)
+    assert set("zyxwvq") <= set(char.decode(range(char.vocab_size)))  # the alphabet is the whole text's
 
 
 def test_check_length(raises_phaselm):

@@ -421,6 +421,40 @@ def train_val_split(ids: torch.Tensor, val_fraction: float = 0.1) -> tuple[torch
     return ids[:n_train], ids[n_train:]
 
 
+def split_text(text: str, val_fraction: float = 0.1) -> tuple[str, str]:
+    """First ``1 - val_fraction`` of the characters train, the rest validates."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise PhaseLMError(f"val_fraction {val_fraction} is out of range; use a value in [0, 1), e.g. 0.1")
+    cut = int(len(text) * (1.0 - val_fraction))
+    return text[:cut], text[cut:]
+
+
+def encode_split(tokenizer: Tokenizer, text: str, val_fraction: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training and validation token streams of a corpus, split on its characters.
+
+    Splitting the text (not the token stream) lets a tokenizer be learned from the training part
+    alone (:func:`learn_tokenizer`), and no token straddles the boundary. For a char tokenizer
+    it is the same split as :func:`train_val_split` of the whole stream.
+    """
+    train_text, val_text = split_text(text, val_fraction)
+    train_ids = encode_corpus(tokenizer, train_text)
+    val_ids = torch.tensor(tokenizer.encode(val_text), dtype=torch.long) if val_text else torch.zeros(0, dtype=torch.long)
+    return train_ids, val_ids
+
+
+def learn_tokenizer(
+    kind: str, text: str, val_fraction: float = 0.1, vocab_size: int = 16000, pretrained: str | None = None
+) -> CharTokenizer | BPETokenizer | PretrainedTokenizer:
+    """:func:`build_tokenizer` for a corpus that :func:`encode_split` will split.
+
+    BPE merges are learned from the training part only, so the validation text never shapes the
+    vocabulary. A char tokenizer takes the alphabet of the whole text: a character that occurs
+    only in the validation part must still be encodable, and an alphabet carries no statistics.
+    """
+    learn_from = text if kind == "char" else split_text(text, val_fraction)[0]
+    return build_tokenizer(kind, learn_from, vocab_size, pretrained)
+
+
 def check_length(ids: torch.Tensor, seq_len: int, what: str = "training split") -> None:
     """Fail clearly when ``ids`` cannot hold one input/target window of ``seq_len + 1`` tokens."""
     if seq_len < 1:

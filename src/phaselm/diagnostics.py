@@ -543,7 +543,7 @@ def run_diagnostics(
     """Diagnose a run directory (``model/`` inside, checkpoints for the gate history) or a model
     folder; write ``diagnostics.json`` and ``plots/diag_*.png`` to ``out`` (default PATH/diagnostics)."""
     from .backbones import load_backbone
-    from .data import encode_corpus, load_text, train_val_split
+    from .data import encode_corpus, encode_split, load_text
 
     cfg = cfg or DiagnosticsConfig()
     path = Path(path)
@@ -567,8 +567,8 @@ def run_diagnostics(
 
         recipe = load_recipe(LMRecipe, run_dir / "config.toml")
         corpus, val_fraction = recipe.data.corpus, recipe.data.val_fraction
-    ids = encode_corpus(tokenizer, load_text(corpus))
-    _, val_ids = train_val_split(ids, val_fraction) if val_fraction > 0 else (None, ids)
+    text = load_text(corpus)
+    _, val_ids = encode_split(tokenizer, text, val_fraction) if val_fraction > 0 else (None, encode_corpus(tokenizer, text))
     result = diagnose(model, val_ids, cfg)
     if run_dir is not None:
         windows = windows_from(val_ids, cfg.windows, cfg.short).to(device)

@@ -62,11 +62,11 @@ class EvalSubject:
         return {"gpt2": "GPT-2"}.get(self.arch, self.arch)
 
     def validation_ids(self) -> torch.Tensor:
-        from ..data import encode_corpus, load_text, train_val_split
+        from ..data import encode_split, load_text
 
         cached = getattr(self, "_val_ids", None)
         if cached is None:
-            _, cached = train_val_split(encode_corpus(self.tokenizer, load_text(self.corpus)), self.val_fraction)
+            _, cached = encode_split(self.tokenizer, load_text(self.corpus), self.val_fraction)
             self._val_ids = cached
         return cached
 

@@ -18,7 +18,7 @@ import torch
 
 from ..backbones import save_backbone
 from ..config import to_dict
-from ..data import build_tokenizer, encode_corpus, load_text, train_val_split
+from ..data import encode_split, learn_tokenizer, load_text
 from ..errors import PhaseLMError
 from ..reporting import write_report
 from ..training import LanguageModelObjective, TrainConfig, train
@@ -164,8 +164,10 @@ def _accepts_attn(cls) -> bool:
 def train_lm(recipe: LMRecipe, run_dir: str | os.PathLike, resume: bool = False, progress: bool = True, command: str | None = None) -> dict:
     run_dir = Path(run_dir)
     text = load_text(recipe.data.corpus)
-    tokenizer = build_tokenizer(recipe.tokenizer.kind, text, recipe.tokenizer.vocab_size, recipe.tokenizer.pretrained or None)
-    train_ids, val_ids = train_val_split(encode_corpus(tokenizer, text), recipe.data.val_fraction)
+    tokenizer = learn_tokenizer(
+        recipe.tokenizer.kind, text, recipe.data.val_fraction, recipe.tokenizer.vocab_size, recipe.tokenizer.pretrained or None
+    )
+    train_ids, val_ids = encode_split(tokenizer, text, recipe.data.val_fraction)
     torch.manual_seed(recipe.train.seed)
     model = build_lm(recipe, tokenizer.vocab_size)
     spec = to_dict(recipe.spec)

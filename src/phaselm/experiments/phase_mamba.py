@@ -16,7 +16,7 @@ import torch
 from .. import checkpoint as ckpt
 from ..backbones import MambaSpec, build_mamba, load_backbone, save_backbone
 from ..config import dump_recipe, from_dict, to_dict
-from ..data import build_tokenizer, encode_corpus, load_text, sequential_batches, train_val_split
+from ..data import encode_split, learn_tokenizer, load_text, sequential_batches
 from ..errors import PhaseLMError
 from ..generation import generate
 from ..graft import Graft, graft, hidden_size_of
@@ -90,8 +90,10 @@ def pretrain(
     if resume and model_dir.exists():
         raise PhaseLMError(f"{run_dir} is already finished ({model_dir} exists); nothing to resume")
     text = load_text(recipe.data.corpus)
-    tokenizer = build_tokenizer(recipe.tokenizer.kind, text, recipe.tokenizer.vocab_size, recipe.tokenizer.pretrained or None)
-    train_ids, val_ids = train_val_split(encode_corpus(tokenizer, text), recipe.data.val_fraction)
+    tokenizer = learn_tokenizer(
+        recipe.tokenizer.kind, text, recipe.data.val_fraction, recipe.tokenizer.vocab_size, recipe.tokenizer.pretrained or None
+    )
+    train_ids, val_ids = encode_split(tokenizer, text, recipe.data.val_fraction)
     torch.manual_seed(recipe.train.seed)
     model = build_mamba(recipe.model, tokenizer.vocab_size)
     result = train(
@@ -136,7 +138,7 @@ def train_core(
     torch.manual_seed(recipe.train.seed)
     model, tokenizer, handle = build_grafted(recipe, device)
     text = load_text(recipe.data.corpus)
-    train_ids, val_ids = train_val_split(encode_corpus(tokenizer, text), recipe.data.val_fraction)
+    train_ids, val_ids = encode_split(tokenizer, text, recipe.data.val_fraction)
     objective = PhaseCoreObjective(handle, recipe.loss, recipe.drift)
     result = train(
         objective, train_ids, val_ids, recipe.train, run_dir, dump_recipe(recipe), resume, progress, "train core",

@@ -36,11 +36,11 @@ class Subject:
 
     def validation_ids(self) -> torch.Tensor:
         if self._val_ids is None:
-            from ..data import encode_corpus, load_text, train_val_split
+            from ..data import encode_split, load_text
 
             if self.corpus is None:
                 raise PhaseLMError("this model has no corpus to draw validation windows from; give prompts as a file or list")
-            _, self._val_ids = train_val_split(encode_corpus(self.tokenizer, load_text(self.corpus)), self.val_fraction)
+            _, self._val_ids = encode_split(self.tokenizer, load_text(self.corpus), self.val_fraction)
         return self._val_ids
 
 

@@ -3,9 +3,11 @@
 Three layers, each small:
 
 * ``load_text``: a corpus name, file, folder or ``hf:`` dataset → one string.
-* tokenizers (char, byte-level BPE, pretrained) sharing one protocol, saved as JSON only.
-* token streams: ``encode_corpus`` → 1-D LongTensor, ``train_val_split``, ``random_batch`` for
-  training and ``sequential_batches`` for deterministic validation (nanoGPT conventions).
+* tokenizers (char, byte-level BPE, pretrained) sharing one protocol, saved as JSON only;
+  ``learn_tokenizer`` learns one from a corpus's training part.
+* token streams: ``encode_split`` → training and validation 1-D LongTensors (the text split on
+  its characters first), ``random_batch`` for training and ``sequential_batches`` for
+  deterministic validation (nanoGPT conventions).
 
 Every mistake a user can fix raises :class:`~phaselm.errors.PhaseLMError` with a one-line message.
 """

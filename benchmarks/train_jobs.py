@@ -109,7 +109,7 @@ def main(argv=None) -> None:
     (results / "machine.txt").write_text(machine_text(args.parallel))
     print((results / "machine.txt").read_text(), flush=True)
     pending = list(args.job)
-    running: dict[str, tuple[subprocess.Popen, float, list]] = {}
+    running: dict[str, tuple[subprocess.Popen, float]] = {}
     finished: list[str] = []
     while pending or running:
         while pending and len(running) < args.parallel:
@@ -119,10 +119,10 @@ def main(argv=None) -> None:
                 command += ["--set", item]
             with open(results / f"{name}.summary.json", "w") as stdout, open(results / f"{name}.log", "w") as stderr:
                 (results / f"{name}.command.txt").write_text(" ".join(command[1:]) + "\n")
-                running[name] = (subprocess.Popen(command, stdout=stdout, stderr=stderr), time.time(), command)
+                running[name] = (subprocess.Popen(command, stdout=stdout, stderr=stderr), time.time())
             print(f"started {name}: {' '.join(command[2:])}", flush=True)
         time.sleep(2)
-        for name, (process, started, _) in list(running.items()):
+        for name, (process, started) in list(running.items()):
             if process.poll() is None and time.time() - started > args.limit:
                 process.kill()  # past its limit: what it logged so far still comes back
             if process.poll() is None:

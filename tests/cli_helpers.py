@@ -4,6 +4,19 @@ from __future__ import annotations
 
 from phaselm.cli import main
 
+# Overrides that shrink any language-model recipe to a few CPU-seconds of training.
+TINY_TRAIN = ["train.steps=3", "train.batch_size=2", "train.seq_len=16", "train.eval_batches=1", "train.log_every=1", "train.checkpoint_every=0", "train.eval_every=0"]
+TINY_MODEL = {
+    "kssm": ["kssm.hidden_size=32", "kssm.n_layers=1", "kssm.head_dim=16", "kssm.n_oscillators=8", "kssm.n_harmonics=4"],
+    "fusion": ["fusion.hidden_size=32", "fusion.n_layers=1", "fusion.rwkv_head_dim=16", "fusion.mamba_head_dim=16"],
+    "gpt2": ["gpt.n_embd=32", "gpt.n_layer=1", "gpt.n_head=2"],
+}
+
+
+def set_args(items) -> list[str]:
+    """``["a=1", "b=2"]`` → ``["--set", "a=1", "--set", "b=2"]``."""
+    return [x for item in items for x in ("--set", item)]
+
 
 def run_cli(capsys, *args) -> tuple[int, str, str]:
     """``phaselm ARGS`` in-process → (exit code, stdout, stderr)."""

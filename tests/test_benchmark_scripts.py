@@ -8,17 +8,17 @@ import sys
 import tarfile
 from pathlib import Path
 
+from cli_helpers import TINY_MODEL, TINY_TRAIN, set_args
+
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["train.steps=2", "train.batch_size=2", "train.seq_len=16", "train.eval_batches=1", "train.log_every=1",
-        "train.checkpoint_every=0", "train.eval_every=0"]
 
 
 def test_train_jobs_runs_jobs_side_by_side_and_collects_every_result(tmp_path):
-    sets = [x for item in TINY for x in ("--set", item)]
+    sets = set_args(TINY_TRAIN)
     command = [
         sys.executable, "benchmarks/train_jobs.py", "--out", str(tmp_path), "--parallel", "2", "--limit", "300", *sets,
-        "--job", "gpt", "recipes/gpt-baseline.toml", "gpt.n_embd=32", "gpt.n_layer=1", "gpt.n_head=2",
-        "--job", "mamba", "recipes/mamba2.toml", "fusion.hidden_size=32", "fusion.n_layers=1", "fusion.mamba_head_dim=16",
+        "--job", "gpt", "recipes/gpt-baseline.toml", *TINY_MODEL["gpt2"],
+        "--job", "mamba", "recipes/mamba2.toml", *TINY_MODEL["fusion"],
         "--job", "broken", "recipes/mamba2.toml", "fusion.no_such_key=1",
         "--keep", "gpt",
     ]

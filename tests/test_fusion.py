@@ -12,6 +12,7 @@ import torch
 from phaselm.config import load_recipe
 from phaselm.experiments.language_model import LMRecipe
 from phaselm.models.fusion import FUSIONS, GATE_INITS, FusionConfig, FusionForCausalLM
+from cli_helpers import TINY_MODEL, TINY_TRAIN, set_args
 from cli_helpers import run_cli as cli
 
 TINY = dict(
@@ -174,11 +175,6 @@ def test_bad_inputs(raises_phaselm):
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 FUSION_RECIPES = ["fusion-gf-mh.toml", "rwkv6.toml", "mamba2.toml", "gpt2-fusion-baseline.toml"]
-TINY_TRAIN = ["train.steps=3", "train.batch_size=2", "train.seq_len=16", "train.eval_batches=1", "train.log_every=1", "train.checkpoint_every=0", "train.eval_every=0"]
-TINY_SETS = {
-    "fusion": ["fusion.hidden_size=32", "fusion.n_layers=1", "fusion.rwkv_head_dim=16", "fusion.mamba_head_dim=16"],
-    "gpt2": ["gpt.n_embd=32", "gpt.n_layer=1", "gpt.n_head=2"],
-}
 
 
 
@@ -186,7 +182,7 @@ TINY_SETS = {
 @pytest.mark.parametrize("name", FUSION_RECIPES)
 def test_recipe_smoke(name, tmp_path, capsys):
     arch = load_recipe(LMRecipe, RECIPES / name).arch
-    sets = [x for item in TINY_TRAIN + TINY_SETS[arch] for x in ("--set", item)]
+    sets = set_args(TINY_TRAIN + TINY_MODEL[arch])
     code, out, err = cli(capsys, "train-lm", str(RECIPES / name), "--out", str(tmp_path / "run"), "--json", *sets)
     assert code == 0, err
     summary = json.loads(out)
@@ -277,7 +273,7 @@ def test_threshold_grading():
 def test_diagnose_run_directory_with_gate_history(tmp_path, capsys):
     from phaselm.diagnostics import DiagnosticsConfig, run_diagnostics
 
-    sets = [x for item in TINY_TRAIN + TINY_SETS["fusion"] + ["train.checkpoint_every=1", "train.steps=2"] for x in ("--set", item)]
+    sets = set_args(TINY_TRAIN + TINY_MODEL["fusion"] + ["train.checkpoint_every=1", "train.steps=2"])
     code, _, err = cli(capsys, "train-lm", str(RECIPES / "fusion-gf-mh.toml"), "--out", str(tmp_path / "run"), "--json", *sets)
     assert code == 0, err
     result = run_diagnostics(tmp_path / "run", cfg=DiagnosticsConfig(**TINY_DIAG), device="cpu")
@@ -296,7 +292,7 @@ def test_diagnose_run_directory_with_gate_history(tmp_path, capsys):
 def test_diagnostics_refuse_a_model_without_branches(tmp_path, capsys, raises_phaselm):
     from phaselm.diagnostics import diagnose, run_diagnostics
 
-    sets = [x for item in TINY_TRAIN + TINY_SETS["gpt2"] for x in ("--set", item)]
+    sets = set_args(TINY_TRAIN + TINY_MODEL["gpt2"])
     code, _, err = cli(capsys, "train-lm", str(RECIPES / "gpt2-fusion-baseline.toml"), "--out", str(tmp_path / "gpt"), "--json", *sets)
     assert code == 0, err
     with raises_phaselm(r"holds a 'gpt2' model, which has no RWKV-6 / Mamba-2 branches"):

@@ -9,15 +9,11 @@ import pytest
 
 from phaselm.config import load_recipe, tomllib
 from phaselm.experiments.language_model import LMRecipe
+from cli_helpers import TINY_MODEL, TINY_TRAIN, set_args
 from cli_helpers import run_cli as cli
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 LM_RECIPES = ["kssm-v3.toml", "kssm-v3-monostable.toml", "kssm-v3-nomixer.toml", "gpt-baseline.toml"]
-TINY_TRAIN = ["train.steps=3", "train.batch_size=2", "train.seq_len=16", "train.eval_batches=1", "train.log_every=1", "train.checkpoint_every=0", "train.eval_every=0"]
-TINY_MODEL = {
-    "kssm": ["kssm.hidden_size=32", "kssm.n_layers=1", "kssm.head_dim=16", "kssm.n_oscillators=8", "kssm.n_harmonics=4"],
-    "gpt2": ["gpt.n_embd=32", "gpt.n_layer=1", "gpt.n_head=2"],
-}
 
 
 
@@ -25,7 +21,7 @@ TINY_MODEL = {
 @pytest.mark.parametrize("name", LM_RECIPES)
 def test_recipe_smoke(name, tmp_path, capsys):
     arch = load_recipe(LMRecipe, RECIPES / name).arch
-    sets = [x for item in TINY_TRAIN + TINY_MODEL[arch] for x in ("--set", item)]
+    sets = set_args(TINY_TRAIN + TINY_MODEL[arch])
     code, out, err = cli(capsys, "train-lm", str(RECIPES / name), "--out", str(tmp_path / "run"), "--json", *sets)
     assert code == 0, err
     summary = json.loads(out)

@@ -9,15 +9,18 @@
 #   bench      phaselm bench GF-MH, RWKV-6, Mamba-2 vs the GPT-2 baseline, batch 1/4/16/64 at seq 512,
 #              eager, decode 64…4096 → $OUT/bench/bench.{json,md}   (run the bench stages alone on the GPU)
 #   bench-compiled  the same under torch.compile at batch 16, RWKV-6 chunked → $OUT/bench-compiled/
-#   train      char-level recipes: GF-MH and GPT-2 for every seed in SEEDS, RWKV-6 and Mamba-2 for the
-#              first seed → $OUT/char/results.tgz
-#   train-bpe  the four BPE-16K recipes, first seed → $OUT/bpe/results.tgz
+#   train      char-level recipes: SEEDED (default: GF-MH and GPT-2) for every seed in SEEDS, SINGLE
+#              (default: RWKV-6 and Mamba-2) for the first seed → $OUT/char/results.tgz
+#   train-bpe  the BPE-16K recipes of BPE (default: all four), first seed → $OUT/bpe/results.tgz
 # PARALLEL runs share the GPU during the train stages (their tokens/s are then not speeds), LIMIT caps
 # each run in seconds, SET adds space-separated overrides to every run (e.g. "train.steps=1000"). Example:  STAGES="check bench" bash benchmarks/fusion_gpu.sh
 set -uo pipefail
 OUT=${OUT:-runs/fusion-gpu}
 STAGES=${STAGES:-check bench bench-compiled train train-bpe}
 SEEDS=${SEEDS:-0 1 2}
+SEEDED=${SEEDED-fusion-gf-mh gpt2-fusion-baseline}  # recipe names (recipes/NAME.toml); "" for none
+SINGLE=${SINGLE-rwkv6 mamba2}
+BPE=${BPE-fusion-gf-mh gpt2-fusion-baseline rwkv6 mamba2}
 source "$(dirname "$0")/device_env.sh"
 mkdir -p "$OUT"
 first_seed=${SEEDS%% *}
@@ -42,14 +45,12 @@ for stage in $STAGES; do
              --set gpt.n_positions=4160 --set fusion.scan="${SCAN:-auto}" --out "$OUT/bench-compiled" ;;
     train) jobs=()
            for seed in $SEEDS; do
-             jobs+=(--job "gf-mh-s$seed" recipes/fusion-gf-mh.toml "train.seed=$seed"
-                    --job "gpt2-s$seed" recipes/gpt2-fusion-baseline.toml "train.seed=$seed")
+             for recipe in $SEEDED; do jobs+=(--job "$recipe-s$seed" "recipes/$recipe.toml" "train.seed=$seed"); done
            done
-           jobs+=(--job "rwkv6-s$first_seed" recipes/rwkv6.toml "train.seed=$first_seed"
-                  --job "mamba2-s$first_seed" recipes/mamba2.toml "train.seed=$first_seed")
+           for recipe in $SINGLE; do jobs+=(--job "$recipe-s$first_seed" "recipes/$recipe.toml" "train.seed=$first_seed"); done
            train_jobs "$OUT/char" "${jobs[@]}" ;;
     train-bpe) jobs=()
-           for recipe in fusion-gf-mh gpt2-fusion-baseline rwkv6 mamba2; do
+           for recipe in $BPE; do
              jobs+=(--job "$recipe-bpe" "recipes/$recipe-bpe.toml" "train.seed=$first_seed")
            done
            train_jobs "$OUT/bpe" "${jobs[@]}" ;;

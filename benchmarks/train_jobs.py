@@ -109,6 +109,10 @@ def main(argv=None) -> None:
     (results / "machine.txt").write_text(machine_text(args.parallel))
     print((results / "machine.txt").read_text(), flush=True)
     pending = list(args.job)
+    # Each job's CPU thread pool gets its share of the cores: side-by-side jobs whose pools all
+    # spin on every core starve each other's kernel-launching threads.
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.parallel)))
     running: dict[str, tuple[subprocess.Popen, float]] = {}
     finished: list[str] = []
     while pending or running:
@@ -119,7 +123,7 @@ def main(argv=None) -> None:
                 command += ["--set", item]
             with open(results / f"{name}.summary.json", "w") as stdout, open(results / f"{name}.log", "w") as stderr:
                 (results / f"{name}.command.txt").write_text(" ".join(command[1:]) + "\n")
-                running[name] = (subprocess.Popen(command, stdout=stdout, stderr=stderr), time.time())
+                running[name] = (subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env), time.time())
             print(f"started {name}: {' '.join(command[2:])}", flush=True)
         time.sleep(2)
         for name, (process, started) in list(running.items()):

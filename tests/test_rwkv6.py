@@ -51,11 +51,12 @@ def test_reference_matches_a_naive_float64_loop(with_state):
     torch.testing.assert_close(s, s_naive, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("length,chunk", [(13, 4), (16, 16), (5, 8), (1, 4)])
-def test_chunked_equals_reference_forward_and_gradients(length, chunk):
+@pytest.mark.parametrize("length,chunk,per_block", [(13, 4, 64), (16, 16, 64), (5, 8, 64), (1, 4, 64), (37, 4, 2), (37, 4, 3)])
+def test_chunked_equals_reference_forward_and_gradients(length, chunk, per_block):
+    """per_block < chunks: the state also crosses blocks of chunks (long sequences)."""
     args = [t.requires_grad_() for t in inputs(length=length)]
     y_ref, s_ref = rwkv6_reference(*args)
-    y_chk, s_chk = rwkv6_chunked(*args, chunk_size=chunk)
+    y_chk, s_chk = rwkv6_chunked(*args, chunk_size=chunk, chunks_per_block=per_block)
     torch.testing.assert_close(y_chk, y_ref, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(s_chk, s_ref, rtol=1e-10, atol=1e-10)
     weights = torch.randn_like(y_ref), torch.randn_like(s_ref)

@@ -11,10 +11,11 @@ lies in (0, 1) and depends on the data.
 - :func:`rwkv6_step` — one position (generation).
 - :func:`rwkv6_reference` — the recurrence step by step: obviously right, O(T) sequential.
 - :func:`rwkv6_chunked` — the same in chunks with tensor products: inside a chunk every pair
-  (t, s ≤ t) is formed directly with its own decay exp(w_{s+1} + … + w_{t−1}) per channel, across
-  chunks a short recurrence carries the state. Every exponent is a sum of non-positive log
-  decays, so nothing overflows however fast the decay (no division by cumulative decays, the
-  trick that makes naive "linear attention with decay" blow up in float32).
+  (t, s ≤ t) is formed directly with its own decay exp(w_{s+1} + … + w_{t−1}) per channel, and
+  the state is carried across chunks the same way, one chunk standing for one position. Every
+  exponent is a sum of non-positive log decays, so nothing overflows however fast the decay (no
+  division by cumulative decays, the trick that makes naive "linear attention with decay" blow
+  up in float32).
 - :func:`rwkv6` — the dispatch point the layers call (see its docstring for the fla backend).
 
 Layout (the same as fla ≥ 0.3, time before heads): r, k, w (B, T, H, K); v (B, T, H, V); u (H, K);
@@ -49,10 +50,13 @@ def rwkv6_reference(r, k, v, w, u, initial_state=None):
     return torch.stack(ys, dim=1), state
 
 
-def rwkv6_chunked(r, k, v, w, u, initial_state=None, chunk_size: int = 16):
+def rwkv6_chunked(r, k, v, w, u, initial_state=None, chunk_size: int = 16, chunks_per_block: int = 64):
     """Chunked parallel form; same results as :func:`rwkv6_reference` (up to float rounding).
 
-    Memory inside a chunk is (B, C, L, L, H, K): keep ``chunk_size`` small (16 by default).
+    Memory inside a chunk is (B, C, L, L, H, K): keep ``chunk_size`` small (16 by default). The
+    state is carried across chunks in blocks of ``chunks_per_block`` chunks, each block in one
+    product of (B, n, n, H, K) decays — a Python loop over every chunk would unroll into hundreds
+    of small ops under ``torch.compile`` (GF-MH did not finish compiling in 4 minutes on the H100).
     """
     batch, length, heads, key_dim = r.shape
     value_dim = v.shape[-1]
@@ -70,10 +74,7 @@ def rwkv6_chunked(r, k, v, w, u, initial_state=None, chunk_size: int = 16):
     exclusive = inclusive - w  # c_{t−1}: the decay between the chunk start and just before t
 
     # 1. inside each chunk, s < t: y_t += Σ_s (Σ_k r_tk k_sk exp(c_{t−1,k} − c_{s,k})) v_s
-    earlier = torch.tril(torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=r.device), diagonal=-1)
-    log_decay = exclusive[:, :, :, None] - inclusive[:, :, None, :]  # (B, C, L_t, L_s, H, K), ≤ 0 where s < t
-    log_decay = log_decay.masked_fill(~earlier[None, None, :, :, None, None], float("-inf"))
-    scores = torch.einsum("bctshk,bcshk->bctsh", r[:, :, :, None] * torch.exp(log_decay), k)
+    scores = torch.einsum("bctshk,bcshk->bctsh", r[:, :, :, None] * _pairwise_decay(inclusive, exclusive, dim=2), k)
     y = torch.einsum("bctsh,bcshv->bcthv", scores, v)
     # ... and s = t, with the bonus u instead of a decay
     y = y + (r * u * k).sum(-1, keepdim=True) * v
@@ -81,17 +82,46 @@ def rwkv6_chunked(r, k, v, w, u, initial_state=None, chunk_size: int = 16):
     # 2. the state each chunk leaves behind from its own inputs: Σ_s diag(exp(c_L − c_s)) k_sᵀ v_s
     to_end = torch.exp(inclusive[:, :, -1:] - inclusive)  # (B, C, L, H, K)
     chunk_states = torch.einsum("bcshk,bcshv->bchkv", k * to_end, v)
-    chunk_decay = torch.exp(inclusive[:, :, -1])  # (B, C, H, K)
 
-    # 3. carry the state across chunks, and 4. what the entering state gives inside each chunk
+    # 3. the state entering each chunk, and 4. what it gives inside the chunk
     state = initial_state if initial_state is not None else r.new_zeros(batch, heads, key_dim, value_dim)
-    entering = []
-    for c in range(n_chunks):
-        entering.append(state)
-        state = chunk_decay[:, c, :, :, None] * state + chunk_states[:, c]
-    entering = torch.stack(entering, dim=1)  # (B, C, H, K, V)
+    entering, state = _carry_across_chunks(inclusive[:, :, -1], chunk_states, state, chunks_per_block)
     y = y + torch.einsum("bcthk,bchkv->bcthv", r * torch.exp(exclusive), entering)
     return y.reshape(batch, n_chunks * chunk_size, heads, value_dim)[:, :length], state
+
+
+def _pairwise_decay(inclusive: torch.Tensor, exclusive: torch.Tensor, dim: int) -> torch.Tensor:
+    """exp(exclusive_t − inclusive_s) for s < t along ``dim`` (0 elsewhere), with t before s.
+
+    Both inputs are running sums of log decays ≤ 0 along ``dim``, so every kept exponent is ≤ 0.
+    The result has ``dim`` split into (t, s); the dimensions before it lead, those after follow.
+    """
+    n = inclusive.shape[dim]
+    earlier = torch.tril(torch.ones(n, n, dtype=torch.bool, device=inclusive.device), diagonal=-1)
+    log_decay = exclusive.unsqueeze(dim + 1) - inclusive.unsqueeze(dim)
+    mask = earlier.reshape(*([1] * dim), n, n, *([1] * (inclusive.dim() - dim - 1)))
+    return torch.exp(log_decay.masked_fill(~mask, float("-inf")))
+
+
+def _carry_across_chunks(log_chunk_decay, chunk_states, state, chunks_per_block: int):
+    """S entering chunk c = exp(a_{c0} + … + a_{c−1}) S_{c0} + Σ_{c0≤j<c} exp(a_{j+1} + … + a_{c−1}) s_j.
+
+    log_chunk_decay a (B, C, H, K), chunk_states s (B, C, H, K, V), state S_{c0} (B, H, K, V).
+    Returns the entering states (B, C, H, K, V) and the state after the last chunk.
+    """
+    entering = []
+    for start in range(0, log_chunk_decay.shape[1], chunks_per_block):
+        a = log_chunk_decay[:, start:start + chunks_per_block]
+        s = chunk_states[:, start:start + chunks_per_block]
+        inclusive = torch.cumsum(a, dim=1)
+        # Shifted, not inclusive − a: a_c is chunk c's own decay, which depends on tokens after the
+        # chunk's first ones, and subtracting it would leak them into earlier outputs by rounding.
+        exclusive = F.pad(inclusive, (0, 0, 0, 0, 1, 0))[:, :-1]
+        block = torch.einsum("bcjhk,bjhkv->bchkv", _pairwise_decay(inclusive, exclusive, dim=1).to(s.dtype), s)
+        block = block + torch.exp(exclusive)[..., None] * state[:, None]
+        entering.append(block)
+        state = torch.exp(a[:, -1])[..., None] * block[:, -1] + s[:, -1]
+    return torch.cat(entering, dim=1), state
 
 
 @functools.cache

@@ -157,3 +157,14 @@ def test_rwkv6_layer_reference_and_chunked_backends_agree_with_gradients():
 def test_rwkv6_layer_bad_shape():
     with pytest.raises(ValueError, match="head_dim 12 must divide hidden_size 32"):
         RWKV6TimeMix(32, head_dim=12)
+
+
+def test_chunked_under_bf16_autocast_keeps_a_float32_state_close_to_the_reference():
+    """Generation continues from the carried state: autocast must not round it to bf16."""
+    r, k, v, w, u, _ = (t.float() for t in inputs(length=70))
+    y_ref, s_ref = rwkv6_reference(r, k, v, w, u)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, s = rwkv6_chunked(r, k, v, w, u, chunk_size=8, chunks_per_block=4)
+    assert s.dtype == torch.float32
+    assert (s - s_ref).abs().max() / s_ref.abs().max() < 2e-2
+    assert (y.float() - y_ref).abs().max() / y_ref.abs().max() < 2e-2

@@ -107,20 +107,24 @@ def _carry_across_chunks(log_chunk_decay, chunk_states, state, chunks_per_block:
     """S entering chunk c = exp(a_{c0} + … + a_{c−1}) S_{c0} + Σ_{c0≤j<c} exp(a_{j+1} + … + a_{c−1}) s_j.
 
     log_chunk_decay a (B, C, H, K), chunk_states s (B, C, H, K, V), state S_{c0} (B, H, K, V).
-    Returns the entering states (B, C, H, K, V) and the state after the last chunk.
+    Returns the entering states (B, C, H, K, V) and the state after the last chunk. Computed in
+    at least float32 even under autocast: the carried state is what generation continues from.
     """
+    dtype = torch.promote_types(chunk_states.dtype, torch.float32)
+    log_chunk_decay, chunk_states, state = (t.to(dtype) for t in (log_chunk_decay, chunk_states, state))
     entering = []
-    for start in range(0, log_chunk_decay.shape[1], chunks_per_block):
-        a = log_chunk_decay[:, start:start + chunks_per_block]
-        s = chunk_states[:, start:start + chunks_per_block]
-        inclusive = torch.cumsum(a, dim=1)
-        # Shifted, not inclusive − a: a_c is chunk c's own decay, which depends on tokens after the
-        # chunk's first ones, and subtracting it would leak them into earlier outputs by rounding.
-        exclusive = F.pad(inclusive, (0, 0, 0, 0, 1, 0))[:, :-1]
-        block = torch.einsum("bcjhk,bjhkv->bchkv", _pairwise_decay(inclusive, exclusive, dim=1).to(s.dtype), s)
-        block = block + torch.exp(exclusive)[..., None] * state[:, None]
-        entering.append(block)
-        state = torch.exp(a[:, -1])[..., None] * block[:, -1] + s[:, -1]
+    with torch.autocast(chunk_states.device.type, enabled=False):
+        for start in range(0, log_chunk_decay.shape[1], chunks_per_block):
+            a = log_chunk_decay[:, start:start + chunks_per_block]
+            s = chunk_states[:, start:start + chunks_per_block]
+            inclusive = torch.cumsum(a, dim=1)
+            # Shifted, not inclusive − a: a_c is chunk c's own decay, which depends on tokens after
+            # the chunk's first ones; subtracting it would leak them into earlier outputs by rounding.
+            exclusive = F.pad(inclusive, (0, 0, 0, 0, 1, 0))[:, :-1]
+            block = torch.einsum("bcjhk,bjhkv->bchkv", _pairwise_decay(inclusive, exclusive, dim=1), s)
+            block = block + torch.exp(exclusive)[..., None] * state[:, None]
+            entering.append(block)
+            state = torch.exp(a[:, -1])[..., None] * block[:, -1] + s[:, -1]
     return torch.cat(entering, dim=1), state
 
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 from phaselm.cli import main
+from phaselm.config import load_recipe
+from phaselm.experiments.language_model import LMRecipe
 
 # Overrides that shrink any language-model recipe to a few CPU-seconds of training.
 TINY_TRAIN = ["train.steps=3", "train.batch_size=2", "train.seq_len=16", "train.eval_batches=1", "train.log_every=1", "train.checkpoint_every=0", "train.eval_every=0"]
@@ -27,6 +31,16 @@ def run_cli(capsys, *args) -> tuple[int, str, str]:
         code = exc.code
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def train_tiny(capsys, recipe, out) -> dict:
+    """``phaselm train-lm RECIPE --json`` shrunk by the tiny overrides → its summary (checked)."""
+    arch = load_recipe(LMRecipe, recipe).arch
+    code, stdout, err = run_cli(capsys, "train-lm", str(recipe), "--out", str(out), "--json", *set_args(TINY_TRAIN + TINY_MODEL[arch]))
+    assert code == 0, err
+    summary = json.loads(stdout)
+    assert summary["arch"] == arch and summary["val_ce"] > 0
+    return summary
 
 
 def assert_one_line_error(code, err, match):

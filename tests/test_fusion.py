@@ -12,7 +12,7 @@ import torch
 from phaselm.config import load_recipe
 from phaselm.experiments.language_model import LMRecipe
 from phaselm.models.fusion import FUSIONS, GATE_INITS, FusionConfig, FusionForCausalLM
-from cli_helpers import TINY_MODEL, TINY_TRAIN, set_args
+from cli_helpers import TINY_MODEL, TINY_TRAIN, set_args, train_tiny
 from cli_helpers import run_cli as cli
 
 TINY = dict(
@@ -177,16 +177,9 @@ RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 FUSION_RECIPES = ["fusion-gf-mh.toml", "rwkv6.toml", "mamba2.toml", "gpt2-fusion-baseline.toml"]
 
 
-
-
 @pytest.mark.parametrize("name", FUSION_RECIPES)
 def test_recipe_smoke(name, tmp_path, capsys):
-    arch = load_recipe(LMRecipe, RECIPES / name).arch
-    sets = set_args(TINY_TRAIN + TINY_MODEL[arch])
-    code, out, err = cli(capsys, "train-lm", str(RECIPES / name), "--out", str(tmp_path / "run"), "--json", *sets)
-    assert code == 0, err
-    summary = json.loads(out)
-    assert summary["arch"] == arch and summary["val_ce"] > 0
+    train_tiny(capsys, RECIPES / name, tmp_path / "run")
     code, out, err = cli(capsys, "generate", str(tmp_path / "run" / "model"), "-n", "4", "--json")
     assert code == 0, err
     assert len(json.loads(out)["text"]) > 0

@@ -9,23 +9,16 @@ import pytest
 
 from phaselm.config import load_recipe, tomllib
 from phaselm.experiments.language_model import LMRecipe
-from cli_helpers import TINY_MODEL, TINY_TRAIN, set_args
+from cli_helpers import train_tiny
 from cli_helpers import run_cli as cli
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 LM_RECIPES = ["kssm-v3.toml", "kssm-v3-monostable.toml", "kssm-v3-nomixer.toml", "gpt-baseline.toml"]
 
 
-
-
 @pytest.mark.parametrize("name", LM_RECIPES)
 def test_recipe_smoke(name, tmp_path, capsys):
-    arch = load_recipe(LMRecipe, RECIPES / name).arch
-    sets = set_args(TINY_TRAIN + TINY_MODEL[arch])
-    code, out, err = cli(capsys, "train-lm", str(RECIPES / name), "--out", str(tmp_path / "run"), "--json", *sets)
-    assert code == 0, err
-    summary = json.loads(out)
-    assert summary["arch"] == arch and summary["val_ce"] > 0
+    arch = train_tiny(capsys, RECIPES / name, tmp_path / "run")["arch"]
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     train_records = [r for r in records if r.get("split") != "val"]
     assert len(train_records) == 3

@@ -9,7 +9,10 @@ K-SSM with the chunked PyTorch SSD scan (``PHASELM_SSD=chunked``), and GPT and K
 paths) under torch.compile. Then a torch.profiler table of the K-SSM step's top CUDA kernels.
 Writes speeds.json and profile.txt to --out.
 
-``--variant NAME RECIPE eager|compiled [KEY=VALUE ...]`` (repeatable) times those instead, e.g.
+``--variant NAME RECIPE eager|compiled|blocks [KEY=VALUE ...]`` (repeatable) times those instead
+("blocks": each layer of the stack compiled on its own, identical layers reusing the code; GF-MH
+compiles in a third of the time on CPU, see benchmarks/compile_time.py; whole-model compile is
+what train() does), e.g.
 the fusion models with fla's RWKV-6 kernel against our chunked path (``fusion.scan=chunked``);
 ``--no-profile`` skips the profiler table. Every variant also reports ``setup_s``: the time of
 its warm-up steps, where compilation and Triton autotuning happen.
@@ -35,12 +38,23 @@ from phaselm.training import LanguageModelObjective
 VOCAB = 65
 
 
-def make(recipe_path: str, compiled: bool, overrides: dict | None = None):
+MODES = ("eager", "compiled", "blocks")
+
+
+def repeated_blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The model's stack of layers: its longest ModuleList (``blocks``, or GPT-2's ``transformer.h``)."""
+    return max((m for m in model.modules() if isinstance(m, torch.nn.ModuleList)), key=len)
+
+
+def make(recipe_path: str, mode: str, overrides: dict | None = None, device: str = "cuda"):
     recipe = load_recipe(LMRecipe, recipe_path, overrides)
     torch.manual_seed(0)
-    model = build_lm(recipe, VOCAB).cuda()
+    model = build_lm(recipe, VOCAB).to(device)
     objective = LanguageModelObjective(model, recipe.kssm.reg_weight if recipe.arch == "kssm" else 0.0)
-    forward = torch.compile(objective) if compiled else objective
+    forward = torch.compile(objective) if mode == "compiled" else objective
+    if mode == "blocks":
+        for block in repeated_blocks(model):
+            block.compile()  # in place, block by block: identical blocks reuse the compiled code
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
     return recipe, objective, forward, optimizer
 
@@ -54,8 +68,8 @@ def step(forward, objective, optimizer, x, y):
     optimizer.zero_grad(set_to_none=True)
 
 
-def time_variant(recipe_path: str, compiled: bool, steps: int, overrides: dict | None = None) -> dict:
-    recipe, objective, forward, optimizer = make(recipe_path, compiled, overrides)
+def time_variant(recipe_path: str, mode: str, steps: int, overrides: dict | None = None) -> dict:
+    recipe, objective, forward, optimizer = make(recipe_path, mode, overrides)
     b, t = recipe.train.batch_size, recipe.train.seq_len
     x = torch.randint(0, VOCAB, (b, t), device="cuda")
     y = torch.randint(0, VOCAB, (b, t), device="cuda")
@@ -82,36 +96,39 @@ def main() -> None:
     parser.add_argument("--kssm", default="recipes/kssm-v3.toml")
     parser.add_argument("--gpt", default="recipes/gpt-baseline.toml")
     parser.add_argument("--no-compile", action="store_true")
-    parser.add_argument("--variant", nargs="+", action="append", metavar="NAME RECIPE eager|compiled [KEY=VALUE]")
+    parser.add_argument("--variant", nargs="+", action="append", metavar="NAME RECIPE eager|compiled|blocks [KEY=VALUE]")
     parser.add_argument("--no-profile", action="store_true")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    # (name, recipe, compiled, harmonics backend, SSD backend, recipe overrides)
+    # (name, recipe, mode, harmonics backend, SSD backend, recipe overrides)
     variants = [
-        ("gpt", args.gpt, False, "fused", "auto", {}),
-        ("kssm", args.kssm, False, "fused", "fused", {}),
-        ("kssm-reference-harmonics", args.kssm, False, "reference", "fused", {}),
-        ("kssm-chunked-ssd", args.kssm, False, "fused", "chunked", {}),
+        ("gpt", args.gpt, "eager", "fused", "auto", {}),
+        ("kssm", args.kssm, "eager", "fused", "fused", {}),
+        ("kssm-reference-harmonics", args.kssm, "eager", "reference", "fused", {}),
+        ("kssm-chunked-ssd", args.kssm, "eager", "fused", "chunked", {}),
     ]
     if not args.no_compile:
         variants += [
-            ("gpt-compiled", args.gpt, True, "fused", "auto", {}),
-            ("kssm-compiled", args.kssm, True, "fused", "fused", {}),
-            ("kssm-compiled-chunked-ssd", args.kssm, True, "fused", "chunked", {}),
+            ("gpt-compiled", args.gpt, "compiled", "fused", "auto", {}),
+            ("kssm-compiled", args.kssm, "compiled", "fused", "fused", {}),
+            ("kssm-compiled-chunked-ssd", args.kssm, "compiled", "fused", "chunked", {}),
         ]
     if args.variant:
-        variants = [(name, path, mode == "compiled", "fused", "auto", dict(parse_override(s) for s in sets))
+        for name, path, mode, *_ in args.variant:
+            if mode not in MODES:
+                parser.error(f"--variant {name}: the mode must be one of {', '.join(MODES)}, got {mode!r}")
+        variants = [(name, path, mode, "fused", "auto", dict(parse_override(s) for s in sets))
                     for name, path, mode, *sets in args.variant]
     speeds = {}
-    for name, path, compiled, harmonics_backend, ssd_backend, overrides in variants:
+    for name, path, mode, harmonics_backend, ssd_backend, overrides in variants:
         oscillators._harmonics_op = harmonics_ops.harmonics if harmonics_backend == "fused" else harmonics_ops.harmonics_reference
         os.environ["PHASELM_SSD"] = ssd_backend  # read by phaselm.ops.ssd.ssd at each call
         torch._dynamo.reset()  # a compiled variant must not reuse a graph traced under another backend
         torch.cuda.reset_peak_memory_stats()
         try:
-            speeds[name] = time_variant(path, compiled, args.steps, overrides)
+            speeds[name] = time_variant(path, mode, args.steps, overrides)
         except Exception as error:  # a variant that fails (e.g. compile) must not hide the others
             speeds[name] = {"error": f"{type(error).__name__}: {error}"[:500]}
         print(name, speeds[name], flush=True)
@@ -125,7 +142,7 @@ def main() -> None:
 
     oscillators._harmonics_op = harmonics_ops.harmonics
     os.environ["PHASELM_SSD"] = "fused"
-    recipe, objective, forward, optimizer = make(args.kssm, False)
+    recipe, objective, forward, optimizer = make(args.kssm, "eager")
     b, t = recipe.train.batch_size, recipe.train.seq_len
     x = torch.randint(0, VOCAB, (b, t), device="cuda")
     for _ in range(3):

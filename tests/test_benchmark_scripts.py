@@ -43,3 +43,35 @@ def test_train_jobs_runs_jobs_side_by_side_and_collects_every_result(tmp_path):
 def test_device_scripts_parse():
     for script in sorted((ROOT / "benchmarks").glob("*.sh")):
         assert subprocess.run(["bash", "-n", str(script)]).returncode == 0, script
+
+
+def load_profile_step():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("profile_step", ROOT / "benchmarks" / "profile_step.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_profile_step_compiles_each_models_stack_of_layers_in_blocks_mode():
+    profile_step = load_profile_step()
+    for recipe, arch, layers in (("fusion-gf-mh.toml", "fusion", "fusion.n_layers=3"), ("gpt-baseline.toml", "gpt2", "gpt.n_layer=3"),
+                                 ("kssm-v3.toml", "kssm", "kssm.n_layers=3")):
+        overrides = dict(profile_step.parse_override(item) for item in [*TINY_MODEL[arch], layers])
+        _, objective, forward, _ = profile_step.make(str(ROOT / "recipes" / recipe), "eager", overrides, device="cpu")
+        assert forward is objective
+        blocks = profile_step.repeated_blocks(objective)
+        assert len(blocks) == 3, recipe  # the layers, not some shorter list inside a layer
+
+
+def test_profile_step_refuses_an_unknown_mode():
+    done = subprocess.run([sys.executable, "benchmarks/profile_step.py", "--variant", "x", "recipes/mamba2.toml", "fast"],
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "the mode must be one of eager, compiled, blocks, got 'fast'" in done.stderr
+
+
+def test_compile_time_refuses_an_unknown_mode():
+    done = subprocess.run([sys.executable, "benchmarks/compile_time.py", "recipes/mamba2.toml", "--mode", "layers"],
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "invalid choice: 'layers'" in done.stderr

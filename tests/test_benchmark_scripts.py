@@ -13,17 +13,22 @@ from cli_helpers import TINY_MODEL, TINY_TRAIN, set_args
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def run_script(*args, timeout=120) -> subprocess.CompletedProcess:
+    """``python3 ARGS`` from the repo root with src/ on the path, as the device runs the scripts."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
 def test_train_jobs_runs_jobs_side_by_side_and_collects_every_result(tmp_path):
     sets = set_args(TINY_TRAIN)
     command = [
-        sys.executable, "benchmarks/train_jobs.py", "--out", str(tmp_path), "--parallel", "2", "--limit", "300", *sets,
+        "benchmarks/train_jobs.py", "--out", str(tmp_path), "--parallel", "2", "--limit", "300", *sets,
         "--job", "gpt", "recipes/gpt-baseline.toml", *TINY_MODEL["gpt2"],
         "--job", "mamba", "recipes/mamba2.toml", *TINY_MODEL["fusion"],
         "--job", "broken", "recipes/mamba2.toml", "fusion.no_such_key=1",
         "--keep", "gpt",
     ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    done = run_script(*command, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     with tarfile.open(tmp_path / "results.tgz") as tar:
         names = {Path(n).name for n in tar.getnames()}
@@ -66,12 +71,10 @@ def test_profile_step_compiles_each_models_stack_of_layers_in_blocks_mode():
 
 
 def test_profile_step_refuses_an_unknown_mode():
-    done = subprocess.run([sys.executable, "benchmarks/profile_step.py", "--variant", "x", "recipes/mamba2.toml", "fast"],
-                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, capture_output=True, text=True, timeout=120)
+    done = run_script("benchmarks/profile_step.py", "--variant", "x", "recipes/mamba2.toml", "fast")
     assert done.returncode == 2 and "the mode must be one of eager, compiled, blocks, got 'fast'" in done.stderr
 
 
 def test_compile_time_refuses_an_unknown_mode():
-    done = subprocess.run([sys.executable, "benchmarks/compile_time.py", "recipes/mamba2.toml", "--mode", "layers"],
-                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, capture_output=True, text=True, timeout=120)
+    done = run_script("benchmarks/compile_time.py", "recipes/mamba2.toml", "--mode", "layers")
     assert done.returncode == 2 and "invalid choice: 'layers'" in done.stderr

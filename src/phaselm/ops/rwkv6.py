@@ -56,7 +56,8 @@ def rwkv6_chunked(r, k, v, w, u, initial_state=None, chunk_size: int = 16, chunk
     Memory inside a chunk is (B, C, L, L, H, K): keep ``chunk_size`` small (16 by default). The
     state is carried across chunks in blocks of ``chunks_per_block`` chunks, each block in one
     product of (B, n, n, H, K) decays — a Python loop over every chunk would unroll into hundreds
-    of small ops under ``torch.compile`` (GF-MH did not finish compiling in 4 minutes on the H100).
+    of small ops under ``torch.compile`` (GF-MH did not finish compiling in the ~190 s a device call
+    had left for it on the H100).
     """
     batch, length, heads, key_dim = r.shape
     value_dim = v.shape[-1]

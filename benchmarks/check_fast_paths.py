@@ -6,6 +6,14 @@
   reference, float32 inputs at a fusion-recipe shape.
 - Mamba-2 / K-SSM SSD: our chunked scan and the fused Triton kernels vs the sequential reference.
 - Kuramoto harmonics: the fused Triton kernel vs the direct form, at the K-SSM bank's shape.
+- Mamba-1 (Phase-Mamba's backbone): the Triton selective scan and causal conv1d vs their
+  references at a 2.8B layer's width, ragged lengths (not multiples of the chunk), float32 and
+  bf16 inputs; the decoding step kernels; and a Hugging Face Mamba routed to our kernels vs
+  transformers' own path (logits and every parameter's gradient).
+- Phase Core dynamics: the fused Kuramoto kernels (token and recurrent mode, with a padding
+  mask) vs the PyTorch loop.
+
+``--only mamba`` runs the Mamba-1 and Phase Core checks alone.
 
 Errors are max |fast − reference| / max |reference| per output (forward) and per input gradient
 (backward, for one random cotangent). Writes fast_paths.json to --out and prints a table. Runs
@@ -24,6 +32,9 @@ from phaselm.ops import harmonics as harmonics_ops
 from phaselm.ops import ssd as ssd_ops
 from phaselm.ops.rwkv6 import fla_available, rwkv6, rwkv6_reference
 from phaselm.ops.ssd import ssd_chunked, ssd_reference
+from phaselm.ops import causal_conv1d as conv_ops
+from phaselm.ops import kuramoto as kuramoto_ops
+from phaselm.ops import selective_scan as scan_ops
 
 
 def relative_errors(fast_fn, reference_fn, inputs: list[torch.Tensor]) -> dict:
@@ -66,12 +77,101 @@ def ssd_inputs(device, batch=2, length=512, heads=6, p=64, n=64):
     return [t.to(device) for t in (x, a, b, c)]
 
 
+def scan_inputs(device, dtype, batch=2, length=549, channels=5120, n=16):
+    """A 2.8B layer's scan: 5,120 channels, 16 states; 549 = 34 chunks of 16 + 5 (ragged)."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    x, z = (torch.randn(batch, length, channels, generator=g) for _ in range(2))
+    dt = torch.randn(batch, length, channels, generator=g) - 2.0
+    A = -torch.exp(torch.randn(channels, n, generator=g) * 0.5)
+    B, C = (torch.randn(batch, length, n, generator=g) for _ in range(2))
+    D, bias = torch.randn(channels, generator=g), torch.randn(channels, generator=g) * 0.1
+    state = torch.randn(batch, channels, n, generator=g) * 0.1
+    low = [t.to(device, dtype) for t in (x, dt)] + [A.to(device)] + [t.to(device, dtype) for t in (B, C)]
+    return low + [D.to(device), z.to(device, dtype), bias.to(device), state.to(device)]
+
+
+def mamba_checks(device: str, report: dict) -> None:
+    checks = report["checks"]
+    if not scan_ops.triton_runs_on(device) or device != "cuda":
+        checks["selective scan triton vs reference"] = "skipped: no CUDA device (the CPU tests run it in Triton's interpreter)"
+        return
+    for dtype in (torch.float32, torch.bfloat16):
+        name = str(dtype).replace("torch.", "")
+        s = scan_inputs(device, dtype)
+        # The reference computes in float32 from the same (rounded) inputs: both see identical data.
+        checks[f"selective scan triton vs reference ({name}, 2 x 549 x 5120)"] = relative_errors(
+            lambda *t: scan_ops.selective_scan_triton(*t[:8], initial_state=t[8]),
+            lambda *t: scan_ops.selective_scan_reference(*t[:8], initial_state=t[8]), s
+        )
+        xconv = s[0][..., :1024]
+        w, b = torch.randn(1024, 4, device=device) * 0.5, torch.randn(1024, device=device)
+        checks[f"causal conv1d triton vs reference ({name})"] = relative_errors(
+            lambda *t: conv_ops.causal_conv1d(*t, backend="triton"), lambda *t: conv_ops.causal_conv1d_reference(*t), [xconv, w, b]
+        )
+    # Decoding steps: one position from a random state, kernels vs references.
+    s = scan_inputs(device, torch.float32, length=1)
+    state_a, state_b = s[-1].clone(), s[-1].clone()
+    fast = scan_ops.selective_state_step(state_a, s[0][:, 0], s[1][:, 0], s[2], s[3][:, 0], s[4][:, 0], s[5], s[6][:, 0], s[7], backend="triton")
+    ref = scan_ops.selective_state_step_reference(state_b, s[0][:, 0], s[1][:, 0], s[2], s[3][:, 0], s[4][:, 0], s[5], s[6][:, 0], s[7])
+    rel = lambda a, b: float((a - b).abs().max() / b.abs().max())  # noqa: E731
+    checks["selective state step triton vs reference"] = {"forward": [rel(fast, ref), rel(state_a, state_b)], "backward": []}
+    window = torch.randn(2, 1024, 4, device=device)
+    w, b = torch.randn(1024, 4, device=device), torch.randn(1024, device=device)
+    xs = torch.randn(2, 1024, device=device)
+    wa, wb = window.clone(), window.clone()
+    fast = conv_ops.causal_conv1d_step(xs, wa, w, b, backend="triton")
+    ref = conv_ops.causal_conv1d_step(xs, wb, w, b, backend="reference")
+    checks["causal conv1d step triton vs reference"] = {"forward": [rel(fast, ref), rel(wa, wb)], "backward": []}
+
+    # Phase Core dynamics at the seed's shape: 4 × 512 positions, 16 oscillators, 8 Euler steps.
+    kick = torch.randn(4, 512, 16, device=device) * 2
+    omega, k = torch.randn(16, device=device), torch.tensor(2.0, device=device)
+    checks["kuramoto integrate (token mode) triton vs reference"] = relative_errors(
+        lambda t, o, kk: kuramoto_ops.kuramoto_integrate(t, o, kk, 0.1, 8, backend="triton"),
+        lambda t, o, kk: kuramoto_ops.kuramoto_integrate(t, o, kk, 0.1, 8, backend="reference"), [kick, omega, k],
+    )
+    mask = torch.ones(4, 512, device=device)
+    mask[0, :100] = 0  # left padding
+    checks["kuramoto recurrent triton vs reference (masked)"] = relative_errors(
+        lambda t, o, kk: kuramoto_ops.kuramoto_recurrent(t, o, kk, 0.1, 8, mask=mask, backend="triton"),
+        lambda t, o, kk: kuramoto_ops.kuramoto_recurrent(t, o, kk, 0.1, 8, mask=mask, backend="reference"), [kick, omega, k],
+    )
+
+    # A Hugging Face Mamba at full width, 2 layers, float32: routed vs transformers' own path.
+    from transformers import MambaConfig, MambaForCausalLM
+
+    from phaselm.fast_mamba import fast_mamba
+
+    config = MambaConfig(vocab_size=1000, hidden_size=2560, num_hidden_layers=2, state_size=16, expand=2, conv_kernel=4)
+    torch.manual_seed(0)
+    reference = MambaForCausalLM(config).to(device)
+    fast = MambaForCausalLM(config).to(device)
+    fast.load_state_dict(reference.state_dict())
+    fast_mamba(fast, "triton")
+    ids = torch.randint(0, 1000, (2, 133), device=device)
+    logits, grads = [], []
+    for model in (reference, fast):
+        model.train()
+        out = model(input_ids=ids, labels=ids)
+        out.loss.backward()
+        logits.append(out.logits.detach())
+        grads.append([p.grad for p in model.parameters()])
+    checks["HF Mamba (2 x 2560, 2 layers) routed vs transformers"] = {
+        "forward": [rel(logits[1], logits[0])],
+        "backward": [rel(a, b) for a, b in zip(grads[1], grads[0]) if b is not None and b.abs().max() > 0],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="runs/fast-paths")
+    parser.add_argument("--only", choices=["all", "mamba"], default="all")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     report = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "checks": {}}
+    if args.only == "mamba":
+        mamba_checks(device, report)
+        return finish(report, args.out)
 
     x = rwkv6_inputs(device)
     reference = lambda *t: rwkv6_reference(*t)[0]  # noqa: E731
@@ -96,7 +196,12 @@ def main() -> None:
     else:
         report["checks"]["harmonics fused vs direct"] = "skipped: no CUDA device (the CPU tests run it in Triton's interpreter)"
 
-    out = Path(args.out)
+    mamba_checks(device, report)
+    finish(report, args.out)
+
+
+def finish(report: dict, out: str) -> None:
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "fast_paths.json").write_text(json.dumps(report, indent=2))
     print(f"device: {report['device']}")
@@ -105,8 +210,9 @@ def main() -> None:
             print(f"{name:40s} {result}")
             continue
         fwd = max(result["forward"])
-        bwd = max(e for e in result["backward"] if e is not None)
-        print(f"{name:40s} forward max rel err {fwd:.2e}   backward max rel err {bwd:.2e}")
+        backward = [e for e in result["backward"] if e is not None]
+        bwd = f"{max(backward):.2e}" if backward else "—"
+        print(f"{name:55s} forward max rel err {fwd:.2e}   backward max rel err {bwd}")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from torch import nn
 
 from .data import PretrainedTokenizer, Tokenizer, load_tokenizer, looks_like_path
 from .errors import PhaseLMError
+from .fast_mamba import fast_mamba
 
 
 @dataclass
@@ -52,6 +53,40 @@ def build_mamba(spec: MambaSpec, vocab_size: int) -> nn.Module:
         tie_word_embeddings=True,
     )
     return MambaForCausalLM(config)
+
+
+# Shapes of the published Mamba-1 checkpoints (state-spaces/mamba-*-hf): hidden size and layers;
+# all have state 16, expand 2, conv 4, Δ rank ⌈hidden/16⌉ and a 50,280-token vocabulary.
+MAMBA_SHAPES = {
+    "mamba-130m": (768, 24),
+    "mamba-370m": (1024, 48),
+    "mamba-790m": (1536, 48),
+    "mamba-1.4b": (2048, 48),
+    "mamba-2.8b": (2560, 64),
+}
+MAMBA_VOCAB = 50280
+
+
+def mamba_of_shape(shape: str, device: str | torch.device = "cpu", dtype: torch.dtype | None = None, vocab_size: int = MAMBA_VOCAB) -> nn.Module:
+    """A ``MambaForCausalLM`` of a published checkpoint's shape with random weights.
+
+    For speed and memory measurements where no hub is reachable (speed does not depend on the
+    weights). Built directly on ``device``: a 2.8B model initialises in seconds on a GPU.
+    """
+    if shape not in MAMBA_SHAPES:
+        raise PhaseLMError(f"unknown backbone shape {shape!r}; choose one of {', '.join(MAMBA_SHAPES)}")
+    from transformers import MambaConfig, MambaForCausalLM
+
+    hidden, layers = MAMBA_SHAPES[shape]
+    config = MambaConfig(
+        vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, state_size=16, expand=2, conv_kernel=4,
+        residual_in_fp32=True, tie_word_embeddings=True, pad_token_id=0, bos_token_id=0, eos_token_id=0,
+    )
+    with torch.device(device):
+        model = MambaForCausalLM(config)
+    if dtype is not None:
+        model.to(dtype)
+    return model.eval()
 
 
 def _is_local(name: str) -> bool:
@@ -115,6 +150,8 @@ def load_backbone(name: str, device: str | torch.device = "cpu") -> tuple[nn.Mod
         raise PhaseLMError(f"cannot load {where} {name!r}: {reason}{hint}") from None
     model.to(device)
     model.eval()
+    if torch.device(device).type == "cuda":
+        fast_mamba(model)  # a Hugging Face Mamba runs on PhaseLM's kernels (logged; a no-op for other models)
     if local and (Path(name) / "tokenizer_meta.json").is_file():
         tokenizer = load_tokenizer(name)
     else:

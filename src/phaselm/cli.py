@@ -7,6 +7,7 @@ never overwrites an existing run directory or checkpoint.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -590,39 +591,70 @@ def diagnose(
 
 @app.command()
 def bench(
-    recipes: List[Path] = typer.Argument(..., help="Language-model recipes to measure (e.g. recipes/fusion-gf-mh.toml)."),
+    recipes: Optional[List[Path]] = typer.Argument(None, help="Language-model recipes to measure (e.g. recipes/fusion-gf-mh.toml); not with --backbone."),
     baseline: Path = typer.Option(Path("recipes/gpt2-fusion-baseline.toml"), "--baseline", help="The recipe every ratio is against."),
-    batches: str = typer.Option("1,4,16,64", "--batches", help="Batch sizes, comma-separated."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help="Measure a Phase Core grafted onto this Hugging Face backbone instead: a shape with random weights (mamba-130m, mamba-370m, mamba-790m, mamba-1.4b, mamba-2.8b), a local model folder or a hub id."),
+    quick: bool = typer.Option(False, "--quick", help="With --backbone: a toy-sized Mamba on the CPU, in seconds (checks the command, measures nothing)."),
+    layer: str = typer.Option("middle", "--layer", help="With --backbone: the layer the core sits at (an index or 'middle')."),
+    modes: str = typer.Option("token,recurrent", "--modes", help="With --backbone: core modes to time, comma-separated."),
+    reference_seq: int = typer.Option(0, "--reference-seq", help="With --backbone: also time one forward of 1 × this many tokens on transformers' own path (slow without mamba_ssm), for the speed-up."),
+    batches: Optional[str] = typer.Option(None, "--batches", help="Batch sizes, comma-separated (default 1,4,16,64; with --backbone one batch size, default 4)."),
     seq_len: int = typer.Option(512, "--seq-len", help="Tokens per sequence for the training and inference timings."),
     steps: int = typer.Option(10, "--steps", help="Timed steps per measurement (after warm-up)."),
-    contexts: str = typer.Option("64,256,1024,4096", "--contexts", help="Context lengths for the decode cost per token."),
+    contexts: str = typer.Option("64,256,1024,4096", "--contexts", help="Context lengths for the decode cost per token (with --backbone: the first is the prompt)."),
     compile_batches: str = typer.Option("", "--compile-batches", help="Batch sizes also timed with the training step under torch.compile (what training does on CUDA), e.g. 16."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write bench.json and bench.md here (refused if they exist)."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a value in every recipe, e.g. `--set fusion.n_layers=2` (repeatable)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """Speed profile against a baseline, measured in one run: training and inference tokens/s per
-    batch size, step-time ratios, and decode cost per token as the context grows.
+    """Speed profile measured in one run on one device.
 
-    Models are built from the recipes with random weights (speed does not depend on them).
+    With recipes: training and inference tokens/s per batch size against a baseline recipe,
+    step-time ratios, and decode cost per token as the context grows. Models are built from the
+    recipes with random weights (speed does not depend on them).
+
+    With --backbone: a Phase Core grafted onto a Hugging Face backbone — prefill tokens/s and
+    TFLOP/s, core-training tokens/s per mode with peak memory, the graft's overhead on the
+    forward, decode ms/token (eager and from a CUDA graph) against the weight-bandwidth floor,
+    and which scan path ran.
+
     Timings are only meaningful on the machine they name; on a CPU they say little about a GPU.
 
-    Example: `phaselm bench recipes/fusion-gf-mh.toml recipes/rwkv6.toml recipes/mamba2.toml --out runs/bench`
+    Examples: `phaselm bench recipes/fusion-gf-mh.toml recipes/rwkv6.toml --out runs/bench`;
+    `phaselm bench --backbone mamba-2.8b --layer 32 --out runs/bench-2.8b`; `phaselm bench --backbone mamba-130m --quick`
     """
-    from .bench import BenchConfig, bench as run_bench, table
+    from .bench import BackboneBenchConfig, BenchConfig, backbone_table, bench_backbone, table
+    from .bench import bench as run_bench
 
     if seq_len < 2 or steps < 1:
         raise PhaseLMError(f"--seq-len must be ≥ 2 and --steps ≥ 1, got {seq_len} and {steps}")
     if out is not None and ((out / "bench.json").exists() or (out / "bench.md").exists()):
         raise PhaseLMError(f"{out} already holds a bench result; pass another --out or move it away")
-    for recipe in [baseline, *recipes]:
-        if not recipe.is_file():
-            raise PhaseLMError(f"recipe not found: {recipe}; pass a TOML file under recipes/")
-    cfg = BenchConfig(batches=_int_list(batches, "--batches"), seq_len=seq_len, steps=steps, decode_contexts=_int_list(contexts, "--contexts"),
-                      compile_batches=_int_list(compile_batches, "--compile-batches") if compile_batches else ())
-    result = run_bench(recipes, baseline, cfg, overrides=_overrides(set_), log=lambda line: typer.echo(line, err=True))
+    if backbone is not None:
+        if recipes:
+            raise PhaseLMError("pass either recipes or --backbone, not both")
+        batch_list = _int_list(batches, "--batches") if batches else (4,)
+        if len(batch_list) != 1:
+            raise PhaseLMError(f"--backbone takes one batch size, got --batches {batches}")
+        cfg = BackboneBenchConfig(
+            batch=batch_list[0], seq_len=seq_len, layer=layer, modes=tuple(m.strip() for m in modes.split(",") if m.strip()),
+            steps=steps, decode_prompt=_int_list(contexts, "--contexts")[0], reference_seq=reference_seq, quick=quick,
+        )
+        result = bench_backbone(backbone, cfg, log=lambda line: typer.echo(line, err=True))
+        rows = backbone_table(result)
+    else:
+        if quick:
+            raise PhaseLMError("--quick goes with --backbone")
+        if not recipes:
+            raise PhaseLMError("nothing to measure: pass recipes (e.g. recipes/fusion-gf-mh.toml) or --backbone NAME")
+        for recipe in [baseline, *recipes]:
+            if not recipe.is_file():
+                raise PhaseLMError(f"recipe not found: {recipe}; pass a TOML file under recipes/")
+        cfg = BenchConfig(batches=_int_list(batches or "1,4,16,64", "--batches"), seq_len=seq_len, steps=steps, decode_contexts=_int_list(contexts, "--contexts"),
+                          compile_batches=_int_list(compile_batches, "--compile-batches") if compile_batches else ())
+        result = run_bench(recipes, baseline, cfg, overrides=_overrides(set_), log=lambda line: typer.echo(line, err=True))
+        rows = table(result)
     result["command"] = _command_line()
-    rows = table(result)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "bench.json").write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
@@ -645,9 +677,25 @@ def _quiet_libraries() -> None:
         pass
 
 
+class _NoteHandler(logging.Handler):
+    """PhaseLM's own INFO messages (which kernels run, …) as ``note:`` lines on the current stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        typer.echo(f"note: {record.getMessage()}", err=True)
+
+
+def _show_notes() -> None:
+    log = logging.getLogger("phaselm")
+    if not any(isinstance(h, _NoteHandler) for h in log.handlers):
+        log.addHandler(_NoteHandler())
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     """Entry point: PhaseLMError → one line on stderr, exit code 2."""
     _quiet_libraries()
+    _show_notes()
     _ARGV[:] = list(sys.argv[1:] if argv is None else argv)
     try:
         app(args=argv, standalone_mode=False)

@@ -42,6 +42,17 @@ class Generation:
         return data
 
 
+class _Decodable:
+    """Logits processor: ids at or past the tokenizer's vocabulary get probability zero."""
+
+    def __init__(self, vocab_size: int):
+        self.vocab_size = vocab_size
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores[:, self.vocab_size :] = float("-inf")
+        return scores
+
+
 @torch.no_grad()
 def generate(
     model: nn.Module,
@@ -82,6 +93,12 @@ def generate(
     )
     if temperature > 0:
         kwargs.update(temperature=temperature, top_k=top_k or 0)
+    if tokenizer.vocab_size < vocab:
+        # A model wider than its tokenizer (random weights of a published shape under a char
+        # tokenizer) must not emit ids the tokenizer cannot decode.
+        from transformers import LogitsProcessorList
+
+        kwargs["logits_processor"] = LogitsProcessorList([_Decodable(tokenizer.vocab_size)])
     model.eval()
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):

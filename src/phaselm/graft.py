@@ -7,20 +7,24 @@
 
 The hook replaces the layer's output (the first element when the layer returns a tuple). In
 ``recurrent`` mode the carried phases belong to the generation cache the model passes to its
-layers (a ``transformers.Cache``), so cached generation continues the phases exactly where the
-prompt left them, and a forward pass without a cache always starts fresh.
+layers (a ``transformers.Cache``): they are stored on it and updated in place, so cached
+generation continues the phases exactly where the prompt left them, a CUDA graph of a decoding
+step (:mod:`phaselm.decoding`) replays them, and a forward pass without a cache always starts fresh.
+
+On CUDA, grafting onto a Hugging Face Mamba also routes its mixers to PhaseLM's kernels
+(:func:`phaselm.fast_mamba.fast_mamba`) unless they already are; ``remove()`` undoes that too.
 """
 
 from __future__ import annotations
 
 import contextlib
-import weakref
 from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
 
 from .errors import PhaseLMError
+from .fast_mamba import FastMamba, fast_mamba, routing
 from .phase_core import PhaseCore, PhaseCoreConfig, PhaseCoreOutput
 
 # Where the decoder layers live, by architecture family; the first path that resolves wins.
@@ -101,8 +105,7 @@ class Graft:
         self.layer_path = f"{layer_path}.{layer_index}"
         self.last: PhaseCoreOutput | None = None
         self._recordings: list[Recording] = []
-        # Recurrent phases belong to the generation cache they continue, not to the module.
-        self._states: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self.fast_path: FastMamba | None = None  # set by graft() when it routed the mixers itself
         self._requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
         if freeze:
             for p in model.parameters():
@@ -128,31 +131,38 @@ class Graft:
             return None
         return mask[:, -length:].to(hidden.device)
 
-    def _track(self, cache) -> None:
-        """Make beam search's ``cache.reorder_cache(beam_idx)`` reorder our carried phases too."""
-        if getattr(cache, "_phaselm_tracked", False):
-            return
-        states, original = self._states, cache.reorder_cache
+    def _carried(self, cache) -> dict:
+        """The phases this graft carries in ``cache`` ({id(graft): (B, N)}), made beam-search aware."""
+        carried = cache.__dict__.get("_phaselm_phases")
+        if carried is None:
+            carried = cache.__dict__["_phaselm_phases"] = {}
+            original = cache.reorder_cache
 
-        def reorder_cache(beam_idx, *args, **kwargs):
-            result = original(beam_idx, *args, **kwargs)
-            if cache in states:
-                states[cache] = states[cache].index_select(0, beam_idx.to(states[cache].device))
-            return result
+            def reorder_cache(beam_idx, *args, **kwargs):
+                result = original(beam_idx, *args, **kwargs)
+                for key, phases in carried.items():
+                    carried[key] = phases.index_select(0, beam_idx.to(phases.device))
+                return result
 
-        cache.reorder_cache = reorder_cache
-        cache._phaselm_tracked = True
+            cache.reorder_cache = reorder_cache
+        return carried
 
     def _hook(self, module, args, kwargs, output):
         if not self.enabled:
             return output
         hidden = output[0] if isinstance(output, tuple) else output
-        cache = _find_cache(args, kwargs) if self.core.config.mode == "recurrent" else None
-        mask = self._padding_mask(hidden) if self.core.config.mode == "recurrent" else None
-        result = self.core(hidden, self._states.get(cache) if cache is not None else None, mask)
-        if cache is not None:
-            self._track(cache)
-            self._states[cache] = result.state.detach()
+        recurrent = self.core.config.mode == "recurrent"
+        cache = _find_cache(args, kwargs) if recurrent else None
+        mask = self._padding_mask(hidden) if recurrent else None
+        carried = self._carried(cache) if cache is not None else None
+        state = carried.get(id(self)) if carried is not None else None
+        result = self.core(hidden, state, mask)
+        if carried is not None:
+            new = result.state.detach()
+            if state is not None and state.shape == new.shape:
+                state.copy_(new)  # in place: the cache's tensors keep their addresses from step to step
+            else:
+                carried[id(self)] = new.clone()
         self.last = result
         for recording in self._recordings:
             recording.orders.append(result.order.detach().cpu())
@@ -180,9 +190,12 @@ class Graft:
             self.enabled = previous
 
     def remove(self) -> None:
-        """Detach the hook and restore the backbone's requires_grad flags."""
+        """Detach the hook, undo a fast path graft() set up, and restore requires_grad flags."""
         for handle in self._handles:
             handle.remove()
+        if self.fast_path is not None:
+            self.fast_path.remove()
+            self.fast_path = None
         for name, p in self.model.named_parameters():
             if name in self._requires_grad:
                 p.requires_grad_(self._requires_grad[name])
@@ -213,7 +226,8 @@ def graft(
     """Attach ``core`` (or a new core built from a config; default: the seeds' core) to ``layer``.
 
     The backbone is frozen (only the core trains) unless ``freeze=False``. The core is moved
-    to the model's device and kept in float32.
+    to the model's device and kept in float32. On CUDA a Hugging Face Mamba's mixers are routed
+    to PhaseLM's kernels (see :mod:`phaselm.fast_mamba`) unless something already routed them.
     """
     layers, path = find_layers(model)
     index = resolve_layer(layer, len(layers))
@@ -235,4 +249,8 @@ def graft(
         )
     device = next(model.parameters()).device
     core.to(device=device, dtype=torch.float32)
-    return Graft(model, core, index, path, freeze)
+    handle = Graft(model, core, index, path, freeze)
+    if device.type == "cuda" and routing(model) is None:
+        routed = fast_mamba(model)
+        handle.fast_path = routed if routed.mixers else None
+    return handle

@@ -11,6 +11,10 @@ Two dynamics modes:
 - ``recurrent``: the phases at position t start from the phases of position t−1 plus the kick
   projected from the hidden state at t. Sequential; the carried phases are the state that a
   generation cache holds. With no previous state it equals ``token`` at the first position.
+
+Both modes run through :mod:`phaselm.ops.kuramoto`: on CUDA one fused Triton kernel integrates
+every position (token mode) or walks the whole sequence with the phases in registers (recurrent
+mode); elsewhere the PyTorch loops of :mod:`phaselm.oscillators`.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from torch import nn
 
 from . import oscillators
 from .errors import PhaseLMError
+from .ops.kuramoto import kuramoto_integrate, kuramoto_recurrent
 
 MODES = ("token", "recurrent")
 MODULATIONS = ("order", "phase")
@@ -115,19 +120,8 @@ class PhaseCore(nn.Module):
             kick = self.to_phase(self.norm(hidden.float()))
             k = self.coupling.float()
             if cfg.mode == "token":
-                return oscillators.integrate(kick, self.omega, k, cfg.dt, cfg.steps), None
-            prev = state if state is not None else torch.zeros_like(kick[:, 0])
-            out = []
-            for t in range(kick.shape[1]):
-                new = oscillators.integrate(prev + kick[:, t], self.omega, k, cfg.dt, cfg.steps)
-                if mask is not None:
-                    new = torch.where(mask[:, t, None].bool(), new, prev)
-                prev = new
-                out.append(prev)
-                # Wrapping the carried phases changes no sin/cos but keeps float32 precise
-                # over long sequences; remainder's gradient is 1 almost everywhere.
-                prev = torch.remainder(prev, 2 * math.pi)
-            return torch.stack(out, dim=1), prev
+                return kuramoto_integrate(kick, self.omega, k, cfg.dt, cfg.steps), None
+            return kuramoto_recurrent(kick, self.omega, k, cfg.dt, cfg.steps, mask, state)
 
     def modulate(self, hidden: torch.Tensor, order: torch.Tensor, phases: torch.Tensor) -> torch.Tensor:
         if self.config.modulation == "order":

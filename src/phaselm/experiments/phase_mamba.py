@@ -14,14 +14,16 @@ from pathlib import Path
 import torch
 
 from .. import checkpoint as ckpt
-from ..backbones import MambaSpec, build_mamba, load_backbone, save_backbone
+from ..backbones import MambaSpec, build_mamba, load_backbone, mamba_of_shape, save_backbone
 from ..config import dump_recipe, from_dict, to_dict
 from ..data import encode_split, learn_tokenizer, load_text, sequential_batches
 from ..errors import PhaseLMError
+from ..fast_mamba import scan_path
 from ..generation import generate
 from ..graft import Graft, graft, hidden_size_of
 from ..losses import LossConfig
 from ..observables import DriftConfig, normalized_entropy, summarize
+from ..ops.backend import chosen
 from ..phase_core import PhaseCoreConfig
 from ..reporting import write_report
 from ..training import LanguageModelObjective, PhaseCoreObjective, TrainConfig, train
@@ -54,6 +56,16 @@ class PretrainRecipe:
 class BackboneConfig:
     name: str = ""  # hub name or local folder (e.g. runs/demo/backbone/model)
     layer: int | str = "middle"
+    # A published Mamba's shape (mamba-130m … mamba-2.8b) with random weights instead of `name`:
+    # the seed experiment's speed and memory where no hub is reachable. Its tokenizer is then
+    # char-level on the corpus (ids use a corner of the 50,280-token vocabulary).
+    shape: str = ""
+
+    def __post_init__(self) -> None:
+        from ..backbones import MAMBA_SHAPES
+
+        if self.shape and self.shape not in MAMBA_SHAPES:
+            raise PhaseLMError(f"backbone.shape must be one of {', '.join(MAMBA_SHAPES)} (or empty), got {self.shape!r}")
 
 
 @dataclass
@@ -121,8 +133,22 @@ def pretrain(
 
 
 def build_grafted(recipe: PhaseMambaRecipe, device: str = "cpu"):
-    """Load the recipe's backbone and graft a fresh core; returns (model, tokenizer, handle)."""
-    model, tokenizer = load_backbone(recipe.backbone.name, device)
+    """Load the recipe's backbone and graft a fresh core; returns (model, tokenizer, handle).
+
+    On CUDA with ``train.bf16`` the frozen backbone is cast to bf16 (only the core trains, and it
+    stays float32): half the memory and no per-step weight casts under autocast.
+    """
+    bf16 = torch.device(device).type == "cuda" and recipe.train.bf16
+    if recipe.backbone.shape:
+        # Seeded, so reopening the run rebuilds the same weights (on the same kind of device).
+        torch.manual_seed(recipe.train.seed)
+        model = mamba_of_shape(recipe.backbone.shape, device, torch.bfloat16 if bf16 else None)
+        text = load_text(recipe.data.corpus)
+        tokenizer = learn_tokenizer("char", text, recipe.data.val_fraction)
+    else:
+        model, tokenizer = load_backbone(recipe.backbone.name, device)
+        if bf16:
+            model.to(torch.bfloat16)
     core = recipe.core
     if core.hidden_size not in (0, hidden_size_of(model)):
         raise PhaseLMError(f"core.hidden_size {core.hidden_size} does not match the backbone's {hidden_size_of(model)}; leave it at 0")
@@ -152,6 +178,7 @@ def train_core(
         drift_actions=result.drift_actions,
         coupling_scale=float(handle.core.coupling_scale),
         graft_layer=handle.layer_path,
+        kernels={"mamba_mixers": scan_path(model), "ops": chosen()},
     )
     _write_json(Path(run_dir) / "summary.json", summary)
     write_report(run_dir, "Phase-Mamba run", summary, dump_recipe(recipe), [command or f"phaselm train RECIPE --out {run_dir}"])

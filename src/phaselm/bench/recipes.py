@@ -19,14 +19,14 @@ baseline step time (the issue's target: GF-MH ≤ 1.0 at batch 16), ``infer_spee
 
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from .config import load_recipe
+from ..config import load_recipe
+from .timing import autocast, median_seconds, sync
 
 
 @dataclass
@@ -44,44 +44,20 @@ class BenchConfig:
     compile_backend: str = "inductor"
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
-
-
-def _median_seconds(fn, steps: int, warmup: int, device: torch.device) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(steps):
-        _sync(device)
-        started = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
-
-
 def _train_tokens_per_s(model, batch: int, cfg: BenchConfig, vocab: int, device) -> float:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     ids = torch.randint(0, vocab, (batch, cfg.seq_len), device=device)
     model.train()
 
     def step():
-        with _autocast(device):
+        with autocast(device):
             loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    seconds = _median_seconds(step, cfg.steps, cfg.warmup, device)
+    seconds = median_seconds(step, cfg.steps, cfg.warmup, device)
     model.eval()
     return batch * cfg.seq_len / seconds
 
@@ -91,29 +67,29 @@ def _infer_tokens_per_s(model, batch: int, cfg: BenchConfig, vocab: int, device)
     ids = torch.randint(0, vocab, (batch, cfg.seq_len), device=device)
 
     def forward():
-        with _autocast(device):
+        with autocast(device):
             model(input_ids=ids)
 
-    return batch * cfg.seq_len / _median_seconds(forward, cfg.steps, cfg.warmup, device)
+    return batch * cfg.seq_len / median_seconds(forward, cfg.steps, cfg.warmup, device)
 
 
 @torch.no_grad()
 def _decode_ms_per_token(model, context: int, cfg: BenchConfig, vocab: int, device) -> float:
     ids = torch.randint(0, vocab, (1, context), device=device)
-    with _autocast(device):
+    with autocast(device):
         out = model(input_ids=ids, use_cache=True)
     cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
     for _ in range(2):  # warm-up (the cache grows by two tokens; negligible against the context)
-        with _autocast(device):
+        with autocast(device):
             out = model(input_ids=token, past_key_values=cache, use_cache=True)
         cache = out.past_key_values
-    _sync(device)
+    sync(device)
     started = time.perf_counter()
     for _ in range(cfg.decode_tokens):
-        with _autocast(device):
+        with autocast(device):
             out = model(input_ids=token, past_key_values=cache, use_cache=True)
         cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
-    _sync(device)
+    sync(device)
     return 1000 * (time.perf_counter() - started) / cfg.decode_tokens
 
 
@@ -131,7 +107,7 @@ def _silent(message: str) -> None:
 
 def bench_recipe(path: str | Path, cfg: BenchConfig, device: torch.device, overrides: dict | None = None, log=_silent) -> dict:
     """One recipe's numbers; ``log`` gets a line after each measurement (progress on long runs)."""
-    from .experiments.language_model import LMRecipe, build_lm
+    from ..experiments.language_model import LMRecipe, build_lm
 
     # The recipe checks the bench length against the model's positions (GPT-2's n_positions).
     recipe = load_recipe(LMRecipe, path, {**(overrides or {}), "train.seq_len": cfg.seq_len})

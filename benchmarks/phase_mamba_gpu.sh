@@ -8,7 +8,8 @@
 #            Kuramoto kernels and a routed HF Mamba vs their references → $OUT/fast_paths.json
 #   tune     benchmarks/tune_selective_scan.py: scan tiles at a 2.8B layer (4 × 512 × 5120) → $OUT/tune_selective_scan.json
 #   bench    phaselm bench --backbone mamba-2.8b (core at layer 32, 4 × 512; transformers' own path timed
-#            once at 1 × REFERENCE_SEQ) and mamba-130m → $OUT/bench-2.8b/, $OUT/bench-130m/
+#            once at 1 × REFERENCE_SEQ) → $OUT/bench-2.8b/
+#   bench-130m  the same on mamba-130m → $OUT/bench-130m/
 #   seed     the seed recipe on random 2.8B weights: phaselm train recipes/phase-mamba-2.8b.toml
 #            --set backbone.shape=mamba-2.8b → $OUT/seed.log, $OUT/seed-metrics.jsonl, $OUT/seed-summary.json
 #   decode   benchmarks/decode_profile.py: the GPT-2 baseline's decode in the bench loop vs generate → $OUT/decode_profile.*
@@ -19,7 +20,7 @@
 set -uo pipefail
 FINAL=${OUT:-runs/phase-mamba-gpu}
 OUT=$FINAL/raw
-STAGES=${STAGES:-env check tune bench seed decode}
+STAGES=${STAGES:-env check tune bench bench-130m seed decode}
 REFERENCE_SEQ=${REFERENCE_SEQ:-2048}
 source "$(dirname "$0")/device_env.sh"
 mkdir -p "$OUT"
@@ -32,8 +33,8 @@ for stage in $STAGES; do
     check) python3 benchmarks/check_fast_paths.py --only mamba --out "$OUT" ;;
     tune) python3 benchmarks/tune_selective_scan.py --out "$OUT" ;;
     bench) python3 -m phaselm bench --backbone mamba-2.8b --layer 32 --batches 4 --seq-len 512 \
-             --reference-seq "$REFERENCE_SEQ" --out "$OUT/bench-2.8b"
-           python3 -m phaselm bench --backbone mamba-130m --batches 4 --seq-len 512 --out "$OUT/bench-130m" ;;
+             --reference-seq "$REFERENCE_SEQ" --out "$OUT/bench-2.8b" ;;
+    bench-130m) python3 -m phaselm bench --backbone mamba-130m --batches 4 --seq-len 512 --out "$OUT/bench-130m" ;;
     seed) sets=(); for s in ${SET:-}; do sets+=(--set "$s"); done
           start=$(date +%s)
           python3 -m phaselm train recipes/phase-mamba-2.8b.toml --set backbone.shape=mamba-2.8b "${sets[@]}" \

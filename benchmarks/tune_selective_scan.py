@@ -19,7 +19,7 @@ import torch
 
 from phaselm.ops.selective_scan import selective_scan_triton
 
-TILES = ["default", "16,16,4", "16,32,4", "32,16,4", "16,16,8", "32,32,8", "8,32,4", "16,8,2"]
+TILES = ["default", "16,64,4", "16,16,2", "8,32,4", "32,32,4", "16,32,8", "16,64,8", "16,128,8"]
 
 
 def main() -> None:

@@ -130,9 +130,13 @@ def mamba_checks(device: str, report: dict) -> None:
         lambda t, o, kk: kuramoto_ops.kuramoto_integrate(t, o, kk, 0.1, 8, backend="triton"),
         lambda t, o, kk: kuramoto_ops.kuramoto_integrate(t, o, kk, 0.1, 8, backend="reference"), [kick, omega, k],
     )
-    mask = torch.ones(4, 512, device=device)
-    mask[0, :100] = 0  # left padding
-    checks["kuramoto recurrent triton vs reference (masked)"] = relative_errors(
+    # The recurrent dynamics are chaotic at K = 2: over a few hundred positions float32 rounding
+    # alone moves the phases by O(1) (the float32 loop against a float64 one: 6e-3 after 128
+    # positions, 0.5 after 256, in Triton's interpreter too), so kernel and loop are compared
+    # over 64 positions, where both sit at float32 rounding.
+    kick, mask = kick[:, :64], torch.ones(4, 64, device=device)
+    mask[0, :20] = 0  # left padding
+    checks["kuramoto recurrent triton vs reference (4 x 64, masked)"] = relative_errors(
         lambda t, o, kk: kuramoto_ops.kuramoto_recurrent(t, o, kk, 0.1, 8, mask=mask, backend="triton"),
         lambda t, o, kk: kuramoto_ops.kuramoto_recurrent(t, o, kk, 0.1, 8, mask=mask, backend="reference"), [kick, omega, k],
     )

@@ -123,6 +123,14 @@ def mamba_checks(device: str, report: dict) -> None:
     ref = conv_ops.causal_conv1d_step(xs, wb, w, b, backend="reference")
     checks["causal conv1d step triton vs reference"] = {"forward": [rel(fast, ref), rel(wa, wb)], "backward": []}
 
+    # The Mamba block's RMSNorm (inference only), bf16 weights as in the 2.8B model: roundings as transformers'.
+    from phaselm.ops import rms_norm as norm_ops
+
+    xs, ws = torch.randn(2048, 2560, device=device) * 3, torch.randn(2560, device=device).bfloat16()
+    fast = norm_ops.rms_norm(xs, ws, 1e-5, backend="triton").float()
+    ref = norm_ops.rms_norm_reference(xs, ws, 1e-5).float()
+    checks["rms norm triton vs transformers' arithmetic (bf16)"] = {"forward": [rel(fast, ref), float((fast != ref).float().mean())], "backward": []}
+
     # Phase Core dynamics at the seed's shape: 4 × 512 positions, 16 oscillators, 8 Euler steps.
     kick = torch.randn(4, 512, 16, device=device) * 2
     omega, k = torch.randn(16, device=device), torch.tensor(2.0, device=device)

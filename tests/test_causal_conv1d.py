@@ -201,7 +201,8 @@ def test_custom_ops_pass_opcheck():
     dout = torch.randn_like(x)
     torch.library.opcheck(torch.ops.phaselm.causal_conv1d_bwd.default, (dout, x.detach(), weight.detach(), None, True))
     state = torch.randn(2, 3, 3, device=DEVICE)
-    torch.library.opcheck(torch.ops.phaselm.causal_conv1d_update.default, (torch.randn(2, 3, device=DEVICE), state, weight.detach(), b.detach(), True))
+    x_step = torch.randn(2, 3, device=DEVICE)
+    torch.library.opcheck(torch.ops.phaselm.causal_conv1d_update.default, (x_step, state, weight.detach(), b.detach(), True))
 
 
 @requires_triton

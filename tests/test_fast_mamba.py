@@ -36,7 +36,7 @@ def ids():
 def test_auto_on_cpu_keeps_transformers_path(tiny_model):
     model = tiny_model("mamba")
     handle = fast_mamba(model)
-    assert handle.path == "transformers" and not handle.mixers
+    assert handle.path == "transformers" and not handle.modules
     assert scan_path(model) == "transformers"
     assert fast_mamba(tiny_model("gpt2")).path == "none"
 
@@ -45,7 +45,7 @@ def test_auto_on_cpu_keeps_transformers_path(tiny_model):
 def test_logits_and_every_gradient_equal_transformers(tiny_model, ids, backend):
     reference, fast = tiny_model("mamba"), tiny_model("mamba")
     handle = fast_mamba(fast, backend)
-    assert handle.path == f"phaselm-{backend}" and len(handle.mixers) == 4 and scan_path(fast) == handle.path
+    assert handle.path == f"phaselm-{backend}" and len(handle.modules) == 8 and scan_path(fast) == handle.path  # 4 mixers, 4 blocks
     for model in (reference, fast):
         model.train()
         model(input_ids=ids, labels=ids).loss.backward()
@@ -119,7 +119,7 @@ def test_mamba2_logits_gradients_and_generation_equal_transformers(ids, backend)
     torch.manual_seed(0)
     fast = build_mamba2()
     handle = fast_mamba(fast, backend)
-    assert len(handle.mixers) == 2
+    assert len(handle.modules) == 2
     for model in (reference, fast):
         model.train()
         model(input_ids=ids, labels=ids).loss.backward()

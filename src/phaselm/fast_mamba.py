@@ -33,6 +33,7 @@ from torch import nn
 
 from .errors import PhaseLMError
 from .ops.causal_conv1d import causal_conv1d, causal_conv1d_reference, causal_conv1d_step
+from .ops.rms_norm import rms_norm
 from .ops.selective_scan import selective_scan, selective_state_step
 from .ops.ssd import ssd, ssd_step
 
@@ -52,27 +53,30 @@ class FastMamba:
 
     model: nn.Module
     path: str  # "phaselm-triton", "phaselm-reference", "mamba_ssm", "transformers", "none"
-    mixers: list[nn.Module] = field(default_factory=list)
+    modules: list[nn.Module] = field(default_factory=list)  # the mixers (and Mamba-1 blocks) routed
 
     def remove(self) -> None:
-        """Give every routed mixer back its class's forward."""
-        for mixer in self.mixers:
+        """Give every routed module back its class's forward."""
+        for module in self.modules:
             for name in ("forward", "_phaselm_ops", "_phaselm_constants"):
-                mixer.__dict__.pop(name, None)
-        self.mixers = []
+                module.__dict__.pop(name, None)
+        self.modules = []
         if getattr(self.model, _ATTRIBUTE, None) is self:
             delattr(self.model, _ATTRIBUTE)
 
     def describe(self) -> str:
-        return f"{self.path} ({len(self.mixers)} mixers routed)" if self.mixers else self.path
+        return f"{self.path} ({len(self.modules)} modules routed)" if self.modules else self.path
 
 
 def _mixer_kinds():
+    """The module classes routed, each with its replacement forward (Mamba-1 blocks too: their
+    RMSNorm runs as one kernel where no gradient flows)."""
     kinds = {}
     try:
-        from transformers.models.mamba.modeling_mamba import MambaMixer
+        from transformers.models.mamba.modeling_mamba import MambaBlock, MambaMixer
 
         kinds[MambaMixer] = _mamba_forward
+        kinds[MambaBlock] = _mamba_block_forward
     except ImportError:  # pragma: no cover
         pass
     try:
@@ -99,8 +103,8 @@ def fast_mamba(model: nn.Module, backend: str = "auto") -> FastMamba:
     if existing is not None:
         return existing
     kinds = _mixer_kinds()
-    mixers = [m for m in model.modules() if type(m) in kinds]
-    if not mixers:
+    routed = [m for m in model.modules() if type(m) in kinds]
+    if not routed:
         return FastMamba(model, "none")
     device = next(model.parameters()).device
     if backend == "auto":
@@ -110,12 +114,13 @@ def fast_mamba(model: nn.Module, backend: str = "auto") -> FastMamba:
             logger.info("Mamba mixers: transformers runs them on mamba_ssm's kernels (installed)")
             return FastMamba(model, "mamba_ssm")
         backend = "triton"
-    for mixer in mixers:
-        mixer._phaselm_ops = backend
-        mixer.forward = types.MethodType(kinds[type(mixer)], mixer)
-    handle = FastMamba(model, f"phaselm-{backend}", mixers)
+    for module in routed:
+        module._phaselm_ops = backend
+        module.forward = types.MethodType(kinds[type(module)], module)
+    handle = FastMamba(model, f"phaselm-{backend}", routed)
     setattr(model, _ATTRIBUTE, handle)
-    logger.info("Mamba mixers: %d routed to PhaseLM's %s ops (selective scan / SSD, causal conv1d)", len(mixers), backend)
+    mixers = sum(1 for m in routed if "Mixer" in type(m).__name__)
+    logger.info("Mamba mixers: %d routed to PhaseLM's %s ops (selective scan / SSD, causal conv1d, RMSNorm)", mixers, backend)
     return handle
 
 
@@ -187,6 +192,20 @@ def _float_constants(mixer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | 
             values = (-torch.exp(mixer.A_log.float()), mixer.D.float(), bias.float() if bias is not None else None)
         mixer._phaselm_constants = cached = (key, values)
     return cached[1]
+
+
+def _mamba_block_forward(self, hidden_states, cache_params=None, attention_mask=None, **kwargs):
+    """transformers' ``MambaBlock.forward``: hidden (B, T, d) → (B, T, d); its RMSNorm runs as one
+    kernel (:mod:`phaselm.ops.rms_norm`, same roundings) where no gradient flows."""
+    residual = hidden_states
+    norm = self.norm
+    if torch.is_grad_enabled() and (hidden_states.requires_grad or norm.weight.requires_grad):
+        normed = norm(hidden_states.to(dtype=norm.weight.dtype))
+    else:
+        normed = rms_norm(hidden_states, norm.weight, norm.variance_epsilon, backend=self._phaselm_ops)
+    if self.residual_in_fp32:
+        residual = residual.to(torch.float32)
+    return residual + self.mixer(normed, cache_params=cache_params, attention_mask=attention_mask)
 
 
 def _mamba_forward(self, hidden_states, cache_params=None, attention_mask=None, **kwargs):

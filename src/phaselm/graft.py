@@ -252,5 +252,5 @@ def graft(
     handle = Graft(model, core, index, path, freeze)
     if device.type == "cuda" and routing(model) is None:
         routed = fast_mamba(model)
-        handle.fast_path = routed if routed.mixers else None
+        handle.fast_path = routed if routed.modules else None
     return handle

@@ -13,6 +13,7 @@
 #   seed     the seed recipe on random 2.8B weights: phaselm train recipes/phase-mamba-2.8b.toml
 #            --set backbone.shape=mamba-2.8b → $OUT/seed.log, $OUT/seed-metrics.jsonl, $OUT/seed-summary.json
 #   decode   benchmarks/decode_profile.py: the GPT-2 baseline's decode in the bench loop vs generate → $OUT/decode_profile.*
+#   decode-bench  phaselm bench's decode (GPT-2 baseline, Mamba-2) and decode_profile.py in one run → $OUT/bench-decode/
 # SET adds space-separated overrides to the seed run (e.g. "train.steps=100"). Example:
 #   STAGES="check tune" OUT=$OUT bash benchmarks/phase_mamba_gpu.sh
 # Everything lands in $OUT/raw and is packed into $OUT/results.tgz at the end (the device tool
@@ -45,10 +46,14 @@ for stage in $STAGES; do
           cp "$OUT/seed-run/summary.json" "$OUT/seed-summary.json" 2>/dev/null
           rm -rf "$OUT/seed-run" ;;
     decode) python3 benchmarks/decode_profile.py --out "$OUT" ;;
+    decode-bench) # the bench's decode after the fix, beside plain generate in the same run
+           python3 -m phaselm bench recipes/mamba2.toml --baseline recipes/gpt2-fusion-baseline.toml --batches 1 --steps 3 \
+             --contexts 64,1024 --set gpt.n_positions=4160 --out "$OUT/bench-decode"
+           python3 benchmarks/decode_profile.py --out "$OUT" ;;
     *) echo "unknown stage $stage" ;;
   esac
 done
-tar czf "$FINAL/results.tgz" -C "$OUT" . && for f in bench-2.8b bench-130m; do
+tar czf "$FINAL/results.tgz" -C "$OUT" . && for f in bench-2.8b bench-130m bench-decode; do
   [ -f "$OUT/$f/bench.md" ] && cp "$OUT/$f/bench.md" "$FINAL/$f.md"; done
 rm -rf "$OUT"
 ls -la "$FINAL"

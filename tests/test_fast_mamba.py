@@ -71,24 +71,26 @@ def test_left_padding_mask_matches_transformers(tiny_model, backend):
 def test_cached_generation_equals_transformers_and_full_forward(tiny_model, ids, backend):
     reference, fast = tiny_model("mamba"), tiny_model("mamba")
     fast_mamba(fast, backend)
-    kwargs = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
+    kwargs = dict(max_new_tokens=4, do_sample=False, pad_token_id=0)
     generated = fast.generate(ids, **kwargs)
     assert torch.equal(generated, reference.generate(ids, **kwargs))
     # Each cached step's logits equal a full forward over the sequence so far.
-    tokens = greedy_decode(fast, ids, 6, graph=False)
+    tokens = greedy_decode(fast, ids, 4, graph=False)
     with torch.no_grad():
         full = fast(input_ids=torch.cat([ids, tokens], dim=1)).logits
     torch.testing.assert_close(tokens, full[:, ids.shape[1] - 1 : -1].argmax(-1))
     decoder = StepDecoder(fast, ids, graph=False)
     torch.testing.assert_close(decoder.first_logits, full[:, ids.shape[1] - 1].float(), rtol=1e-4, atol=1e-5)
-    for i in range(5):
+    for i in range(3):
         torch.testing.assert_close(decoder.step(tokens[:, i : i + 1]), full[:, ids.shape[1] + i].float(), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("mode", ["token", "recurrent"])
 def test_cached_generation_with_a_grafted_core(tiny_model, ids, mode):
     reference, fast = tiny_model("mamba"), tiny_model("mamba")
-    fast_mamba(fast, "triton" if scan_ops.triton is not None else "reference")
+    # Our reference ops: the Triton kernels' cached generation is the test above (the
+    # interpreter is slow), and what is checked here is the graft's carried phases.
+    fast_mamba(fast, "reference")
     outputs = []
     for model in (reference, fast):
         torch.manual_seed(1)

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..errors import PhaseLMError
-from .timing import copy_bandwidth, matmul_tflops, median_seconds, sync
+from .timing import copy_bandwidth, decode_ms_per_token, matmul_tflops, median_seconds, sync
 
 MODES = ("token", "recurrent")
 
@@ -115,22 +115,6 @@ def _train_step(model, handle, ids, device):
     return step
 
 
-def _decode_ms(model, prompt, tokens: int, graph: bool) -> float:
-    from ..decoding import StepDecoder
-
-    device = prompt.device
-    decoder = StepDecoder(model, prompt, graph=graph)
-    token = decoder.first_logits.argmax(-1, keepdim=True)
-    for _ in range(2):  # warm-up (the state advances; speed does not depend on it)
-        token = decoder.step(token).argmax(-1, keepdim=True)
-    sync(device)
-    started = time.perf_counter()
-    for _ in range(tokens):
-        token = decoder.step(token).argmax(-1, keepdim=True)
-    sync(device)
-    return 1000 * (time.perf_counter() - started) / tokens
-
-
 def bench_backbone(name: str, cfg: BackboneBenchConfig | None = None, device: str | None = None, log=_silent) -> dict:
     """Measure a Phase Core on backbone ``name`` (shape, folder or hub id); see the module docstring."""
     from ..fast_mamba import routing, scan_path
@@ -199,11 +183,11 @@ def bench_backbone(name: str, cfg: BackboneBenchConfig | None = None, device: st
     prompt = ids[:1, : min(cfg.decode_prompt, cfg.seq_len)]
     floor_ms = 1000 * result["weight_bytes"] / (bandwidth * 1e9) if bandwidth else None
     result["decode_floor_ms"] = floor_ms
-    result["decode_ms_per_token"] = {"eager": _decode_ms(model, prompt, cfg.decode_tokens, graph=False)}
+    result["decode_ms_per_token"] = {"eager": decode_ms_per_token(model, prompt, cfg.decode_tokens, graph=False)}
     if device.type == "cuda":
-        result["decode_ms_per_token"]["cuda_graph"] = _decode_ms(model, prompt, cfg.decode_tokens, graph=True)
+        result["decode_ms_per_token"]["cuda_graph"] = decode_ms_per_token(model, prompt, cfg.decode_tokens, graph=True)
         handle = graft(model, PhaseCoreConfig(n_oscillators=cfg.n_oscillators, mode=cfg.modes[-1]), layer=layer_index)
-        result["decode_ms_per_token"][f"cuda_graph_with_core_{cfg.modes[-1]}"] = _decode_ms(model, prompt, cfg.decode_tokens, graph=True)
+        result["decode_ms_per_token"][f"cuda_graph_with_core_{cfg.modes[-1]}"] = decode_ms_per_token(model, prompt, cfg.decode_tokens, graph=True)
         handle.remove()
     for way, ms in result["decode_ms_per_token"].items():
         note(f"decode ({way}) {ms:.2f} ms/token" + (f", {ms / floor_ms:.2f}× the floor {floor_ms:.2f} ms" if floor_ms else ""))

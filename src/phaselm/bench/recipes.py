@@ -9,8 +9,8 @@ each recipe's model (random weights: speed does not depend on them) and measures
   on CUDA);
 - inference tokens/s at each batch size: a no-grad forward over (batch, seq);
 - decode cost per token (ms) at batch 1 after contexts of 64 … 4096 tokens, through the model's
-  cache (flat for the recurrent models; the baseline's grows with the context and stops at its
-  ``n_positions``);
+  cache in its own dtype (:func:`.timing.decode_ms_per_token`; flat for the recurrent models,
+  the baseline's grows with the context and stops at its ``n_positions``);
 
 and reports every model's numbers with ratios to the baseline: ``train_step_ratio`` = step time /
 baseline step time (the issue's target: GF-MH ≤ 1.0 at batch 16), ``infer_speed_ratio`` = tokens/s
@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from ..config import load_recipe
-from .timing import autocast, median_seconds, sync
+from .timing import autocast, decode_ms_per_token, median_seconds
 
 
 @dataclass
@@ -73,24 +73,9 @@ def _infer_tokens_per_s(model, batch: int, cfg: BenchConfig, vocab: int, device)
     return batch * cfg.seq_len / median_seconds(forward, cfg.steps, cfg.warmup, device)
 
 
-@torch.no_grad()
 def _decode_ms_per_token(model, context: int, cfg: BenchConfig, vocab: int, device) -> float:
     ids = torch.randint(0, vocab, (1, context), device=device)
-    with autocast(device):
-        out = model(input_ids=ids, use_cache=True)
-    cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
-    for _ in range(2):  # warm-up (the cache grows by two tokens; negligible against the context)
-        with autocast(device):
-            out = model(input_ids=token, past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
-    sync(device)
-    started = time.perf_counter()
-    for _ in range(cfg.decode_tokens):
-        with autocast(device):
-            out = model(input_ids=token, past_key_values=cache, use_cache=True)
-        cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
-    sync(device)
-    return 1000 * (time.perf_counter() - started) / cfg.decode_tokens
+    return decode_ms_per_token(model, ids, cfg.decode_tokens)
 
 
 def _max_positions(recipe) -> int | None:

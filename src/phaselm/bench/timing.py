@@ -58,3 +58,27 @@ def copy_bandwidth(device: torch.device, gib: float = 2.0, repeats: int = 10) ->
     dst = torch.empty_like(src)
     seconds = median_seconds(lambda: dst.copy_(src), repeats, 3, device)
     return 2 * src.numel() * 4 / seconds / 1e9
+
+
+@torch.no_grad()
+def decode_ms_per_token(model, prompt_ids: torch.Tensor, tokens: int, graph: bool = False) -> float:
+    """Greedy cached decoding cost (ms/token) after prompt_ids (B, T), through
+    :class:`phaselm.decoding.StepDecoder` in the model's own dtype.
+
+    No autocast: entering it for every one-token step cost the GPT-2 baseline 42.5 ms/token on an
+    H100 against 4.5 without it and 4.8 for ``generate`` (benchmarks/decode_profile.py,
+    2026-11-26), which is what made the bench's decode figures ~10× off.
+    """
+    from ..decoding import StepDecoder
+
+    device = prompt_ids.device
+    decoder = StepDecoder(model, prompt_ids, graph=graph)
+    token = decoder.first_logits.argmax(-1, keepdim=True)
+    for _ in range(2):  # warm-up; the state advances, the speed does not depend on it
+        token = decoder.step(token).argmax(-1, keepdim=True)
+    sync(device)
+    started = time.perf_counter()
+    for _ in range(tokens):
+        token = decoder.step(token).argmax(-1, keepdim=True)
+    sync(device)
+    return 1000 * (time.perf_counter() - started) / tokens

@@ -311,15 +311,9 @@ if triton is not None:
         return tl.where(t_ok[:, None], delta, 0.0), raw
 
     @triton.jit
-    def _scan_fwd_kernel(
-        x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, init_ptr,
-        out_ptr, final_ptr, entering_ptr,
-        T, CH, N,
-        sx_b, sx_t, sdt_b, sdt_t, sB_b, sB_t, sC_b, sC_t, sz_b, sz_t,
-        HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INITIAL: tl.constexpr,
-        SOFTPLUS: tl.constexpr, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-    ):
-        b = tl.program_id(0)
+    def _program_channels(A_ptr, D_ptr, bias_ptr, CH, N, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
+                          BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+        """This program's channels and states: indices, masks, and its A (BLOCK_D, BLOCK_N), Δ bias and D."""
         d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
         d_ok = d < CH
         n = tl.arange(0, BLOCK_N)
@@ -329,6 +323,21 @@ if triton is not None:
         A = tl.load(A_ptr + state_offsets, mask=state_mask, other=0.0)
         bias = tl.load(bias_ptr + d, mask=d_ok, other=0.0) if HAS_BIAS else tl.zeros((BLOCK_D,), tl.float32)
         D_skip = tl.load(D_ptr + d, mask=d_ok, other=0.0) if HAS_D else tl.zeros((BLOCK_D,), tl.float32)
+        return d, d_ok, n, n_ok, state_offsets, state_mask, A, bias, D_skip
+
+    @triton.jit
+    def _scan_fwd_kernel(
+        x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, init_ptr,
+        out_ptr, final_ptr, entering_ptr,
+        T, CH, N,
+        sx_b, sx_t, sdt_b, sdt_t, sB_b, sB_t, sC_b, sC_t, sz_b, sz_t,
+        HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INITIAL: tl.constexpr,
+        SOFTPLUS: tl.constexpr, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    ):
+        b = tl.program_id(0)
+        d, d_ok, n, n_ok, state_offsets, state_mask, A, bias, D_skip = _program_channels(
+            A_ptr, D_ptr, bias_ptr, CH, N, HAS_D, HAS_BIAS, BLOCK_D, BLOCK_N
+        )
         if HAS_INITIAL:
             h = tl.load(init_ptr + b * CH * N + state_offsets, mask=state_mask, other=0.0)
         else:
@@ -373,15 +382,9 @@ if triton is not None:
         b = tl.program_id(0)
         d_block = tl.program_id(1)
         n_blocks = tl.num_programs(1)
-        d = d_block * BLOCK_D + tl.arange(0, BLOCK_D)
-        d_ok = d < CH
-        n = tl.arange(0, BLOCK_N)
-        n_ok = n < N
-        state_offsets = d[:, None] * N + n[None, :]
-        state_mask = d_ok[:, None] & n_ok[None, :]
-        A = tl.load(A_ptr + state_offsets, mask=state_mask, other=0.0)
-        bias = tl.load(bias_ptr + d, mask=d_ok, other=0.0) if HAS_BIAS else tl.zeros((BLOCK_D,), tl.float32)
-        D_skip = tl.load(D_ptr + d, mask=d_ok, other=0.0) if HAS_D else tl.zeros((BLOCK_D,), tl.float32)
+        d, d_ok, n, n_ok, state_offsets, state_mask, A, bias, D_skip = _program_channels(
+            A_ptr, D_ptr, bias_ptr, CH, N, HAS_D, HAS_BIAS, BLOCK_D, BLOCK_N
+        )
         # g: ∂L/∂h at the first position of the chunk after this one (at the end: the final state's).
         g_next = tl.load(dfinal_ptr + b * CH * N + state_offsets, mask=state_mask, other=0.0)
         dA_acc = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)

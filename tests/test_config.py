@@ -89,3 +89,11 @@ def test_bad_override_syntax(raises_phaselm):
 @pytest.mark.parametrize("name, cls", [("phase-mamba.toml", PhaseMambaRecipe), ("pretrain-mamba.toml", PretrainRecipe)])
 def test_shipped_recipes_load(name, cls):
     load_recipe(cls, RECIPES / name)
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
+def test_a_value_that_is_not_finite_is_refused(value, raises_phaselm):
+    from phaselm.experiments.phase_mamba import PhaseMambaRecipe
+
+    with raises_phaselm("core.coupling = .* is not a finite number"):
+        load_recipe(PhaseMambaRecipe, RECIPES / "phase-mamba.toml", {"core.coupling": float(value)})

@@ -280,3 +280,24 @@ def test_model_without_oscillators(tmp_path):
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+def test_a_stalled_or_vanishing_client_is_dropped_quietly(kssm_server, capfd, monkeypatch):
+    """A lying Content-Length times out instead of holding a thread; hang-ups print no traceback."""
+    import time
+
+    from phaselm import serve
+
+    monkeypatch.setattr(serve.Handler, "timeout", 0.5)
+    _, port = kssm_server
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"POST /api/generate HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"pro")
+        started = time.monotonic()
+        assert sock.recv(1024) == b""  # the server closed the connection
+        assert time.monotonic() - started < 5
+    for _ in range(3):  # hang up before, during and after the request line
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"POST /api/gen")
+    _, tokens, _ = stream(port, prompt="ROMEO:", max_new_tokens=2, temperature=0)  # still serving
+    assert len(tokens) == 2
+    assert "Traceback" not in capfd.readouterr().err

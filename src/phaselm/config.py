@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import sys
 import types
@@ -54,6 +55,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 continue
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):  # TOML reads inf and nan; no setting of ours can be either
+                raise PhaseLMError(f"{where} = {value!r} is not a finite number; give a finite value")
             return float(value)
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):

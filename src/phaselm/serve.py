@@ -59,6 +59,7 @@ MAX_BODY_BYTES = 64 * 1024
 MAX_PROMPT_CHARS = 8000
 MAX_TEMPERATURE = 10.0
 BUSY_WAIT_S = 30.0  # how long a request waits for the running generation before 503
+READ_TIMEOUT_S = 30.0  # a client that sends less than it announced is dropped after this long
 PHASE_KINDS = ("sync", "disorder", "pin")  # phaselm.interventions kinds offered by the page
 CORE_OFF = "core_off"
 REQUEST_FIELDS = ("prompt", "max_new_tokens", "temperature", "top_k", "seed", "intervention")
@@ -462,6 +463,16 @@ class LiveServer(ThreadingHTTPServer):
         self.log = log
         self.loopback_only = _is_loopback(address[0])
 
+    def handle_error(self, request, client_address) -> None:
+        """A client that hangs up or stalls ends its connection quietly (one line with --log);
+        anything else is a bug and keeps the standard traceback."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            if self.log:
+                sys.stderr.write(f"{client_address[0]} dropped: {type(exc).__name__}\n")
+            return
+        super().handle_error(request, client_address)
+
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
@@ -477,6 +488,7 @@ class Handler(BaseHTTPRequestHandler):
     server: LiveServer
     server_version = "phaselm-live"
     protocol_version = "HTTP/1.0"  # one request per connection; a stream ends when the connection closes
+    timeout = READ_TIMEOUT_S  # socket timeout: a lying Content-Length cannot hold a thread forever
 
     def log_message(self, format, *args):  # noqa: A002 - BaseHTTPRequestHandler's signature
         if self.server.log:

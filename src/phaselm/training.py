@@ -3,7 +3,10 @@
 What trains is an :class:`Objective`: a module whose ``forward(x, y)`` returns the named loss
 terms, the logits and (when there are oscillators) R per position. The loop owns everything
 else: AdamW, warm-up + cosine, gradient clipping, bf16 autocast on CUDA, metrics JSONL,
-progress bar, checkpoints and ``resume``. It runs single-process on a CPU and unchanged under
+progress bar, checkpoints and ``resume``, and a numerical guard: a step whose loss, gradient
+norm or R is not finite stops the run before it updates the weights, naming the first module
+that produced it (``train.on_nonfinite = "skip"`` skips such steps instead), and no checkpoint
+is written from weights that are not finite. It runs single-process on a CPU and unchanged under
 ``accelerate launch``.
 """
 
@@ -13,6 +16,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +52,9 @@ class TrainConfig:
     seed: int = 0
     bf16: bool = True  # autocast in bf16 on CUDA; ignored on CPU
     compile: bool = True  # torch.compile the training step on CUDA (2–3× faster); ignored on CPU
+    # A step whose loss, gradient norm or R is not finite: "stop" the run (with the module that
+    # produced it) or "skip" the step (ten in a row still stop it).
+    on_nonfinite: str = "stop"
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "seq_len", "log_every", "eval_batches"):
@@ -58,6 +65,8 @@ class TrainConfig:
                 raise PhaseLMError(f"train.{name} must be ≥ 0, got {getattr(self, name)}")
         if not 0 < self.lr or not 0 <= self.min_lr <= self.lr:
             raise PhaseLMError(f"train.lr must be > 0 and 0 ≤ train.min_lr ≤ lr, got lr={self.lr}, min_lr={self.min_lr}")
+        if self.on_nonfinite not in ("stop", "skip"):
+            raise PhaseLMError(f"train.on_nonfinite must be 'stop' or 'skip', got {self.on_nonfinite!r}")
 
 
 def decay_groups(module: nn.Module, weight_decay: float) -> list[dict]:
@@ -263,6 +272,73 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
     os.replace(tmp, path)
 
 
+def _tensors(value):
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            yield from _tensors(item)
+    elif hasattr(value, "values") and callable(value.values):  # ModelOutput, dict
+        for item in value.values():
+            yield from _tensors(item)
+
+
+@torch.no_grad()
+def first_nonfinite_module(root: nn.Module, run) -> str | None:
+    """The first module (in execution order, innermost first) whose output holds a NaN or an
+    infinity while ``run()`` runs ``root``'s forward; None if every output is finite."""
+    found: list[str] = []
+
+    def watch(name):
+        def hook(module, args, output):
+            if not found and any(t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in _tensors(output)):
+                found.append(name)
+
+        return hook
+
+    handles = [m.register_forward_hook(watch(name)) for name, m in root.named_modules() if name]
+    try:
+        run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return found[0] if found else None
+
+
+def _step_is_finite(loss: torch.Tensor, grad_norm: torch.Tensor, order: torch.Tensor | None) -> bool:
+    """One host sync per step: the loss, the gradient norm and R all finite?"""
+    ok = torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)
+    if order is not None:
+        ok = ok & torch.isfinite(order.detach()).all()
+    return bool(ok)
+
+
+def _nonfinite_report(objective: "Objective", out: StepOutput, x, y, params, autocast) -> tuple[str, str]:
+    """(what was not finite, where it came from) for a step that failed :func:`_step_is_finite`."""
+    if not bool(torch.isfinite(out.losses["loss"].detach())) or (out.order is not None and not bool(torch.isfinite(out.order).all())):
+        what = "the loss" if not bool(torch.isfinite(out.losses["loss"].detach())) else "R"
+
+        def forward():
+            with autocast():
+                objective(x, y)
+
+        where = first_nonfinite_module(objective, forward)
+        return what, f"module {where}" if where else "the loss terms, or a fault that did not repeat (every module's output was finite when the step ran again)"
+    names = {id(p): n for n, p in objective.named_parameters()}
+    bad = next((names.get(id(p), "?") for p in params if p.grad is not None and not bool(torch.isfinite(p.grad).all())), None)
+    return "a gradient", f"parameter {bad}" if bad else "the gradient norm"
+
+
+def _check_finite_weights(module: nn.Module, step: int) -> None:
+    """Refuse to checkpoint weights that hold a NaN or an infinity."""
+    bad = next((n for n, p in module.named_parameters() if not bool(torch.isfinite(p).all())), None)
+    if bad is not None:
+        raise PhaseLMError(
+            f"step {step}: weight {bad} is not finite, so no checkpoint was written from this state; "
+            "lower train.lr or check the recipe, then resume from the last checkpoint or start again"
+        )
+
+
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -349,6 +425,7 @@ def train(
     def save(step: int) -> None:
         if not main:
             return
+        _check_finite_weights(objective.saved, step)
         extra = {"step": step, "drift_actions": dict(drift_totals), **objective.extra_state()}
         target = ckpt.checkpoint_dir(run_dir, step)
         if ckpt.is_checkpoint(target):
@@ -371,6 +448,7 @@ def train(
     objective.train()
     evaluation: dict = {}
     interval_tokens, interval_start, interval_actions = 0, time.perf_counter(), Counter()
+    skipped_in_a_row = 0
     with _progress(progress and main) as bar:
         task = bar.add_task(description, total=cfg.steps, completed=start, status="")
         for step in range(start + 1, cfg.steps + 1):
@@ -379,8 +457,29 @@ def train(
             with accelerator.autocast():
                 out = model(x, y)
             accelerator.backward(out.losses["loss"])
-            if cfg.grad_clip > 0:
-                accelerator.clip_grad_norm_(params, cfg.grad_clip)
+            # With clipping off, the norm is still computed (max_norm = inf) for the finiteness check.
+            grad_norm = accelerator.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+            if not _step_is_finite(out.losses["loss"], torch.as_tensor(grad_norm, device=accelerator.device), out.order):
+                what, where = _nonfinite_report(objective, out, x, y, params, accelerator.autocast)
+                skipped_in_a_row += 1
+                stop = cfg.on_nonfinite == "stop" or skipped_in_a_row >= 10
+                if main:
+                    with metrics_path.open("a", encoding="utf-8") as f:
+                        f.write(json.dumps({"step": step, "nonfinite": what, "source": where, "action": "stop" if stop else "skip"}) + "\n")
+                if stop:
+                    why = "" if cfg.on_nonfinite == "stop" else " in ten steps in a row"
+                    raise PhaseLMError(
+                        f"step {step}: {what} is not finite{why} (first produced by {where}); the run stopped before "
+                        "updating the weights and wrote no checkpoint from this state; lower train.lr or check the recipe, "
+                        "or set train.on_nonfinite = \"skip\" to skip such steps"
+                    )
+                optimizer_acc.zero_grad(set_to_none=True)
+                with warnings.catch_warnings():  # no optimizer step on purpose: the schedule follows the step count
+                    warnings.simplefilter("ignore", UserWarning)
+                    scheduler.step()
+                bar.update(task, advance=1, status=f"skipped a non-finite step ({what})")
+                continue
+            skipped_in_a_row = 0
             lr = scheduler.get_last_lr()[0]
             optimizer_acc.step()
             scheduler.step()

@@ -174,8 +174,11 @@ def test_missing_directory_and_wrong_format(tmp_path: Path) -> None:
     # Keep the manifest consistent so the format check is what fails.
     import json
 
+    import hashlib
+
     manifest = json.loads((path / "COMPLETE").read_text())
     manifest["files"]["config.json"] = (path / "config.json").stat().st_size
+    manifest["sha256"]["config.json"] = hashlib.sha256((path / "config.json").read_bytes()).hexdigest()
     (path / "COMPLETE").write_text(json.dumps(manifest))
     with pytest.raises(PhaseLMError, match="format") as exc:
         load_config(path)
@@ -271,3 +274,34 @@ def test_source_never_deserialises_objects() -> None:
     source = Path(ckpt.__file__).read_text(encoding="utf-8")
     assert "torch.load" not in source
     assert "pickle" not in source.lower()
+
+
+def test_a_same_size_edit_is_caught_by_the_content_hash(tmp_path: Path) -> None:
+    """Flipping a tensor header's F32 to I32 keeps the file's size; the SHA-256 catches it."""
+    path = save_checkpoint(tmp_path / "ck", make_model(), CONFIG)
+    data = (path / "model.safetensors").read_bytes()
+    assert b'"F32"' in data
+    (path / "model.safetensors").write_bytes(data.replace(b'"F32"', b'"I32"', 1))
+    assert is_checkpoint(path)  # listing checks sizes only: still looks complete
+    with pytest.raises(PhaseLMError, match="model.safetensors changed after it was written") as exc:
+        load_module_state(path, make_model(), expected_config=CONFIG)
+    assert_one_line(exc)
+
+
+def test_a_killed_save_leaves_no_temporary_folder_behind_the_next_save(tmp_path: Path) -> None:
+    stale = tmp_path / "checkpoints" / ".step-000004.tmp-deadbeef0000"
+    stale.mkdir(parents=True)
+    (stale / "model.safetensors").write_bytes(b"half")
+    save_checkpoint(tmp_path / "checkpoints" / "step-000008", make_model(), CONFIG)
+    assert not stale.exists() and is_checkpoint(tmp_path / "checkpoints" / "step-000008")
+
+
+def test_checkpoints_without_hashes_still_load(tmp_path: Path) -> None:
+    """Written before content hashes existed: the size check alone applies."""
+    import json
+
+    path = save_checkpoint(tmp_path / "ck", make_model(), CONFIG)
+    manifest = json.loads((path / "COMPLETE").read_text())
+    del manifest["sha256"]
+    (path / "COMPLETE").write_text(json.dumps(manifest))
+    load_module_state(path, make_model(), expected_config=CONFIG)

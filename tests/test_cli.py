@@ -6,6 +6,7 @@ Bad input must give one line on stderr, exit code 2, no traceback, and leave fil
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -190,7 +191,8 @@ def test_generate_refuses_a_checkpoint_from_another_config(demo_run, tmp_path, c
     run = tmp_path / "edited"
     shutil.copytree(demo_run, run, ignore=shutil.ignore_patterns("backbone"))
     text = (run / "config.toml").read_text()
-    (run / "config.toml").write_text(text.replace(f'name = "{demo_run}/backbone/model"', f'name = "{demo_run}/backbone/model"').replace("coupling = 2.0", "coupling = 3.0"))
+    # The copy leaves the backbone behind: point at the original's (runs store it relative to the run).
+    (run / "config.toml").write_text(text.replace('name = "backbone/model"', f'name = "{demo_run}/backbone/model"').replace("coupling = 2.0", "coupling = 3.0"))
     assert "coupling = 3.0" in (run / "config.toml").read_text()
     code, _, err = run_cli(capsys, "generate", str(run), "-n", "2")
     assert_one_line_error(code, err, "was saved with core=")
@@ -315,3 +317,17 @@ def test_eval_commands_have_help_with_an_example(capsys):
     for command in ("intervention", "temperature", "clamp", "correlation", "ablation"):
         code, out, _ = run_cli(capsys, "eval", command, "--help")
         assert code == 0 and "Example" in out and "--json" in out and "--out" in out, command
+
+
+@pytest.mark.slow
+def test_a_run_moved_elsewhere_opens_from_any_directory(demo_run, tmp_path, capsys, monkeypatch):
+    """The demo's backbone lives inside the run, so the run stores it as a relative path."""
+    assert 'name = "backbone/model"' in (demo_run / "config.toml").read_text()
+    moved = tmp_path / "moved" / "demo"
+    shutil.copytree(demo_run, moved)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    code, out, err = run_cli(capsys, "generate", str(moved), "--prompt", "ROMEO:", "-n", "3", "--json")
+    assert code == 0, err
+    assert json.loads(out)["text"]

@@ -10,14 +10,19 @@ A checkpoint is a directory::
     config.json                the caller's config plus {"format": "phaselm-checkpoint-v1"}
     training_state.safetensors optimizer / scheduler / RNG / caller tensors   (optional)
     training_state.json        the non-tensor rest, tensors referenced by name (optional)
-    COMPLETE                   written last: JSON manifest of the files above and their sizes
+    COMPLETE                   written last: JSON manifest of the files above, their sizes and SHA-256
 
 Saves go to a hidden temporary sibling that is renamed into place only once ``COMPLETE`` is
-written, so an interrupted save leaves the previous checkpoint untouched.
+written, so an interrupted save leaves the previous checkpoint untouched; a temporary folder
+left by a killed save is removed by the next save. Sizes are checked whenever a checkpoint is
+listed; the SHA-256 of each file is checked before it is read, so an edit that keeps a file's
+size (a changed tensor header, flipped bytes) is refused instead of resuming from corrupted
+weights. Checkpoints written before hashes were recorded load with the size check alone.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import numbers
 import os
@@ -121,6 +126,10 @@ def save_checkpoint(
         state_text = _json_text(state_json, f"training state for {target}")
 
     target.parent.mkdir(parents=True, exist_ok=True)
+    # One process writes a run's checkpoints, so a temporary folder already here was left by a
+    # save that was killed: nothing will ever finish it.
+    for stale in target.parent.glob(".step-*.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"
     tmp.mkdir()
     try:
@@ -131,9 +140,10 @@ def save_checkpoint(
             save_file(state_tensors, str(tmp / STATE_TENSORS_FILE))
             _fsync_file(tmp / STATE_TENSORS_FILE)
             _write_text(tmp / STATE_JSON_FILE, state_text)
-        # The manifest records sizes so a later truncation is caught before any file is parsed.
+        # Sizes catch a truncation before any file is parsed; hashes catch any other change.
         files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}
-        _write_text(tmp / COMPLETE_FILE, json.dumps({"format": FORMAT, "files": files}, indent=2))
+        hashes = {name: _sha256(tmp / name) for name in files}
+        _write_text(tmp / COMPLETE_FILE, json.dumps({"format": FORMAT, "files": files, "sha256": hashes}, indent=2))
         _fsync_dir(tmp)
         _swap_into_place(tmp, target)
     except BaseException:
@@ -225,6 +235,7 @@ def load_training_state(
             "start a fresh run from it or resume from a full checkpoint"
         )
     try:
+        _verify_content(path, STATE_JSON_FILE)
         state = json.loads((path / STATE_JSON_FILE).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         raise _incomplete(path, STATE_JSON_FILE) from None
@@ -467,15 +478,34 @@ def _incomplete(path: Path, file: str) -> PhaseLMError:
     return PhaseLMError(f"checkpoint {path} is incomplete or truncated ({file}): re-save it or pick an earlier checkpoint")
 
 
-def _read_manifest(path: Path) -> dict[str, int]:
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_manifest(path: Path, hashes: bool = False) -> dict:
+    """The manifest's {file: size}, or with ``hashes`` its {file: sha256} ({} for old checkpoints)."""
     try:
         manifest = json.loads((path / COMPLETE_FILE).read_text(encoding="utf-8"))
-        files = manifest["files"]
+        files = manifest.get("sha256", {}) if hashes else manifest["files"]
         if not isinstance(files, dict):
             raise TypeError
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
         raise _incomplete(path, COMPLETE_FILE) from None
     return files
+
+
+def _verify_content(path: Path, file: str) -> None:
+    """Refuse a file whose SHA-256 differs from the one recorded when it was written."""
+    expected = _read_manifest(path, hashes=True).get(file)
+    if expected is not None and _sha256(path / file) != expected:
+        raise PhaseLMError(
+            f"checkpoint {path}: {file} changed after it was written (its SHA-256 no longer matches); "
+            "restore it, or resume from an earlier checkpoint"
+        )
 
 
 def _require_complete(path: Path) -> dict:
@@ -491,6 +521,7 @@ def _require_complete(path: Path) -> dict:
     for file in (MODEL_FILE, CONFIG_FILE):
         if not (path / file).is_file():
             raise _incomplete(path, file)
+    _verify_content(path, CONFIG_FILE)
     try:
         config = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
@@ -507,6 +538,7 @@ def _require_complete(path: Path) -> dict:
 
 
 def _load_safetensors(path: Path, file: str) -> dict[str, torch.Tensor]:
+    _verify_content(path, file)
     # safetensors raises its own error type for corrupt headers; any failure means a bad file.
     try:
         return load_file(str(path / file), device="cpu")

@@ -55,7 +55,7 @@ def pretrain(
     recipe: Optional[Path] = typer.Argument(None, help="TOML recipe (sections [model] [data] [tokenizer] [train]); defaults if omitted."),
     out: Path = typer.Option(Path("runs/pretrain"), "--out", "-o", help="Run directory to create."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help=OVERRIDE_HELP),
-    resume: bool = typer.Option(False, help="Continue the run in --out from its latest checkpoint."),
+    resume: bool = typer.Option(False, help="Continue the run in --out from its latest checkpoint (same recipe; a larger train.steps extends it)."),
     as_json: bool = typer.Option(False, "--json", help="Print the saved model folder as JSON."),
 ) -> None:
     """Pretrain a small HF Mamba on a corpus and save it with save_pretrained.
@@ -87,7 +87,7 @@ def train(
     recipe: Path = typer.Argument(..., help="Phase-Mamba TOML recipe ([backbone] [core] [drift] [loss] [data] [train] [sample])."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory to create (default: runs/<recipe name>)."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help=OVERRIDE_HELP),
-    resume: bool = typer.Option(False, help="Continue the run in --out from its latest checkpoint."),
+    resume: bool = typer.Option(False, help="Continue the run in --out from its latest checkpoint (same recipe; a larger train.steps extends it)."),
     as_json: bool = typer.Option(False, "--json", help="Print summary.json to stdout."),
 ) -> None:
     """Graft a Phase Core onto a backbone and train only the core.
@@ -117,7 +117,7 @@ def train_lm(
     recipe: Path = typer.Argument(..., help="Language-model TOML recipe (top-level arch, [kssm] or [gpt], [data] [tokenizer] [train])."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory to create (default: runs/<recipe name>)."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help=OVERRIDE_HELP),
-    resume: bool = typer.Option(False, help="Continue the run in --out from its latest checkpoint."),
+    resume: bool = typer.Option(False, help="Continue the run in --out from its latest checkpoint (same recipe; a larger train.steps extends it)."),
     as_json: bool = typer.Option(False, "--json", help="Print summary.json to stdout."),
 ) -> None:
     """Train a language model from scratch: K-SSM (bistable, monostable, no-mixer) or the GPT-2 baseline.

@@ -242,18 +242,42 @@ def holds_run(directory: Path) -> bool:
     return any((directory / name).exists() for name in RUN_MARKERS)
 
 
+def _only_steps_differ(old_text: str, new_text: str) -> int | None:
+    """The new ``train.steps`` if the two recipes differ in that value alone, else None."""
+    from .config import tomllib
+
+    try:
+        old, new = tomllib.loads(old_text), tomllib.loads(new_text)
+    except tomllib.TOMLDecodeError:
+        return None
+    old_train, new_train = dict(old.get("train", {})), dict(new.get("train", {}))
+    steps = new_train.pop("steps", None)
+    old_train.pop("steps", None)
+    if {**old, "train": old_train} != {**new, "train": new_train} or not isinstance(steps, int):
+        return None
+    return steps
+
+
 def prepare_run_dir(run_dir: str | os.PathLike, config_text: str, resume: bool) -> Path:
-    """Create a fresh run directory, or check the one being resumed. Never overwrites a run."""
+    """Create a fresh run directory, or check the one being resumed. Never overwrites a run.
+
+    A resumed run must have the same recipe, except that ``train.steps`` may change (extending
+    a finished run): config.toml then records the new length. The cosine schedule follows the
+    new length from the resumed step on, so the learning rate moves at the resume.
+    """
     run_dir = Path(run_dir)
     config_file = run_dir / "config.toml"
     if resume:
         if not config_file.is_file():
             raise PhaseLMError(f"cannot resume {run_dir}: it holds no config.toml; start a new run without --resume")
-        if config_file.read_text(encoding="utf-8") != config_text:
-            raise PhaseLMError(
-                f"cannot resume {run_dir}: its config.toml differs from this recipe; resume with the same recipe "
-                "or start a new run in another directory"
-            )
+        stored = config_file.read_text(encoding="utf-8")
+        if stored != config_text:
+            if _only_steps_differ(stored, config_text) is None:
+                raise PhaseLMError(
+                    f"cannot resume {run_dir}: its config.toml differs from this recipe in more than train.steps; resume "
+                    "with the same recipe (train.steps may change) or start a new run in another directory"
+                )
+            config_file.write_text(config_text, encoding="utf-8")
         return run_dir
     if run_dir.exists() and (not run_dir.is_dir() or holds_run(run_dir)):
         raise PhaseLMError(f"run directory {run_dir} already holds a run; pass --resume to continue it or choose another --out")
@@ -263,10 +287,18 @@ def prepare_run_dir(run_dir: str | os.PathLike, config_text: str, resume: bool) 
 
 
 def _truncate_metrics(path: Path, last_step: int) -> None:
-    """Drop records logged after the checkpoint being resumed, so no step appears twice."""
+    """Drop records logged after the checkpoint being resumed, so no step appears twice; a line
+    cut short by a kill during its write is dropped too."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # torn by an interrupted write
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= last_step:
+            kept.append(line)
     tmp = path.with_suffix(".jsonl.tmp")
     tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
     os.replace(tmp, path)

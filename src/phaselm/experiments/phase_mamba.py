@@ -156,18 +156,40 @@ def build_grafted(recipe: PhaseMambaRecipe, device: str = "cpu"):
     return model, tokenizer, handle
 
 
+def stored_backbone(recipe: PhaseMambaRecipe, run_dir: str | os.PathLike) -> PhaseMambaRecipe:
+    """The recipe as a run stores it: a local backbone folder inside the run directory as a path
+    relative to it (the run can be moved or copied whole), any other local folder as an
+    absolute path (the run opens from any working directory); hub ids stay as they are."""
+    name = recipe.backbone.name
+    if not name or not Path(name).exists():
+        return recipe
+    folder, run = Path(name).resolve(), Path(run_dir).resolve()
+    kept = folder.relative_to(run).as_posix() if folder.is_relative_to(run) else str(folder)
+    return replace(recipe, backbone=replace(recipe.backbone, name=kept))
+
+
+def loadable_backbone(recipe: PhaseMambaRecipe, run_dir: str | os.PathLike) -> PhaseMambaRecipe:
+    """A stored recipe with a run-relative backbone path made loadable from the working
+    directory (runs written before paths were stored this way keep their own)."""
+    name = recipe.backbone.name
+    if name and not Path(name).is_absolute() and (Path(run_dir) / name).exists():
+        return replace(recipe, backbone=replace(recipe.backbone, name=str(Path(run_dir) / name)))
+    return recipe
+
+
 def train_core(
     recipe: PhaseMambaRecipe, run_dir: str | os.PathLike, resume: bool = False, progress: bool = True, command: str | None = None
 ) -> dict:
     """Graft, train the core, then observe it on validation text and write summary + report."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(recipe.train.seed)
-    model, tokenizer, handle = build_grafted(recipe, device)
+    stored = stored_backbone(recipe, run_dir)
+    model, tokenizer, handle = build_grafted(loadable_backbone(stored, run_dir), device)
     text = load_text(recipe.data.corpus)
     train_ids, val_ids = encode_split(tokenizer, text, recipe.data.val_fraction)
     objective = PhaseCoreObjective(handle, recipe.loss, recipe.drift)
     result = train(
-        objective, train_ids, val_ids, recipe.train, run_dir, dump_recipe(recipe), resume, progress, "train core",
+        objective, train_ids, val_ids, recipe.train, run_dir, dump_recipe(stored), resume, progress, "train core",
         checkpoint_config=core_checkpoint_config(handle),
     )
     summary = observe(model, tokenizer, handle, val_ids, recipe)
@@ -181,7 +203,7 @@ def train_core(
         kernels={"mamba_mixers": scan_path(model), "ops": chosen()},
     )
     _write_json(Path(run_dir) / "summary.json", summary)
-    write_report(run_dir, "Phase-Mamba run", summary, dump_recipe(recipe), [command or f"phaselm train RECIPE --out {run_dir}"])
+    write_report(run_dir, "Phase-Mamba run", summary, dump_recipe(stored), [command or f"phaselm train RECIPE --out {run_dir}"])
     return summary
 
 
@@ -224,7 +246,7 @@ def load_run(run_dir: str | os.PathLike, device: str = "cpu"):
         raise PhaseLMError(f"{run_dir} is not a PhaseLM run (no config.toml); pass a run directory or a model folder")
     from ..config import tomllib
 
-    recipe = from_dict(PhaseMambaRecipe, tomllib.loads(config_file.read_text(encoding="utf-8")))
+    recipe = loadable_backbone(from_dict(PhaseMambaRecipe, tomllib.loads(config_file.read_text(encoding="utf-8"))), run_dir)
     latest = ckpt.latest_checkpoint(run_dir)
     if latest is None:
         raise PhaseLMError(f"{run_dir} holds no complete checkpoint; train it first (phaselm train)")

@@ -4,6 +4,7 @@ The names below are the public API; heavier pieces (training, experiments, CLI) 
 from their modules.
 """
 
+from . import models  # noqa: F401  registers K-SSM and the fusion models with transformers' Auto classes
 from .backbones import load_backbone
 from .errors import PhaseLMError
 from .generation import generate

@@ -180,6 +180,17 @@ def _write_meta(directory: str | os.PathLike, meta: dict) -> Path:
     return directory
 
 
+HF_TOKENIZER_FILE = "tokenizer.json"
+
+
+def _write_hf_tokenizer(directory: Path, tokenizer) -> None:
+    """``tokenizer.json`` + ``tokenizer_config.json``: the folder opens with Hugging Face's
+    ``AutoTokenizer`` (a ``PreTrainedTokenizerFast``) and ``pipeline``, with the same ids as ours."""
+    tokenizer.save(str(directory / HF_TOKENIZER_FILE))
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False, "model_max_length": 1_000_000}
+    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+
+
 class CharTokenizer:
     """One id per character: the sorted set of the corpus's characters (nanoGPT shakespeare_char)."""
 
@@ -221,7 +232,17 @@ class CharTokenizer:
         return "".join(chars[i] for i in ids)
 
     def save(self, directory: str | os.PathLike) -> None:
-        _write_meta(directory, {"kind": self.kind, "vocab_size": self.vocab_size, "chars": self.chars})
+        directory = _write_meta(directory, {"kind": self.kind, "vocab_size": self.vocab_size, "chars": self.chars})
+        _write_hf_tokenizer(directory, self.as_hf())
+
+    def as_hf(self):
+        """The same tokenizer as a ``tokenizers.Tokenizer``: every character its own word-level token."""
+        from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+        tok = Tokenizer(models.WordLevel({c: i for i, c in enumerate(self.chars)}, unk_token=None))
+        tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+        tok.decoder = decoders.Fuse()
+        return tok
 
 
 # Long texts are encoded in newline-aligned chunks, in parallel: one giant encode is slow and
@@ -249,7 +270,7 @@ class BPETokenizer:
     """
 
     kind = "bpe"
-    FILE = "tokenizer.json"
+    FILE = HF_TOKENIZER_FILE
 
     def __init__(self, tokenizer):  # a tokenizers.Tokenizer
         self._tok = tokenizer
@@ -296,7 +317,7 @@ class BPETokenizer:
 
     def save(self, directory: str | os.PathLike) -> None:
         directory = _write_meta(directory, {"kind": self.kind, "vocab_size": self.vocab_size})
-        self._tok.save(str(directory / self.FILE))
+        _write_hf_tokenizer(directory, self._tok)
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> BPETokenizer:

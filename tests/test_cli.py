@@ -331,3 +331,78 @@ def test_a_run_moved_elsewhere_opens_from_any_directory(demo_run, tmp_path, caps
     code, out, err = run_cli(capsys, "generate", str(moved), "--prompt", "ROMEO:", "-n", "3", "--json")
     assert code == 0, err
     assert json.loads(out)["text"]
+
+
+# Usage errors and value ranges: one line on stderr naming the problem and the command's --help,
+# exit code 2, no traceback, nothing written (each case fails before anything loads or trains).
+USAGE_CASES = [
+    (["nosuchcommand"], "No such command 'nosuchcommand'"),
+    (["eval", "nosuch"], "No such command 'nosuch'"),
+    (["protocol", "nosuch"], "No such command 'nosuch'"),
+    (["generate"], "Missing argument 'model'"),
+    (["train"], "Missing argument 'recipe'"),
+    (["train-lm"], "Missing argument 'recipe'"),
+    (["report"], "Missing argument"),
+    (["serve"], "Missing argument"),
+    (["diagnose"], "Missing argument"),
+    (["eval", "intervention"], "Missing argument 'run_dir'"),
+    (["eval", "temperature"], "Missing argument"),
+    (["eval", "clamp"], "Missing argument"),
+    (["eval", "correlation"], "Missing argument"),
+    (["protocol", "run"], "Missing argument"),
+    (["protocol", "check"], "Missing argument"),
+    (["generate", "x", "--bogus"], "No such option: --bogus"),
+    (["train", "x.toml", "--bogus"], "No such option: --bogus"),
+    (["train-lm", "x.toml", "--lr", "1"], "No such option: --lr"),
+    (["pretrain", "x.toml", "--steps", "3"], "No such option: --steps"),
+    (["demo", "--bogus"], "No such option: --bogus"),
+    (["bench", "--bogus"], "No such option: --bogus"),
+    (["serve", "x", "--bogus"], "No such option: --bogus"),
+    (["eval", "clamp", "x", "--bogus"], "No such option: --bogus"),
+    (["generate", "x", "-n", "abc"], "Invalid value for '--max-new-tokens'"),
+    (["generate", "x", "-n", "1.5"], "Invalid value for '--max-new-tokens'"),
+    (["generate", "x", "--temperature", "warm"], "Invalid value for '--temperature'"),
+    (["generate", "x", "--top-k", "many"], "Invalid value for '--top-k'"),
+    (["generate", "x", "--seed", "s"], "Invalid value for '--seed'"),
+    (["bench", "--backbone", "mamba-130m", "--steps", "x"], "Invalid value for '--steps'"),
+    (["bench", "--backbone", "mamba-130m", "--seq-len", "1.5"], "Invalid value for '--seq-len'"),
+    (["serve", "x", "--port", "http"], "Invalid value for '--port'"),
+    (["generate", "x", "-n", "0"], "max_new_tokens must be between 1 and 100,000"),
+    (["generate", "x", "-n", "-5"], "max_new_tokens must be between 1 and 100,000"),
+    (["generate", "x", "-n", "100000000"], "max_new_tokens must be between 1 and 100,000"),
+    (["generate", "x", "--temperature", "-1"], "temperature must be a finite number ≥ 0"),
+    (["generate", "x", "--temperature", "nan"], "temperature must be a finite number ≥ 0"),
+    (["generate", "x", "--temperature", "inf"], "temperature must be a finite number ≥ 0"),
+    (["generate", "x", "--top-k", "-3"], "top_k must be ≥ 0"),
+    (["bench", "--backbone", "mamba-130m", "--steps", "0"], "--steps ≥ 1"),
+    (["bench", "--backbone", "mamba-130m", "--seq-len", "1"], "--seq-len must be ≥ 2"),
+    (["bench", "--backbone", "mamba-130m", "--batches", "1,2"], "one batch size"),
+    (["bench", "--backbone", "mamba-130m", "--batches", "a"], "--batches"),
+    (["bench", "--backbone", "mamba-9b", "--quick"], "--quick runs a toy stand-in for a named shape"),
+    (["bench"], "nothing to measure"),
+]
+
+
+@pytest.mark.parametrize("args, match", USAGE_CASES, ids=[" ".join(a) for a, _ in USAGE_CASES])
+def test_usage_errors_and_value_ranges_are_one_line(tmp_path, capsys, monkeypatch, args, match):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(capsys, *args)
+    assert_one_line_error(code, err, match)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("core.coupling=inf", "core.coupling = inf is not a finite number"),
+        ("core.coupling=nan", "core.coupling = nan is not a finite number"),
+        ("train.lr=-inf", "train.lr = -inf is not a finite number"),
+        ("core.steps=-1", "core.steps must be ≥ 0"),
+        ("train.on_nonfinite=ignore", "train.on_nonfinite must be 'stop' or 'skip'"),
+        ("backbone.shape=mamba-9b", "backbone.shape must be one of"),
+    ],
+)
+def test_recipe_values_that_cannot_work_are_refused_up_front(tmp_path, capsys, override, match):
+    code, _, err = run_cli(capsys, "train", str(RECIPES / "phase-mamba.toml"), "--set", override, "--out", str(tmp_path / "run"))
+    assert_one_line_error(code, err, match)
+    assert not (tmp_path / "run").exists()

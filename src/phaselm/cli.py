@@ -155,8 +155,10 @@ def generate(
     Example: `phaselm generate runs/demo --prompt "ROMEO:" --measured --json`
     """
     from .experiments.phase_mamba import load_for_generation
+    from .generation import check_sampling
     from .generation import generate as run_generate
 
+    check_sampling(max_new_tokens, temperature, top_k)
     lm, tokenizer, handle = load_for_generation(model)
     result = run_generate(lm, tokenizer, prompt, max_new_tokens, temperature, top_k or None, seed, handle, measured)
     if as_json:
@@ -706,13 +708,26 @@ def main(argv: Optional[List[str]] = None) -> None:
         typer.echo("interrupted", err=True)
         sys.exit(130)
     except Exception as exc:  # click usage errors come through here in non-standalone mode
-        import click
+        code = _click_exit(exc)
+        if code is None:
+            raise
+        sys.exit(code)
 
-        if isinstance(exc, click.exceptions.Exit):
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(1)
-        raise
+
+def _click_exit(exc: Exception) -> int | None:
+    """The exit code for a click/typer exception, after one line on stderr; None for anything
+    else (a bug, which keeps its traceback). typer ≥ 0.2x carries its own copy of click, so the
+    classes are matched by name."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if "Exit" in names:
+        return getattr(exc, "exit_code", 0)
+    if "Abort" in names:
+        typer.echo("aborted", err=True)
+        return 1
+    if "ClickException" in names:
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        ctx = getattr(exc, "ctx", None)
+        command = ctx.command_path if ctx is not None else "phaselm"
+        typer.echo(f"error: {' '.join(message.split()).rstrip('.')}; see `{command} --help`", err=True)
+        return 2
+    return None

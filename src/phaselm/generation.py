@@ -8,6 +8,7 @@ comes out; any blind-vs-measured difference in the seeds came from differing cod
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -53,6 +54,28 @@ class _Decodable:
         return scores
 
 
+MAX_NEW_TOKENS = 100_000  # a bound on one call (a recurrent model has no position limit of its own)
+
+
+def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None) -> None:
+    """One-line errors for sampling settings no model can honour (checked before any loading)."""
+    if not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
+        raise PhaseLMError(f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS:,}, got {max_new_tokens}")
+    if not math.isfinite(temperature) or temperature < 0:
+        raise PhaseLMError(f"temperature must be a finite number ≥ 0 (0 decodes greedily), got {temperature}")
+    if top_k is not None and top_k < 0:
+        raise PhaseLMError(f"top_k must be ≥ 0 (0 keeps every token), got {top_k}")
+
+
+def _position_limit(model: nn.Module) -> int | None:
+    config = getattr(model, "config", None)
+    for name in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0 and (name != "max_position_embeddings" or getattr(config, "position_embedding", True)):
+            return value
+    return None
+
+
 @torch.no_grad()
 def generate(
     model: nn.Module,
@@ -70,16 +93,19 @@ def generate(
     ``temperature = 0`` decodes greedily. Sampling uses its own RNG stream seeded by ``seed``
     so blind and measured runs with one seed are comparable token for token.
     """
-    if max_new_tokens < 1:
-        raise PhaseLMError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-    if temperature < 0:
-        raise PhaseLMError(f"temperature must be ≥ 0, got {temperature}")
+    check_sampling(max_new_tokens, temperature, top_k)
     ids = tokenizer.encode(prompt)
     if not ids:
         raise PhaseLMError("the prompt encodes to no tokens; pass a non-empty prompt")
     vocab = model.get_input_embeddings().num_embeddings
     if max(ids) >= vocab:
         raise PhaseLMError(f"the prompt has token id {max(ids)} but the model's vocabulary has {vocab}; use the model's own tokenizer")
+    limit = _position_limit(model)
+    if limit is not None and len(ids) + max_new_tokens > limit:
+        raise PhaseLMError(
+            f"the prompt ({len(ids)} tokens) plus max_new_tokens ({max_new_tokens}) exceeds the model's {limit} positions; "
+            "ask for fewer tokens or a shorter prompt"
+        )
     device = next(model.parameters()).device
     input_ids = torch.tensor([ids], device=device)
     kwargs = dict(

@@ -122,7 +122,11 @@ def bench_backbone(name: str, cfg: BackboneBenchConfig | None = None, device: st
     from ..ops.backend import chosen
     from ..phase_core import PhaseCoreConfig
 
+    from ..backbones import MAMBA_SHAPES
+
     cfg = cfg or BackboneBenchConfig()
+    if cfg.quick and name not in MAMBA_SHAPES:
+        raise PhaseLMError(f"--quick runs a toy stand-in for a named shape; pass one of {', '.join(MAMBA_SHAPES)}, got {name!r}")
     if cfg.quick:
         cfg = BackboneBenchConfig(batch=1, seq_len=32, layer=cfg.layer, n_oscillators=cfg.n_oscillators, modes=cfg.modes,
                                   steps=1, warmup=1, decode_prompt=8, decode_tokens=4, reference_seq=min(cfg.reference_seq, 16), quick=True)

@@ -58,10 +58,17 @@ class Mamba2Mixer(nn.Module):
         self.norm = nn.RMSNorm(self.d_inner)
         self.out_proj = nn.Linear(self.d_inner, d, bias=False)
 
-    def forward(self, hidden: torch.Tensor, state=None):
-        """hidden (B, T, d), state None or (window, ssm) → (out (B, T, d), (window, ssm))."""
+    def forward(self, hidden: torch.Tensor, state=None, mask: torch.Tensor | None = None):
+        """hidden (B, T, d), state None or (window, ssm), mask None or (B, T) with 0 at padding
+        → (out (B, T, d), (window, ssm)).
+
+        A padded position enters the convolution as a zero input and leaves the SSM state
+        untouched (no input, decay 1), so a left-padded row computes what it would alone.
+        """
         batch, length, _ = hidden.shape
         z, xbc, dt = self.in_proj(hidden).split([self.d_inner, self.conv_channels, self.heads], dim=-1)
+        if mask is not None:
+            xbc = xbc * mask[..., None].to(xbc.dtype)
         window = state[0] if state is not None else hidden.new_zeros(batch, self.conv_channels, self.kernel - 1)
         # Prefill and single-token steps share one path: the window holds the last k−1 inputs.
         xbc_padded = torch.cat([window, xbc.transpose(1, 2)], dim=-1)
@@ -69,6 +76,8 @@ class Mamba2Mixer(nn.Module):
         xbc = F.silu(self.conv(xbc_padded).transpose(1, 2))  # (B, T, C): causal by construction
         x, b, c = xbc.split([self.d_inner, self.state_size, self.state_size], dim=-1)
         dt = F.softplus(dt.float() + self.dt_bias)  # (B, T, H)
+        if mask is not None:
+            dt = dt * mask[..., None].float()  # Δ = 0: decay 1 and no input at padding
         log_decay = -torch.exp(self.A_log.float()) * dt
         x = x.reshape(batch, length, self.heads, self.head_dim)
         b = b[:, :, None, :].expand(-1, -1, self.heads, -1).float()

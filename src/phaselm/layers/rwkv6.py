@@ -83,9 +83,17 @@ class RWKV6TimeMix(nn.Module):
         self.output = nn.Linear(d, d, bias=False)
         self.norm = nn.GroupNorm(self.heads, d, eps=64e-5)  # RWKV-6: 1e-5 · head_size_divisor² (8²)
 
-    def forward(self, hidden: torch.Tensor, state=None):
-        """hidden (B, T, d), state None or (last token, wkv) → (out (B, T, d), (last token, wkv))."""
+    def forward(self, hidden: torch.Tensor, state=None, mask: torch.Tensor | None = None):
+        """hidden (B, T, d), state None or (last token, wkv), mask None or (B, T) with 0 at padding
+        → (out (B, T, d), (last token, wkv)).
+
+        A padded position is a zero input (so the token shift after it sees what a sequence start
+        sees) and leaves the wkv state untouched (no key, decay 1): a left-padded row computes
+        what it would alone.
+        """
         batch, length, d = hidden.shape
+        if mask is not None:
+            hidden = hidden * mask[..., None].to(hidden.dtype)
         previous = state[0][:, None] if state is not None else hidden.new_zeros(batch, 1, d)
         delta = torch.cat([previous, hidden[:, :-1]], dim=1) - hidden
 
@@ -104,6 +112,9 @@ class RWKV6TimeMix(nn.Module):
         with full_precision(hidden.device.type):  # the recurrence runs in float32, as RWKV's kernels do
             r, k, v = (t.float().reshape(heads) for t in (r, k, v))
             w = -torch.exp(decay.float()).reshape(heads)
+            if mask is not None:
+                keep = mask[:, :, None, None].float()
+                w, k = w * keep, k * keep
             u = self.bonus.float().reshape(self.heads, self.head_dim)
             if length == 1 and wkv is not None:
                 y, wkv = rwkv6_step(wkv, r[:, 0], k[:, 0], v[:, 0], w[:, 0], u)

@@ -260,17 +260,17 @@ class FusionBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(d, config.mlp_ratio * d), nn.GELU(), nn.Linear(config.mlp_ratio * d, d))
         self.drop = nn.Dropout(config.dropout)
 
-    def forward(self, h: torch.Tensor, state: dict | None = None, ablate: str | None = None):
+    def forward(self, h: torch.Tensor, state: dict | None = None, ablate: str | None = None, mask: torch.Tensor | None = None):
         x = self.norm(h)
         state = state or {}
         r = m = gate = None
         new_state = {}
         if self.rwkv is not None:
-            r, new_state["rwkv"] = self.rwkv(x, state.get("rwkv"))
+            r, new_state["rwkv"] = self.rwkv(x, state.get("rwkv"), mask)
             if ablate == "rwkv":
                 r = torch.zeros_like(r)
         if self.mamba is not None:
-            m, new_state["mamba"] = self.mamba(x, state.get("mamba"))
+            m, new_state["mamba"] = self.mamba(x, state.get("mamba"), mask)
             if ablate == "mamba":
                 m = torch.zeros_like(m)
         if self.fusion is not None:
@@ -332,7 +332,7 @@ class FusionForCausalLM(RecurrentLM):
         output_branches: bool = False,
         output_hidden_states: bool | None = None,
         ablate: str | None = None,
-        attention_mask: torch.Tensor | None = None,  # accepted for generate(); no padding support
+        attention_mask: torch.Tensor | None = None,  # (B, T) or (B, past + T); 0 at padding
         **kwargs,
     ) -> FusionOutput:
         if ablate not in (None, "rwkv", "mamba"):
@@ -340,12 +340,13 @@ class FusionForCausalLM(RecurrentLM):
         self.check_ids(input_ids)
         length = input_ids.shape[1]
         offset = past_key_values.seen if past_key_values is not None else 0
+        mask = self.padding_mask(attention_mask, length)
         cache = past_key_values if past_key_values is not None else (FusionCache() if use_cache else None)
         h = self.embed(input_ids)
         hidden, outs = [], []
         hidden.append(h)
         for i, block in enumerate(self.blocks):
-            h, out = block(h, cache.layers.get(i) if cache is not None else None, ablate)
+            h, out = block(h, cache.layers.get(i) if cache is not None else None, ablate, mask)
             if cache is not None:
                 cache.layers[i] = out.state
             outs.append(out)

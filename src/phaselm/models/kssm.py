@@ -139,10 +139,10 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(d, config.mlp_ratio * d), nn.GELU(), nn.Linear(config.mlp_ratio * d, d))
         self.drop = nn.Dropout(config.dropout)
 
-    def forward(self, h: torch.Tensor, state=None):
+    def forward(self, h: torch.Tensor, state=None, mask: torch.Tensor | None = None):
         new_state = None
         if self.mixer is not None:
-            mixed, new_state = self.mixer(self.mixer_norm(h), state)
+            mixed, new_state = self.mixer(self.mixer_norm(h), state, mask)
             h = h + self.drop(mixed)
         bank = self.bank(self.bank_norm(h))
         h = h + self.drop(bank.out)
@@ -178,12 +178,18 @@ class KSSMForCausalLM(RecurrentLM):
         use_cache: bool | None = None,
         labels: torch.LongTensor | None = None,
         output_orders: bool = False,
-        attention_mask: torch.Tensor | None = None,  # accepted for generate(); no padding support
+        attention_mask: torch.Tensor | None = None,  # (B, T) or (B, past + T); 0 at padding
         **kwargs,
     ) -> KSSMOutput:
         batch, length = input_ids.shape
         self.check_ids(input_ids)
         offset = past_key_values.seen if past_key_values is not None else 0
+        mask = self.padding_mask(attention_mask, length)
+        if mask is not None and self.pos_embed is not None:
+            raise PhaseLMError(
+                "padding with position embeddings is not supported: a padded row's positions would shift; "
+                "pass unpadded sequences one by one, or use a model without position embeddings"
+            )
         h = self.embed(input_ids)
         if self.pos_embed is not None:
             if offset + length > self.config.max_position_embeddings:
@@ -196,7 +202,7 @@ class KSSMForCausalLM(RecurrentLM):
         orders, regs, us = [], [], []
         for i, block in enumerate(self.blocks):
             state = cache.layers.get(i) if cache is not None else None
-            h, bank, new_state = block(h, state)
+            h, bank, new_state = block(h, state, mask)
             if cache is not None and new_state is not None:
                 cache.layers[i] = new_state
             orders.append(bank.order)

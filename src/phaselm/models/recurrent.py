@@ -58,10 +58,25 @@ class RecurrentLM(PreTrainedModel, GenerationMixin):
             return None
         return F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten())
 
-    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, use_cache=True, **kwargs):
+    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, use_cache=True, attention_mask=None, **kwargs):
         if past_key_values is not None:
             input_ids = input_ids[:, past_key_values.seen :]
-        return {"input_ids": input_ids, "past_key_values": past_key_values, "use_cache": use_cache}
+        return {"input_ids": input_ids, "past_key_values": past_key_values, "use_cache": use_cache, "attention_mask": attention_mask}
+
+    @staticmethod
+    def padding_mask(attention_mask: torch.Tensor | None, length: int) -> torch.Tensor | None:
+        """The (B, length) columns of a padding mask that belong to this call's tokens, or None
+        when there is no padding among them (the unmasked path is then taken, at no cost).
+
+        A padded position leaves every recurrent state untouched (see the mixers), so a
+        left-padded row computes exactly what it would alone: batched generation works.
+        """
+        if attention_mask is None:
+            return None
+        mask = attention_mask[:, -length:]
+        if bool(mask.all()):
+            return None
+        return mask
 
 
 def register_auto_classes(config_class, model_class) -> None:

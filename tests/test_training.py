@@ -246,3 +246,17 @@ def test_a_metrics_line_torn_by_a_kill_does_not_stop_resume(tmp_path, tiny_model
     train(LanguageModelObjective(tiny_model("gpt2")), *ids, cfg, run, "[train]\nsteps = 6\n", resume=True, progress=False)
     records = read_jsonl(run / "metrics.jsonl")
     assert [r["step"] for r in records if r.get("split") != "val"] == [2, 4, 6]
+
+
+def test_gradient_accumulation_equals_one_larger_batch(tmp_path, tiny_model, ids):
+    """Two micro-batches of 2 and one batch of 4 draw the same windows and take the same step."""
+    weights = []
+    for batch, accum in ((4, 1), (2, 2)):
+        model = tiny_model("gpt2")
+        cfg = TrainConfig(**{**CFG.__dict__, "steps": 1, "batch_size": batch, "grad_accum": accum, "warmup_steps": 0})
+        train(LanguageModelObjective(model), *ids, cfg, tmp_path / f"run-{accum}", "x = 1\n", progress=False)
+        weights.append([p.detach().clone() for p in model.parameters()])
+    # AdamW's first step moves each weight by ≈ lr·sign(g) = 1e-2; float rounding of the summed
+    # gradients moves a few near-zero ones by ~1e-6. A wrong accumulation (unscaled, unsynced) is 1e-2.
+    for a, b in zip(*weights):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -46,6 +46,12 @@ def _command_line() -> str:
     return " ".join(["phaselm", *(shlex.quote(a) for a in _ARGV)])
 
 
+def _main_process() -> bool:
+    from .training import is_main_process
+
+    return is_main_process()
+
+
 def _print_json(data) -> None:
     typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
@@ -70,6 +76,8 @@ def pretrain(
 
     cfg = load_recipe(PretrainRecipe, recipe, _overrides(set_)) if recipe else from_dict(PretrainRecipe, _apply(_overrides(set_)))
     model_dir = run_pretrain(cfg, out, resume=resume, command=_command_line())
+    if not _main_process():  # multi-process runs: the first process reports
+        return
     if as_json:
         _print_json({"model": str(model_dir), "run_dir": str(out)})
     else:
@@ -102,6 +110,8 @@ def train(
     cfg = load_recipe(PhaseMambaRecipe, recipe, _overrides(set_))
     run_dir = out or Path("runs") / recipe.stem
     summary = train_core(cfg, run_dir, resume=resume, command=_command_line())
+    if not _main_process():  # multi-process runs: the first process reports
+        return
     if as_json:
         _print_json(summary)
     else:
@@ -133,6 +143,8 @@ def train_lm(
     cfg = load_recipe(LMRecipe, recipe, _overrides(set_))
     run_dir = out or Path("runs") / recipe.stem
     summary = run_train_lm(cfg, run_dir, resume=resume, command=_command_line())
+    if not _main_process():  # multi-process runs: the first process reports
+        return
     if as_json:
         _print_json(summary)
     else:
@@ -731,3 +743,7 @@ def _click_exit(exc: Exception) -> int | None:
         typer.echo(f"error: {' '.join(message.split()).rstrip('.')}; see `{command} --help`", err=True)
         return 2
     return None
+
+
+if __name__ == "__main__":  # `python -m phaselm.cli` (and `accelerate launch -m phaselm.cli …`)
+    main()

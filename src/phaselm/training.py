@@ -12,6 +12,7 @@ is written from weights that are not finite. It runs single-process on a CPU and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -38,6 +39,7 @@ class TrainConfig:
     steps: int = 200
     batch_size: int = 16
     seq_len: int = 64
+    grad_accum: int = 1  # micro-batches of batch_size per optimizer step (the step sees batch_size × grad_accum sequences)
     lr: float = 1e-3
     min_lr: float = 1e-4  # the cosine ends here
     warmup_steps: int = 20
@@ -57,7 +59,7 @@ class TrainConfig:
     on_nonfinite: str = "stop"
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "seq_len", "log_every", "eval_batches"):
+        for name in ("steps", "batch_size", "seq_len", "grad_accum", "log_every", "eval_batches"):
             if getattr(self, name) < 1:
                 raise PhaseLMError(f"train.{name} must be at least 1, got {getattr(self, name)}")
         for name in ("warmup_steps", "eval_every", "checkpoint_every"):
@@ -67,6 +69,11 @@ class TrainConfig:
             raise PhaseLMError(f"train.lr must be > 0 and 0 ≤ train.min_lr ≤ lr, got lr={self.lr}, min_lr={self.min_lr}")
         if self.on_nonfinite not in ("stop", "skip"):
             raise PhaseLMError(f"train.on_nonfinite must be 'stop' or 'skip', got {self.on_nonfinite!r}")
+
+
+def is_main_process() -> bool:
+    """False in every process but the first of a multi-process run (`accelerate launch`, `torchrun`)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def decay_groups(module: nn.Module, weight_decay: float) -> list[dict]:
@@ -377,6 +384,9 @@ class TrainResult:
     step: int
     evaluation: dict
     drift_actions: dict[str, int]
+    # Under `accelerate launch` / `torchrun` every process trains; only the main one writes the
+    # run's files (metrics, checkpoints, and — in the callers — model, summary and report).
+    is_main: bool = True
 
 
 def _progress(enabled: bool):
@@ -484,11 +494,15 @@ def train(
     with _progress(progress and main) as bar:
         task = bar.add_task(description, total=cfg.steps, completed=start, status="")
         for step in range(start + 1, cfg.steps + 1):
-            x, y = random_batch(train_ids, cfg.batch_size, cfg.seq_len, generator)
-            x, y = x.to(accelerator.device), y.to(accelerator.device)
-            with accelerator.autocast():
-                out = model(x, y)
-            accelerator.backward(out.losses["loss"])
+            for micro in range(cfg.grad_accum):
+                x, y = random_batch(train_ids, cfg.batch_size, cfg.seq_len, generator)
+                x, y = x.to(accelerator.device), y.to(accelerator.device)
+                # Gradients are synchronised across processes on the last micro-batch only.
+                syncing = contextlib.nullcontext() if micro == cfg.grad_accum - 1 else accelerator.no_sync(model)
+                with syncing:
+                    with accelerator.autocast():
+                        out = model(x, y)
+                    accelerator.backward(out.losses["loss"] / cfg.grad_accum)
             # With clipping off, the norm is still computed (max_norm = inf) for the finiteness check.
             grad_norm = accelerator.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
             if not _step_is_finite(out.losses["loss"], torch.as_tensor(grad_norm, device=accelerator.device), out.order):
@@ -520,7 +534,7 @@ def train(
             if "drift_action" in extra:
                 interval_actions[extra["drift_action"]] += 1
                 drift_totals[extra["drift_action"]] += 1
-            interval_tokens += y.numel() * accelerator.num_processes
+            interval_tokens += y.numel() * cfg.grad_accum * accelerator.num_processes
 
             if step % cfg.log_every == 0 or step == cfg.steps:
                 elapsed = time.perf_counter() - interval_start
@@ -542,4 +556,4 @@ def train(
     evaluation = evaluate(cfg.steps)
     save(cfg.steps)
     accelerator.wait_for_everyone()
-    return TrainResult(run_dir, cfg.steps, evaluation, dict(drift_totals))
+    return TrainResult(run_dir, cfg.steps, evaluation, dict(drift_totals), main)

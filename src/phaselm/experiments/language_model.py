@@ -178,6 +178,8 @@ def train_lm(recipe: LMRecipe, run_dir: str | os.PathLike, resume: bool = False,
         resume=resume, progress=progress, description=f"train {recipe.arch}",
         checkpoint_config={"arch": recipe.arch, "model": spec, "vocab_size": tokenizer.vocab_size},
     )
+    if not result.is_main:  # another process of a multi-process run: the main one writes the run
+        return {"arch": recipe.arch, "val_ce": result.evaluation["val_ce"], "val_ppl": result.evaluation["val_ppl"]}
     save_backbone(model.cpu(), tokenizer, run_dir / MODEL_FOLDER)
     summary = {
         "arch": recipe.arch,

@@ -120,6 +120,8 @@ def pretrain(
         description="pretrain",
         checkpoint_config={"model": to_dict(recipe.model), "vocab_size": tokenizer.vocab_size},
     )
+    if not result.is_main:  # another process of a multi-process run: the main one writes the run
+        return model_dir
     save_backbone(model.cpu(), tokenizer, model_dir)
     summary = {"val_ppl": result.evaluation["val_ppl"], "val_ce": result.evaluation["val_ce"], "parameters": _count(model)}
     _write_json(run_dir / "summary.json", summary)
@@ -192,6 +194,8 @@ def train_core(
         objective, train_ids, val_ids, recipe.train, run_dir, dump_recipe(stored), resume, progress, "train core",
         checkpoint_config=core_checkpoint_config(handle),
     )
+    if not result.is_main:  # another process of a multi-process run: the main one observes and writes
+        return {"val_ppl_with_core": result.evaluation["val_ppl"]}
     summary = observe(model, tokenizer, handle, val_ids, recipe)
     summary.update(
         trainable_parameters=_count(handle.core),

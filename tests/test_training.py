@@ -257,6 +257,8 @@ def test_gradient_accumulation_equals_one_larger_batch(tmp_path, tiny_model, ids
         train(LanguageModelObjective(model), *ids, cfg, tmp_path / f"run-{accum}", "x = 1\n", progress=False)
         weights.append([p.detach().clone() for p in model.parameters()])
     # AdamW's first step moves each weight by ≈ lr·sign(g) = 1e-2; float rounding of the summed
-    # gradients moves a few near-zero ones by ~1e-6. A wrong accumulation (unscaled, unsynced) is 1e-2.
+    # gradients moves a few near-zero ones by ~1e-6, while a micro-batch left out of the sum moves
+    # many by ~1e-2. (AdamW is blind to a constant scale of every gradient, so this does not see the
+    # 1/grad_accum factor; that only keeps clipping thresholds and logged norms comparable.)
     for a, b in zip(*weights):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -406,3 +406,30 @@ def test_recipe_values_that_cannot_work_are_refused_up_front(tmp_path, capsys, o
     code, _, err = run_cli(capsys, "train", str(RECIPES / "phase-mamba.toml"), "--set", override, "--out", str(tmp_path / "run"))
     assert_one_line_error(code, err, match)
     assert not (tmp_path / "run").exists()
+
+
+def test_misleading_inputs_get_messages_that_say_what_is_wrong(tmp_path, capsys, tiny_model):
+    (tmp_path / "a-folder").mkdir()
+    code, _, err = run_cli(capsys, "train", str(tmp_path / "a-folder"))
+    assert_one_line_error(code, err, "is a directory; pass a TOML file")
+
+    (tmp_path / "plain-file").write_text("x")
+    code, _, err = run_cli(capsys, "train-lm", str(RECIPES / "gpt-baseline.toml"), "--out", str(tmp_path / "plain-file" / "run"))
+    assert_one_line_error(code, err, "cannot create run directory")
+
+    folder = tmp_path / "bad-header"
+    tiny_model("gpt2").save_pretrained(folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(b"\xff" * 16 + weights.read_bytes()[16:])  # a corrupt safetensors header
+    code, _, err = run_cli(capsys, "generate", str(folder), "-n", "2")
+    assert_one_line_error(code, err, f"cannot load folder {str(folder)!r}")
+
+
+@pytest.mark.slow
+def test_generate_opens_a_train_lm_run(tmp_path, capsys):
+    from cli_helpers import train_tiny
+
+    train_tiny(capsys, RECIPES / "gpt2-fusion-baseline.toml", tmp_path / "run")
+    code, out, err = run_cli(capsys, "generate", str(tmp_path / "run"), "--prompt", "RO", "-n", "4", "--json")
+    assert code == 0, err
+    assert json.loads(out)["text"]

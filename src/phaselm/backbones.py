@@ -143,7 +143,9 @@ def load_backbone(name: str, device: str | torch.device = "cpu") -> tuple[nn.Mod
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = _from_pretrained(AutoModelForCausalLM, name, local)
-    except (OSError, ValueError) as exc:
+    except PhaseLMError:
+        raise
+    except Exception as exc:  # a user's files: a corrupt header or config is their problem, in one line
         where = "folder" if local else "hub model"
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         hint = "" if local else " (offline? download it elsewhere and pass its local folder)"

@@ -115,6 +115,8 @@ def to_dict(obj: Any) -> dict:
 def load_recipe(cls: type[T], path: str | os.PathLike, overrides: dict | None = None) -> T:
     """Read a TOML recipe into ``cls``; ``overrides`` ({"train.steps": 10}) win over the file."""
     path = Path(path)
+    if path.is_dir():
+        raise PhaseLMError(f"recipe {path} is a directory; pass a TOML file (see recipes/), or the run directory to a command that opens runs")
     if not path.is_file():
         raise PhaseLMError(f"recipe {path} does not exist; pass a TOML file (see recipes/)")
     try:

@@ -288,8 +288,11 @@ def prepare_run_dir(run_dir: str | os.PathLike, config_text: str, resume: bool) 
         return run_dir
     if run_dir.exists() and (not run_dir.is_dir() or holds_run(run_dir)):
         raise PhaseLMError(f"run directory {run_dir} already holds a run; pass --resume to continue it or choose another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_file.write_text(config_text, encoding="utf-8")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config_file.write_text(config_text, encoding="utf-8")
+    except OSError as exc:
+        raise PhaseLMError(f"cannot create run directory {run_dir}: {exc.strerror or exc}; choose another --out") from None
     return run_dir
 
 

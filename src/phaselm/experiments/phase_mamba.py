@@ -262,6 +262,10 @@ def load_run(run_dir: str | os.PathLike, device: str = "cpu"):
 def load_for_generation(path: str | os.PathLike, device: str = "cpu"):
     """A run directory (grafted core) or a plain model folder → (model, tokenizer, handle or None)."""
     path = Path(path)
+    if (path / "config.toml").is_file() and (path / MODEL_FOLDER / "config.json").is_file():
+        # A `train-lm` or `pretrain` run: its trained model is the folder inside it.
+        model, tokenizer = load_backbone(str(path / MODEL_FOLDER), device)
+        return model, tokenizer, None
     if (path / "config.toml").is_file():
         model, tokenizer, handle, _ = load_run(path, device)
         return model, tokenizer, handle

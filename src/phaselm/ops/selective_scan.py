@@ -311,6 +311,19 @@ if triton is not None:
         return tl.where(t_ok[:, None], delta, 0.0), raw
 
     @triton.jit
+    def _chunk_inputs(chunk, rows, T, b, d, d_ok, n, n_ok, x_ptr, dt_ptr, B_ptr, C_ptr, bias,
+                      sx_b, sx_t, sdt_b, sdt_t, sB_b, sB_t, sC_b, sC_t,
+                      HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, CHUNK: tl.constexpr):
+        """A chunk's positions t (CHUNK,), which exist, and its x, Δ, raw Δ (CHUNK, BLOCK_D), B, C (CHUNK, BLOCK_N)."""
+        t = chunk * CHUNK + rows
+        t_ok = t < T
+        x = _load_tile(x_ptr, b * sx_b, t, t_ok, sx_t, d, d_ok)
+        delta, raw = _chunk_delta(dt_ptr, b * sdt_b, t, t_ok, sdt_t, d, d_ok, bias, HAS_BIAS, SOFTPLUS)
+        Bt = _load_tile(B_ptr, b * sB_b, t, t_ok, sB_t, n, n_ok)
+        Ct = _load_tile(C_ptr, b * sC_b, t, t_ok, sC_t, n, n_ok)
+        return t, t_ok, x, delta, raw, Bt, Ct
+
+    @triton.jit
     def _program_channels(A_ptr, D_ptr, bias_ptr, CH, N, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
                           BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
         """This program's channels and states: indices, masks, and its A (BLOCK_D, BLOCK_N), Δ bias and D."""
@@ -347,12 +360,10 @@ if triton is not None:
         chunk = 0
         while chunk < n_chunks:  # a while loop: Triton's interpreter cannot range() over a runtime bound
             tl.store(entering_ptr + (b * n_chunks + chunk) * CH * N + state_offsets, h, mask=state_mask)
-            t = chunk * CHUNK + rows
-            t_ok = t < T
-            x = _load_tile(x_ptr, b * sx_b, t, t_ok, sx_t, d, d_ok)
-            delta, _ = _chunk_delta(dt_ptr, b * sdt_b, t, t_ok, sdt_t, d, d_ok, bias, HAS_BIAS, SOFTPLUS)
-            Bt = _load_tile(B_ptr, b * sB_b, t, t_ok, sB_t, n, n_ok)
-            Ct = _load_tile(C_ptr, b * sC_b, t, t_ok, sC_t, n, n_ok)
+            t, t_ok, x, delta, _, Bt, Ct = _chunk_inputs(
+                chunk, rows, T, b, d, d_ok, n, n_ok, x_ptr, dt_ptr, B_ptr, C_ptr, bias,
+                sx_b, sx_t, sdt_b, sdt_t, sB_b, sB_t, sC_b, sC_t, HAS_BIAS, SOFTPLUS, CHUNK,
+            )
             decay = tl.exp(delta[:, :, None] * A[None, :, :])  # (CHUNK, BLOCK_D, BLOCK_N)
             inflow = (delta * x)[:, :, None] * Bt[:, None, :]
             decay_scan, inflow_scan = tl.associative_scan((decay, inflow), 0, _linear_step)
@@ -394,12 +405,10 @@ if triton is not None:
         n_chunks = tl.cdiv(T, CHUNK)
         chunk = n_chunks - 1
         while chunk >= 0:
-            t = chunk * CHUNK + rows
-            t_ok = t < T
-            x = _load_tile(x_ptr, b * sx_b, t, t_ok, sx_t, d, d_ok)
-            delta, raw = _chunk_delta(dt_ptr, b * sdt_b, t, t_ok, sdt_t, d, d_ok, bias, HAS_BIAS, SOFTPLUS)
-            Bt = _load_tile(B_ptr, b * sB_b, t, t_ok, sB_t, n, n_ok)
-            Ct = _load_tile(C_ptr, b * sC_b, t, t_ok, sC_t, n, n_ok)
+            t, t_ok, x, delta, raw, Bt, Ct = _chunk_inputs(
+                chunk, rows, T, b, d, d_ok, n, n_ok, x_ptr, dt_ptr, B_ptr, C_ptr, bias,
+                sx_b, sx_t, sdt_b, sdt_t, sB_b, sB_t, sC_b, sC_t, HAS_BIAS, SOFTPLUS, CHUNK,
+            )
             dout = _load_tile(dout_ptr, b * sdo_b, t, t_ok, sdo_t, d, d_ok)
             h_in = tl.load(entering_ptr + (b * n_chunks + chunk) * CH * N + state_offsets, mask=state_mask, other=0.0)
 

@@ -12,8 +12,8 @@ run() {  # name, env, extra args
   env $envs python3 -m phaselm train-lm recipes/${RECIPE:-kssm-v3-nomixer}.toml --out "$RUNS/$name" $common "$@" > /dev/null 2> "$RUNS/$name.log"
   echo "$name: $(grep '"val"' "$RUNS/$name/metrics.jsonl" | python3 -c 'import sys,json; print([round(json.loads(l)["val_ce"],3) for l in sys.stdin])')"
 }
-run compile-fused "PHASELM_HARMONICS=fused"
-run eager-fused "PHASELM_HARMONICS=fused" --set train.compile=false
-run compile-reference "PHASELM_HARMONICS=reference"
-run eager-reference "PHASELM_HARMONICS=reference" --set train.compile=false
-run compile-fused-noreg "PHASELM_HARMONICS=fused" --set kssm.reg_weight=0.0
+run compile-fused "PHASELM_BACKEND_HARMONICS=fused"
+run eager-fused "PHASELM_BACKEND_HARMONICS=fused" --set train.compile=false
+run compile-reference "PHASELM_BACKEND_HARMONICS=reference"
+run eager-reference "PHASELM_BACKEND_HARMONICS=reference" --set train.compile=false
+run compile-fused-noreg "PHASELM_BACKEND_HARMONICS=fused" --set kssm.reg_weight=0.0

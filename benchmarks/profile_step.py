@@ -5,7 +5,7 @@
 For each variant: median training tokens/s over ``--steps`` steps after 5 warm-up steps (bf16
 autocast, AdamW, gradient clipping — what train() does). Variants: the GPT baseline, K-SSM
 with the fused kernels (harmonics and SSD scan), K-SSM with the direct (reference) harmonics,
-K-SSM with the chunked PyTorch SSD scan (``PHASELM_SSD=chunked``), and GPT and K-SSM (both SSD
+K-SSM with the chunked PyTorch SSD scan (``PHASELM_BACKEND_SSD=chunked``), and GPT and K-SSM (both SSD
 paths) under torch.compile. Then a torch.profiler table of the K-SSM step's top CUDA kernels.
 Writes speeds.json and profile.txt to --out.
 
@@ -124,7 +124,7 @@ def main() -> None:
     speeds = {}
     for name, path, mode, harmonics_backend, ssd_backend, overrides in variants:
         oscillators._harmonics_op = harmonics_ops.harmonics if harmonics_backend == "fused" else harmonics_ops.harmonics_reference
-        os.environ["PHASELM_SSD"] = ssd_backend  # read by phaselm.ops.ssd.ssd at each call
+        os.environ["PHASELM_BACKEND_SSD"] = ssd_backend  # refines the models' "auto" scan at each call
         torch._dynamo.reset()  # a compiled variant must not reuse a graph traced under another backend
         torch.cuda.reset_peak_memory_stats()
         try:
@@ -141,7 +141,7 @@ def main() -> None:
         return
 
     oscillators._harmonics_op = harmonics_ops.harmonics
-    os.environ["PHASELM_SSD"] = "fused"
+    os.environ["PHASELM_BACKEND_SSD"] = "triton"
     recipe, objective, forward, optimizer = make(args.kssm, "eager")
     b, t = recipe.train.batch_size, recipe.train.seq_len
     x = torch.randint(0, VOCAB, (b, t), device="cuda")

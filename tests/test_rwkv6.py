@@ -94,7 +94,7 @@ def test_dispatch():
     y_ref, _ = rwkv6_reference(*args)
     for backend in ("auto", "chunked", "reference"):
         torch.testing.assert_close(rwkv6(*args, backend=backend, chunk_size=4)[0], y_ref)
-    with pytest.raises(ValueError, match="backend must be one of"):
+    with pytest.raises(ValueError, match="rwkv6 backend must be 'auto' or one of"):
         rwkv6(*args, backend="cuda")
     if not fla_available():
         with pytest.raises(RuntimeError, match="fla"):

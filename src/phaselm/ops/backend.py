@@ -35,6 +35,8 @@ except ImportError:  # pragma: no cover - exercised only where Triton is absent
     triton = None
 
 BACKENDS = ("reference", "chunked", "triton", "external")
+# Words recipes and saved model configs used before there was one switch; they keep working.
+ALIASES = {"fused": "triton", "fla": "external"}
 logger = logging.getLogger("phaselm.ops")
 _chosen: dict[str, str] = {}
 
@@ -65,12 +67,14 @@ def interpreting() -> bool:
 
 def resolve(op: Op, requested: str, device: torch.device | str) -> str:
     """The implementation of ``op`` that runs for ``requested`` ("auto" or one of ``op.offers``)."""
+    requested = ALIASES.get(requested, requested)
     if requested != "auto" and requested not in op.offers:
         raise ValueError(f"{op.name} backend must be 'auto' or one of {', '.join(op.offers)}, got {requested!r}")
     device = torch.device(device)
     backend = requested
     if backend == "auto":
-        backend = os.environ.get(op.env_var) or op.auto(device)
+        refined = os.environ.get(op.env_var, "")
+        backend = op.auto(device) if refined in ("", "auto") else ALIASES.get(refined, refined)
         if backend not in op.offers:
             raise ValueError(f"{op.env_var}={backend!r}: {op.name} offers {', '.join(op.offers)}")
     if backend == "triton" and not triton_runs_on(device):
@@ -85,6 +89,11 @@ def resolve(op: Op, requested: str, device: torch.device | str) -> str:
             routine = requested == "auto" and device.type == "cpu" and backend == "reference"
             logger.log(logging.DEBUG if routine else logging.INFO, "%s on %s: %s", op.name, device.type, backend)
     return backend
+
+
+def accepted(op: Op) -> tuple[str, ...]:
+    """Every word a config may give for ``op``: "auto", its implementations, and their aliases."""
+    return ("auto", *op.offers, *(old for old, new in ALIASES.items() if new in op.offers))
 
 
 def chosen() -> dict[str, str]:

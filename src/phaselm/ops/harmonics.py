@@ -16,9 +16,8 @@ a sin). Nothing of size N·H is stored; backward recomputes the same recurrence:
 The recurrence loses about one float32 ulp per harmonic; at H = 32 the results differ from
 the direct form by ~1e-6 (tests/test_harmonics.py bounds it).
 
-:func:`harmonics` picks the kernel for float32 CUDA tensors when Triton is importable, the
-reference otherwise; ``PHASELM_HARMONICS=reference`` (or ``fused``) in the environment forces
-one. On a machine without a GPU, ``TRITON_INTERPRET=1`` runs the kernel in
+:func:`harmonics` picks the kernel for CUDA tensors when Triton is importable, the reference
+otherwise (through :mod:`phaselm.ops.backend`; ``PHASELM_BACKEND_HARMONICS`` refines "auto"). On a machine without a GPU, ``TRITON_INTERPRET=1`` runs the kernel in
 Triton's interpreter, which is how the CPU tests compare the two.
 """
 
@@ -28,13 +27,16 @@ import os
 
 import torch
 
+from .backend import Op, accepted, resolve, triton_runs_on
+
 try:  # Triton ships with CUDA builds of torch; the CPU test environment installs it for the interpreter.
     import triton
     import triton.language as tl
 except ImportError:  # pragma: no cover - exercised only where Triton is absent
     triton = None
 
-BACKENDS = ("auto", "fused", "reference")
+HARMONICS = Op("harmonics", ("reference", "triton"), auto=lambda device: "triton" if device.type == "cuda" and triton_runs_on(device) else "reference")
+BACKENDS = accepted(HARMONICS)
 
 
 def harmonics_reference(theta: torch.Tensor, n_harmonics: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,12 +53,9 @@ def fused_available(theta: torch.Tensor) -> bool:
 
 
 def harmonics(theta: torch.Tensor, n_harmonics: int, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
-    """Z_n for n = 1..H as (Re, Im), each ``(..., H)``; ``backend`` is "auto", "fused" or "reference"."""
-    backend = os.environ.get("PHASELM_HARMONICS", backend)  # a switch for A/B runs and debugging
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    use_fused = backend == "fused" or (backend == "auto" and theta.is_cuda and triton is not None)
-    if use_fused:
+    """Z_n for n = 1..H as (Re, Im), each ``(..., H)``; ``backend`` is "auto", "triton" ("fused",
+    the older word) or "reference"."""
+    if resolve(HARMONICS, backend, theta.device) == "triton":
         return harmonics_fused(theta, n_harmonics)
     return harmonics_reference(theta, n_harmonics)
 

@@ -29,7 +29,10 @@ import functools
 import torch
 import torch.nn.functional as F
 
-BACKENDS = ("auto", "fla", "chunked", "reference")
+from .backend import Op, accepted, resolve
+
+RWKV6 = Op("rwkv6", ("reference", "chunked", "external"), auto=lambda device: "chunked")
+BACKENDS = accepted(RWKV6)
 
 
 def rwkv6_step(state: torch.Tensor, r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, u: torch.Tensor):
@@ -156,12 +159,13 @@ def _rwkv6_fla(r, k, v, w, u, initial_state):
 def rwkv6(r, k, v, w, u, initial_state=None, backend: str = "auto", chunk_size: int = 16):
     """RWKV-6 recurrence over a sequence → (y (B, T, H, V), final state (B, H, K, V)).
 
-    ``backend``:
+    ``backend`` (through :mod:`phaselm.ops.backend`; ``PHASELM_BACKEND_RWKV6`` refines "auto"):
       - "auto": "chunked", for now. On the H100 device image (2026-11-23) fla's first call in a
         process spent minutes autotuning, and under torch.compile it splits the graph at every
         layer; our chunked path compiles into one graph. Its accuracy is checked
         (benchmarks/check_fast_paths.py), its speed not yet;
-      - "fla": fla's kernel (fails where it is not installed or the tensors are not on CUDA);
+      - "external" (the older word: "fla"): fla's kernel (fails where it is not installed or the
+        tensors are not on CUDA);
       - "chunked": :func:`rwkv6_chunked` (plain PyTorch, any device; ``chunk_size`` applies);
       - "reference": :func:`rwkv6_reference` (sequential; for checks).
 
@@ -178,12 +182,9 @@ def rwkv6(r, k, v, w, u, initial_state=None, backend: str = "auto", chunk_size: 
         non-positive, as ours does).
     The device script compares this path with :func:`rwkv6_reference` (forward and gradients).
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    if backend == "auto":
-        backend = "chunked"
-    if backend == "fla":
+    choice = resolve(RWKV6, backend, r.device)
+    if choice == "external":
         return _rwkv6_fla(r, k, v, w, u, initial_state)
-    if backend == "reference":
+    if choice == "reference":
         return rwkv6_reference(r, k, v, w, u, initial_state)
     return rwkv6_chunked(r, k, v, w, u, initial_state, chunk_size)

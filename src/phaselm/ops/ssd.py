@@ -15,11 +15,11 @@ Recurrence, per batch b, head h, channel p, state n:
   the chunked path's (L × L) decay tensors or per-chunk states reach global memory except the
   state entering each chunk, which backward reads (it walks the chunks in reverse, carrying
   the gradient of the state).
-- :func:`ssd` is the dispatch point the layers call. "auto" takes the chunked path for now: the
-  fused kernel is checked against the reference only in Triton's interpreter so far, not yet on
-  a GPU (benchmarks/check_fast_paths.py does that); ask for it with ``backend="fused"`` or
-  ``PHASELM_SSD=fused`` (``reference``, ``chunked`` likewise) in the environment. On a machine without a GPU,
-  ``TRITON_INTERPRET=1`` runs the kernels in Triton's interpreter (how the CPU tests check them).
+- :func:`ssd` is the dispatch point the layers call, through :mod:`phaselm.ops.backend`. "auto"
+  takes the chunked path: under ``torch.compile`` the fused kernel measured no faster
+  (docs/benchmarks.md); ask for it with ``backend="triton"`` (or the older word "fused"), and
+  refine "auto" with ``PHASELM_BACKEND_SSD``. On a machine without a GPU, ``TRITON_INTERPRET=1``
+  runs the kernels in Triton's interpreter (how the CPU tests check them).
 
 Shapes: x (B, T, H, P), a (B, T, H), b and c (B, T, H, N), state (B, H, P, N).
 """
@@ -31,13 +31,16 @@ import os
 import torch
 import torch.nn.functional as F
 
+from .backend import Op, accepted, resolve
+
 try:  # Triton ships with CUDA builds of torch; the CPU test environment installs it for the interpreter.
     import triton
     import triton.language as tl
 except ImportError:  # pragma: no cover - exercised only where Triton is absent
     triton = None
 
-BACKENDS = ("auto", "fused", "chunked", "reference")
+SSD = Op("ssd", ("reference", "chunked", "triton"), auto=lambda device: "chunked")
+BACKENDS = accepted(SSD)
 
 
 def ssd_step(state: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor):
@@ -121,21 +124,15 @@ def fused_supports(chunk_size: int) -> bool:
 def ssd(x, a, b, c, initial_state=None, backend: str = "auto", chunk_size: int = 64):
     """SSD scan over a sequence → (y (B, T, H, P), final state (B, H, P, N)).
 
-    ``backend``:
-      - "auto": "chunked" until the fused kernel has been checked on a GPU (see the module
-        docstring);
-      - "fused": the Triton kernels (CUDA tensors, or any device under ``TRITON_INTERPRET=1``);
-      - "chunked": :func:`ssd_chunked` (plain PyTorch, any device);
-      - "reference": :func:`ssd_reference` (sequential; for checks).
+    ``backend``: "auto" ("chunked"; ``PHASELM_BACKEND_SSD`` refines it), "triton" (the fused
+    kernels: CUDA tensors, or any device under ``TRITON_INTERPRET=1``; "fused" is the older
+    word), "chunked" (:func:`ssd_chunked`, any device; ``chunk_size`` applies) or "reference"
+    (:func:`ssd_reference`, sequential; for checks).
     """
-    backend = os.environ.get("PHASELM_SSD", backend)  # a switch for A/B runs and debugging
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "auto":
-        backend = "chunked"
-    if backend == "fused":
+    choice = resolve(SSD, backend, x.device)
+    if choice == "triton":
         return ssd_fused(x, a, b, c, initial_state, chunk_size)
-    if backend == "reference":
+    if choice == "reference":
         return ssd_reference(x, a, b, c, initial_state)
     return ssd_chunked(x, a, b, c, initial_state, chunk_size)
 

@@ -73,5 +73,5 @@ def test_recipe_picks_the_scan_path(tmp_path, capsys):
     assert build_lm(recipe, 65).config.scan == "fused"
     bad = ["--set", "kssm.scan=fast", "--set", "kssm.n_layers=1"]
     code, _, err = cli(capsys, "train-lm", str(RECIPES / "kssm-v3.toml"), "--out", str(tmp_path / "r"), *bad)
-    assert code == 2 and "scan must be one of auto, fused, chunked, reference" in err and err.count("\n") == 1
+    assert code == 2 and "scan must be one of auto, reference, chunked, triton, fused" in err and err.count("\n") == 1
     assert not (tmp_path / "r").exists()

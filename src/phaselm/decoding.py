@@ -75,9 +75,8 @@ class StepDecoder:
         if self.cache is None:
             raise PhaseLMError(f"{type(model).__name__} returned no cache; cached decoding needs use_cache=True support")
         self.first_logits = out.logits[:, -1].float()
-        self.graphed = graph and prompt_ids.is_cuda
-        self._graph = None
-        if self.graphed:
+        self._graph = None  # set when the step is captured (graph=True on CUDA)
+        if graph and prompt_ids.is_cuda:
             self._capture(prompt_ids.shape[0], prompt_ids.device, warmup)
 
     def _forward(self, ids: torch.Tensor) -> torch.Tensor:

@@ -64,9 +64,6 @@ class FastMamba:
         if getattr(self.model, _ATTRIBUTE, None) is self:
             delattr(self.model, _ATTRIBUTE)
 
-    def describe(self) -> str:
-        return f"{self.path} ({len(self.modules)} modules routed)" if self.modules else self.path
-
 
 def _mixer_kinds():
     """The module classes routed, each with its replacement forward (Mamba-1 blocks too: their

@@ -249,20 +249,18 @@ def holds_run(directory: Path) -> bool:
     return any((directory / name).exists() for name in RUN_MARKERS)
 
 
-def _only_steps_differ(old_text: str, new_text: str) -> int | None:
-    """The new ``train.steps`` if the two recipes differ in that value alone, else None."""
+def _differ_only_in_steps(old_text: str, new_text: str) -> bool:
+    """Do the two recipes differ in ``train.steps`` (an integer in the new one) alone?"""
     from .config import tomllib
 
     try:
         old, new = tomllib.loads(old_text), tomllib.loads(new_text)
     except tomllib.TOMLDecodeError:
-        return None
+        return False
     old_train, new_train = dict(old.get("train", {})), dict(new.get("train", {}))
-    steps = new_train.pop("steps", None)
     old_train.pop("steps", None)
-    if {**old, "train": old_train} != {**new, "train": new_train} or not isinstance(steps, int):
-        return None
-    return steps
+    steps = new_train.pop("steps", None)
+    return isinstance(steps, int) and {**old, "train": old_train} == {**new, "train": new_train}
 
 
 def prepare_run_dir(run_dir: str | os.PathLike, config_text: str, resume: bool) -> Path:
@@ -279,7 +277,7 @@ def prepare_run_dir(run_dir: str | os.PathLike, config_text: str, resume: bool) 
             raise PhaseLMError(f"cannot resume {run_dir}: it holds no config.toml; start a new run without --resume")
         stored = config_file.read_text(encoding="utf-8")
         if stored != config_text:
-            if _only_steps_differ(stored, config_text) is None:
+            if not _differ_only_in_steps(stored, config_text):
                 raise PhaseLMError(
                     f"cannot resume {run_dir}: its config.toml differs from this recipe in more than train.steps; resume "
                     "with the same recipe (train.steps may change) or start a new run in another directory"
@@ -357,8 +355,9 @@ def _step_is_finite(loss: torch.Tensor, grad_norm: torch.Tensor, order: torch.Te
 
 def _nonfinite_report(objective: "Objective", out: StepOutput, x, y, params, autocast) -> tuple[str, str]:
     """(what was not finite, where it came from) for a step that failed :func:`_step_is_finite`."""
-    if not bool(torch.isfinite(out.losses["loss"].detach())) or (out.order is not None and not bool(torch.isfinite(out.order).all())):
-        what = "the loss" if not bool(torch.isfinite(out.losses["loss"].detach())) else "R"
+    loss_bad = not bool(torch.isfinite(out.losses["loss"].detach()))
+    if loss_bad or (out.order is not None and not bool(torch.isfinite(out.order).all())):
+        what = "the loss" if loss_bad else "R"
 
         def forward():
             with autocast():

@@ -96,7 +96,8 @@ def _forward_seconds(model, ids, cfg, device) -> float:
         return median_seconds(lambda: model(input_ids=ids), cfg.steps, cfg.warmup, device)
 
 
-def _train_step(model, handle, ids, device):
+def _train_step(handle, ids):
+    """One Phase-Mamba training step on ids (B, T): forward, losses, backward, AdamW on the core, drift."""
     from ..losses import LossConfig
     from ..observables import DriftConfig
     from ..training import PhaseCoreObjective
@@ -178,7 +179,7 @@ def bench_backbone(name: str, cfg: BackboneBenchConfig | None = None, device: st
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
-        seconds = median_seconds(_train_step(model, handle, ids, device), cfg.steps, cfg.warmup, device)
+        seconds = median_seconds(_train_step(handle, ids), cfg.steps, cfg.warmup, device)
         result["core_train_tokens_per_s"][mode] = (tokens - cfg.batch) / seconds
         result["core_train_peak_gib"][mode] = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
         note(f"core training ({mode}) {(tokens - cfg.batch) / seconds:,.0f} tok/s")

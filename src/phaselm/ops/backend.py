@@ -34,7 +34,6 @@ try:  # Triton ships with CUDA builds of torch; the CPU test environment install
 except ImportError:  # pragma: no cover - exercised only where Triton is absent
     triton = None
 
-BACKENDS = ("reference", "chunked", "triton", "external")
 # Words recipes and saved model configs used before there was one switch; they keep working.
 ALIASES = {"fused": "triton", "fla": "external"}
 logger = logging.getLogger("phaselm.ops")
@@ -59,6 +58,14 @@ def triton_runs_on(device: torch.device | str) -> bool:
     if triton is None:
         return False
     return torch.device(device).type == "cuda" or interpreting()
+
+
+def triton_on_cuda(device: torch.device) -> str:
+    """The usual rule for "auto": our Triton kernels on CUDA tensors, the reference elsewhere.
+
+    The interpreter runs the kernels on any device, but only to test them: "auto" wants CUDA.
+    """
+    return "triton" if device.type == "cuda" and triton_runs_on(device) else "reference"
 
 
 def interpreting() -> bool:

@@ -34,7 +34,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from phaselm.ops.backend import Op, resolve
+from phaselm.ops.backend import Op, resolve, triton_on_cuda
 
 try:  # Triton ships with CUDA builds of torch; the CPU test environment installs it for the interpreter.
     import triton
@@ -43,12 +43,8 @@ except ImportError:  # pragma: no cover - exercised only where Triton is absent
     triton = None
 
 
-def _auto(device: torch.device) -> str:
-    return "triton" if device.type == "cuda" and triton is not None else "reference"
-
-
-CAUSAL_CONV1D = Op("causal_conv1d", ("reference", "triton"), auto=_auto)
-CAUSAL_CONV1D_STEP = Op("causal_conv1d_step", ("reference", "triton"), auto=_auto)
+CAUSAL_CONV1D = Op("causal_conv1d", ("reference", "triton"), auto=triton_on_cuda)
+CAUSAL_CONV1D_STEP = Op("causal_conv1d_step", ("reference", "triton"), auto=triton_on_cuda)
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -27,7 +27,7 @@ import os
 
 import torch
 
-from .backend import Op, accepted, resolve, triton_runs_on
+from .backend import Op, accepted, resolve, triton_on_cuda
 
 try:  # Triton ships with CUDA builds of torch; the CPU test environment installs it for the interpreter.
     import triton
@@ -35,7 +35,7 @@ try:  # Triton ships with CUDA builds of torch; the CPU test environment install
 except ImportError:  # pragma: no cover - exercised only where Triton is absent
     triton = None
 
-HARMONICS = Op("harmonics", ("reference", "triton"), auto=lambda device: "triton" if device.type == "cuda" and triton_runs_on(device) else "reference")
+HARMONICS = Op("harmonics", ("reference", "triton"), auto=triton_on_cuda)
 BACKENDS = accepted(HARMONICS)
 
 

@@ -55,7 +55,7 @@ from typing import Optional, Union
 import torch
 
 from .. import oscillators
-from .backend import Op, resolve, triton_runs_on
+from .backend import Op, resolve, triton_on_cuda
 
 try:  # Triton ships with CUDA builds of torch; the CPU test environment installs it for the interpreter.
     import triton
@@ -66,13 +66,8 @@ except ImportError:  # pragma: no cover - exercised only where Triton is absent
 TWO_PI = 2 * math.pi
 
 
-def _auto(device: torch.device) -> str:
-    # The interpreter runs the kernels on any device, but only to test them: "auto" wants CUDA.
-    return "triton" if device.type == "cuda" and triton_runs_on(device) else "reference"
-
-
-KURAMOTO_INTEGRATE = Op("kuramoto_integrate", ("reference", "triton"), auto=_auto)
-KURAMOTO_RECURRENT = Op("kuramoto_recurrent", ("reference", "triton"), auto=_auto)
+KURAMOTO_INTEGRATE = Op("kuramoto_integrate", ("reference", "triton"), auto=triton_on_cuda)
+KURAMOTO_RECURRENT = Op("kuramoto_recurrent", ("reference", "triton"), auto=triton_on_cuda)
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from .backend import Op, resolve, triton_runs_on
+from .backend import Op, resolve, triton_on_cuda
 
 try:  # Triton ships with CUDA builds of torch; the CPU test environment installs it for the interpreter.
     import triton
@@ -25,7 +25,7 @@ try:  # Triton ships with CUDA builds of torch; the CPU test environment install
 except ImportError:  # pragma: no cover - exercised only where Triton is absent
     triton = None
 
-RMS_NORM = Op("rms_norm", ("reference", "triton"), auto=lambda device: "triton" if device.type == "cuda" and triton_runs_on(device) else "reference")
+RMS_NORM = Op("rms_norm", ("reference", "triton"), auto=triton_on_cuda)
 
 
 def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

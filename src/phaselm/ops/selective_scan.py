@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .backend import Op, resolve, triton_runs_on
+from .backend import Op, resolve, triton_on_cuda
 
 try:  # Triton ships with CUDA builds of torch; the CPU test environment installs it for the interpreter.
     import triton
@@ -44,8 +44,8 @@ try:  # Triton ships with CUDA builds of torch; the CPU test environment install
 except ImportError:  # pragma: no cover - exercised only where Triton is absent
     triton = None
 
-SCAN = Op("selective_scan", ("reference", "triton"), auto=lambda device: "triton" if device.type == "cuda" and triton_runs_on(device) else "reference")
-STEP = Op("selective_state_step", ("reference", "triton"), auto=SCAN.auto)
+SCAN = Op("selective_scan", ("reference", "triton"), auto=triton_on_cuda)
+STEP = Op("selective_state_step", ("reference", "triton"), auto=triton_on_cuda)
 
 
 def _delta(dt: Tensor, dt_bias: Tensor | None, dt_softplus: bool) -> Tensor:

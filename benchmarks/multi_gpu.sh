@@ -4,7 +4,10 @@
 #
 # For each recipe in RECIPES: train it on 1 process with batch B, then on N processes (torchrun,
 # DDP through Accelerate) with batch B/N each, same steps and seed; print both loss curves and
-# the median tokens/s of each, and keep the metrics. The Phase Core runs graft onto a random
+# the median tokens/s of each, and keep the metrics. Then (WEAK=1, the default) N processes with
+# batch B each: the same work per GPU as the 1-process run, so its tokens/s ratio is the scaling
+# when every GPU is as busy as the single one (the strong run's halved batch may leave a small
+# model latency-bound). The Phase Core runs graft onto a random
 # mamba-130m-shaped backbone (no hub on the device).
 #   OUT=$OUT NPROC=2 bash benchmarks/multi_gpu.sh         (on nvidia-h100-x2 / nvidia-h200-x2)
 #   NPROC=2 STEPS=20 BATCH=4 SMALL=1 RECIPES=kssm-v3 bash benchmarks/multi_gpu.sh   (a CPU smoke run: gloo, tiny shapes)
@@ -33,15 +36,27 @@ for name in $RECIPES; do
   echo "=== $name: $NPROC processes, batch $((BATCH / NPROC)) each"
   torchrun --standalone --nproc_per_node "$NPROC" -m phaselm.cli "${cmd[@]}" --out "$OUT/$name-$NPROC" \
     --set "train.batch_size=$((BATCH / NPROC))" "${common[@]}" > "$OUT/$name-$NPROC.log" 2>&1 || tail -3 "$OUT/$name-$NPROC.log"
-  python3 - "$OUT/$name-1/metrics.jsonl" "$OUT/$name-$NPROC/metrics.jsonl" <<'EOF'
-import json, statistics, sys
-runs = [[json.loads(l) for l in open(p)] for p in sys.argv[1:]]
+  runs=("$OUT/$name-1/metrics.jsonl" "$OUT/$name-$NPROC/metrics.jsonl")
+  if [ "${WEAK:-1}" = 1 ]; then
+    echo "=== $name: $NPROC processes, batch $BATCH each (weak scaling)"
+    torchrun --standalone --nproc_per_node "$NPROC" -m phaselm.cli "${cmd[@]}" --out "$OUT/$name-$NPROC-weak" \
+      --set "train.batch_size=$BATCH" "${common[@]}" > "$OUT/$name-$NPROC-weak.log" 2>&1 || tail -3 "$OUT/$name-$NPROC-weak.log"
+    runs+=("$OUT/$name-$NPROC-weak/metrics.jsonl")
+  fi
+  python3 - "${runs[@]}" <<'EOF'
+import json, os, statistics, sys
+runs = [[json.loads(l) for l in open(p)] for p in sys.argv[1:] if os.path.exists(p)]
 train = [[r for r in run if "tokens_per_s" in r] for run in runs]
 print("step | loss, 1 process | loss, N processes")
-for a, b in zip(*train):
+for a, b in zip(train[0], train[1]):
     print(f"{a['step']} | {a['loss']:.4f} | {b['loss']:.4f}")
+tail = [[r["loss"] for r in t[len(t) // 2:]] for t in train[:2]]
+print(f"mean loss over the second half: 1 process {statistics.mean(tail[0]):.4f}, N processes {statistics.mean(tail[1]):.4f}; "
+      f"mean |difference| per logged step {statistics.mean(abs(a - b) for a, b in zip(*tail)):.4f}")
 speeds = [statistics.median(r["tokens_per_s"] for r in t[1:] or t) for t in train]
 print(f"median tokens/s: 1 process {speeds[0]:,.0f}, N processes {speeds[1]:,.0f} = {speeds[1] / speeds[0]:.2f}x")
+if len(speeds) > 2:
+    print(f"median tokens/s, N processes at the 1-process batch each: {speeds[2]:,.0f} = {speeds[2] / speeds[0]:.2f}x")
 EOF
 done
 tar czf "$OUT/results.tgz" -C "$OUT" --exclude results.tgz . 2>/dev/null

@@ -12,7 +12,14 @@ import torch
 from phaselm.layers.mamba2 import Mamba2Mixer
 from phaselm.layers.rwkv6 import RWKV6TimeMix
 from phaselm.ops import backend as backend_ops
-from phaselm.ops.rwkv6 import RWKV6, fla_available, rwkv6, rwkv6_chunked, rwkv6_reference, rwkv6_step
+from phaselm.ops.rwkv6 import (
+    RWKV6,
+    fla_available,
+    rwkv6,
+    rwkv6_chunked,
+    rwkv6_reference,
+    rwkv6_step,
+)
 from phaselm.ops.rwkv6_triton import CHUNK, rwkv6_triton
 
 needs_triton = pytest.mark.skipif(
@@ -110,6 +117,9 @@ def test_dispatch():
 # ---------------------------------------------------------------- the Triton kernels
 
 
+GRAD_NAMES = ("r", "k", "v", "w", "u", "initial_state")
+
+
 def _grads(y, s, args, weights):
     return torch.autograd.grad((y * weights[0]).sum() + (s * weights[1]).sum(), [a for a in args if a is not None])
 
@@ -129,7 +139,7 @@ def test_triton_equals_reference_forward_and_every_gradient(one_thread, length, 
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(s, s_ref, rtol=1e-5, atol=1e-5)
     weights = torch.randn_like(y_ref), torch.randn_like(s_ref)
-    names = [n for n, a in zip("r k v w u initial_state".split(), args) if a is not None]
+    names = [n for n, a in zip(GRAD_NAMES, args) if a is not None]
     for name, a, b in zip(names, _grads(y, s, args, weights), _grads(y_ref, s_ref, args, weights)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=name)
 
@@ -141,7 +151,7 @@ def test_triton_gradient_of_y_alone_and_of_the_state_alone(one_thread):
     for pick in (0, 1):
         out, out_ref = rwkv6_triton(*args)[pick], rwkv6_reference(*args)[pick]
         grads_ref = torch.autograd.grad(out_ref.sum(), args, allow_unused=True, materialize_grads=True)  # S ignores r
-        for name, a, b in zip("r k v w u s0".split(), torch.autograd.grad(out.sum(), args), grads_ref):
+        for name, a, b in zip(GRAD_NAMES, torch.autograd.grad(out.sum(), args), grads_ref):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=f"{name} (output {pick})")
 
 
@@ -157,7 +167,7 @@ def test_triton_is_finite_and_exact_with_very_fast_decay(one_thread):
     torch.testing.assert_close(s, s_ref, rtol=1e-4, atol=1e-4)
     grads = torch.autograd.grad(y.sum() + s.sum(), args)
     assert all(torch.isfinite(g).all() for g in grads)
-    for name, a, b in zip("r k v w u s0".split(), grads, torch.autograd.grad(y_ref.sum() + s_ref.sum(), args)):
+    for name, a, b in zip(GRAD_NAMES, grads, torch.autograd.grad(y_ref.sum() + s_ref.sum(), args)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=name)
 
 
@@ -166,7 +176,9 @@ def test_triton_takes_bf16_inputs_with_a_float32_state(one_thread):
     r, k, v, w, u, s0 = (t.float() for t in inputs(1, 17, 1, 16, 16))
     low = [t.bfloat16() for t in (r, k, v, w)]
     y, s = rwkv6_triton(*low, u, s0)
-    y_ref, s_ref = rwkv6_reference(*(t.float() for t in low), u, s0)  # the same rounded inputs
+    # The same rounded inputs. Triton's interpreter truncates float32 → bf16 on store (a GPU
+    # rounds to nearest), so y's error here is up to twice a GPU's: hence 1e-2.
+    y_ref, s_ref = rwkv6_reference(*(t.float() for t in low), u, s0)
     assert y.dtype == torch.bfloat16 and s.dtype == torch.float32
     assert (s - s_ref).abs().max() / s_ref.abs().max() < 1e-2
     assert (y.float() - y_ref).abs().max() / y_ref.abs().max() < 1e-2

@@ -69,14 +69,14 @@ def _launch(key_dim: int, value_dim: int, dtype: torch.dtype, length: int) -> di
     """Compile-time options from the head size and dtype only (the fixed table the issue asks for)."""
     tile_k, tile_v = _tile(key_dim), _tile(value_dim)
     n_chunks = triton.cdiv(length, CHUNK)
-    return dict(
+    return {
         # Triton 3.6's interpreter cannot loop to a runtime bound with NumPy ≥ 2.4
         # (triton-lang/triton#9171): there, and only there, the chunk count is a constant.
-        STATIC_CHUNKS=n_chunks if interpreting() else 0,
-        L=CHUNK, TK=tile_k, TV=tile_v,
-        PRECISION="tf32" if dtype in (torch.bfloat16, torch.float16) else "ieee",
-        num_warps=8 if max(tile_k, tile_v) >= 64 else 4,
-    )
+        "STATIC_CHUNKS": n_chunks if interpreting() else 0,
+        "L": CHUNK, "TK": tile_k, "TV": tile_v,
+        "PRECISION": "tf32" if dtype in (torch.bfloat16, torch.float16) else "ieee",
+        "num_warps": 8 if max(tile_k, tile_v) >= 64 else 4,
+    }
 
 
 def _unused_pointer(like: Tensor) -> Tensor:
@@ -92,7 +92,7 @@ if triton is not None:
         batch, length, heads, key_dim = r.shape
         value_dim = v.shape[-1]
         n_chunks = triton.cdiv(length, CHUNK)
-        f32 = dict(device=r.device, dtype=torch.float32)
+        f32 = {"device": r.device, "dtype": torch.float32}
         y = torch.empty(batch, length, heads, value_dim, device=r.device, dtype=v.dtype)
         final = torch.empty(batch, heads, key_dim, value_dim, **f32)
         entering = torch.empty(batch, heads, n_chunks, key_dim, value_dim, **f32)

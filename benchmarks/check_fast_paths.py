@@ -3,7 +3,10 @@
     PYTHONPATH=src python3 benchmarks/check_fast_paths.py [--out DIR]
 
 - RWKV-6: fla's ``chunk_rwkv6`` (when fla imports) and our chunked path vs the sequential
-  reference, float32 inputs at a fusion-recipe shape.
+  reference, float32 inputs at a fusion-recipe shape; our Triton kernels vs the reference at
+  several shapes (ragged lengths, with an initial state, float32 and bf16 inputs), their
+  first-call time, and their steady-state forward + backward time against the chunked path at a
+  GPT-2-small-shaped RWKV-6 (16 × 512, 12 heads of 64).
 - Mamba-2 / K-SSM SSD: our chunked scan and the fused Triton kernels vs the sequential reference.
 - Kuramoto harmonics: the fused Triton kernel vs the direct form, at the K-SSM bank's shape.
 - Mamba-1 (Phase-Mamba's backbone): the Triton selective scan and causal conv1d vs their
@@ -13,7 +16,9 @@
 - Phase Core dynamics: the fused Kuramoto kernels (token and recurrent mode, with a padding
   mask) vs the PyTorch loop.
 
-``--only mamba`` runs the Mamba-1 and Phase Core checks alone.
+``--only mamba`` runs the Mamba-1 and Phase Core checks alone; ``--only rwkv6`` the RWKV-6
+Triton checks and timings alone (run it in a fresh process: the first-call time is only
+meaningful before anything else has compiled the kernels).
 
 Errors are max |fast − reference| / max |reference| per output (forward) and per input gradient
 (backward, for one random cotangent). Writes fast_paths.json to --out and prints a table. Runs
@@ -24,13 +29,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import tempfile
+import time
 from pathlib import Path
 
 import torch
 
 from phaselm.ops import harmonics as harmonics_ops
 from phaselm.ops import ssd as ssd_ops
-from phaselm.ops.rwkv6 import fla_available, rwkv6, rwkv6_reference
+from phaselm.ops.rwkv6 import fla_available, rwkv6, rwkv6_chunked, rwkv6_reference
+from phaselm.ops.rwkv6_triton import rwkv6_triton
 from phaselm.ops.ssd import ssd_chunked, ssd_reference
 from phaselm.ops import causal_conv1d as conv_ops
 from phaselm.ops import kuramoto as kuramoto_ops
@@ -67,6 +76,108 @@ def rwkv6_inputs(device, batch=2, length=512, heads=3, dim=64):
     w = -torch.exp(torch.randn(batch, length, heads, dim, generator=g) * 0.5 - 1.0)  # log decays < 0
     u = torch.randn(heads, dim, generator=g) * 0.5
     return [t.to(device) for t in (r, k, v, w, u)]
+
+
+def max_relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+
+def rms_ratio(a: torch.Tensor, b: torch.Tensor) -> float:
+    """fla's test measure: RMS of the difference over RMS of the reference."""
+    return float((a - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt().clamp_min(1e-30))
+
+
+# fla's tests accept an RMS error ratio of about 5e-3 for its kernels (bf16 products); float32
+# inputs run IEEE float32 products here, so they are held 50× tighter.
+RWKV6_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 5e-3}
+
+
+def rwkv6_case(device, dtype, batch, length, heads, dim=64, seed=0):
+    """r, k, v, w (B, T, H, 64) in ``dtype``; u (H, 64) and an initial state (B, H, 64, 64) in float32."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    r, k = (torch.randn(batch, length, heads, dim, generator=g) * 0.5 for _ in range(2))
+    v = torch.randn(batch, length, heads, dim, generator=g)
+    # RWKV-6's w = −exp(·): per-step decays from ~0.99 down to ~0.05, a spread like a trained model's.
+    w = -torch.exp(torch.randn(batch, length, heads, dim, generator=g) - 1.5)
+    u = torch.randn(heads, dim, generator=g) * 0.5
+    s0 = torch.randn(batch, heads, dim, dim, generator=g) * 0.1
+    return [t.to(device, dtype) for t in (r, k, v, w)] + [u.to(device), s0.to(device)]
+
+
+def rwkv6_accuracy(device: str, checks: dict) -> None:
+    """Triton vs the sequential reference (float32, from the same rounded inputs): y, the final
+    state, and the gradients of r, k, v, w, u and the initial state, as max relative error and as
+    fla's RMS ratio with a pass/fail."""
+    for dtype in (torch.float32, torch.bfloat16):
+        name = str(dtype).replace("torch.", "")
+        for length, heads in ((64, 4), (255, 8), (1024, 4)):
+            x = rwkv6_case(device, dtype, 2, length, heads)
+            outs, grads = {}, {}
+            for which, fn in (("triton", rwkv6_triton), ("reference", lambda *t: rwkv6_reference(*(a.float() for a in t)))):
+                leaves = [t.detach().clone().requires_grad_() for t in x]
+                y, state = fn(*leaves)
+                torch.manual_seed(1)
+                # Cotangents representable in the input dtype: the kernel receives dy in y's dtype,
+                # and a reference given finer ones would charge that rounding to the kernel.
+                (y.float() * torch.randn_like(y, dtype=torch.float32).to(dtype).float()).sum().backward(retain_graph=True)
+                (state.float() * torch.randn_like(state, dtype=torch.float32)).sum().backward()
+                outs[which] = [y.detach().float(), state.detach().float()]
+                grads[which] = [leaf.grad.float() for leaf in leaves]
+            pairs = list(zip(outs["triton"] + grads["triton"], outs["reference"] + grads["reference"]))
+            ratios = {n: rms_ratio(a, b) for n, (a, b) in zip(("y", "final_state", "dr", "dk", "dv", "dw", "du", "d_initial"), pairs)}
+            checks[f"rwkv6 triton vs reference ({name}, 2 x {length} x {heads} x 64, initial state)"] = {
+                "forward": [max_relative(a, b) for a, b in pairs[:2]],
+                "backward": [max_relative(a, b) for a, b in pairs[2:]],
+                "rms_ratio": ratios,
+                "pass": all(v <= RWKV6_TOLERANCE[dtype] for v in ratios.values()),
+            }
+
+
+def _fwd_bwd(fn, x):
+    y, state = fn(*x)
+    (y.float().sum() + state.float().sum()).backward()
+
+
+def rwkv6_timing(device: str, report: dict) -> None:
+    """First call (compilation included: an empty Triton cache) and steady-state ms, triton vs chunked."""
+    shape = {"batch": 16, "length": 512, "heads": 12}
+    timings = report.setdefault("timings", {})
+    os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="triton-cache-")  # a cold compile, as on a fresh machine
+    for dtype in (torch.float32, torch.bfloat16):
+        name = str(dtype).replace("torch.", "")
+        x = [t.requires_grad_() for t in rwkv6_case(device, dtype, **shape)]
+        for label, fn in (("triton", rwkv6_triton), ("chunked", rwkv6_chunked)):
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            _fwd_bwd(fn, x)
+            torch.cuda.synchronize()
+            first = time.perf_counter() - start
+            for _ in range(3):
+                _fwd_bwd(fn, x)
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            for _ in range(20):
+                _fwd_bwd(fn, x)
+            end.record()
+            torch.cuda.synchronize()
+            timings[f"rwkv6 {label} fwd+bwd ({name}, 16 x 512 x 12 x 64)"] = {
+                "first_call_s": first, "steady_ms": begin.elapsed_time(end) / 20,
+            }
+    # A new length must not compile anything (nothing is keyed on T): time a first call at T = 700.
+    x = [t.requires_grad_() for t in rwkv6_case(device, torch.bfloat16, 16, 700, 12)]
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    _fwd_bwd(rwkv6_triton, x)
+    torch.cuda.synchronize()
+    timings["rwkv6 triton first call at a new length (bf16, T = 700)"] = {"first_call_s": time.perf_counter() - start}
+
+
+def rwkv6_checks(device: str, report: dict) -> None:
+    if device != "cuda":
+        report["checks"]["rwkv6 triton vs reference"] = "skipped: no CUDA device (the CPU tests run it in Triton's interpreter)"
+        return
+    rwkv6_timing(device, report)  # first: the first-call time needs kernels nothing has compiled yet
+    rwkv6_accuracy(device, report["checks"])
 
 
 def ssd_inputs(device, batch=2, length=512, heads=6, p=64, n=64):
@@ -177,14 +288,18 @@ def mamba_checks(device: str, report: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="runs/fast-paths")
-    parser.add_argument("--only", choices=["all", "mamba"], default="all")
+    parser.add_argument("--only", choices=["all", "mamba", "rwkv6"], default="all")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     report = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "checks": {}}
     if args.only == "mamba":
         mamba_checks(device, report)
         return finish(report, args.out)
+    if args.only == "rwkv6":
+        rwkv6_checks(device, report)
+        return finish(report, args.out)
 
+    rwkv6_checks(device, report)
     x = rwkv6_inputs(device)
     reference = lambda *t: rwkv6_reference(*t)[0]  # noqa: E731
     report["checks"]["rwkv6 chunked vs reference"] = relative_errors(lambda *t: rwkv6(*t, backend="chunked")[0], reference, x)
@@ -224,7 +339,10 @@ def finish(report: dict, out: str) -> None:
         fwd = max(result["forward"])
         backward = [e for e in result["backward"] if e is not None]
         bwd = f"{max(backward):.2e}" if backward else "—"
-        print(f"{name:55s} forward max rel err {fwd:.2e}   backward max rel err {bwd}")
+        verdict = "" if "pass" not in result else f"   rms ratio max {max(result['rms_ratio'].values()):.2e} {'pass' if result['pass'] else 'FAIL'}"
+        print(f"{name:55s} forward max rel err {fwd:.2e}   backward max rel err {bwd}{verdict}")
+    for name, timing in report.get("timings", {}).items():
+        print(f"{name:55s} " + "   ".join(f"{key} {value:.4g}" for key, value in timing.items()))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ lies in (0, 1) and depends on the data.
   exponent is a sum of non-positive log decays, so nothing overflows however fast the decay (no
   division by cumulative decays, the trick that makes naive "linear attention with decay" blow
   up in float32).
+- :func:`phaselm.ops.rwkv6_triton.rwkv6_triton` — our Triton kernels, forward and backward (that
+  module says how they keep the exponents non-positive).
 - :func:`rwkv6` — the dispatch point the layers call (see its docstring for the fla backend).
 
 Layout (the same as fla ≥ 0.3, time before heads): r, k, w (B, T, H, K); v (B, T, H, V); u (H, K);
@@ -29,9 +31,16 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from .backend import Op, accepted, resolve
+from .backend import Op, accepted, resolve, triton_on_cuda
+from .rwkv6_triton import rwkv6_triton
 
-RWKV6 = Op("rwkv6", ("reference", "chunked", "external"), auto=lambda device: "chunked")
+
+def _auto(device: torch.device) -> str:
+    """Our Triton kernels on CUDA tensors (where Triton is), the chunked PyTorch path elsewhere."""
+    return "triton" if triton_on_cuda(device) == "triton" else "chunked"
+
+
+RWKV6 = Op("rwkv6", ("reference", "chunked", "triton", "external"), auto=_auto)
 BACKENDS = accepted(RWKV6)
 
 
@@ -160,10 +169,13 @@ def rwkv6(r, k, v, w, u, initial_state=None, backend: str = "auto", chunk_size: 
     """RWKV-6 recurrence over a sequence → (y (B, T, H, V), final state (B, H, K, V)).
 
     ``backend`` (through :mod:`phaselm.ops.backend`; ``PHASELM_BACKEND_RWKV6`` refines "auto"):
-      - "auto": "chunked", for now. On the H100 device image (2026-11-23) fla's first call in a
-        process spent minutes autotuning, and under torch.compile it splits the graph at every
-        layer; our chunked path compiles into one graph. Its accuracy is checked
-        (benchmarks/check_fast_paths.py), its speed not yet;
+      - "auto": "triton" on CUDA tensors, "chunked" elsewhere. Not fla: on the H100 device image
+        (2026-11-23) fla's first call in a process spent minutes autotuning, and under
+        torch.compile it splits the graph at every layer;
+      - "triton": :func:`~phaselm.ops.rwkv6_triton.rwkv6_triton`, our kernels (custom ops that
+        torch.compile keeps in one graph; a fixed tile per head size, so no autotuning and no
+        recompilation for a new length; CUDA tensors, or any device under ``TRITON_INTERPRET=1``;
+        the final state comes back in float32);
       - "external" (the older word: "fla"): fla's kernel (fails where it is not installed or the
         tensors are not on CUDA);
       - "chunked": :func:`rwkv6_chunked` (plain PyTorch, any device; ``chunk_size`` applies);
@@ -187,4 +199,6 @@ def rwkv6(r, k, v, w, u, initial_state=None, backend: str = "auto", chunk_size: 
         return _rwkv6_fla(r, k, v, w, u, initial_state)
     if choice == "reference":
         return rwkv6_reference(r, k, v, w, u, initial_state)
+    if choice == "triton":
+        return rwkv6_triton(r, k, v, w, u, initial_state)
     return rwkv6_chunked(r, k, v, w, u, initial_state, chunk_size)

@@ -215,3 +215,32 @@ def test_mamba2_mixer_with_the_fused_scan_equals_the_reference_scan():
     assert relative_error(states[0], states[1]) <= FUSED_TOLERANCE
     for got, want in zip(*grads):
         assert relative_error(got, want) <= FUSED_TOLERANCE
+
+
+@requires_triton
+def test_triton_scan_compiles_without_a_graph_break():
+    # fullgraph=True fails on any graph break: the kernels must be opaque custom ops to Dynamo.
+    x, a, b, c, s0 = float32_copies(inputs(1, 20, 2, 16, 16))
+
+    def step(x, a, b, c, s0):
+        y, s = ssd(x * 2, a, b, c, s0, backend="triton", chunk_size=16)
+        return (y**2).sum() + s.sum()
+
+    compiled = torch.compile(step, backend="eager", fullgraph=True)
+    loss = compiled(x, a, b, c, s0)
+    grads = torch.autograd.grad(loss, [x, a, b, c, s0])
+    want = step(x, a, b, c, s0)
+    want_grads = torch.autograd.grad(want, [x, a, b, c, s0])
+    assert torch.equal(loss, want)
+    for got, expected in zip(grads, want_grads):
+        assert torch.equal(got, expected)
+
+
+@requires_triton
+@pytest.mark.parametrize("with_state", [False, True])
+def test_ssd_custom_ops_pass_opcheck(with_state):
+    x, a, b, c, s0 = float32_copies(inputs(1, 20, 1, 8, 5))
+    torch.library.opcheck(torch.ops.phaselm.ssd_fwd.default, (x, a, b, c, s0 if with_state else None, 16))
+    y, s, entering = torch.ops.phaselm.ssd_fwd(x, a, b, c, s0 if with_state else None, 16)
+    args = tuple(t.detach() for t in (x, a, b, c, entering, torch.randn_like(y), torch.randn_like(s)))
+    torch.library.opcheck(torch.ops.phaselm.ssd_bwd.default, (*args, 16, with_state))

@@ -10,7 +10,8 @@ Recurrence, per batch b, head h, channel p, state n:
 - :func:`ssd_chunked` computes the same thing in chunks with matrix products (the SSD
   algorithm of Dao & Gu 2024): quadratic inside a chunk, a short recurrence across chunks.
   Every exponent is a sum of non-positive terms, so nothing overflows.
-- :func:`ssd_fused` is the chunked algorithm as one Triton kernel per direction: one program
+- :func:`ssd_fused` is the chunked algorithm as one Triton kernel per direction (registered as
+  the custom ops ``phaselm::ssd_fwd`` / ``ssd_bwd``, so torch.compile keeps them whole): one program
   per (batch, head) walks the chunks in order with the P × N state in registers, so none of
   the chunked path's (L × L) decay tensors or per-chunk states reach global memory except the
   state entering each chunk, which backward reads (it walks the chunks in reverse, carrying
@@ -30,6 +31,7 @@ import os
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from .backend import Op, accepted, resolve
 
@@ -147,7 +149,7 @@ def ssd_fused(x, a, b, c, initial_state=None, chunk_size: int = 64):
     if not fused_supports(chunk_size):
         raise ValueError(f"the fused SSD kernel needs chunk_size a power of two ≥ 16, got {chunk_size}")
     state = None if initial_state is None else initial_state.float()
-    y, final_state = _FusedSSD.apply(x.float(), a.float(), b.float(), c.float(), state, chunk_size)
+    y, final_state, _ = torch.ops.phaselm.ssd_fwd(x.float(), a.float(), b.float(), c.float(), state, chunk_size)
     return y.to(x.dtype), final_state.to(x.dtype)
 
 
@@ -168,49 +170,98 @@ def _unused_pointer(like: torch.Tensor) -> torch.Tensor:
     return like.new_empty(1)
 
 
-class _FusedSSD(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, a, b, c, initial_state, chunk_size: int):
-        x, a, b, c = (t.contiguous() for t in (x, a, b, c))
-        batch, length, heads, p = x.shape
-        n = b.shape[-1]
-        n_chunks = triton.cdiv(length, chunk_size)
-        has_initial = initial_state is not None
-        initial = initial_state.contiguous() if has_initial else _unused_pointer(x)
-        y = torch.empty_like(x)
-        final_state = torch.empty(batch, heads, p, n, device=x.device, dtype=torch.float32)
-        entering = torch.empty(batch, heads, n_chunks, p, n, device=x.device, dtype=torch.float32)
-        tile_p, tile_n = _tile(p), _tile(n)
-        # The chunk count is a compile-time constant because Triton 3.6's interpreter cannot
-        # loop over a runtime bound with NumPy ≥ 2.4 (triton-lang/triton#9171); on a GPU that
-        # costs one compilation per chunk count.
-        _ssd_fwd[(batch * heads,)](
-            x, a, b, c, initial, y, entering, final_state, length, heads, p, n,
-            N_CHUNKS=n_chunks, HAS_INITIAL=has_initial, L=chunk_size, TILE_P=tile_p, TILE_N=tile_n,
-            **_launch_options(tile_p, tile_n, chunk_size),
-        )
-        ctx.save_for_backward(x, a, b, c, entering)
-        ctx.chunk_size, ctx.has_initial = chunk_size, has_initial
-        return y, final_state
+def _ssd_fwd_impl(x: Tensor, a: Tensor, b: Tensor, c: Tensor, initial_state: Tensor | None, chunk_size: int):
+    x, a, b, c = (t.contiguous() for t in (x, a, b, c))
+    batch, length, heads, p = x.shape
+    n = b.shape[-1]
+    n_chunks = triton.cdiv(length, chunk_size)
+    has_initial = initial_state is not None
+    initial = initial_state.contiguous() if has_initial else _unused_pointer(x)
+    y = torch.empty_like(x)
+    final_state = torch.empty(batch, heads, p, n, device=x.device, dtype=torch.float32)
+    entering = torch.empty(batch, heads, n_chunks, p, n, device=x.device, dtype=torch.float32)
+    tile_p, tile_n = _tile(p), _tile(n)
+    # The chunk count is a compile-time constant because Triton 3.6's interpreter cannot
+    # loop over a runtime bound with NumPy ≥ 2.4 (triton-lang/triton#9171); on a GPU that
+    # costs one compilation per chunk count.
+    _ssd_fwd[(batch * heads,)](
+        x, a, b, c, initial, y, entering, final_state, length, heads, p, n,
+        N_CHUNKS=n_chunks, HAS_INITIAL=has_initial, L=chunk_size, TILE_P=tile_p, TILE_N=tile_n,
+        **_launch_options(tile_p, tile_n, chunk_size),
+    )
+    return y, final_state, entering
 
-    @staticmethod
-    def backward(ctx, grad_y, grad_final):
-        x, a, b, c, entering = ctx.saved_tensors
+
+def _ssd_bwd_impl(x, a, b, c, entering, grad_y, grad_final, chunk_size: int, want_initial: bool):
+    x, a, b, c = (t.contiguous() for t in (x, a, b, c))
+    batch, length, heads, p = x.shape
+    n = b.shape[-1]
+    grad_y, grad_final = grad_y.float().contiguous(), grad_final.float().contiguous()
+    dx, db, dc = torch.empty_like(x), torch.empty_like(b), torch.empty_like(c)
+    da = torch.empty_like(a)
+    d_initial = torch.empty_like(grad_final) if want_initial else _unused_pointer(x)
+    tile_p, tile_n = _tile(p), _tile(n)
+    _ssd_bwd[(batch * heads,)](
+        x, a, b, c, entering, grad_y, grad_final, dx, da, db, dc, d_initial,
+        length, heads, p, n,
+        N_CHUNKS=entering.shape[2], STORE_D_INITIAL=want_initial, L=chunk_size, TILE_P=tile_p, TILE_N=tile_n,
+        **_launch_options(tile_p, tile_n, chunk_size),
+    )
+    return dx, da, db, dc, (d_initial if want_initial else x.new_empty(0))
+
+
+if triton is not None:
+    # Registered as custom ops (as ops/selective_scan.py does) so torch.compile treats the
+    # kernels as opaque calls with known output shapes: no graph break at the mixer.
+
+    @torch.library.custom_op("phaselm::ssd_fwd", mutates_args=())
+    def _ssd_fwd_op(
+        x: Tensor, a: Tensor, b: Tensor, c: Tensor, initial_state: Tensor | None, chunk_size: int
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """float32 x (B, T, H, P), a (B, T, H), b, c (B, T, H, N), initial state (B, H, P, N) or None
+        → y (B, T, H, P), final state (B, H, P, N), state entering each chunk (B, H, chunks, P, N)."""
+        return _ssd_fwd_impl(x, a, b, c, initial_state, chunk_size)
+
+    @_ssd_fwd_op.register_fake
+    def _(x, a, b, c, initial_state, chunk_size):
         batch, length, heads, p = x.shape
         n = b.shape[-1]
-        grad_y, grad_final = grad_y.float().contiguous(), grad_final.float().contiguous()  # zeros for an unused output
-        dx, db, dc = torch.empty_like(x), torch.empty_like(b), torch.empty_like(c)
-        da = torch.empty_like(a)
+        n_chunks = (length + chunk_size - 1) // chunk_size
+        f32 = dict(dtype=torch.float32)
+        return torch.empty_like(x), x.new_empty(batch, heads, p, n, **f32), x.new_empty(batch, heads, n_chunks, p, n, **f32)
+
+    @torch.library.custom_op("phaselm::ssd_bwd", mutates_args=())
+    def _ssd_bwd_op(
+        x: Tensor, a: Tensor, b: Tensor, c: Tensor, entering: Tensor, grad_y: Tensor, grad_final: Tensor,
+        chunk_size: int, want_initial: bool,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """→ gradients of x, a, b, c and the initial state ((0,) when ``want_initial`` is False)."""
+        return _ssd_bwd_impl(x, a, b, c, entering, grad_y, grad_final, chunk_size, want_initial)
+
+    @_ssd_bwd_op.register_fake
+    def _(x, a, b, c, entering, grad_y, grad_final, chunk_size, want_initial):
+        d_initial = torch.empty_like(grad_final, dtype=torch.float32) if want_initial else x.new_empty(0)
+        return torch.empty_like(x), torch.empty_like(a), torch.empty_like(b), torch.empty_like(c), d_initial
+
+    def _ssd_setup(ctx, inputs, output):
+        x, a, b, c, initial_state, chunk_size = inputs
+        ctx.save_for_backward(x, a, b, c, output[2])
+        ctx.chunk_size, ctx.has_initial = chunk_size, initial_state is not None
+
+    def _ssd_backward(ctx, grad_y, grad_final, grad_entering):
+        x, a, b, c, entering = ctx.saved_tensors
+        batch, _, heads, p = x.shape
+        if grad_y is None:  # an unused output
+            grad_y = torch.zeros_like(x)
+        if grad_final is None:
+            grad_final = x.new_zeros(batch, heads, p, b.shape[-1], dtype=torch.float32)
         want_initial = ctx.has_initial and ctx.needs_input_grad[4]
-        d_initial = torch.empty_like(grad_final) if want_initial else _unused_pointer(x)
-        tile_p, tile_n = _tile(p), _tile(n)
-        _ssd_bwd[(batch * heads,)](
-            x, a, b, c, entering, grad_y, grad_final, dx, da, db, dc, d_initial,
-            length, heads, p, n,
-            N_CHUNKS=entering.shape[2], STORE_D_INITIAL=want_initial, L=ctx.chunk_size, TILE_P=tile_p, TILE_N=tile_n,
-            **_launch_options(tile_p, tile_n, ctx.chunk_size),
+        dx, da, db, dc, d_initial = torch.ops.phaselm.ssd_bwd(
+            x, a, b, c, entering, grad_y, grad_final, ctx.chunk_size, want_initial
         )
         return dx, da, db, dc, (d_initial if want_initial else None), None
+
+    _ssd_fwd_op.register_autograd(_ssd_backward, setup_context=_ssd_setup)
 
 
 if triton is not None:

@@ -73,9 +73,23 @@ def _segsum(x: torch.Tensor) -> torch.Tensor:
     return out.masked_fill(~keep, float("-inf"))
 
 
-def ssd_chunked(x, a, b, c, initial_state=None, chunk_size: int = 64):
-    """Chunked parallel scan; same results as :func:`ssd_reference` (up to float rounding)."""
+def ssd_chunked(x, a, b, c, initial_state=None, chunk_size: int = 64, matmul_dtype: torch.dtype | None = None):
+    """Chunked parallel scan; same results as :func:`ssd_reference` (up to float rounding).
+
+    x (B, T, H, P), a (B, T, H), b, c (B, T, H, N), initial state (B, H, P, N) or None →
+    y (B, T, H, P) and the final state (B, H, P, N), both in x's dtype.
+
+    Every product is a batched matmul over (batch, head, chunk), and nothing loops over chunks in
+    Python (the recurrence across chunks is one (C+1) × (C+1) decay matrix), so torch.compile
+    sees a fixed graph. The products C·Bᵀ, scores·X, Xᵀ·B and C·Sᵀ take ``matmul_dtype``
+    (default: x's; bf16 reaches the tensor cores), while the decays, the states carried across
+    chunks and the sums of the two parts of y stay in float32 (float64 for float64 inputs).
+    """
     batch, length, heads, p = x.shape
+    n = b.shape[-1]
+    out_dtype = x.dtype
+    exact = torch.float64 if x.dtype == torch.float64 else torch.float32
+    product = matmul_dtype or x.dtype
     pad = (-length) % chunk_size
     if pad:
         # Zero input and zero log-decay (decay 1) past the end change neither y nor the state.
@@ -83,33 +97,34 @@ def ssd_chunked(x, a, b, c, initial_state=None, chunk_size: int = 64):
         a = F.pad(a, (0, 0, 0, pad))
     n_chunks = x.shape[1] // chunk_size
 
-    def chunks(t):
-        return t.reshape(batch, n_chunks, chunk_size, *t.shape[2:])
+    def per_chunk(t):  # (B, T, H, K) → (B, H, C, L, K) in the product dtype
+        return t.reshape(batch, n_chunks, chunk_size, heads, t.shape[-1]).permute(0, 3, 1, 2, 4).to(product)
 
-    x, b, c = chunks(x), chunks(b), chunks(c)
-    a = chunks(a).permute(0, 3, 1, 2)  # (B, H, C, L)
+    x, b, c = per_chunk(x), per_chunk(b), per_chunk(c)
+    a = a.to(exact).reshape(batch, n_chunks, chunk_size, heads).permute(0, 3, 1, 2)  # (B, H, C, L)
     a_cum = torch.cumsum(a, dim=-1)
 
     # 1. within each chunk: y_t += Σ_{s≤t} C_t·B_s · exp(a_{s+1} + … + a_t) · x_s
     decay = torch.exp(_segsum(a))  # (B, H, C, L, L)
-    y_diag = torch.einsum("bclhn,bcshn,bhcls,bcshp->bclhp", c, b, decay, x)
+    scores = (c @ b.transpose(-1, -2)).to(exact) * decay
+    y_diag = (scores.to(product) @ x).to(exact)  # (B, H, C, L, P)
 
-    # 2. the state each chunk leaves behind, from its own inputs only
+    # 2. the state each chunk leaves behind, from its own inputs only: Σ_s to_end[s] x_s ⊗ B_s
     to_end = torch.exp(a_cum[..., -1:] - a_cum)  # (B, H, C, L)
-    chunk_states = torch.einsum("bclhn,bhcl,bclhp->bchpn", b, to_end, x)
+    chunk_states = (x.transpose(-1, -2) @ (b * to_end[..., None].to(product))).to(exact)  # (B, H, C, P, N)
 
     # 3. carry states across chunks (a short recurrence written as one decay matrix)
     if initial_state is None:
-        initial_state = x.new_zeros(batch, heads, p, b.shape[-1])
-    states = torch.cat([initial_state[:, None], chunk_states], dim=1)  # (B, C+1, H, P, N)
+        initial_state = torch.zeros(batch, heads, p, n, device=x.device, dtype=exact)
+    states = torch.cat([initial_state.to(exact)[:, :, None], chunk_states], dim=2)  # (B, H, C+1, P, N)
     chunk_decay = torch.exp(_segsum(F.pad(a_cum[..., -1], (1, 0))))  # (B, H, C+1, C+1)
-    states = torch.einsum("bhzc,bchpn->bzhpn", chunk_decay, states)
-    entering, final_state = states[:, :-1], states[:, -1]
+    states = (chunk_decay @ states.reshape(batch, heads, n_chunks + 1, p * n)).reshape(states.shape)
+    entering, final_state = states[:, :, :-1], states[:, :, -1]
 
-    # 4. what the state entering each chunk contributes inside it
-    y_off = torch.einsum("bclhn,bchpn,bhcl->bclhp", c, entering, torch.exp(a_cum))
-    y = (y_diag + y_off).reshape(batch, n_chunks * chunk_size, heads, p)
-    return y[:, :length], final_state
+    # 4. what the state entering each chunk contributes inside it: exp(a_cum[t]) · C_t·S
+    y_off = (c @ entering.to(product).transpose(-1, -2)).to(exact) * torch.exp(a_cum)[..., None]
+    y = (y_diag + y_off).permute(0, 2, 3, 1, 4).reshape(batch, n_chunks * chunk_size, heads, p)
+    return y[:, :length].to(out_dtype), final_state.to(out_dtype)
 
 
 def fused_available(x: torch.Tensor) -> bool:
@@ -123,20 +138,21 @@ def fused_supports(chunk_size: int) -> bool:
     return chunk_size >= 16 and chunk_size & (chunk_size - 1) == 0
 
 
-def ssd(x, a, b, c, initial_state=None, backend: str = "auto", chunk_size: int = 64):
+def ssd(x, a, b, c, initial_state=None, backend: str = "auto", chunk_size: int = 64, matmul_dtype: torch.dtype | None = None):
     """SSD scan over a sequence → (y (B, T, H, P), final state (B, H, P, N)).
 
     ``backend``: "auto" ("chunked"; ``PHASELM_BACKEND_SSD`` refines it), "triton" (the fused
     kernels: CUDA tensors, or any device under ``TRITON_INTERPRET=1``; "fused" is the older
     word), "chunked" (:func:`ssd_chunked`, any device; ``chunk_size`` applies) or "reference"
-    (:func:`ssd_reference`, sequential; for checks).
+    (:func:`ssd_reference`, sequential; for checks). ``matmul_dtype`` applies to the chunked path
+    only (its products' dtype, e.g. bf16 under autocast); the others compute in float32 or x's dtype.
     """
     choice = resolve(SSD, backend, x.device)
     if choice == "triton":
         return ssd_fused(x, a, b, c, initial_state, chunk_size)
     if choice == "reference":
         return ssd_reference(x, a, b, c, initial_state)
-    return ssd_chunked(x, a, b, c, initial_state, chunk_size)
+    return ssd_chunked(x, a, b, c, initial_state, chunk_size, matmul_dtype)
 
 
 def ssd_fused(x, a, b, c, initial_state=None, chunk_size: int = 64):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -78,3 +79,23 @@ def test_profile_step_refuses_an_unknown_mode():
 def test_compile_time_refuses_an_unknown_mode():
     done = run_script("benchmarks/compile_time.py", "recipes/mamba2.toml", "--mode", "layers")
     assert done.returncode == 2 and "invalid choice: 'layers'" in done.stderr
+
+
+def test_kssm_profile_smoke_times_every_backend_pair_and_breaks_a_step_down(tmp_path):
+    # conftest sets TRITON_INTERPRET=1, which the script inherits: the Triton pairs run too.
+    done = subprocess.run(
+        [sys.executable, "benchmarks/kssm_profile.py", "--smoke"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src"), "OUT": str(tmp_path)},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "kssm_profile.json").read_text())
+    names = {"gpt", *(f"kssm ssd={s} bank={b}" for s in ("chunked", "triton") for b in ("reference", "triton"))}
+    assert set(result["speeds"]) == names
+    for name, speed in result["speeds"].items():
+        assert speed.get("tokens_per_s", 0) > 0, (name, speed)
+    kssm, gpt = result["breakdown_ms"]["kssm"], result["breakdown_ms"]["gpt"]
+    assert kssm["mixer"] > 0 and kssm["bank"] > 0 and kssm["mlp"] > 0 and kssm["optimizer"] > 0 and kssm["attention"] == 0
+    assert gpt["attention"] > 0 and gpt["mixer"] == gpt["bank"] == 0
+    for groups in (kssm, gpt):
+        assert sum(v for k, v in groups.items() if k != "step") <= groups["step"] * 1.001
+    assert "| mixer |" in done.stdout and "× GPT" in done.stdout

@@ -215,3 +215,78 @@ def test_mamba2_mixer_with_the_fused_scan_equals_the_reference_scan():
     assert relative_error(states[0], states[1]) <= FUSED_TOLERANCE
     for got, want in zip(*grads):
         assert relative_error(got, want) <= FUSED_TOLERANCE
+
+
+@requires_triton
+def test_triton_scan_compiles_without_a_graph_break():
+    # fullgraph=True fails on any graph break: the kernels must be opaque custom ops to Dynamo.
+    x, a, b, c, s0 = float32_copies(inputs(1, 20, 2, 16, 16))
+
+    def step(x, a, b, c, s0):
+        y, s = ssd(x * 2, a, b, c, s0, backend="triton", chunk_size=16)
+        return (y**2).sum() + s.sum()
+
+    compiled = torch.compile(step, backend="eager", fullgraph=True)
+    loss = compiled(x, a, b, c, s0)
+    grads = torch.autograd.grad(loss, [x, a, b, c, s0])
+    want = step(x, a, b, c, s0)
+    want_grads = torch.autograd.grad(want, [x, a, b, c, s0])
+    assert torch.equal(loss, want)
+    for got, expected in zip(grads, want_grads):
+        assert torch.equal(got, expected)
+
+
+@requires_triton
+@pytest.mark.parametrize("with_state", [False, True])
+def test_ssd_custom_ops_pass_opcheck(with_state):
+    x, a, b, c, s0 = float32_copies(inputs(1, 20, 1, 8, 5))
+    torch.library.opcheck(torch.ops.phaselm.ssd_fwd.default, (x, a, b, c, s0 if with_state else None, 16))
+    y, s, entering = torch.ops.phaselm.ssd_fwd(x, a, b, c, s0 if with_state else None, 16)
+    args = tuple(t.detach() for t in (x, a, b, c, entering, torch.randn_like(y), torch.randn_like(s)))
+    torch.library.opcheck(torch.ops.phaselm.ssd_bwd.default, (*args, 16, with_state))
+
+
+@pytest.mark.parametrize("with_state", [False, True])
+def test_chunked_with_bf16_matmuls_stays_near_the_reference(with_state):
+    # bf16 products (what autocast gives the tensor cores) with float32 decays and states: the
+    # error is bf16's rounding of the factors (~4e-3 relative), not growth along the sequence.
+    x, a, b, c, s0 = inputs(length=150)
+    s0_arg = s0 if with_state else None
+    y_ref, s_ref = ssd_reference(x, a, b, c, s0_arg)
+    leaves = [x, a, b, c] + ([s0] if with_state else [])
+    weights = torch.randn_like(y_ref)
+    grads_ref = torch.autograd.grad((y_ref * weights).sum() + s_ref.sum(), leaves)
+    low = [t.detach().float().requires_grad_() for t in leaves]
+    y, s = ssd_chunked(*low[:4], low[4] if with_state else None, chunk_size=32, matmul_dtype=torch.bfloat16)
+    assert y.dtype == s.dtype == torch.float32
+    grads = torch.autograd.grad((y * weights.float()).sum() + s.sum(), low)
+    for got, want in zip([y, s, *grads], [y_ref, s_ref, *grads_ref]):
+        assert relative_error(got, want) <= 2e-2
+    y32, _ = ssd_chunked(*[t.detach() for t in low[:4]], low[4].detach() if with_state else None, chunk_size=32)
+    assert relative_error(y32, y_ref) <= 1e-6 < relative_error(y, y_ref)  # the bf16 products did run
+
+
+def test_chunked_scan_compiles_as_one_graph():
+    x, a, b, c, s0 = (t.detach().float() for t in inputs(length=40))
+    compiled = torch.compile(ssd_chunked, backend="eager", fullgraph=True)
+    y, s = compiled(x, a, b, c, s0, chunk_size=16, matmul_dtype=torch.bfloat16)
+    y_want, s_want = ssd_chunked(x, a, b, c, s0, chunk_size=16, matmul_dtype=torch.bfloat16)
+    assert torch.equal(y, y_want) and torch.equal(s, s_want)
+
+
+def test_mixer_under_autocast_gives_the_chunked_scan_bf16_matmuls(monkeypatch):
+    seen = []
+    original = ssd_ops.ssd_chunked
+
+    def spy(*args, **kwargs):
+        seen.append(args[6] if len(args) > 6 else kwargs.get("matmul_dtype"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(ssd_ops, "ssd_chunked", spy)
+    mixer = Mamba2Mixer(32, state_size=16, head_dim=16, chunk_size=16, scan="chunked")
+    hidden = torch.randn(2, 21, 32)
+    plain, _ = mixer(hidden)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed, (_, ssm) = mixer(hidden)
+    assert seen == [None, torch.bfloat16] and ssm.dtype == torch.float32
+    assert relative_error(mixed, plain) <= 3e-2

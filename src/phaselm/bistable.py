@@ -27,6 +27,8 @@ from torch import nn
 
 from . import oscillators
 from .errors import PhaseLMError
+from .ops.backend import resolve
+from .ops.bistable_bank import BANK, bistable_bank_triton
 
 
 @dataclass
@@ -87,6 +89,10 @@ def regulariser(delta: torch.Tensor, u: torch.Tensor, cfg: BankConfig) -> torch.
 
 
 class BistableBank(nn.Module):
+    # Which implementation of forward's per-position work runs (phaselm.ops.backend): "auto"
+    # (the fused Triton kernel on CUDA), "triton" or "reference" (the PyTorch code below).
+    backend: str = "auto"
+
     def __init__(self, hidden_size: int, cfg: BankConfig):
         super().__init__()
         self.cfg = cfg
@@ -111,14 +117,19 @@ class BistableBank(nn.Module):
         self.coupling_transforms: list = []
 
     def forward(self, hidden: torch.Tensor) -> BankOutput:
+        """hidden (B, T, D) → BankOutput (out (B, T, D); order, u, Δ, reg (B, T))."""
         cfg = self.cfg
+        choice = resolve(BANK, self.backend, hidden.device)
+        if choice == "triton" and (self.phase_transforms or self.coupling_transforms or cfg.steps != 1):
+            # The kernel fuses one coupling step and has no place for an intervention's
+            # transforms: those runs take the reference (and the switch records it).
+            choice = resolve(BANK, "reference", hidden.device)
         with oscillators.full_precision(hidden.device.type):
             h = hidden.float()
+            if choice == "triton":
+                return self._fused_forward(hidden, h)
             delta, u = bistable_map(self.to_params(h), cfg)
-            if cfg.reg_through_hidden:
-                reg = regulariser(delta, u, cfg)
-            else:  # the same values; the gradient reaches to_params only
-                reg = regulariser(*bistable_map(self.to_params(h.detach()), cfg), cfg)
+            reg = self._regulariser(h, delta, u)
             coupling = 2.0 * torch.sigmoid(u)
             for transform in self.coupling_transforms:
                 coupling = transform(coupling)
@@ -134,3 +145,29 @@ class BistableBank(nn.Module):
             features = torch.cat([re, im, magnitude], dim=-1)
             out = self.readout(features)
         return BankOutput(out.to(hidden.dtype), magnitude[..., 0], u, delta, reg)
+
+    def _regulariser(self, h: torch.Tensor, delta: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        if cfg.reg_through_hidden:
+            return regulariser(delta, u, cfg)
+        # The same values; the gradient reaches to_params only.
+        return regulariser(*bistable_map(self.to_params(h.detach()), cfg), cfg)
+
+    def _fused_forward(self, hidden: torch.Tensor, h: torch.Tensor) -> BankOutput:
+        """forward's computation through the fused kernel (phaselm.ops.bistable_bank); the noise
+        is drawn here exactly as the reference draws it, so both see the same numbers."""
+        cfg = self.cfg
+        batch_shape = h.shape[:-1]
+        params = self.to_params(h)
+        noisy = self.training or cfg.noise_in_eval
+        noise = torch.randn(*batch_shape, cfg.n_oscillators, device=h.device) if noisy else None
+        delta, u, features = bistable_bank_triton(
+            params.reshape(-1, 10), h.mean(-1).reshape(-1), self.omega0, self.spread,
+            None if noise is None else noise.reshape(-1, cfg.n_oscillators),
+            cfg.n_harmonics, cfg.bistable, cfg.u_min, cfg.u_max, cfg.den_eps,
+        )
+        delta, u = delta.reshape(batch_shape), u.reshape(batch_shape)
+        features = features.reshape(*batch_shape, 3 * cfg.n_harmonics)
+        reg = self._regulariser(h, delta, u)
+        out = self.readout(features)
+        return BankOutput(out.to(hidden.dtype), features[..., 2 * cfg.n_harmonics], u, delta, reg)

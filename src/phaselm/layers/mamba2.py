@@ -3,7 +3,8 @@
     in_proj(x) → z (gate), xBC (conv input), Δ (one per head)
     xBC → causal depthwise conv (window of k−1 past inputs carried across calls) → SiLU → x, B, C
     Δ = softplus(Δ + dt_bias);  log decay a = −exp(A_log)·Δ  (one scalar per head and position)
-    y = SSD scan over (x·Δ, a, B, C) + D·x          (phaselm.ops.ssd.ssd; float32 under autocast)
+    y = SSD scan over (x·Δ, a, B, C) + D·x          (phaselm.ops.ssd.ssd; float32 decays and state,
+                                                    the chunked path's matmuls in autocast's dtype)
     out = out_proj(RMSNorm(y · SiLU(z)))
 
 The state is ``(conv window (B, C_conv, k−1), SSM state (B, H, P, N))``; a single new token with a
@@ -84,15 +85,18 @@ class Mamba2Mixer(nn.Module):
         c = c[:, :, None, :].expand(-1, -1, self.heads, -1).float()
         ssm = state[1] if state is not None else None
         x_dt = x.float() * dt[..., None]
-        # The scan stays in float32 under bf16 autocast (as Mamba's kernels keep it): its
-        # einsums would otherwise run in bf16 over products of decays.
-        with full_precision(hidden.device.type):
+        # The scan's decays and states stay in float32 under bf16 autocast (as Mamba's kernels
+        # keep them); only the chunked path's matmuls (C·Bᵀ, scores·X, …) take autocast's dtype,
+        # which is what reaches the tensor cores.
+        device_type = hidden.device.type
+        matmul_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+        with full_precision(device_type):
             if length == 1 and ssm is not None:
                 y, ssm = ssd_step(ssm, x_dt[:, 0], log_decay[:, 0], b[:, 0], c[:, 0])
                 y = y[:, None]
             elif self.scan == "reference":
                 y, ssm = ssd_reference(x_dt, log_decay, b, c, ssm)
             else:
-                y, ssm = ssd(x_dt, log_decay, b, c, ssm, backend=self.scan, chunk_size=self.chunk_size)
+                y, ssm = ssd(x_dt, log_decay, b, c, ssm, backend=self.scan, chunk_size=self.chunk_size, matmul_dtype=matmul_dtype)
         y = (y + x.float() * self.D[:, None]).to(hidden.dtype).reshape(batch, length, self.d_inner)
         return self.out_proj(self.norm(y * F.silu(z))), (new_window, ssm)

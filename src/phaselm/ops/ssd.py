@@ -10,7 +10,8 @@ Recurrence, per batch b, head h, channel p, state n:
 - :func:`ssd_chunked` computes the same thing in chunks with matrix products (the SSD
   algorithm of Dao & Gu 2024): quadratic inside a chunk, a short recurrence across chunks.
   Every exponent is a sum of non-positive terms, so nothing overflows.
-- :func:`ssd_fused` is the chunked algorithm as one Triton kernel per direction: one program
+- :func:`ssd_fused` is the chunked algorithm as one Triton kernel per direction (registered as
+  the custom ops ``phaselm::ssd_fwd`` / ``ssd_bwd``, so torch.compile keeps them whole): one program
   per (batch, head) walks the chunks in order with the P × N state in registers, so none of
   the chunked path's (L × L) decay tensors or per-chunk states reach global memory except the
   state entering each chunk, which backward reads (it walks the chunks in reverse, carrying
@@ -30,6 +31,7 @@ import os
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from .backend import Op, accepted, resolve
 
@@ -71,9 +73,23 @@ def _segsum(x: torch.Tensor) -> torch.Tensor:
     return out.masked_fill(~keep, float("-inf"))
 
 
-def ssd_chunked(x, a, b, c, initial_state=None, chunk_size: int = 64):
-    """Chunked parallel scan; same results as :func:`ssd_reference` (up to float rounding)."""
+def ssd_chunked(x, a, b, c, initial_state=None, chunk_size: int = 64, matmul_dtype: torch.dtype | None = None):
+    """Chunked parallel scan; same results as :func:`ssd_reference` (up to float rounding).
+
+    x (B, T, H, P), a (B, T, H), b, c (B, T, H, N), initial state (B, H, P, N) or None →
+    y (B, T, H, P) and the final state (B, H, P, N), both in x's dtype.
+
+    Every product is a batched matmul over (batch, head, chunk), and nothing loops over chunks in
+    Python (the recurrence across chunks is one (C+1) × (C+1) decay matrix), so torch.compile
+    sees a fixed graph. The products C·Bᵀ, scores·X, Xᵀ·B and C·Sᵀ take ``matmul_dtype``
+    (default: x's; bf16 reaches the tensor cores), while the decays, the states carried across
+    chunks and the sums of the two parts of y stay in float32 (float64 for float64 inputs).
+    """
     batch, length, heads, p = x.shape
+    n = b.shape[-1]
+    out_dtype = x.dtype
+    exact = torch.float64 if x.dtype == torch.float64 else torch.float32
+    product = matmul_dtype or x.dtype
     pad = (-length) % chunk_size
     if pad:
         # Zero input and zero log-decay (decay 1) past the end change neither y nor the state.
@@ -81,33 +97,34 @@ def ssd_chunked(x, a, b, c, initial_state=None, chunk_size: int = 64):
         a = F.pad(a, (0, 0, 0, pad))
     n_chunks = x.shape[1] // chunk_size
 
-    def chunks(t):
-        return t.reshape(batch, n_chunks, chunk_size, *t.shape[2:])
+    def per_chunk(t):  # (B, T, H, K) → (B, H, C, L, K) in the product dtype
+        return t.reshape(batch, n_chunks, chunk_size, heads, t.shape[-1]).permute(0, 3, 1, 2, 4).to(product)
 
-    x, b, c = chunks(x), chunks(b), chunks(c)
-    a = chunks(a).permute(0, 3, 1, 2)  # (B, H, C, L)
+    x, b, c = per_chunk(x), per_chunk(b), per_chunk(c)
+    a = a.to(exact).reshape(batch, n_chunks, chunk_size, heads).permute(0, 3, 1, 2)  # (B, H, C, L)
     a_cum = torch.cumsum(a, dim=-1)
 
     # 1. within each chunk: y_t += Σ_{s≤t} C_t·B_s · exp(a_{s+1} + … + a_t) · x_s
     decay = torch.exp(_segsum(a))  # (B, H, C, L, L)
-    y_diag = torch.einsum("bclhn,bcshn,bhcls,bcshp->bclhp", c, b, decay, x)
+    scores = (c @ b.transpose(-1, -2)).to(exact) * decay
+    y_diag = (scores.to(product) @ x).to(exact)  # (B, H, C, L, P)
 
-    # 2. the state each chunk leaves behind, from its own inputs only
+    # 2. the state each chunk leaves behind, from its own inputs only: Σ_s to_end[s] x_s ⊗ B_s
     to_end = torch.exp(a_cum[..., -1:] - a_cum)  # (B, H, C, L)
-    chunk_states = torch.einsum("bclhn,bhcl,bclhp->bchpn", b, to_end, x)
+    chunk_states = (x.transpose(-1, -2) @ (b * to_end[..., None].to(product))).to(exact)  # (B, H, C, P, N)
 
     # 3. carry states across chunks (a short recurrence written as one decay matrix)
     if initial_state is None:
-        initial_state = x.new_zeros(batch, heads, p, b.shape[-1])
-    states = torch.cat([initial_state[:, None], chunk_states], dim=1)  # (B, C+1, H, P, N)
+        initial_state = torch.zeros(batch, heads, p, n, device=x.device, dtype=exact)
+    states = torch.cat([initial_state.to(exact)[:, :, None], chunk_states], dim=2)  # (B, H, C+1, P, N)
     chunk_decay = torch.exp(_segsum(F.pad(a_cum[..., -1], (1, 0))))  # (B, H, C+1, C+1)
-    states = torch.einsum("bhzc,bchpn->bzhpn", chunk_decay, states)
-    entering, final_state = states[:, :-1], states[:, -1]
+    states = (chunk_decay @ states.reshape(batch, heads, n_chunks + 1, p * n)).reshape(states.shape)
+    entering, final_state = states[:, :, :-1], states[:, :, -1]
 
-    # 4. what the state entering each chunk contributes inside it
-    y_off = torch.einsum("bclhn,bchpn,bhcl->bclhp", c, entering, torch.exp(a_cum))
-    y = (y_diag + y_off).reshape(batch, n_chunks * chunk_size, heads, p)
-    return y[:, :length], final_state
+    # 4. what the state entering each chunk contributes inside it: exp(a_cum[t]) · C_t·S
+    y_off = (c @ entering.to(product).transpose(-1, -2)).to(exact) * torch.exp(a_cum)[..., None]
+    y = (y_diag + y_off).permute(0, 2, 3, 1, 4).reshape(batch, n_chunks * chunk_size, heads, p)
+    return y[:, :length].to(out_dtype), final_state.to(out_dtype)
 
 
 def fused_available(x: torch.Tensor) -> bool:
@@ -121,20 +138,21 @@ def fused_supports(chunk_size: int) -> bool:
     return chunk_size >= 16 and chunk_size & (chunk_size - 1) == 0
 
 
-def ssd(x, a, b, c, initial_state=None, backend: str = "auto", chunk_size: int = 64):
+def ssd(x, a, b, c, initial_state=None, backend: str = "auto", chunk_size: int = 64, matmul_dtype: torch.dtype | None = None):
     """SSD scan over a sequence → (y (B, T, H, P), final state (B, H, P, N)).
 
     ``backend``: "auto" ("chunked"; ``PHASELM_BACKEND_SSD`` refines it), "triton" (the fused
     kernels: CUDA tensors, or any device under ``TRITON_INTERPRET=1``; "fused" is the older
     word), "chunked" (:func:`ssd_chunked`, any device; ``chunk_size`` applies) or "reference"
-    (:func:`ssd_reference`, sequential; for checks).
+    (:func:`ssd_reference`, sequential; for checks). ``matmul_dtype`` applies to the chunked path
+    only (its products' dtype, e.g. bf16 under autocast); the others compute in float32 or x's dtype.
     """
     choice = resolve(SSD, backend, x.device)
     if choice == "triton":
         return ssd_fused(x, a, b, c, initial_state, chunk_size)
     if choice == "reference":
         return ssd_reference(x, a, b, c, initial_state)
-    return ssd_chunked(x, a, b, c, initial_state, chunk_size)
+    return ssd_chunked(x, a, b, c, initial_state, chunk_size, matmul_dtype)
 
 
 def ssd_fused(x, a, b, c, initial_state=None, chunk_size: int = 64):
@@ -147,7 +165,7 @@ def ssd_fused(x, a, b, c, initial_state=None, chunk_size: int = 64):
     if not fused_supports(chunk_size):
         raise ValueError(f"the fused SSD kernel needs chunk_size a power of two ≥ 16, got {chunk_size}")
     state = None if initial_state is None else initial_state.float()
-    y, final_state = _FusedSSD.apply(x.float(), a.float(), b.float(), c.float(), state, chunk_size)
+    y, final_state, _ = torch.ops.phaselm.ssd_fwd(x.float(), a.float(), b.float(), c.float(), state, chunk_size)
     return y.to(x.dtype), final_state.to(x.dtype)
 
 
@@ -168,49 +186,98 @@ def _unused_pointer(like: torch.Tensor) -> torch.Tensor:
     return like.new_empty(1)
 
 
-class _FusedSSD(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, a, b, c, initial_state, chunk_size: int):
-        x, a, b, c = (t.contiguous() for t in (x, a, b, c))
-        batch, length, heads, p = x.shape
-        n = b.shape[-1]
-        n_chunks = triton.cdiv(length, chunk_size)
-        has_initial = initial_state is not None
-        initial = initial_state.contiguous() if has_initial else _unused_pointer(x)
-        y = torch.empty_like(x)
-        final_state = torch.empty(batch, heads, p, n, device=x.device, dtype=torch.float32)
-        entering = torch.empty(batch, heads, n_chunks, p, n, device=x.device, dtype=torch.float32)
-        tile_p, tile_n = _tile(p), _tile(n)
-        # The chunk count is a compile-time constant because Triton 3.6's interpreter cannot
-        # loop over a runtime bound with NumPy ≥ 2.4 (triton-lang/triton#9171); on a GPU that
-        # costs one compilation per chunk count.
-        _ssd_fwd[(batch * heads,)](
-            x, a, b, c, initial, y, entering, final_state, length, heads, p, n,
-            N_CHUNKS=n_chunks, HAS_INITIAL=has_initial, L=chunk_size, TILE_P=tile_p, TILE_N=tile_n,
-            **_launch_options(tile_p, tile_n, chunk_size),
-        )
-        ctx.save_for_backward(x, a, b, c, entering)
-        ctx.chunk_size, ctx.has_initial = chunk_size, has_initial
-        return y, final_state
+def _ssd_fwd_impl(x: Tensor, a: Tensor, b: Tensor, c: Tensor, initial_state: Tensor | None, chunk_size: int):
+    x, a, b, c = (t.contiguous() for t in (x, a, b, c))
+    batch, length, heads, p = x.shape
+    n = b.shape[-1]
+    n_chunks = triton.cdiv(length, chunk_size)
+    has_initial = initial_state is not None
+    initial = initial_state.contiguous() if has_initial else _unused_pointer(x)
+    y = torch.empty_like(x)
+    final_state = torch.empty(batch, heads, p, n, device=x.device, dtype=torch.float32)
+    entering = torch.empty(batch, heads, n_chunks, p, n, device=x.device, dtype=torch.float32)
+    tile_p, tile_n = _tile(p), _tile(n)
+    # The chunk count is a compile-time constant because Triton 3.6's interpreter cannot
+    # loop over a runtime bound with NumPy ≥ 2.4 (triton-lang/triton#9171); on a GPU that
+    # costs one compilation per chunk count.
+    _ssd_fwd[(batch * heads,)](
+        x, a, b, c, initial, y, entering, final_state, length, heads, p, n,
+        N_CHUNKS=n_chunks, HAS_INITIAL=has_initial, L=chunk_size, TILE_P=tile_p, TILE_N=tile_n,
+        **_launch_options(tile_p, tile_n, chunk_size),
+    )
+    return y, final_state, entering
 
-    @staticmethod
-    def backward(ctx, grad_y, grad_final):
-        x, a, b, c, entering = ctx.saved_tensors
+
+def _ssd_bwd_impl(x, a, b, c, entering, grad_y, grad_final, chunk_size: int, want_initial: bool):
+    x, a, b, c = (t.contiguous() for t in (x, a, b, c))
+    batch, length, heads, p = x.shape
+    n = b.shape[-1]
+    grad_y, grad_final = grad_y.float().contiguous(), grad_final.float().contiguous()
+    dx, db, dc = torch.empty_like(x), torch.empty_like(b), torch.empty_like(c)
+    da = torch.empty_like(a)
+    d_initial = torch.empty_like(grad_final) if want_initial else _unused_pointer(x)
+    tile_p, tile_n = _tile(p), _tile(n)
+    _ssd_bwd[(batch * heads,)](
+        x, a, b, c, entering, grad_y, grad_final, dx, da, db, dc, d_initial,
+        length, heads, p, n,
+        N_CHUNKS=entering.shape[2], STORE_D_INITIAL=want_initial, L=chunk_size, TILE_P=tile_p, TILE_N=tile_n,
+        **_launch_options(tile_p, tile_n, chunk_size),
+    )
+    return dx, da, db, dc, (d_initial if want_initial else x.new_empty(0))
+
+
+if triton is not None:
+    # Registered as custom ops (as ops/selective_scan.py does) so torch.compile treats the
+    # kernels as opaque calls with known output shapes: no graph break at the mixer.
+
+    @torch.library.custom_op("phaselm::ssd_fwd", mutates_args=())
+    def _ssd_fwd_op(
+        x: Tensor, a: Tensor, b: Tensor, c: Tensor, initial_state: Tensor | None, chunk_size: int
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """float32 x (B, T, H, P), a (B, T, H), b, c (B, T, H, N), initial state (B, H, P, N) or None
+        → y (B, T, H, P), final state (B, H, P, N), state entering each chunk (B, H, chunks, P, N)."""
+        return _ssd_fwd_impl(x, a, b, c, initial_state, chunk_size)
+
+    @_ssd_fwd_op.register_fake
+    def _(x, a, b, c, initial_state, chunk_size):
         batch, length, heads, p = x.shape
         n = b.shape[-1]
-        grad_y, grad_final = grad_y.float().contiguous(), grad_final.float().contiguous()  # zeros for an unused output
-        dx, db, dc = torch.empty_like(x), torch.empty_like(b), torch.empty_like(c)
-        da = torch.empty_like(a)
+        n_chunks = (length + chunk_size - 1) // chunk_size
+        f32 = dict(dtype=torch.float32)
+        return torch.empty_like(x), x.new_empty(batch, heads, p, n, **f32), x.new_empty(batch, heads, n_chunks, p, n, **f32)
+
+    @torch.library.custom_op("phaselm::ssd_bwd", mutates_args=())
+    def _ssd_bwd_op(
+        x: Tensor, a: Tensor, b: Tensor, c: Tensor, entering: Tensor, grad_y: Tensor, grad_final: Tensor,
+        chunk_size: int, want_initial: bool,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """→ gradients of x, a, b, c and the initial state ((0,) when ``want_initial`` is False)."""
+        return _ssd_bwd_impl(x, a, b, c, entering, grad_y, grad_final, chunk_size, want_initial)
+
+    @_ssd_bwd_op.register_fake
+    def _(x, a, b, c, entering, grad_y, grad_final, chunk_size, want_initial):
+        d_initial = torch.empty_like(grad_final, dtype=torch.float32) if want_initial else x.new_empty(0)
+        return torch.empty_like(x), torch.empty_like(a), torch.empty_like(b), torch.empty_like(c), d_initial
+
+    def _ssd_setup(ctx, inputs, output):
+        x, a, b, c, initial_state, chunk_size = inputs
+        ctx.save_for_backward(x, a, b, c, output[2])
+        ctx.chunk_size, ctx.has_initial = chunk_size, initial_state is not None
+
+    def _ssd_backward(ctx, grad_y, grad_final, grad_entering):
+        x, a, b, c, entering = ctx.saved_tensors
+        batch, _, heads, p = x.shape
+        if grad_y is None:  # an unused output
+            grad_y = torch.zeros_like(x)
+        if grad_final is None:
+            grad_final = x.new_zeros(batch, heads, p, b.shape[-1], dtype=torch.float32)
         want_initial = ctx.has_initial and ctx.needs_input_grad[4]
-        d_initial = torch.empty_like(grad_final) if want_initial else _unused_pointer(x)
-        tile_p, tile_n = _tile(p), _tile(n)
-        _ssd_bwd[(batch * heads,)](
-            x, a, b, c, entering, grad_y, grad_final, dx, da, db, dc, d_initial,
-            length, heads, p, n,
-            N_CHUNKS=entering.shape[2], STORE_D_INITIAL=want_initial, L=ctx.chunk_size, TILE_P=tile_p, TILE_N=tile_n,
-            **_launch_options(tile_p, tile_n, ctx.chunk_size),
+        dx, da, db, dc, d_initial = torch.ops.phaselm.ssd_bwd(
+            x, a, b, c, entering, grad_y, grad_final, ctx.chunk_size, want_initial
         )
         return dx, da, db, dc, (d_initial if want_initial else None), None
+
+    _ssd_fwd_op.register_autograd(_ssd_backward, setup_context=_ssd_setup)
 
 
 if triton is not None:

@@ -1,0 +1,248 @@
+"""Where K-SSM v3's training step goes, and what each SSD × bank backend pair is worth under compile.
+
+    PYTHONPATH=src python3 benchmarks/kssm_profile.py [--steps 20] [--kssm recipes/kssm-v3.toml]
+    PYTHONPATH=src python3 benchmarks/kssm_profile.py --smoke      # CPU, tiny shapes, seconds
+
+(i) Median training tokens/s of compiled steps (torch.compile of the model's loss, bf16
+autocast on CUDA, AdamW, gradient clipping: what train() does) at the recipe's batch and
+sequence length, for every SSD backend × bank backend pair (set through
+``PHASELM_BACKEND_SSD`` / ``PHASELM_BACKEND_BISTABLE_BANK``, which refine the model's "auto")
+and for the GPT baseline, all in this process. (ii) A torch.profiler breakdown of one step of
+each model by module group — mixer, bank, MLP, attention, optimizer, other (the rest of the
+step: embedding, head, loss, clipping) — in ms of device time (CPU time on a CPU). Modules
+are attributed through hooks that open profiler ranges, which torch.compile would trace away,
+so the breakdown is of an eager step with the backends "auto" picks.
+
+Prints markdown tables; with ``$OUT`` set also writes ``$OUT/kssm_profile.json``.
+``--smoke`` shrinks the models and the batch, compiles with the "eager" backend (Dynamo
+only: checks there is no graph break without Inductor's C++ build) and runs on the CPU; the
+Triton pairs run there only under ``TRITON_INTERPRET=1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from phaselm.config import load_recipe
+from phaselm.experiments.language_model import LMRecipe, build_lm
+from phaselm.ops.backend import chosen, triton_runs_on
+from phaselm.training import LanguageModelObjective
+
+VOCAB = 65
+SSD_BACKENDS = ("chunked", "triton")
+BANK_BACKENDS = ("reference", "triton")
+GROUPS = ("mixer", "bank", "mlp", "attention", "optimizer", "other")
+# The last name of a module → its group (K-SSM's blocks; Hugging Face GPT-2's attn/mlp and norms).
+GROUP_OF = {"mixer": "mixer", "mixer_norm": "mixer", "bank": "bank", "bank_norm": "bank", "mlp": "mlp", "mlp_norm": "mlp",
+            "ln_2": "mlp", "attn": "attention", "ln_1": "attention"}
+SMOKE = {
+    "kssm": {"kssm.hidden_size": 32, "kssm.n_layers": 1, "kssm.head_dim": 16, "kssm.state_size": 16,
+             "kssm.n_oscillators": 8, "kssm.n_harmonics": 4, "kssm.chunk_size": 16},
+    "gpt2": {"gpt.n_embd": 32, "gpt.n_layer": 1, "gpt.n_head": 2},
+    "train": {"train.batch_size": 2, "train.seq_len": 20},
+}
+
+
+def build(recipe_path: str, device: str, smoke: bool):
+    overrides = dict(SMOKE["train"]) if smoke else {}
+    recipe = load_recipe(LMRecipe, recipe_path, overrides)
+    if smoke:
+        recipe = load_recipe(LMRecipe, recipe_path, {**overrides, **SMOKE["kssm" if recipe.arch == "kssm" else "gpt2"]})
+    torch.manual_seed(0)
+    model = build_lm(recipe, VOCAB).to(device)
+    objective = LanguageModelObjective(model, recipe.kssm.reg_weight if recipe.arch == "kssm" else 0.0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
+    return recipe, objective, optimizer
+
+
+def train_step(forward, objective, optimizer, x, y, device: str):
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else nullcontext()
+    with autocast:
+        loss = forward(x, y).losses["loss"]
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(objective.parameters(), 1.0)
+    with torch.profiler.record_function("group::optimizer"):
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def batch(recipe, device: str):
+    shape = (recipe.train.batch_size, recipe.train.seq_len)
+    return torch.randint(0, VOCAB, shape, device=device), torch.randint(0, VOCAB, shape, device=device)
+
+
+def tokens_per_s(recipe_path: str, device: str, steps: int, warmup: int, smoke: bool) -> dict:
+    recipe, objective, optimizer = build(recipe_path, device, smoke)
+    forward = torch.compile(objective, backend="eager" if smoke else "inductor", fullgraph=smoke)
+    x, y = batch(recipe, device)
+    start = time.perf_counter()
+    for _ in range(warmup):
+        train_step(forward, objective, optimizer, x, y, device)
+    synchronize(device)
+    setup = time.perf_counter() - start
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        train_step(forward, objective, optimizer, x, y, device)
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    return {"tokens_per_s": x.numel() / median, "median_step_ms": 1e3 * median, "setup_s": setup}
+
+
+class GroupRanges:
+    """Forward hooks that open a profiler range ``group::NAME`` around each module of a group.
+
+    Backward is attributed through the autograd sequence numbers the profiler records: each
+    backward node ("autograd::engine::evaluate_function: …") carries the number of the forward
+    op that made it, and that op sits inside a group's range. (Module backward hooks cannot do
+    it: the bank returns a dataclass, which they do not see through.)"""
+
+    def __init__(self, model: torch.nn.Module):
+        self.handles = []
+        for name, module in model.named_modules():
+            group = GROUP_OF.get(name.rsplit(".", 1)[-1])
+            if group is not None:
+                ranges: list = []
+                self.handles.append(module.register_forward_pre_hook(self._open(group, ranges)))
+                self.handles.append(module.register_forward_hook(self._close(ranges)))
+
+    @staticmethod
+    def _open(group: str, ranges: list):
+        def hook(*_):
+            ranges.append(torch.profiler.record_function(f"group::{group}"))
+            ranges[-1].__enter__()
+        return hook
+
+    @staticmethod
+    def _close(ranges: list):
+        def hook(*_):
+            ranges.pop().__exit__(None, None, None)
+        return hook
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def group_of(event) -> str | None:
+    while event is not None:
+        if event.name.startswith("group::"):
+            return event.name.removeprefix("group::")
+        event = event.cpu_parent
+    return None
+
+
+def breakdown(recipe_path: str, device: str, smoke: bool) -> dict:
+    """ms per group, forward and backward, of one eager step after two warm-up steps."""
+    recipe, objective, optimizer = build(recipe_path, device, smoke)
+    x, y = batch(recipe, device)
+    for _ in range(2):
+        train_step(objective, objective, optimizer, x, y, device)
+    synchronize(device)
+    ranges = GroupRanges(objective)
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device == "cuda" else [])
+    with torch.profiler.profile(activities=activities) as prof:
+        with torch.profiler.record_function("group::step"):
+            train_step(objective, objective, optimizer, x, y, device)
+        synchronize(device)
+    ranges.remove()
+
+    def spent(event) -> float:  # ms of device time (kernels under the event), or CPU time on a CPU
+        return (event.device_time_total if device == "cuda" else event.cpu_time_total) / 1e3
+
+    events = prof.events()
+    totals = dict.fromkeys((*GROUPS, "step"), 0.0)
+    made_by: dict[int, str] = {}  # forward op's sequence number → its group
+    for event in events:
+        group = group_of(event)
+        if event.name.startswith("group::") and group_of(event.cpu_parent) in (None, "step"):
+            totals[group] += spent(event)  # outermost group ranges: forward (and the optimizer, the step)
+        elif group not in (None, "step", "optimizer") and event.sequence_nr >= 0:
+            made_by.setdefault(event.sequence_nr, group)
+    for event in events:
+        if event.name.startswith("autograd::engine::evaluate_function") and event.sequence_nr in made_by:
+            totals[made_by[event.sequence_nr]] += spent(event)
+    step_ms = totals.pop("step")
+    totals["other"] = max(0.0, step_ms - sum(totals.values()))
+    totals["step"] = step_ms
+    return totals
+
+
+def markdown(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--kssm", default="recipes/kssm-v3.toml")
+    parser.add_argument("--gpt", default="recipes/gpt-baseline.toml")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--smoke", action="store_true", help="CPU, tiny shapes, Dynamo-only compile")
+    args = parser.parse_args()
+    device = "cpu" if args.smoke else "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        parser.error("needs a CUDA device (or --smoke for the CPU check)")
+    steps, warmup = (2, 1) if args.smoke else (args.steps, args.warmup)
+
+    speeds: dict[str, dict] = {}
+    variants = [("gpt", args.gpt, {})]
+    for ssd in SSD_BACKENDS:
+        for bank in BANK_BACKENDS:
+            variants.append((f"kssm ssd={ssd} bank={bank}", args.kssm, {"PHASELM_BACKEND_SSD": ssd, "PHASELM_BACKEND_BISTABLE_BANK": bank}))
+    for name, path, env in variants:
+        if "triton" in env.values() and not triton_runs_on(device):
+            speeds[name] = {"skipped": "Triton cannot run on this device"}
+            continue
+        os.environ.update(env)
+        torch._dynamo.reset()  # a variant must not reuse a graph traced under other backends
+        try:
+            speeds[name] = tokens_per_s(path, device, steps, warmup, args.smoke)
+        except Exception as error:  # one failing pair must not hide the others
+            speeds[name] = {"error": f"{type(error).__name__}: {error}"[:500]}
+        for key in env:
+            os.environ.pop(key, None)
+        print(name, speeds[name], flush=True)
+    gpt_speed = speeds["gpt"].get("tokens_per_s")
+    rows = []
+    for name, s in speeds.items():
+        if "tokens_per_s" in s:
+            ratio = f"{s['tokens_per_s'] / gpt_speed:.2f}" if gpt_speed else "–"
+            rows.append([name, f"{s['tokens_per_s']:,.0f}", f"{s['median_step_ms']:.2f}", ratio, f"{s['setup_s']:.1f}"])
+        else:
+            rows.append([name, s.get("skipped") or s.get("error"), "", "", ""])
+    print("\n## Compiled training tokens/s\n")
+    print(markdown(["variant", "tokens/s", "step ms", "× GPT", "warm-up s"], rows))
+
+    torch._dynamo.reset()
+    profiles = {"kssm": breakdown(args.kssm, device, args.smoke), "gpt": breakdown(args.gpt, device, args.smoke)}
+    unit = "ms (device)" if device == "cuda" else "ms (CPU)"
+    print(f"\n## One eager step by module group, {unit}; backends: {chosen()}\n")
+    print(markdown(["group", "K-SSM", "GPT"], [[g, f"{profiles['kssm'][g]:.2f}", f"{profiles['gpt'][g]:.2f}"] for g in (*GROUPS, "step")]))
+
+    out = os.environ.get("OUT")
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        result = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "smoke": args.smoke,
+                  "speeds": speeds, "breakdown_ms": profiles}
+        (Path(out) / "kssm_profile.json").write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

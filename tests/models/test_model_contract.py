@@ -119,8 +119,11 @@ def test_cached_decoding_equals_the_full_forward(name):
 def test_save_and_load_give_identical_logits(name, tmp_path):
     model = tiny(name)
     model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert type(loaded) is type(model)
+    settings = [key for key in model.config.to_dict() if key not in ("_name_or_path", "architectures", "dtype", "transformers_version")]
+    assert {k: getattr(loaded.config, k) for k in settings} == {k: getattr(model.config, k) for k in settings}
     ids = torch.randint(0, VOCAB, (2, 10))
     with torch.no_grad():
         torch.testing.assert_close(forward(loaded, ids), forward(model, ids), rtol=0, atol=0)

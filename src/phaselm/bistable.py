@@ -33,6 +33,9 @@ from .ops.bistable_bank import BANK, bistable_bank_triton
 
 @dataclass
 class BankConfig:
+    """The bank layer's own settings. K-SSM's ``KSSMConfig`` takes its bank defaults from here and
+    builds this from its own fields (``KSSMConfig.bank_config``), so each default is written once."""
+
     n_oscillators: int = 192
     n_harmonics: int = 32
     bistable: bool = True  # False: the monostable ablation (u not clamped)
@@ -57,7 +60,7 @@ class BankConfig:
         if self.bistable and not 0 < self.u_min < self.u_max:
             raise PhaseLMError(
                 f"bistable clamp bounds need 0 < u_min < u_max, got u_min={self.u_min}, u_max={self.u_max}; "
-                "fix [model] u_min/u_max"
+                "fix u_min/u_max"
             )
 
 

@@ -124,13 +124,13 @@ def train(
 
 @app.command("train-lm")
 def train_lm(
-    recipe: Path = typer.Argument(..., help="Language-model TOML recipe (top-level arch, [kssm] or [gpt], [data] [tokenizer] [train])."),
+    recipe: Path = typer.Argument(..., help="Language-model TOML recipe: top-level arch, then [kssm], [fusion] or [gpt] (the keywords of KSSMConfig, FusionConfig or GPTConfig), [data] [tokenizer] [train]."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory to create (default: runs/<recipe name>)."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help=OVERRIDE_HELP),
     resume: bool = typer.Option(False, help="Continue the run in --out from its latest checkpoint (same recipe; a larger train.steps extends it)."),
     as_json: bool = typer.Option(False, "--json", help="Print summary.json to stdout."),
 ) -> None:
-    """Train a language model from scratch: K-SSM (bistable, monostable, no-mixer) or the GPT-2 baseline.
+    """Train a language model from scratch: K-SSM (bistable, monostable, no-mixer), the fusion family or the GPT-2 baseline.
 
     Writes config.toml, metrics.jsonl, checkpoints/, model/ (save_pretrained), summary.json,
     plots/ and report.md. The trained model/ folder works with `phaselm generate`.

@@ -3,12 +3,19 @@
 A recipe file has one table per section (``[backbone]``, ``[core]``, ``[train]``, …). Every key
 is checked against the dataclass: an unknown key names the closest known one, a value of the
 wrong type says which type it needs, so a typo never silently falls back to a default.
+
+A section may also be a model's own config class (``KSSMConfig``, ``FusionConfig``, the GPT
+baseline's ``GPTConfig``): such a class lists ``recipe_excludes`` (keywords the recipe does not
+set, e.g. ``vocab_size``, which comes from the tokenizer), and its other ``__init__`` keywords are
+the table's keys, checked and typed the same way. The model's config is then the one place where
+its settings and their defaults are written.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import math
 import os
 import sys
@@ -77,22 +84,70 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise PhaseLMError(f"{where} = {value!r} has the wrong type; it needs {_type_name(tp)}")
 
 
-def from_dict(cls: type[T], data: dict, where: str = "") -> T:
-    """Build dataclass ``cls`` from a (possibly nested) dict, checking every key and type."""
+def is_model_config(tp: Any) -> bool:
+    """Whether ``tp`` is a model config class that a recipe table builds directly."""
+    return isinstance(tp, type) and hasattr(tp, "recipe_excludes")
+
+
+def recipe_keys(cls: type) -> dict[str, Any]:
+    """The keys a recipe table may set on model config class ``cls``, with their types: its
+    ``__init__``'s named keywords except ``cls.recipe_excludes``."""
+    hints = typing.get_type_hints(cls.__init__)
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {
+        name: hints.get(name, Any)
+        for name, parameter in inspect.signature(cls.__init__).parameters.items()
+        if name != "self" and parameter.kind in keyword and name not in cls.recipe_excludes
+    }
+
+
+def recipe_table(config: Any) -> dict:
+    """A model config's recipe keys and their current values (what a recipe's table holds)."""
+    return {key: getattr(config, key) for key in recipe_keys(type(config))}
+
+
+def _unknown_key(key: str, known: list[str], where: str) -> PhaseLMError:
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(known)}"
+    section = f"[{where}]" if where else "the recipe"
+    return PhaseLMError(f"unknown key {key!r} in {section}; {hint}")
+
+
+def _check_table(data: Any, where: str) -> None:
     if not isinstance(data, dict):
         raise PhaseLMError(f"[{where}] must be a table of settings, got {data!r}")
+
+
+def config_from_dict(cls: type[T], data: dict, where: str = "") -> T:
+    """Build model config class ``cls`` from a recipe table, checking every key and type; the
+    class's own checks (a bad mixer, heads that do not divide) name the table they came from."""
+    _check_table(data, where)
+    keys = recipe_keys(cls)
+    kwargs = {}
+    for key, value in data.items():
+        if key not in keys:
+            raise _unknown_key(key, list(keys), where)
+        kwargs[key] = _coerce(value, keys[key], f"{where}.{key}" if where else key)
+    try:
+        return cls(**kwargs)
+    except PhaseLMError as exc:
+        raise PhaseLMError(f"[{where}] {exc}" if where else str(exc)) from None
+
+
+def from_dict(cls: type[T], data: dict, where: str = "") -> T:
+    """Build dataclass ``cls`` from a (possibly nested) dict, checking every key and type."""
+    _check_table(data, where)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in data.items():
         name = f"{where}.{key}" if where else key
         if key not in fields:
-            close = difflib.get_close_matches(key, list(fields), n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(fields)}"
-            section = f"[{where}]" if where else "the recipe"
-            raise PhaseLMError(f"unknown key {key!r} in {section}; {hint}")
+            raise _unknown_key(key, list(fields), where)
         tp = hints[key]
-        if dataclasses.is_dataclass(tp):
+        if is_model_config(tp):  # before the dataclass test: transformers' configs are dataclasses too
+            kwargs[key] = config_from_dict(tp, value, name)
+        elif dataclasses.is_dataclass(tp):
             kwargs[key] = from_dict(tp, value, name)
         else:
             kwargs[key] = _coerce(value, tp, name)
@@ -100,16 +155,21 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
 
 
 def to_dict(obj: Any) -> dict:
-    """A dataclass as a plain dict, with None values dropped (TOML has no null)."""
+    """A dataclass as a plain dict (a model config section as its recipe keys), with None
+    values dropped (TOML has no null)."""
 
-    def clean(value):
+    def plain(value):
+        if is_model_config(type(value)):
+            return plain(recipe_table(value))
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return plain({f.name: getattr(value, f.name) for f in dataclasses.fields(value)})
         if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items() if v is not None}
+            return {k: plain(v) for k, v in value.items() if v is not None}
         if isinstance(value, (list, tuple)):
-            return [clean(v) for v in value]
+            return [plain(v) for v in value]
         return value
 
-    return clean(dataclasses.asdict(obj))
+    return plain(obj)
 
 
 def load_recipe(cls: type[T], path: str | os.PathLike, overrides: dict | None = None) -> T:

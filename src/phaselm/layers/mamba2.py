@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops.ssd import BACKENDS as SCANS
-from ..ops.ssd import ssd, ssd_reference, ssd_step
+from ..ops.ssd import ssd, ssd_step
 from ..oscillators import full_precision
 
 
@@ -94,9 +94,7 @@ class Mamba2Mixer(nn.Module):
             if length == 1 and ssm is not None:
                 y, ssm = ssd_step(ssm, x_dt[:, 0], log_decay[:, 0], b[:, 0], c[:, 0])
                 y = y[:, None]
-            elif self.scan == "reference":
-                y, ssm = ssd_reference(x_dt, log_decay, b, c, ssm)
-            else:
+            else:  # every scan, the reference included, goes through the one resolver (logged, recorded)
                 y, ssm = ssd(x_dt, log_decay, b, c, ssm, backend=self.scan, chunk_size=self.chunk_size, matmul_dtype=matmul_dtype)
         y = (y + x.float() * self.D[:, None]).to(hidden.dtype).reshape(batch, length, self.d_inner)
         return self.out_proj(self.norm(y * F.silu(z))), (new_window, ssm)

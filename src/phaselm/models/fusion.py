@@ -88,16 +88,22 @@ def _fusion_name(value: str) -> str:
 
 
 class FusionConfig(PretrainedConfig):
+    """The fusion family's one config: the ``[fusion]`` table of a ``train-lm`` recipe builds it
+    directly (every keyword below except ``vocab_size``, from the tokenizer, and
+    ``tie_word_embeddings``). Defaults are GF-MH at ~5.6M parameters char-level (7 layers of 192,
+    a 30 % RWKV share at init) trained at dropout 0.2, as recipes/fusion-gf-mh.toml."""
+
     model_type = "phaselm_fusion"
+    recipe_excludes = ("vocab_size", "tie_word_embeddings")
 
     def __init__(
         self,
         vocab_size: int = 65,
         hidden_size: int = 192,
-        n_layers: int = 8,
+        n_layers: int = 7,
         mixer: str = "hybrid",  # "hybrid" (both branches, fused), "rwkv6" or "mamba2" (one branch)
-        fusion: str = "GF",
-        gate_init: float | str = 0.5,
+        fusion: str = "GF",  # WS, HY, GF, HGF, CP or RF; hybrid only
+        gate_init: float | str = 0.3,  # RWKV share at init, in (0, 1), or a name of GATE_INITS (GF-MH: 0.3)
         rwkv_head_dim: int = 64,
         rwkv_mix_rank: int = 32,
         rwkv_decay_rank: int = 64,
@@ -109,7 +115,7 @@ class FusionConfig(PretrainedConfig):
         mamba_chunk_size: int = 64,
         scan: str = "auto",  # "auto" (= "chunked" for now), "kernels" (fla's RWKV-6 and our fused SSD on CUDA), "chunked", "reference"
         mlp_ratio: int = 4,
-        dropout: float = 0.0,
+        dropout: float = 0.2,
         tie_word_embeddings: bool = True,
         **kwargs,
     ):

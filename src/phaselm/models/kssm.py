@@ -35,31 +35,39 @@ MIXERS = ("ssd", "none")
 
 
 class KSSMConfig(PretrainedConfig):
+    """K-SSM's one config: the ``[kssm]`` table of a ``train-lm`` recipe builds it directly (every
+    keyword below except ``vocab_size``, which comes from the tokenizer, and
+    ``tie_word_embeddings``). Defaults are the seed's size trained at nanoGPT's "baby GPT" budget
+    (dropout 0.2, as every shipped recipe and docs/results.md). The bank's own settings default to
+    ``BankConfig``'s, and ``bank_config()`` builds the bank's config from these fields, so each
+    default is written once."""
+
     model_type = "kssm"
+    recipe_excludes = ("vocab_size", "tie_word_embeddings")
 
     def __init__(
         self,
         vocab_size: int = 65,
         hidden_size: int = 384,
         n_layers: int = 6,
-        mixer: str = "ssd",
+        mixer: str = "ssd",  # "ssd" or "none" (the original's token-independent model)
         state_size: int = 16,
         expand: int = 2,
         head_dim: int = 64,
         conv_kernel: int = 4,
         chunk_size: int = 64,
         scan: str = "auto",  # SSD backend: "auto" (= "chunked" for now), "fused" (Triton), "chunked", "reference"
-        n_oscillators: int = 192,
-        n_harmonics: int = 32,
-        bistable: bool = True,
-        u_min: float = 0.1,
-        u_max: float = 10.0,
-        bank_steps: int = 1,
-        spread_init: float = 0.1,
+        n_oscillators: int = BankConfig.n_oscillators,
+        n_harmonics: int = BankConfig.n_harmonics,
+        bistable: bool = BankConfig.bistable,  # False: the monostable ablation
+        u_min: float = BankConfig.u_min,
+        u_max: float = BankConfig.u_max,
+        bank_steps: int = BankConfig.steps,
+        spread_init: float = BankConfig.spread_init,
         reg_weight: float = 0.5,
-        reg_through_hidden: bool = False,
+        reg_through_hidden: bool = BankConfig.reg_through_hidden,  # True: the regulariser also trains the hidden state (stalls learning)
         mlp_ratio: int = 4,
-        dropout: float = 0.0,
+        dropout: float = 0.2,
         position_embedding: bool = False,
         max_position_embeddings: int = 1024,
         tie_word_embeddings: bool = True,
@@ -98,6 +106,7 @@ class KSSMConfig(PretrainedConfig):
         self.bank_config()  # validates the clamp bounds now, not at the first forward
 
     def bank_config(self) -> BankConfig:
+        """The bistable bank's config, from this config's fields (bank-only constants keep BankConfig's)."""
         return BankConfig(
             n_oscillators=self.n_oscillators,
             n_harmonics=self.n_harmonics,

@@ -27,6 +27,7 @@ from torch import nn
 
 from . import oscillators
 from .errors import PhaseLMError
+from .interventions.sites import Intervenable, Site, SiteMap
 
 
 @dataclass
@@ -86,7 +87,7 @@ def regulariser(delta: torch.Tensor, u: torch.Tensor, cfg: BankConfig) -> torch.
     return cfg.reg_delta / (delta.abs() + cfg.reg_eps) - cfg.reg_u * torch.log(u.clamp_min(0) + cfg.reg_eps)
 
 
-class BistableBank(nn.Module):
+class BistableBank(nn.Module, Intervenable):
     def __init__(self, hidden_size: int, cfg: BankConfig):
         super().__init__()
         self.cfg = cfg
@@ -134,3 +135,7 @@ class BistableBank(nn.Module):
             features = torch.cat([re, im, magnitude], dim=-1)
             out = self.readout(features)
         return BankOutput(out.to(hidden.dtype), magnitude[..., 0], u, delta, reg)
+
+    def intervention_sites(self) -> SiteMap:
+        """A bank on its own: one oscillator site (itself), no branches."""
+        return SiteMap(self, [Site(0, "bank", self, self.cfg.n_oscillators)])

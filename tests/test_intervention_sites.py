@@ -30,8 +30,18 @@ from phaselm.phase_core import PhaseCore, PhaseCoreConfig
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 KSSM = dict(vocab_size=40, hidden_size=32, n_layers=2, head_dim=16, n_oscillators=8, n_harmonics=4, chunk_size=8)
-FUSION = dict(vocab_size=40, hidden_size=32, n_layers=2, rwkv_head_dim=16, rwkv_mix_rank=4, rwkv_decay_rank=8,
-              rwkv_chunk_size=4, mamba_state_size=8, mamba_head_dim=16, mamba_chunk_size=8)
+FUSION = dict(
+    vocab_size=40,
+    hidden_size=32,
+    n_layers=2,
+    rwkv_head_dim=16,
+    rwkv_mix_rank=4,
+    rwkv_decay_rank=8,
+    rwkv_chunk_size=4,
+    mamba_state_size=8,
+    mamba_head_dim=16,
+    mamba_chunk_size=8,
+)
 
 
 def all_subclasses(cls) -> set:
@@ -46,7 +56,9 @@ def test_every_shipped_model_class_declares_its_sites():
     assert {KSSMForCausalLM, FusionForCausalLM} <= shipped
     for cls in shipped:
         assert issubclass(cls, Intervenable), f"{cls.__name__} declares no intervention sites"
-        assert cls.intervention_sites is not Intervenable.intervention_sites, f"{cls.__name__} does not override intervention_sites"
+        assert cls.intervention_sites is not Intervenable.intervention_sites, (
+            f"{cls.__name__} does not override intervention_sites"
+        )
 
 
 def test_the_declarations_of_kssm_fusion_and_a_bank():
@@ -55,7 +67,8 @@ def test_the_declarations_of_kssm_fusion_and_a_bank():
     declared = kssm.intervention_sites()
     assert isinstance(declared, SiteMap) and declared.model is kssm
     assert [(s.layer, s.kind, s.module, s.n_oscillators) for s in declared.oscillators] == [
-        (i, "bank", b.bank, 8) for i, b in enumerate(kssm.blocks)]
+        (i, "bank", b.bank, 8) for i, b in enumerate(kssm.blocks)
+    ]
     assert list(declared.branches) == ["bank", "mixer", "mlp"]
     fusion = FusionForCausalLM(FusionConfig(**FUSION)).eval()
     assert fusion.intervention_sites().oscillators == [] and structure(fusion).sites == []
@@ -83,8 +96,10 @@ def test_an_undeclared_model_has_no_oscillators_even_if_it_looks_like_one(raises
     for model in (nn.Sequential(nn.Linear(4, 4)), LooksLikeABank()):
         info = structure(model)
         assert info.sites == [] and info.branches == {}
-        with raises_phaselm(rf"intervention 'sync' needs a model with oscillators .*; this {type(model).__name__} model "
-                            r"has no oscillators \(it declares no oscillator sites\)$"):
+        with raises_phaselm(
+            rf"intervention 'sync' needs a model with oscillators .*; this {type(model).__name__} model "
+            r"has no oscillators \(it declares no oscillator sites\)$"
+        ):
             with intervene(model, Intervention("sync")):
                 pass
         with raises_phaselm("has none"):

@@ -8,8 +8,9 @@
 
 ``model`` is a K-SSM, a fusion model (RWKV-6 / Mamba-2), any Hugging Face model with grafted
 Phase Cores (``phaselm.graft``; the grafts are found through their hooks), or a ``Graft``
-handle: each declares its sites (``Intervenable``); a model that declares none has no sites. ``layers`` counts the model's oscillator sites for the oscillator kinds (K-SSM: one
-bank per block; a grafted model: its cores, usually just layer 0) and its blocks for ``ablate``.
+handle: each declares its sites (``Intervenable``); a model that declares none has no sites.
+``layers`` counts the model's oscillator sites for the oscillator kinds (K-SSM: one bank per
+block; a grafted model: its cores, usually just layer 0) and its blocks for ``ablate``.
 
 Kinds (``KINDS``; ``Intervention.parse`` reads ``"pin=0.3"``, ``"k_scale=0.5"``, ``"ablate=mamba"``):
 

@@ -44,5 +44,5 @@ def override_clamp(model: nn.Module, u_min: float, u_max: float) -> Iterator[dic
             b.cfg.bistable, b.cfg.u_min, b.cfg.u_max = True, lo, hi
         yield {"u_min": lo, "u_max": hi, "trained_bistable": trained_bistable, "layers": len(banks)}
     finally:
-        for b, (bistable, old_lo, old_hi) in zip(banks, saved):
+        for b, (bistable, old_lo, old_hi) in zip(banks, saved, strict=True):
             b.cfg.bistable, b.cfg.u_min, b.cfg.u_max = bistable, old_lo, old_hi

@@ -89,10 +89,8 @@ def arc_transform(r: float, n: int) -> PhaseTransform:
 def kept_oscillators(n: int, m: int) -> list[int]:
     """The m of N oscillators the ``oscillators`` kind keeps: every (N/m)-th, from 0."""
     if n % m:
-        divisors = [d for d in range(1, n + 1) if n % d == 0]
-        raise PhaseLMError(
-            f"oscillators={m} does not divide the {n} oscillators of this model; keep one of {', '.join(map(str, divisors))}"
-        )
+        divisors = ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
+        raise PhaseLMError(f"oscillators={m} does not divide the {n} oscillators of this model; keep one of {divisors}")
     return list(range(0, n, n // m))
 
 

@@ -76,7 +76,10 @@ def plan_coupling(info: Structure, item: Intervention, record: dict, context: Pl
     def scale(k: torch.Tensor) -> torch.Tensor:
         return k * factor
 
-    return [lambda s=site: append_transform(s.module.coupling_transforms, scale) for site in chosen_sites(info, item, record)]
+    return [
+        lambda s=site: append_transform(s.module.coupling_transforms, scale)
+        for site in chosen_sites(info, item, record)
+    ]
 
 
 def plan_clamp(info: Structure, item: Intervention, record: dict, context: PlanContext) -> list[Installer]:
@@ -203,7 +206,9 @@ def branch_error(info: Structure, branch: str) -> PhaseLMError:
         )
     close = difflib.get_close_matches(branch, list(info.branches), n=1, cutoff=0.5)
     hint = f"; did you mean {close[0]}?" if close else ""
-    return PhaseLMError(f"this {info.name} model has no branch {branch!r}; its branches are: {', '.join(info.branches)}{hint}")
+    return PhaseLMError(
+        f"this {info.name} model has no branch {branch!r}; its branches are: {', '.join(info.branches)}{hint}"
+    )
 
 
 # --------------------------------------------------------------------------------------------

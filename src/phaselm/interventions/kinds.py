@@ -23,7 +23,9 @@ def check_factor(value, name: str = "k_scale") -> float:
     try:
         factor = float(value)
     except (TypeError, ValueError):
-        raise PhaseLMError(f"{name} needs a number ≥ 0 (the factor on K; 1 leaves K unchanged), got {value!r}") from None
+        raise PhaseLMError(
+            f"{name} needs a number ≥ 0 (the factor on K; 1 leaves K unchanged), got {value!r}"
+        ) from None
     if not math.isfinite(factor) or factor < 0:
         raise PhaseLMError(f"{name} needs a finite factor ≥ 0 (1 leaves K unchanged), got {value}")
     return factor
@@ -57,8 +59,12 @@ VALUE_CHECKS: dict[str, Callable[[Any], Any]] = {
     "count": check_count,
     "branch": check_branch,
 }
-VALUE_HINTS = {"order": "the R to pin, in [0, 1]", "factor": "the factor on K, ≥ 0", "count": "how many oscillators to keep",
-               "branch": "the branch to ablate"}
+VALUE_HINTS = {
+    "order": "the R to pin, in [0, 1]",
+    "factor": "the factor on K, ≥ 0",
+    "count": "how many oscillators to keep",
+    "branch": "the branch to ablate",
+}
 
 
 @dataclass(frozen=True)
@@ -84,20 +90,64 @@ class Kind:
 
 
 KINDS: dict[str, Kind] = {
-    "sync": Kind("sync", False, lambda _, n: arc_transform(1.0, n), lambda _: 1.0, "all phases at the mean phase ψ (R = 1)"),
-    "disorder": Kind("disorder", False, lambda _, n: arc_transform(0.0, n), lambda _: 0.0, "phases spread evenly over the circle (R = 0)"),
-    "pin": Kind("pin", True, lambda v, n: arc_transform(float(v), n), lambda v: float(v),
-                "phases on an arc centred at ψ with R = value exactly", value="order"),
-    "oscillators": Kind("oscillators", True, lambda v, n: subset_transform(int(v), n), None,
-                        "readout and R over value of the N oscillators (evaluation time; value divides N)", value="count"),
-    "k_scale": Kind("k_scale", True, None, None, "the coupling K multiplied by value (≥ 0)", value="factor", act="coupling"),
-    "mean_output": Kind("mean_output", False, None, None, "the oscillator output replaced by its mean over calibration positions",
-                        act="output"),
-    "noise_output": Kind("noise_output", False, None, None,
-                         "the oscillator output replaced by Gaussian noise with its calibration mean and std", act="output"),
-    "unclamp": Kind("unclamp", False, None, None, "K-SSM: u's clamp switched off (U regulation off, evaluation time)", act="clamp"),
-    "ablate": Kind("ablate", True, None, None, "the output of branch value zeroed (bank, mixer, mlp, rwkv, mamba, fusion_gate, "
-                   "phase_core — whatever the model has)", value="branch", act="branch"),
+    "sync": Kind(
+        "sync", False, lambda _, n: arc_transform(1.0, n), lambda _: 1.0, "all phases at the mean phase ψ (R = 1)"
+    ),
+    "disorder": Kind(
+        "disorder",
+        False,
+        lambda _, n: arc_transform(0.0, n),
+        lambda _: 0.0,
+        "phases spread evenly over the circle (R = 0)",
+    ),
+    "pin": Kind(
+        "pin",
+        True,
+        lambda v, n: arc_transform(float(v), n),
+        lambda v: float(v),
+        "phases on an arc centred at ψ with R = value exactly",
+        value="order",
+    ),
+    "oscillators": Kind(
+        "oscillators",
+        True,
+        lambda v, n: subset_transform(int(v), n),
+        None,
+        "readout and R over value of the N oscillators (evaluation time; value divides N)",
+        value="count",
+    ),
+    "k_scale": Kind(
+        "k_scale", True, None, None, "the coupling K multiplied by value (≥ 0)", value="factor", act="coupling"
+    ),
+    "mean_output": Kind(
+        "mean_output",
+        False,
+        None,
+        None,
+        "the oscillator output replaced by its mean over calibration positions",
+        act="output",
+    ),
+    "noise_output": Kind(
+        "noise_output",
+        False,
+        None,
+        None,
+        "the oscillator output replaced by Gaussian noise with its calibration mean and std",
+        act="output",
+    ),
+    "unclamp": Kind(
+        "unclamp", False, None, None, "K-SSM: u's clamp switched off (U regulation off, evaluation time)", act="clamp"
+    ),
+    "ablate": Kind(
+        "ablate",
+        True,
+        None,
+        None,
+        "the output of branch value zeroed (bank, mixer, mlp, rwkv, mamba, fusion_gate, "
+        "phase_core — whatever the model has)",
+        value="branch",
+        act="branch",
+    ),
 }
 
 
@@ -124,7 +174,9 @@ class Intervention:
         kind = check_kind(self.kind)
         if kind.needs_value:
             if self.value is None:
-                raise PhaseLMError(f"intervention {self.kind!r} needs a value: {VALUE_HINTS.get(kind.value, 'a number')}")
+                raise PhaseLMError(
+                    f"intervention {self.kind!r} needs a value: {VALUE_HINTS.get(kind.value, 'a number')}"
+                )
             check = VALUE_CHECKS.get(kind.value)
             if check is not None:
                 object.__setattr__(self, "value", check(self.value))
@@ -167,7 +219,11 @@ class Intervention:
         return f"{self.kind}={self.value:g}" if isinstance(self.value, float) else f"{self.kind}={self.value}"
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "value": self.value, "layers": self.layers if self.layers == ALL_LAYERS else list(self.layers)}
+        return {
+            "kind": self.kind,
+            "value": self.value,
+            "layers": self.layers if self.layers == ALL_LAYERS else list(self.layers),
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> Intervention:
@@ -189,7 +245,9 @@ class Intervention:
             try:
                 number = float(value)
             except ValueError:
-                raise PhaseLMError(f"bad intervention {spec!r}: {value!r} is not a number; write e.g. {name}=0.3") from None
+                raise PhaseLMError(
+                    f"bad intervention {spec!r}: {value!r} is not a number; write e.g. {name}=0.3"
+                ) from None
             return cls(name, number, layers)
         return cls(name, default_value if kind.needs_value else None, layers)
 

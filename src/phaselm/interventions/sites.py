@@ -154,8 +154,9 @@ def require_oscillators(model: nn.Module, what: str = "this eval") -> list[nn.Mo
     """The K-SSM phase banks of ``model``; none is a one-line error naming ``what`` needed them."""
     sites = phase_sites(model)
     if not sites:
+        name = model_name(model)
         raise PhaseLMError(
-            f"{what} needs a model with oscillators (K-SSM); this is a {model_name(model)} model without an oscillator bank"
+            f"{what} needs a model with oscillators (K-SSM); this is a {name} model without an oscillator bank"
         )
     return sites
 

@@ -29,6 +29,7 @@ from . import oscillators
 from .errors import PhaseLMError
 from .ops.backend import resolve
 from .ops.bistable_bank import BANK, bistable_bank_triton
+from .interventions.sites import Intervenable, Site, SiteMap
 
 
 @dataclass
@@ -91,7 +92,7 @@ def regulariser(delta: torch.Tensor, u: torch.Tensor, cfg: BankConfig) -> torch.
     return cfg.reg_delta / (delta.abs() + cfg.reg_eps) - cfg.reg_u * torch.log(u.clamp_min(0) + cfg.reg_eps)
 
 
-class BistableBank(nn.Module):
+class BistableBank(nn.Module, Intervenable):
     # Which implementation of forward's per-position work runs (phaselm.ops.backend): "auto"
     # (the fused Triton kernel on CUDA), "triton" or "reference" (the PyTorch code below).
     backend: str = "auto"
@@ -174,3 +175,7 @@ class BistableBank(nn.Module):
         reg = self._regulariser(h, delta, u)
         out = self.readout(features)
         return BankOutput(out.to(hidden.dtype), features[..., 2 * cfg.n_harmonics], u, delta, reg)
+
+    def intervention_sites(self) -> SiteMap:
+        """A bank on its own: one oscillator site (itself), no branches."""
+        return SiteMap(self, [Site(0, "bank", self, self.cfg.n_oscillators)])

@@ -25,6 +25,7 @@ from torch import nn
 
 from .errors import PhaseLMError
 from .fast_mamba import FastMamba, fast_mamba, routing
+from .interventions.sites import Intervenable, Site, SiteMap
 from .phase_core import PhaseCore, PhaseCoreConfig, PhaseCoreOutput
 
 # Where the decoder layers live, by architecture family; the first path that resolves wins.
@@ -95,7 +96,7 @@ class Recording:
         return torch.cat(self.orders, dim=1)
 
 
-class Graft:
+class Graft(Intervenable):
     """A Phase Core attached to one layer of a model. Call ``remove()`` to detach it."""
 
     def __init__(self, model: nn.Module, core: PhaseCore, layer_index: int, layer_path: str, freeze: bool):
@@ -200,6 +201,12 @@ class Graft:
             if name in self._requires_grad:
                 p.requires_grad_(self._requires_grad[name])
         self.last = None
+
+    def intervention_sites(self) -> SiteMap:
+        """The grafted core as the model's oscillator site, and ``phase_core`` as its branch
+        (ablating it runs the bare backbone, as :meth:`disabled`)."""
+        site = Site(0, "core", self.core, self.core.config.n_oscillators)
+        return SiteMap(self.model, [site], {"phase_core": [self]}, label="grafted Phase Core")
 
     def __enter__(self):
         return self

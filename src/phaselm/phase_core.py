@@ -102,6 +102,13 @@ class PhaseCore(nn.Module):
             self.from_phase = nn.Linear(2 * n, d)
             nn.init.zeros_(self.from_phase.weight)
             nn.init.zeros_(self.from_phase.bias)
+        # The same two transform slots as K-SSM's bank, set by interventions
+        # (phaselm.interventions.intervene), never by forward(): functions K → K applied in order
+        # to the coupling before the dynamics, and θ (B, T, N) → θ applied in order after the
+        # dynamics, before R and the modulation. The carried state (recurrent mode) continues
+        # from the free dynamics. Empty (the default): the computation is unchanged.
+        self.coupling_transforms: list = []
+        self.phase_transforms: list = []
 
     @property
     def coupling(self) -> torch.Tensor:
@@ -119,6 +126,8 @@ class PhaseCore(nn.Module):
         with oscillators.full_precision(hidden.device.type):
             kick = self.to_phase(self.norm(hidden.float()))
             k = self.coupling.float()
+            for transform in self.coupling_transforms:
+                k = transform(k)
             if cfg.mode == "token":
                 return kuramoto_integrate(kick, self.omega, k, cfg.dt, cfg.steps), None
             return kuramoto_recurrent(kick, self.omega, k, cfg.dt, cfg.steps, mask, state)
@@ -142,5 +151,7 @@ class PhaseCore(nn.Module):
         if mask is not None and mask.shape != hidden.shape[:2]:
             raise PhaseLMError(f"mask must be (batch, seq) = {tuple(hidden.shape[:2])}, got {tuple(mask.shape)}")
         phases, new_state = self.dynamics(hidden, state, mask)
+        for transform in self.phase_transforms:
+            phases = transform(phases)
         order = oscillators.order_parameter(phases)
         return PhaseCoreOutput(self.modulate(hidden, order, phases), order, phases, new_state)

@@ -46,6 +46,7 @@ from transformers import PretrainedConfig
 from transformers.modeling_outputs import CausalLMOutput
 
 from ..errors import PhaseLMError
+from ..interventions.sites import Intervenable, SiteMap
 from ..layers.mamba2 import Mamba2Mixer
 from .recurrent import RecurrentLM, register_auto_classes
 from ..layers.rwkv6 import RWKV6TimeMix
@@ -317,7 +318,7 @@ class FusionOutput(CausalLMOutput):
     gate_means: torch.Tensor | None = None
 
 
-class FusionForCausalLM(RecurrentLM):
+class FusionForCausalLM(RecurrentLM, Intervenable):
     config_class = FusionConfig
     base_model_prefix = "fusion"
 
@@ -374,6 +375,20 @@ class FusionForCausalLM(RecurrentLM):
                 states=tuple({name: pair[1] for name, pair in o.state.items()} for o in outs),
             )
         return FusionOutput(loss=loss, logits=logits, past_key_values=cache, **extra)
+
+    def intervention_sites(self) -> SiteMap:
+        """No oscillator sites; the branches rwkv and mamba (those the mixer has), fusion_gate
+        (learned fusions: ablating it averages the branches) and mlp, one entry per block."""
+        blocks = list(self.blocks)
+        branches = {}
+        for branch in ("rwkv", "mamba"):
+            if any(getattr(b, branch) is not None for b in blocks):
+                branches[branch] = [getattr(b, branch) for b in blocks]
+        gates = [b.fusion if b.fusion is not None and b.fusion.kind in GATED else None for b in blocks]
+        if any(gate is not None for gate in gates):
+            branches["fusion_gate"] = gates
+        branches["mlp"] = [b.mlp for b in blocks]
+        return SiteMap(self, [], branches)
 
 
 register_auto_classes(FusionConfig, FusionForCausalLM)

@@ -27,6 +27,7 @@ from transformers.modeling_outputs import CausalLMOutput
 
 from ..bistable import BankConfig, BistableBank
 from ..errors import PhaseLMError
+from ..interventions.sites import Intervenable, Site, SiteMap
 from ..layers.mamba2 import Mamba2Mixer
 from ..ops.ssd import BACKENDS as SSD_BACKENDS
 from .recurrent import RecurrentLM, register_auto_classes
@@ -167,7 +168,7 @@ class KSSMOutput(CausalLMOutput):
     u: torch.Tensor | None = None  # (B, n_layers, T)
 
 
-class KSSMForCausalLM(RecurrentLM):
+class KSSMForCausalLM(RecurrentLM, Intervenable):
     config_class = KSSMConfig
     base_model_prefix = "kssm"
 
@@ -229,6 +230,17 @@ class KSSMForCausalLM(RecurrentLM):
             reg=torch.stack(regs).mean(),
             u=torch.stack(us, 1) if output_orders else None,
         )
+
+    def intervention_sites(self) -> SiteMap:
+        """Each block's phase bank is an oscillator site; the branches are bank, mixer (unless
+        there is none) and mlp, one entry per block."""
+        blocks = list(self.blocks)
+        sites = [Site(i, "bank", b.bank, b.bank.cfg.n_oscillators) for i, b in enumerate(blocks)]
+        branches = {"bank": [b.bank for b in blocks]}
+        if any(b.mixer is not None for b in blocks):
+            branches["mixer"] = [b.mixer for b in blocks]
+        branches["mlp"] = [b.mlp for b in blocks]
+        return SiteMap(self, sites, branches)
 
 
 register_auto_classes(KSSMConfig, KSSMForCausalLM)

@@ -13,11 +13,12 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
 from ..backbones import save_backbone
-from ..config import to_dict
+from ..config import to_dict, with_kind
 from ..data import encode_split, learn_tokenizer, load_text
 from ..errors import PhaseLMError
 from ..reporting import write_report
@@ -96,6 +97,8 @@ class GPTSpec:
 
 @dataclass
 class LMRecipe:
+    KIND: ClassVar[str] = "language-model"  # config.toml's kind: a model trained from scratch, saved in model/
+
     arch: str = "kssm"  # "kssm", "fusion" or "gpt2"
     kssm: KSSMSpec = field(default_factory=KSSMSpec)
     fusion: FusionSpec = field(default_factory=FusionSpec)
@@ -133,7 +136,7 @@ def recipe_text(recipe: LMRecipe) -> str:
     for arch, section in ARCH_SECTIONS.items():
         if arch != recipe.arch:
             data.pop(section, None)
-    return tomli_w.dumps(data)
+    return with_kind(tomli_w.dumps(data), recipe.KIND)
 
 
 def build_lm(recipe: LMRecipe, vocab_size: int):

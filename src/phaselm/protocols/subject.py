@@ -45,27 +45,11 @@ class Subject:
 
 
 def load_subject(path: str | os.PathLike, device: str | None = None) -> Subject:
-    """A ``train-lm`` run, a model folder, or a Phase-Mamba run (config.toml with [backbone])."""
-    from ..config import tomllib
-    from ..evals import default_device, load_subject as load_eval_subject
+    """Any run directory or model folder (opened by :func:`phaselm.runs.open_run`) → Subject."""
+    from ..runs import open_run
 
-    path = Path(path)
-    device = device or default_device()
-    config = path / "config.toml"
-    if path.is_dir() and config.is_file() and not (path / "model" / "config.json").is_file():
-        try:
-            recipe = tomllib.loads(config.read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError):
-            recipe = {}
-        if isinstance(recipe.get("backbone"), dict):
-            from ..experiments.phase_mamba import load_run
-
-            model, tokenizer, handle, run_recipe = load_run(path, device)
-            model.eval()
-            return Subject(model, tokenizer, handle, run_recipe.data.corpus, run_recipe.data.val_fraction, str(path))
-    subject = load_eval_subject(path, device)
-    subject.model.eval()
-    return Subject(subject.model, subject.tokenizer, None, subject.corpus, subject.val_fraction, str(path))
+    run = open_run(path, device)
+    return Subject(run.model, run.tokenizer, run.graft, run.corpus, run.val_fraction, str(path))
 
 
 @contextlib.contextmanager

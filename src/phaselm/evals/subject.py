@@ -1,16 +1,14 @@
-"""Loading a trained run for evaluation, and the names and constants every eval shares."""
+"""Opening a trained run for evaluation (a :class:`phaselm.subject.Subject`), and the names and
+constants every eval shares."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-from torch import nn
 
 from ..errors import PhaseLMError
 from ..runs import default_device  # noqa: F401  (re-exported: phaselm.evals.default_device)
+from ..subject import Subject, subject_of
 
 
 METRICS = ("kl", "distinct_1", "distinct_2", "distinct_3", "repetition", "perplexity", "mean_r")
@@ -37,45 +35,10 @@ CORRELATION_NOTE = (
 )
 
 
-@dataclass
-class EvalSubject:
-    """A trained model with what the evals need to know about its run."""
-
-    model: nn.Module
-    tokenizer: object
-    path: Path  # what the user passed
-    model_dir: Path
-    corpus: str
-    val_fraction: float
-    train_seq_len: int | None
-
-    @property
-    def arch(self) -> str:
-        return str(getattr(self.model.config, "model_type", type(self.model).__name__))
-
-    @property
-    def variant(self) -> str:
-        cfg = self.model.config
-        if self.arch == "kssm":
-            if cfg.mixer == "none":
-                return "K-SSM no-mixer"
-            return "K-SSM bistable" if cfg.bistable else "K-SSM monostable"
-        return {"gpt2": "GPT-2"}.get(self.arch, self.arch)
-
-    def validation_ids(self) -> torch.Tensor:
-        from ..data import encode_split, load_text
-
-        cached = getattr(self, "_val_ids", None)
-        if cached is None:
-            _, cached = encode_split(self.tokenizer, load_text(self.corpus), self.val_fraction)
-            self._val_ids = cached
-        return cached
-
-
 def load_subject(
     path: str | os.PathLike, device: str | None = None, corpus: str | None = None, val_fraction: float | None = None
-) -> EvalSubject:
-    """A run directory or a model folder (opened by :func:`phaselm.runs.open_run`) → EvalSubject.
+) -> Subject:
+    """A run directory or a model folder (opened by :func:`phaselm.runs.open_run`) → Subject.
 
     The corpus and validation fraction come from the run's config.toml (a model folder inside
     a run uses its run's); ``corpus`` / ``val_fraction`` override them, and a bare model folder
@@ -83,19 +46,16 @@ def load_subject(
     """
     from ..runs import PHASE_MAMBA, locate_run, open_run
 
-    if locate_run(path).kind == PHASE_MAMBA:
+    location = locate_run(path)
+    if location.kind == PHASE_MAMBA:
         raise PhaseLMError(
             f"{path} is a phase-mamba run (a core grafted onto a backbone); `phaselm eval` takes runs with a saved model "
             "(train-lm, pretrain); run a protocol on it instead (phaselm protocol run)"
         )
-    run = open_run(path, device)
-    fraction = val_fraction if val_fraction is not None else run.val_fraction
-    if not 0.0 < fraction < 1.0:
-        raise PhaseLMError(f"val_fraction must be in (0, 1) for evaluation, got {fraction}")
-    return EvalSubject(
-        model=run.model, tokenizer=run.tokenizer, path=run.path, model_dir=run.model_dir,
-        corpus=corpus or run.corpus, val_fraction=fraction, train_seq_len=run.train_seq_len,
-    )
+    subject = subject_of(open_run(path, device), corpus, val_fraction)
+    if not 0.0 < subject.val_fraction < 1.0:
+        raise PhaseLMError(f"val_fraction must be in (0, 1) for evaluation, got {subject.val_fraction}")
+    return subject
 
 
 def default_out_dir(path: str | os.PathLike) -> Path:

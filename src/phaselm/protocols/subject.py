@@ -1,55 +1,27 @@
-"""The subject of a protocol (model, tokenizer, graft, validation text) and how it generates and scores."""
+"""How a protocol's subject (a :class:`phaselm.subject.Subject`) generates and scores."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from .. import statistics as st
 from ..errors import PhaseLMError
-from ..interventions import measure, structure
+from ..interventions import measure
+from ..subject import Subject, subject_of
 from .spec import Protocol
-
-@dataclass
-class Subject:
-    model: Any
-    tokenizer: Any
-    handle: Any = None  # a Graft for a Phase-Mamba run
-    corpus: str | None = "tinyshakespeare"
-    val_fraction: float = 0.1
-    path: str = ""
-    _val_ids: torch.Tensor | None = None
-
-    @property
-    def target(self):
-        return self.handle if self.handle is not None else self.model
-
-    @property
-    def name(self) -> str:
-        return structure(self.target).name
-
-    def validation_ids(self) -> torch.Tensor:
-        if self._val_ids is None:
-            from ..data import encode_split, load_text
-
-            if self.corpus is None:
-                raise PhaseLMError("this model has no corpus to draw validation windows from; give prompts as a file or list")
-            _, self._val_ids = encode_split(self.tokenizer, load_text(self.corpus), self.val_fraction)
-        return self._val_ids
 
 
 def load_subject(path: str | os.PathLike, device: str | None = None) -> Subject:
     """Any run directory or model folder (opened by :func:`phaselm.runs.open_run`) → Subject."""
     from ..runs import open_run
 
-    run = open_run(path, device)
-    return Subject(run.model, run.tokenizer, run.graft, run.corpus, run.val_fraction, str(path))
+    return subject_of(open_run(path, device))
 
 
 @contextlib.contextmanager

@@ -127,7 +127,7 @@ def test_train_and_resume_a_grafted_run(demo_run, tmp_path, capsys):
         (["pretrain", "--set", "data.corpus={empty}", "--out", "{tmp}/p"], "is empty"),
         (["pretrain", "--set", "data.corpus={short}", "--out", "{tmp}/p"], "fewer than one sequence"),
         (["pretrain", "--set", "train.steps", "--out", "{tmp}/p"], "section.key=value"),
-        (["generate", "{tmp}"], "not a Hugging Face model folder"),
+        (["generate", "{tmp}"], "neither a run directory nor a model folder"),
     ],
 )
 def test_bad_inputs_are_one_line_errors(tmp_path, capsys, args, match):
@@ -282,7 +282,7 @@ def test_eval_ablation_on_a_trained_run(eval_runs, tmp_path, capsys):
 @pytest.mark.parametrize(
     "args, match",
     [
-        (["intervention", "{tmp}/missing"], "run directory {tmp}/missing does not exist"),
+        (["intervention", "{tmp}/missing"], "{tmp}/missing does not exist; pass a run directory"),
         (["intervention", "{gpt}"], "needs a model with oscillators (K-SSM); this is a gpt2 model"),
         (["correlation", "{gpt}"], "needs a model with oscillators"),
         (["clamp", "{gpt}"], "needs a model with oscillators"),

@@ -352,5 +352,5 @@ def test_load_subject_bad_paths(tmp_path, raises_phaselm):
     with raises_phaselm("neither a run directory nor a model folder"):
         evals.load_subject(tmp_path)
     (tmp_path / "config.toml").write_text("[backbone]\n")
-    with raises_phaselm("holds no trained model folder"):
+    with raises_phaselm("is a phase-mamba run"):
         evals.load_subject(tmp_path)

@@ -55,6 +55,8 @@ def build_mamba(spec: MambaSpec, vocab_size: int) -> nn.Module:
     return MambaForCausalLM(config)
 
 
+MODEL_FOLDER = "model"  # where train-lm and pretrain save the trained model inside their run directory
+
 # Shapes of the published Mamba-1 checkpoints (state-spaces/mamba-*-hf): hidden size and layers;
 # all have state 16, expand 2, conv 4, Δ rank ⌈hidden/16⌉ and a 50,280-token vocabulary.
 MAMBA_SHAPES = {

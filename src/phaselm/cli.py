@@ -153,7 +153,7 @@ def train_lm(
 
 @app.command()
 def generate(
-    model: Path = typer.Argument(..., help="A run directory from `phaselm train`/`demo`, or a model folder."),
+    model: Path = typer.Argument(..., help="A run directory (train, train-lm, pretrain, demo) or a saved model folder."),
     prompt: str = typer.Option("ROMEO:", "--prompt", "-p", help="Text to continue."),
     max_new_tokens: int = typer.Option(200, "--max-new-tokens", "-n", help="Tokens to generate."),
     temperature: float = typer.Option(0.8, help="Sampling temperature; 0 decodes greedily."),
@@ -166,13 +166,13 @@ def generate(
 
     Example: `phaselm generate runs/demo --prompt "ROMEO:" --measured --json`
     """
-    from .experiments.phase_mamba import load_for_generation
     from .generation import check_sampling
     from .generation import generate as run_generate
+    from .runs import open_run
 
     check_sampling(max_new_tokens, temperature, top_k)
-    lm, tokenizer, handle = load_for_generation(model)
-    result = run_generate(lm, tokenizer, prompt, max_new_tokens, temperature, top_k or None, seed, handle, measured)
+    run = open_run(model)
+    result = run_generate(run.model, run.tokenizer, prompt, max_new_tokens, temperature, top_k or None, seed, run.graft, measured)
     if as_json:
         _print_json(result.to_json())
         return
@@ -224,7 +224,7 @@ def demo(
 
 @app.command()
 def report(
-    run_dir: Path = typer.Argument(..., help="A run directory (train, train-lm, pretrain, demo or a protocol run)."),
+    run_dir: Path = typer.Argument(..., help="A run directory (train, train-lm, pretrain, demo or a protocol run) or its model/ folder."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write the page (default: RUN_DIR/report.html, replaced)."),
     as_json: bool = typer.Option(False, "--json", help="Print the written path as JSON."),
 ) -> None:
@@ -239,7 +239,13 @@ def report(
     Example: `phaselm report runs/kssm` (then open runs/kssm/report.html)
     """
     from .reporting import rebuild_html_report
+    from .runs import locate_run
 
+    if (run_dir / "config.json").is_file() and not (run_dir / "config.toml").is_file():
+        location = locate_run(run_dir)  # a saved model folder: report the run it was trained in
+        if location.run_dir is None:
+            raise PhaseLMError(f"{run_dir} is a model folder outside any run, with no training record to report; pass the run directory it was trained in")
+        run_dir = location.run_dir
     path = rebuild_html_report(run_dir, out)
     if as_json:
         _print_json({"report": str(path)})
@@ -286,7 +292,7 @@ eval_app = typer.Typer(
 )
 app.add_typer(eval_app, name="eval")
 
-RUN_HELP = "A `phaselm train-lm` run directory (or its model/ folder)."
+RUN_HELP = "A `phaselm train-lm` or `pretrain` run directory, or a saved model folder."
 EVAL_OUT_HELP = "Directory for NAME.json and NAME.png (default: RUN_DIR/evals); an existing result there is never overwritten."
 PROMPTS_HELP = "Number of prompts, drawn evenly from the validation split (the last val_fraction of the corpus); ≥ 2, 50+ for real statistics."
 

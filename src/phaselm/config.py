@@ -34,6 +34,10 @@ from .errors import PhaseLMError
 
 T = TypeVar("T")
 
+# The top-level key of a run's config.toml that names what wrote it (a recipe class's KIND), as
+# transformers' config.json names its model_type; phaselm.runs dispatches on it.
+KIND_KEY = "kind"
+
 
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
@@ -140,6 +144,12 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     hints = typing.get_type_hints(cls)
     kwargs = {}
+    declared = getattr(cls, "KIND", None)
+    if not where and declared is not None and KIND_KEY in data:
+        # A run's own config.toml read back as a recipe: its kind must be this recipe's.
+        if data[KIND_KEY] != declared:
+            raise PhaseLMError(f"this is the config of a {data[KIND_KEY]!r} run, not a {declared!r} recipe; use the command that writes {data[KIND_KEY]!r} runs")
+        data = {k: v for k, v in data.items() if k != KIND_KEY}
     for key, value in data.items():
         name = f"{where}.{key}" if where else key
         if key not in fields:
@@ -202,8 +212,14 @@ def apply_overrides(data: dict, overrides: dict) -> dict:
 
 
 def dump_recipe(obj: Any) -> str:
-    """The recipe as TOML text (what a run directory stores as config.toml)."""
-    return tomli_w.dumps(to_dict(obj))
+    """The recipe as TOML text (what a run directory stores as config.toml), headed by
+    ``kind = ...`` where the recipe class declares a KIND."""
+    return with_kind(tomli_w.dumps(to_dict(obj)), getattr(obj, "KIND", None))
+
+
+def with_kind(config_text: str, kind: str | None) -> str:
+    """``config_text`` with ``kind = "KIND"`` as its first line (unchanged for ``kind`` None)."""
+    return config_text if kind is None else tomli_w.dumps({KIND_KEY: kind}) + config_text
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -542,36 +542,33 @@ def run_diagnostics(
 ) -> dict:
     """Diagnose a run directory (``model/`` inside, checkpoints for the gate history) or a model
     folder; write ``diagnostics.json`` and ``plots/diag_*.png`` to ``out`` (default PATH/diagnostics)."""
-    from .backbones import load_backbone
     from .data import encode_corpus, encode_split, load_text
+    from .runs import locate_run, open_run
 
     cfg = cfg or DiagnosticsConfig()
     path = Path(path)
-    run_dir = path if (path / "model" / "config.json").is_file() else None
-    model_dir = path / "model" if run_dir else path
-    if not (model_dir / "config.json").is_file():
-        raise PhaseLMError(f"{path} is neither a train-lm run directory nor a saved model folder (no config.json)")
-    with open(model_dir / "config.json", encoding="utf-8") as handle:
+    location = locate_run(path)
+    if location.model_dir is None:
+        raise PhaseLMError(
+            f"{path} is a {location.kind} run (a core grafted onto a backbone), which has no RWKV-6 / Mamba-2 branches to "
+            'diagnose; use a fusion-family model (phaselm train-lm with arch = "fusion")'
+        )
+    with open(location.model_dir / "config.json", encoding="utf-8") as handle:
         model_type = json.load(handle).get("model_type")
     if model_type != FusionConfig.model_type:
         raise PhaseLMError(
             f"{path} holds a {model_type!r} model, which has no RWKV-6 / Mamba-2 branches to diagnose; "
             'use a fusion-family model (phaselm train-lm with arch = "fusion")'
         )
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer = load_backbone(str(model_dir), device)
-    val_fraction = 0.1
-    if run_dir is not None and (run_dir / "config.toml").is_file() and corpus is None:
-        from .config import load_recipe
-        from .experiments.language_model import LMRecipe
-
-        recipe = load_recipe(LMRecipe, run_dir / "config.toml")
-        corpus, val_fraction = recipe.data.corpus, recipe.data.val_fraction
+    run = open_run(path, device)
+    model, tokenizer, run_dir = run.model, run.tokenizer, run.run_dir
+    val_fraction = run.val_fraction if corpus is None else 0.1
+    corpus = corpus if corpus is not None else run.corpus
     text = load_text(corpus)
     _, val_ids = encode_split(tokenizer, text, val_fraction) if val_fraction > 0 else (None, encode_corpus(tokenizer, text))
     result = diagnose(model, val_ids, cfg)
     if run_dir is not None:
-        windows = windows_from(val_ids, cfg.windows, cfg.short).to(device)
+        windows = windows_from(val_ids, cfg.windows, cfg.short).to(_device(model))
         result["gate_history"] = gate_history(run_dir, windows)
         result["gate_training_log"] = gate_training_log(run_dir)
     out = Path(out) if out is not None else path / "diagnostics"

@@ -410,26 +410,11 @@ def _context_limit(model: nn.Module) -> int | None:
 def load_live_model(path: str | os.PathLike, device: str = "cpu", max_new_tokens: int = MAX_NEW_TOKENS) -> LiveModel:
     """A `phaselm train-lm`/`pretrain` run directory or a model folder (K-SSM, fusion, GPT, any HF
     causal LM), or a Phase-Mamba run directory from `phaselm train`/`demo` (grafted core)."""
-    path = Path(path)
-    if not path.exists():
-        raise PhaseLMError(f"{path} does not exist; pass a run directory (train-lm, train, demo) or a model folder")
-    if not path.is_dir():
-        raise PhaseLMError(f"{path} is not a directory; pass a run directory (train-lm, train, demo) or a model folder")
-    from .experiments.phase_mamba import MODEL_FOLDER
     from .interventions import phase_sites
+    from .runs import open_run
 
-    if (path / MODEL_FOLDER / "config.json").is_file() or (path / "config.json").is_file():
-        from .evals import load_subject
-
-        subject = load_subject(path, device=device)
-        model, tokenizer, handle = subject.model, subject.tokenizer, None
-    elif (path / "config.toml").is_file():
-        from .experiments.phase_mamba import load_run
-
-        model, tokenizer, handle, _ = load_run(path, device)
-    else:
-        raise PhaseLMError(f"{path} is neither a run directory nor a model folder (no config.toml, {MODEL_FOLDER}/ or config.json)")
-    model.eval()
+    run = open_run(path, device)
+    model, tokenizer, handle = run.model, run.tokenizer, run.graft
     kind = "grafted" if handle is not None else ("kssm" if phase_sites(model) else "plain")
     return LiveModel(model=model, tokenizer=tokenizer, name=str(path), kind=kind, handle=handle, max_new_tokens=max_new_tokens)
 

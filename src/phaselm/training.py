@@ -257,6 +257,8 @@ def _differ_only_in_steps(old_text: str, new_text: str) -> bool:
         old, new = tomllib.loads(old_text), tomllib.loads(new_text)
     except tomllib.TOMLDecodeError:
         return False
+    if "kind" in new and "kind" not in old:  # a run written before runs recorded their kind
+        old = {"kind": new["kind"], **old}
     old_train, new_train = dict(old.get("train", {})), dict(new.get("train", {}))
     old_train.pop("steps", None)
     steps = new_train.pop("steps", None)

@@ -26,7 +26,7 @@ batched with the model's recurrent cache; sampling uses its own seeded generator
 forced run reuses the unforced run's seed, so both draw the same random numbers.
 """
 
-from .subject import CLAMP_NOTE, CORRELATION_NOTE, DEFAULT_BOUNDS, DEFAULT_TEMPERATURES, EvalSubject, METRICS, METRIC_LABELS, SAMPLES_SHOWN, TEXT_METRICS, default_device, default_out_dir, load_subject
+from .subject import CLAMP_NOTE, CORRELATION_NOTE, DEFAULT_BOUNDS, DEFAULT_TEMPERATURES, METRICS, METRIC_LABELS, SAMPLES_SHOWN, TEXT_METRICS, default_device, default_out_dir, load_subject
 from .outputs import prepare_outputs
 from .sampling import distinct_n, kl_divergence, sample, text_metrics, validation_prompts
 from .intervention import r_intervention_eval
@@ -40,7 +40,6 @@ __all__ = [
     "CORRELATION_NOTE",
     "DEFAULT_BOUNDS",
     "DEFAULT_TEMPERATURES",
-    "EvalSubject",
     "METRICS",
     "METRIC_LABELS",
     "SAMPLES_SHOWN",

@@ -13,7 +13,8 @@ import numpy as np
 from ..errors import PhaseLMError
 from .intervention import _md_table
 from .outputs import _device, _eval_mode, _progress, _write_outputs, prepare_outputs
-from .subject import EvalSubject, load_subject
+from ..subject import Subject
+from .subject import load_subject
 from .validation import _check_eval_shape, _n_batches, _r_summary, _token_stats, _trained_bounds, _u_summary
 
 
@@ -98,7 +99,7 @@ def _unique_names(paths: list[Path]) -> list[str]:
     return [n if names.count(n) == 1 else str(p) for n, p in zip(names, paths)]
 
 
-def _summary_val_ce(subject: EvalSubject) -> float | None:
+def _summary_val_ce(subject: Subject) -> float | None:
     run = subject.model_dir.parent
     try:
         return float(json.loads((run / "summary.json").read_text(encoding="utf-8"))["val_ce"])

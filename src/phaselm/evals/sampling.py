@@ -86,7 +86,10 @@ def sample(
             nxt = _pick(out.logits[:, -1].float(), temperature, top_k, generator)
             tokens.append(nxt)
             if i + 1 < max_new_tokens:
-                out = model(input_ids=nxt[:, None], past_key_values=out.past_key_values, use_cache=True)
+                if getattr(out, "past_key_values", None) is not None:
+                    out = model(input_ids=nxt[:, None], past_key_values=out.past_key_values, use_cache=True)
+                else:  # a model whose cache is not past_key_values (HF Mamba's cache_params): run the whole prefix again
+                    out = model(input_ids=torch.cat([prompt, torch.stack(tokens, 1)], 1), use_cache=True)
     new = torch.stack(tokens, 1).cpu()
     return new, (torch.stack(orders, -1).cpu() if orders else None)
 

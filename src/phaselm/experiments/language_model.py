@@ -13,11 +13,12 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
 from ..backbones import save_backbone
-from ..config import recipe_table, to_dict
+from ..config import recipe_table, to_dict, with_kind
 from ..data import encode_split, learn_tokenizer, load_text
 from ..errors import PhaseLMError
 from ..models.fusion import FusionConfig, FusionForCausalLM
@@ -35,6 +36,8 @@ class LMRecipe:
     """A ``train-lm`` recipe. The model sections are the models' own configs, built directly from
     the recipe's ``[kssm]`` / ``[fusion]`` / ``[gpt]`` table (keys checked against the config's
     keywords); only the section that ``arch`` names is used and written to config.toml."""
+
+    KIND: ClassVar[str] = "language-model"  # config.toml's kind: a model trained from scratch, saved in model/
 
     arch: str = "kssm"  # "kssm", "fusion" or "gpt2"
     kssm: KSSMConfig = field(default_factory=KSSMConfig)
@@ -71,7 +74,7 @@ def recipe_text(recipe: LMRecipe) -> str:
     for arch, section in ARCH_SECTIONS.items():
         if arch != recipe.arch:
             data.pop(section, None)
-    return tomli_w.dumps(data)
+    return with_kind(tomli_w.dumps(data), recipe.KIND)
 
 
 def build_lm(recipe: LMRecipe, vocab_size: int):

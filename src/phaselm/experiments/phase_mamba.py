@@ -10,11 +10,12 @@ import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
 from .. import checkpoint as ckpt
-from ..backbones import MambaSpec, build_mamba, load_backbone, mamba_of_shape, save_backbone
+from ..backbones import MODEL_FOLDER, MambaSpec, build_mamba, load_backbone, mamba_of_shape, save_backbone
 from ..config import dump_recipe, from_dict, to_dict
 from ..data import encode_split, learn_tokenizer, load_text, sequential_batches
 from ..errors import PhaseLMError
@@ -28,7 +29,6 @@ from ..phase_core import PhaseCoreConfig
 from ..reporting import write_report
 from ..training import LanguageModelObjective, PhaseCoreObjective, TrainConfig, train
 
-MODEL_FOLDER = "model"  # where `pretrain` puts the save_pretrained backbone inside its run
 
 
 @dataclass
@@ -46,6 +46,8 @@ class TokenizerConfig:
 
 @dataclass
 class PretrainRecipe:
+    KIND: ClassVar[str] = "backbone"  # config.toml's kind: a small Mamba pretrained to graft onto
+
     model: MambaSpec = field(default_factory=MambaSpec)
     data: CorpusConfig = field(default_factory=CorpusConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
@@ -79,6 +81,8 @@ class SampleConfig:
 
 @dataclass
 class PhaseMambaRecipe:
+    KIND: ClassVar[str] = "phase-mamba"  # config.toml's kind: a Phase Core grafted onto a backbone
+
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     core: PhaseCoreConfig = field(default_factory=PhaseCoreConfig)
     drift: DriftConfig = field(default_factory=lambda: DriftConfig(enabled=True))
@@ -257,20 +261,6 @@ def load_run(run_dir: str | os.PathLike, device: str = "cpu"):
     model, tokenizer, handle = build_grafted(recipe, device)
     ckpt.load_module_state(latest, handle.core, expected_config=core_checkpoint_config(handle))
     return model, tokenizer, handle, recipe
-
-
-def load_for_generation(path: str | os.PathLike, device: str = "cpu"):
-    """A run directory (grafted core) or a plain model folder → (model, tokenizer, handle or None)."""
-    path = Path(path)
-    if (path / "config.toml").is_file() and (path / MODEL_FOLDER / "config.json").is_file():
-        # A `train-lm` or `pretrain` run: its trained model is the folder inside it.
-        model, tokenizer = load_backbone(str(path / MODEL_FOLDER), device)
-        return model, tokenizer, None
-    if (path / "config.toml").is_file():
-        model, tokenizer, handle, _ = load_run(path, device)
-        return model, tokenizer, handle
-    model, tokenizer = load_backbone(str(path), device)
-    return model, tokenizer, None
 
 
 # --------------------------------------------------------------------------------------------

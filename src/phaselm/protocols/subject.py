@@ -1,71 +1,27 @@
-"""The subject of a protocol (model, tokenizer, graft, validation text) and how it generates and scores."""
+"""How a protocol's subject (a :class:`phaselm.subject.Subject`) generates and scores."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from .. import statistics as st
 from ..errors import PhaseLMError
-from ..interventions import measure, structure
+from ..interventions import measure
+from ..subject import Subject, subject_of
 from .spec import Protocol
-
-@dataclass
-class Subject:
-    model: Any
-    tokenizer: Any
-    handle: Any = None  # a Graft for a Phase-Mamba run
-    corpus: str | None = "tinyshakespeare"
-    val_fraction: float = 0.1
-    path: str = ""
-    _val_ids: torch.Tensor | None = None
-
-    @property
-    def target(self):
-        return self.handle if self.handle is not None else self.model
-
-    @property
-    def name(self) -> str:
-        return structure(self.target).name
-
-    def validation_ids(self) -> torch.Tensor:
-        if self._val_ids is None:
-            from ..data import encode_split, load_text
-
-            if self.corpus is None:
-                raise PhaseLMError("this model has no corpus to draw validation windows from; give prompts as a file or list")
-            _, self._val_ids = encode_split(self.tokenizer, load_text(self.corpus), self.val_fraction)
-        return self._val_ids
 
 
 def load_subject(path: str | os.PathLike, device: str | None = None) -> Subject:
-    """A ``train-lm`` run, a model folder, or a Phase-Mamba run (config.toml with [backbone])."""
-    from ..config import tomllib
-    from ..evals import default_device, load_subject as load_eval_subject
+    """Any run directory or model folder (opened by :func:`phaselm.runs.open_run`) → Subject."""
+    from ..runs import open_run
 
-    path = Path(path)
-    device = device or default_device()
-    config = path / "config.toml"
-    if path.is_dir() and config.is_file() and not (path / "model" / "config.json").is_file():
-        try:
-            recipe = tomllib.loads(config.read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError):
-            recipe = {}
-        if isinstance(recipe.get("backbone"), dict):
-            from ..experiments.phase_mamba import load_run
-
-            model, tokenizer, handle, run_recipe = load_run(path, device)
-            model.eval()
-            return Subject(model, tokenizer, handle, run_recipe.data.corpus, run_recipe.data.val_fraction, str(path))
-    subject = load_eval_subject(path, device)
-    subject.model.eval()
-    return Subject(subject.model, subject.tokenizer, None, subject.corpus, subject.val_fraction, str(path))
+    return subject_of(open_run(path, device))
 
 
 @contextlib.contextmanager

@@ -403,6 +403,30 @@ def _check_finite_weights(module: nn.Module, step: int, collective: bool = False
         )
 
 
+def _resumed_generator(tensors: dict, seed: int, rank: int, processes: int, step: int, main: bool) -> torch.Generator:
+    """This process's data generator as the checkpoint left it.
+
+    A checkpoint holds every process's stream (``data_generators``, one row per process; older
+    ones only the first's). A process with no saved stream (more processes than when saving)
+    starts a fresh one seeded by seed, rank and step, so no two processes draw alike.
+    """
+    generator = torch.Generator()
+    streams = tensors.get("data_generators")
+    if streams is not None and rank < streams.shape[0]:
+        generator.set_state(streams[rank].clone())  # a row of its own: set_state reads from the storage start
+    elif rank == 0:
+        generator.set_state(tensors["data_generator"])
+    else:
+        generator.manual_seed(seed + rank + 1_000_003 * step)
+    saved = streams.shape[0] if streams is not None else 1
+    if main and saved != processes:
+        logger.info(
+            f"resuming {saved}-process data streams on {processes} processes: "
+            + ("the extra processes start fresh ones" if processes > saved else "the streams of the missing processes are dropped")
+        )
+    return generator
+
+
 def _note_distribution(choice: str, processes: int) -> None:
     """Say once which multi-process path runs (never silently)."""
     if choice == "fsdp" and processes == 1:
@@ -499,7 +523,7 @@ def train(
             raise PhaseLMError(f"{run_dir} already finished all {cfg.steps} steps; nothing to resume")
         drift_totals.update(extra.get("drift_actions", {}))
         objective.load_extra_state(extra)
-        generator.set_state(tensors["data_generator"])
+        generator = _resumed_generator(tensors, cfg.seed, accelerator.process_index, accelerator.num_processes, start, main)
         if main:
             _truncate_metrics(metrics_path, start)
 
@@ -516,22 +540,28 @@ def train(
     def save(step: int) -> None:
         # Every process decides alike whether to save: under FSDP all of them gather the full
         # weights and optimizer state (collective), and the first one alone writes them.
-        if step in saved_steps or not (main or sharded):
+        if step in saved_steps:
             return
         saved_steps.add(step)
-        _check_finite_weights(objective.saved, step, collective=sharded)
+        several = accelerator.num_processes > 1
+        _check_finite_weights(objective.saved, step, collective=several)
         module_state = optimizer_state = None
         if sharded:
             module_state = distributed.gather_full(objective.saved.state_dict(), keep=main)
             optimizer_state = distributed.gather_full(optimizer.state_dict(), keep=main)
-            if not main:
-                return
+        # Every process's data stream, so a resumed process draws what it would have drawn.
+        generators = accelerator.gather(generator.get_state().to(accelerator.device)).cpu() if several else None
+        if not main:
+            return
+        streams = {"data_generator": generator.get_state()}
+        if generators is not None:
+            streams["data_generators"] = generators.reshape(accelerator.num_processes, -1)
         extra = {"step": step, "drift_actions": dict(drift_totals), **objective.extra_state()}
         target = ckpt.checkpoint_dir(run_dir, step)
         if ckpt.is_checkpoint(target):
             return
         ckpt.save_checkpoint(
-            target, objective.saved, checkpoint_config, optimizer, scheduler, extra, {"data_generator": generator.get_state()},
+            target, objective.saved, checkpoint_config, optimizer, scheduler, extra, streams,
             module_state=module_state, optimizer_state=optimizer_state,
         )
 

@@ -149,3 +149,23 @@ def test_fsdp_resumes_a_ddp_checkpoint_and_one_process_resumes_an_fsdp_one(ddp_a
     assert sorted(alone_losses) == [1, 2, 3, 4] and math.isfinite(alone_losses[4])
     assert alone_losses[3] == pytest.approx(fsdp_losses[3], abs=1e-5)
     assert json.loads(out.stdout)["arch"] == "kssm" and (alone / "model" / "config.json").is_file()
+
+
+def test_train_distributed_is_ddp_or_fsdp(raises_phaselm):
+    from phaselm.training import TrainConfig
+
+    with raises_phaselm("train.distributed must be 'ddp' or 'fsdp'"):
+        TrainConfig(distributed="zero3")
+
+
+def test_fsdp_on_one_process_trains_unsharded_and_says_so(tmp_path, tiny_model, caplog):
+    import logging
+
+    from phaselm.training import LanguageModelObjective, TrainConfig, train
+
+    ids = torch.randint(0, 32, (400,), generator=torch.Generator().manual_seed(0))
+    cfg = TrainConfig(steps=2, batch_size=2, seq_len=8, warmup_steps=1, log_every=1, eval_batches=1, distributed="fsdp")
+    with caplog.at_level(logging.INFO, logger="phaselm"):
+        train(LanguageModelObjective(tiny_model("gpt2")), ids[:300], ids[300:], cfg, tmp_path / "run", "", progress=False)
+    assert sum("nothing to shard" in r.getMessage() for r in caplog.records) == 1
+    assert torch.isfinite(torch.tensor(train_losses(tmp_path / "run")[2]))

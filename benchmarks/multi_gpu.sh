@@ -11,12 +11,15 @@
 # mamba-130m-shaped backbone (no hub on the device).
 #   OUT=$OUT NPROC=2 bash benchmarks/multi_gpu.sh         (on nvidia-h100-x2 / nvidia-h200-x2)
 #   NPROC=2 STEPS=20 BATCH=4 SMALL=1 RECIPES=kssm-v3 bash benchmarks/multi_gpu.sh   (a CPU smoke run: gloo, tiny shapes)
+# DIST=fsdp (default ddp) runs every N-process run with --set train.distributed=fsdp: parameters,
+# gradients and optimizer state sharded over the processes (FSDP2) instead of replicated.
 # Keep NCCL_NVLS_ENABLE=0 (the image sets it): NVLink multicast stays off on shared hosts.
 set -uo pipefail
 OUT=${OUT:-runs/multi-gpu}
 NPROC=${NPROC:-2}
 STEPS=${STEPS:-300}
 BATCH=${BATCH:-64}
+DIST=${DIST:-ddp}
 RECIPES=${RECIPES:-kssm-v3 phase-mamba}
 source "$(dirname "$0")/device_env.sh"
 export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0}
@@ -30,7 +33,7 @@ for name in $RECIPES; do
     phase-mamba) cmd=(train recipes/phase-mamba.toml --set backbone.shape=mamba-130m --set sample.max_new_tokens=8) ;;
     *) cmd=(train-lm "recipes/$name.toml") ;;
   esac
-  common=(--set "train.steps=$STEPS" --set train.log_every=10 --set train.eval_every=0 --set train.checkpoint_every=0 "${small[@]}")
+  common=(--set "train.steps=$STEPS" --set "train.distributed='$DIST'" --set train.log_every=10 --set train.eval_every=0 --set train.checkpoint_every=0 "${small[@]}")
   echo "=== $name: 1 process, batch $BATCH"
   python3 -m phaselm.cli "${cmd[@]}" --out "$OUT/$name-1" --set "train.batch_size=$BATCH" "${common[@]}" > "$OUT/$name-1.log" 2>&1 || tail -3 "$OUT/$name-1.log"
   echo "=== $name: $NPROC processes, batch $((BATCH / NPROC)) each"

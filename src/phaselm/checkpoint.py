@@ -31,7 +31,7 @@ import re
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -102,12 +102,17 @@ def save_checkpoint(
     scheduler: Any | None = None,
     extra: dict | None = None,
     extra_tensors: dict[str, torch.Tensor] | None = None,
+    *,
+    module_state: dict[str, torch.Tensor] | None = None,
+    optimizer_state: dict | None = None,
 ) -> Path:
     """Atomically write a checkpoint of ``module`` (plus optional training state) to ``directory``.
 
     The training state (optimizer, scheduler, RNG states, ``extra``, ``extra_tensors``) is
     written when any of optimizer / scheduler / extra / extra_tensors is given; RNG states are
-    captured with it. Returns the checkpoint path.
+    captured with it. ``module_state`` / ``optimizer_state``, when given, are written instead of
+    ``module.state_dict()`` / ``optimizer.state_dict()`` (the full state gathered from sharded
+    training, so the checkpoint is the same as an unsharded run's). Returns the checkpoint path.
     """
     target = Path(directory)
     _check_target(target)
@@ -118,11 +123,13 @@ def save_checkpoint(
     if "format" in config:
         raise PhaseLMError(f"checkpoint config for {target} must not contain the reserved key 'format'; rename that key")
     config_text = _json_text({"format": FORMAT, **config}, f"config for {target}")
-    model_tensors = _prepare_tensors(module.state_dict())
+    model_tensors = _prepare_tensors(module_state if module_state is not None else module.state_dict())
 
-    with_state = any(x is not None for x in (optimizer, scheduler, extra, extra_tensors))
+    if optimizer_state is None and optimizer is not None:
+        optimizer_state = optimizer.state_dict()
+    with_state = any(x is not None for x in (optimizer_state, scheduler, extra, extra_tensors))
     if with_state:
-        state_json, state_tensors = _encode_training_state(target, optimizer, scheduler, extra, extra_tensors)
+        state_json, state_tensors = _encode_training_state(target, optimizer_state, scheduler, extra, extra_tensors)
         state_text = _json_text(state_json, f"training state for {target}")
 
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -220,11 +227,13 @@ def load_training_state(
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any | None = None,
     restore_rng: bool = True,
+    adapt_optimizer_state: Callable[[dict], dict] | None = None,
 ) -> tuple[dict, dict[str, torch.Tensor]]:
     """Restore optimizer / scheduler / RNG states; return ``(extra, extra_tensors)``.
 
     Load the module weights first (``load_module_state``) so the optimizer's state is cast to
-    the parameters' device and dtype.
+    the parameters' device and dtype. ``adapt_optimizer_state`` maps the saved (full) optimizer
+    state dict before it is loaded, e.g. to this process's shards under sharded training.
     """
     path = Path(directory)
     _require_complete(path)
@@ -250,8 +259,9 @@ def load_training_state(
     if optimizer is not None:
         if decoded.get("optimizer") is None:
             raise PhaseLMError(f"checkpoint {path} was saved without optimizer state; resume without an optimizer or from another checkpoint")
+        saved_state = decoded["optimizer"]
         try:
-            optimizer.load_state_dict(decoded["optimizer"])
+            optimizer.load_state_dict(adapt_optimizer_state(saved_state) if adapt_optimizer_state else saved_state)
         except (ValueError, KeyError, TypeError) as exc:
             raise PhaseLMError(
                 f"checkpoint {path} holds optimizer state that does not fit this optimizer ({_one_line(exc)}); "
@@ -302,11 +312,11 @@ def _swap_into_place(tmp: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _encode_training_state(target, optimizer, scheduler, extra, extra_tensors) -> tuple[dict, dict[str, torch.Tensor]]:
+def _encode_training_state(target, optimizer_state, scheduler, extra, extra_tensors) -> tuple[dict, dict[str, torch.Tensor]]:
     """Split optimizer / scheduler / RNG / caller state into a JSON tree and named tensors."""
     tensors: dict[str, torch.Tensor] = {}
     state: dict[str, Any] = {"format": FORMAT}
-    state["optimizer"] = _encode(optimizer.state_dict(), "optimizer", tensors) if optimizer is not None else None
+    state["optimizer"] = _encode(optimizer_state, "optimizer", tensors) if optimizer_state is not None else None
     state["scheduler"] = _encode(scheduler.state_dict(), "scheduler", tensors) if scheduler is not None else None
     state["rng"] = _encode(_capture_rng(), "rng", tensors)
 

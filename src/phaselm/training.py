@@ -7,13 +7,17 @@ progress bar, checkpoints and ``resume``, and a numerical guard: a step whose lo
 norm or R is not finite stops the run before it updates the weights, naming the first module
 that produced it (``train.on_nonfinite = "skip"`` skips such steps instead), and no checkpoint
 is written from weights that are not finite. It runs single-process on a CPU and unchanged under
-``accelerate launch``.
+``accelerate launch`` / ``torchrun``: DDP through Accelerate, or with ``train.distributed =
+"fsdp"`` the trainable state sharded over the processes (:mod:`phaselm.distributed`); either way
+a checkpoint holds the full weights and optimizer state, so it resumes under either, or on one
+process.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import time
@@ -27,11 +31,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoint as ckpt
+from . import distributed
 from .data import check_length, random_batch, sequential_batches
 from .errors import PhaseLMError
 from .graft import Graft
 from .losses import LossConfig, phase_lm_losses
 from .observables import GOLDILOCKS, DriftConfig, DriftController, normalized_entropy, tone_histogram
+
+logger = logging.getLogger("phaselm.training")
 
 
 @dataclass
@@ -57,6 +64,9 @@ class TrainConfig:
     # A step whose loss, gradient norm or R is not finite: "stop" the run (with the module that
     # produced it) or "skip" the step (ten in a row still stop it).
     on_nonfinite: str = "stop"
+    # Several processes: "ddp" replicates the model (Accelerate); "fsdp" shards parameters,
+    # gradients and optimizer state over them (for a trainable core too big to replicate).
+    distributed: str = "ddp"
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "seq_len", "grad_accum", "log_every", "eval_batches"):
@@ -69,6 +79,8 @@ class TrainConfig:
             raise PhaseLMError(f"train.lr must be > 0 and 0 ≤ train.min_lr ≤ lr, got lr={self.lr}, min_lr={self.min_lr}")
         if self.on_nonfinite not in ("stop", "skip"):
             raise PhaseLMError(f"train.on_nonfinite must be 'stop' or 'skip', got {self.on_nonfinite!r}")
+        if self.distributed not in distributed.DISTRIBUTED_CHOICES:
+            raise PhaseLMError(f"train.distributed must be 'ddp' or 'fsdp', got {self.distributed!r}")
 
 
 def is_main_process() -> bool:
@@ -249,8 +261,10 @@ def holds_run(directory: Path) -> bool:
     return any((directory / name).exists() for name in RUN_MARKERS)
 
 
-def _differ_only_in_steps(old_text: str, new_text: str) -> bool:
-    """Do the two recipes differ in ``train.steps`` (an integer in the new one) alone?"""
+def _differ_only_in_resumable_keys(old_text: str, new_text: str) -> bool:
+    """Do the two recipes differ in ``train.steps`` (an integer in the new one) and
+    ``train.distributed`` alone? Neither changes the model or what a checkpoint holds (a
+    recipe written before ``distributed`` existed lacks the key)."""
     from .config import tomllib
 
     try:
@@ -260,6 +274,8 @@ def _differ_only_in_steps(old_text: str, new_text: str) -> bool:
     if "kind" in new and "kind" not in old:  # a run written before runs recorded their kind
         old = {"kind": new["kind"], **old}
     old_train, new_train = dict(old.get("train", {})), dict(new.get("train", {}))
+    for train_section in (old_train, new_train):
+        train_section.pop("distributed", None)
     old_train.pop("steps", None)
     steps = new_train.pop("steps", None)
     return isinstance(steps, int) and {**old, "train": old_train} == {**new, "train": new_train}
@@ -269,7 +285,8 @@ def prepare_run_dir(run_dir: str | os.PathLike, config_text: str, resume: bool) 
     """Create a fresh run directory, or check the one being resumed. Never overwrites a run.
 
     A resumed run must have the same recipe, except that ``train.steps`` may change (extending
-    a finished run): config.toml then records the new length. The cosine schedule follows the
+    a finished run) and ``train.distributed`` may (an FSDP run resumes under DDP or on one
+    process, and vice versa): config.toml then records the new recipe. The cosine schedule follows the
     new length from the resumed step on, so the learning rate moves at the resume.
     """
     run_dir = Path(run_dir)
@@ -279,10 +296,10 @@ def prepare_run_dir(run_dir: str | os.PathLike, config_text: str, resume: bool) 
             raise PhaseLMError(f"cannot resume {run_dir}: it holds no config.toml; start a new run without --resume")
         stored = config_file.read_text(encoding="utf-8")
         if stored != config_text:
-            if not _differ_only_in_steps(stored, config_text):
+            if not _differ_only_in_resumable_keys(stored, config_text):
                 raise PhaseLMError(
-                    f"cannot resume {run_dir}: its config.toml differs from this recipe in more than train.steps; resume "
-                    "with the same recipe (train.steps may change) or start a new run in another directory"
+                    f"cannot resume {run_dir}: its config.toml differs from this recipe in more than train.steps and "
+                    "train.distributed; resume with the same recipe (those two may change) or start a new run in another directory"
                 )
             config_file.write_text(config_text, encoding="utf-8")
         return run_dir
@@ -358,8 +375,10 @@ def _step_is_finite(loss: torch.Tensor, grad_norm: torch.Tensor, order: torch.Te
 def _nonfinite_report(objective: "Objective", out: StepOutput, x, y, params, autocast) -> tuple[str, str]:
     """(what was not finite, where it came from) for a step that failed :func:`_step_is_finite`."""
     loss_bad = not bool(torch.isfinite(out.losses["loss"].detach()))
-    if loss_bad or (out.order is not None and not bool(torch.isfinite(out.order).all())):
-        what = "the loss" if loss_bad else "R"
+    r_bad = out.order is not None and not bool(torch.isfinite(out.order).all())
+    # Every process takes the same branch: the forward below is collective under FSDP.
+    if not distributed.all_agree(not (loss_bad or r_bad), x.device):
+        what = "the loss" if loss_bad else "R" if r_bad else "the loss or R of another process"
 
         def forward():
             with autocast():
@@ -368,18 +387,56 @@ def _nonfinite_report(objective: "Objective", out: StepOutput, x, y, params, aut
         where = first_nonfinite_module(objective, forward)
         return what, f"module {where}" if where else "the loss terms, or a fault that did not repeat (every module's output was finite when the step ran again)"
     names = {id(p): n for n, p in objective.named_parameters()}
-    bad = next((names.get(id(p), "?") for p in params if p.grad is not None and not bool(torch.isfinite(p.grad).all())), None)
+    bad = next(
+        (names.get(id(p), "?") for p in params if p.grad is not None and not bool(torch.isfinite(distributed.local_part(p.grad)).all())),
+        None,
+    )
     return "a gradient", f"parameter {bad}" if bad else "the gradient norm"
 
 
-def _check_finite_weights(module: nn.Module, step: int) -> None:
-    """Refuse to checkpoint weights that hold a NaN or an infinity."""
-    bad = next((n for n, p in module.named_parameters() if not bool(torch.isfinite(p).all())), None)
+def _check_finite_weights(module: nn.Module, step: int, collective: bool = False) -> None:
+    """Refuse to checkpoint weights that hold a NaN or an infinity (``collective``: sharded
+    weights, checked by every process together)."""
+    bad = distributed.first_nonfinite_parameter(module, collective)
     if bad is not None:
         raise PhaseLMError(
             f"step {step}: weight {bad} is not finite, so no checkpoint was written from this state; "
             "lower train.lr or check the recipe, then resume from the last checkpoint or start again"
         )
+
+
+def _resumed_generator(tensors: dict, seed: int, rank: int, processes: int, step: int, main: bool) -> torch.Generator:
+    """This process's data generator as the checkpoint left it.
+
+    A checkpoint holds every process's stream (``data_generators``, one row per process; older
+    ones only the first's). A process with no saved stream (more processes than when saving)
+    starts a fresh one seeded by seed, rank and step, so no two processes draw alike.
+    """
+    generator = torch.Generator()
+    streams = tensors.get("data_generators")
+    if streams is not None and rank < streams.shape[0]:
+        generator.set_state(streams[rank].clone())  # a row of its own: set_state reads from the storage start
+    elif rank == 0:
+        generator.set_state(tensors["data_generator"])
+    else:
+        generator.manual_seed(seed + rank + 1_000_003 * step)
+    saved = streams.shape[0] if streams is not None else 1
+    if main and saved != processes:
+        logger.info(
+            f"resuming {saved}-process data streams on {processes} processes: "
+            + ("the extra processes start fresh ones" if processes > saved else "the streams of the missing processes are dropped")
+        )
+    return generator
+
+
+def _note_distribution(choice: str, processes: int) -> None:
+    """Say once which multi-process path runs (never silently)."""
+    if choice == "fsdp" and processes == 1:
+        logger.info("train.distributed = 'fsdp' on one process: nothing to shard, so training runs unsharded as with 'ddp'")
+    elif choice == "fsdp":
+        logger.info(f"FSDP: parameters, gradients and optimizer state sharded over {processes} processes (torch fully_shard)")
+    elif processes > 1:
+        logger.info(f"DDP over {processes} processes (Accelerate)")
 
 
 @dataclass
@@ -438,14 +495,14 @@ def train(
     checkpoint_config = checkpoint_config or {}
 
     objective.to(accelerator.device)
-    params = [p for p in objective.parameters() if p.requires_grad]
-    if not params:
+    if not any(p.requires_grad for p in objective.parameters()):
         raise PhaseLMError("nothing to train: the objective has no parameter that requires grad")
-    optimizer = torch.optim.AdamW(decay_groups(objective, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
+    sharded = cfg.distributed == "fsdp" and accelerator.num_processes > 1
+    if main:
+        _note_distribution(cfg.distributed, accelerator.num_processes)
     generator = torch.Generator().manual_seed(cfg.seed + accelerator.process_index)
 
-    start, drift_totals = 0, Counter()
+    start, drift_totals, latest = 0, Counter(), None
     if resume:
         latest = ckpt.latest_checkpoint(run_dir)
         if latest is None:
@@ -453,31 +510,61 @@ def train(
             if damaged:
                 ckpt.load_config(damaged[-1])  # raises the precise one-line reason
             raise PhaseLMError(f"cannot resume {run_dir}: it holds no complete checkpoint; start a new run in another directory")
+        # The full weights go in before sharding, which then cuts them like fresh ones.
         ckpt.load_module_state(latest, objective.saved, expected_config=checkpoint_config)
-        extra, tensors = ckpt.load_training_state(latest, optimizer, scheduler)
+    replicated = distributed.shard(objective, accelerator.device) if sharded else []
+    # Built after sharding, which replaces every parameter by its shard.
+    params = [p for p in objective.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(decay_groups(objective, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
+    if latest is not None:
+        shard_state = (lambda state: distributed.shard_optimizer_state(state, optimizer)) if sharded else None
+        extra, tensors = ckpt.load_training_state(latest, optimizer, scheduler, adapt_optimizer_state=shard_state)
         start = int(extra["step"])
         if start >= cfg.steps:
             raise PhaseLMError(f"{run_dir} already finished all {cfg.steps} steps; nothing to resume")
         drift_totals.update(extra.get("drift_actions", {}))
         objective.load_extra_state(extra)
-        generator.set_state(tensors["data_generator"])
+        generator = _resumed_generator(tensors, cfg.seed, accelerator.process_index, accelerator.num_processes, start, main)
         if main:
             _truncate_metrics(metrics_path, start)
 
-    model, optimizer_acc = accelerator.prepare(objective, optimizer)
+    if sharded:
+        # Accelerate would wrap the sharded module in DDP; the optimizer needs no wrapper (no loss scaling).
+        model, optimizer_acc = objective, optimizer
+    else:
+        model, optimizer_acc = accelerator.prepare(objective, optimizer)
     if cfg.compile and cuda:
         model = torch.compile(model)  # the training step only; evaluation and saving use the plain module
 
+    saved_steps: set[int] = set()
+
     def save(step: int) -> None:
+        # Every process decides alike whether to save: under FSDP all of them gather the full
+        # weights and optimizer state (collective), and the first one alone writes them.
+        if step in saved_steps:
+            return
+        saved_steps.add(step)
+        several = accelerator.num_processes > 1
+        _check_finite_weights(objective.saved, step, collective=several)
+        module_state = optimizer_state = None
+        if sharded:
+            module_state = distributed.gather_full(objective.saved.state_dict(), keep=main)
+            optimizer_state = distributed.gather_full(optimizer.state_dict(), keep=main)
+        # Every process's data stream, so a resumed process draws what it would have drawn.
+        generators = accelerator.gather(generator.get_state().to(accelerator.device)).cpu() if several else None
         if not main:
             return
-        _check_finite_weights(objective.saved, step)
+        streams = {"data_generator": generator.get_state()}
+        if generators is not None:
+            streams["data_generators"] = generators.reshape(accelerator.num_processes, -1)
         extra = {"step": step, "drift_actions": dict(drift_totals), **objective.extra_state()}
         target = ckpt.checkpoint_dir(run_dir, step)
         if ckpt.is_checkpoint(target):
             return
         ckpt.save_checkpoint(
-            target, objective.saved, checkpoint_config, optimizer, scheduler, extra, {"data_generator": generator.get_state()}
+            target, objective.saved, checkpoint_config, optimizer, scheduler, extra, streams,
+            module_state=module_state, optimizer_state=optimizer_state,
         )
 
     def evaluate(step: int) -> dict:
@@ -502,14 +589,20 @@ def train(
                 x, y = random_batch(train_ids, cfg.batch_size, cfg.seq_len, generator)
                 x, y = x.to(accelerator.device), y.to(accelerator.device)
                 # Gradients are synchronised across processes on the last micro-batch only.
-                syncing = contextlib.nullcontext() if micro == cfg.grad_accum - 1 else accelerator.no_sync(model)
+                if micro == cfg.grad_accum - 1:
+                    syncing = contextlib.nullcontext()
+                else:
+                    syncing = distributed.gradient_sync(objective, False) if sharded else accelerator.no_sync(model)
                 with syncing:
                     with accelerator.autocast():
                         out = model(x, y)
                     accelerator.backward(out.losses["loss"] / cfg.grad_accum)
+            distributed.average_gradients(replicated)  # the few parameters FSDP leaves whole (none under DDP)
             # With clipping off, the norm is still computed (max_norm = inf) for the finiteness check.
-            grad_norm = accelerator.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-            if not _step_is_finite(out.losses["loss"], torch.as_tensor(grad_norm, device=accelerator.device), out.order):
+            grad_norm = distributed.full_tensor(accelerator.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf")))
+            finite = _step_is_finite(out.losses["loss"], torch.as_tensor(grad_norm, device=accelerator.device), out.order)
+            # All processes stop or skip together: a lone one would leave the others waiting on it.
+            if not distributed.all_agree(finite, accelerator.device):
                 what, where = _nonfinite_report(objective, out, x, y, params, accelerator.autocast)
                 skipped_in_a_row += 1
                 stop = cfg.on_nonfinite == "stop" or skipped_in_a_row >= 10
@@ -559,5 +652,7 @@ def train(
 
     evaluation = evaluate(cfg.steps)
     save(cfg.steps)
+    if sharded:
+        distributed.unwrap(objective)  # the callers generate and save with the model's own modules
     accelerator.wait_for_everyone()
     return TrainResult(run_dir, cfg.steps, evaluation, dict(drift_totals), main)

@@ -248,7 +248,7 @@ def test_diagnostics_refuse_a_model_without_branches(tmp_path, capsys, raises_ph
     code, _, err = cli(capsys, "diagnose", str(tmp_path / "gpt"))
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1
     assert not (tmp_path / "gpt" / "diagnostics").exists()
-    with raises_phaselm(r"neither a train-lm run directory nor a saved model folder"):
+    with raises_phaselm(r"nothing does not exist; pass a run directory"):
         run_diagnostics(tmp_path / "nothing")
     with raises_phaselm(r"diagnostics need a fusion-family model"):
         diagnose(torch.nn.Linear(2, 2), torch.zeros(10, dtype=torch.long))

@@ -84,7 +84,25 @@ def batch(recipe, device: str):
     return torch.randint(0, VOCAB, shape, device=device), torch.randint(0, VOCAB, shape, device=device)
 
 
-def tokens_per_s(recipe_path: str, device: str, steps: int, warmup: int, smoke: bool) -> dict:
+def top_kernels(forward, objective, optimizer, x, y, device: str, count: int) -> dict:
+    """One more compiled step under the profiler: its kernels by device time (what bounds the step:
+    a few long matmuls, or many short launches)."""
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device == "cuda" else [])
+    with torch.profiler.profile(activities=activities) as prof:
+        train_step(forward, objective, optimizer, x, y, device)
+        synchronize(device)
+    kernels = [e for e in prof.key_averages() if (e.device_time_total if device == "cuda" else e.self_cpu_time_total) > 0
+               and (device != "cuda" or e.device_type == torch.autograd.DeviceType.CUDA)]
+    time_of = (lambda e: e.device_time_total) if device == "cuda" else (lambda e: e.self_cpu_time_total)
+    kernels.sort(key=time_of, reverse=True)
+    return {
+        "launches": sum(e.count for e in kernels),
+        "device_ms": sum(time_of(e) for e in kernels) / 1e3,
+        "top": [{"name": e.key[:90], "calls": e.count, "ms": time_of(e) / 1e3} for e in kernels[:count]],
+    }
+
+
+def tokens_per_s(recipe_path: str, device: str, steps: int, warmup: int, smoke: bool, kernels: int = 0) -> dict:
     recipe, objective, optimizer = build(recipe_path, device, smoke)
     forward = torch.compile(objective, backend="eager" if smoke else "inductor", fullgraph=smoke)
     x, y = batch(recipe, device)
@@ -100,7 +118,10 @@ def tokens_per_s(recipe_path: str, device: str, steps: int, warmup: int, smoke: 
         synchronize(device)
         times.append(time.perf_counter() - start)
     median = statistics.median(times)
-    return {"tokens_per_s": x.numel() / median, "median_step_ms": 1e3 * median, "setup_s": setup}
+    result = {"tokens_per_s": x.numel() / median, "median_step_ms": 1e3 * median, "setup_s": setup}
+    if kernels:
+        result["kernels"] = top_kernels(forward, objective, optimizer, x, y, device, kernels)
+    return result
 
 
 class GroupRanges:
@@ -195,6 +216,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny shapes, Dynamo-only compile")
+    parser.add_argument("--kernels", type=int, default=12, help="list the N longest kernels of a compiled step (GPT, and K-SSM with auto's backends)")
+    parser.add_argument("--pairs", default="chunked:reference,triton:reference,chunked:triton,triton:triton",
+                        help="SSD:bank backend pairs to time, comma-separated")
     args = parser.parse_args()
     device = "cpu" if args.smoke else "cuda"
     if device == "cuda" and not torch.cuda.is_available():
@@ -203,9 +227,11 @@ def main() -> None:
 
     speeds: dict[str, dict] = {}
     variants = [("gpt", args.gpt, {})]
-    for ssd in SSD_BACKENDS:
-        for bank in BANK_BACKENDS:
-            variants.append((f"kssm ssd={ssd} bank={bank}", args.kssm, {"PHASELM_BACKEND_SSD": ssd, "PHASELM_BACKEND_BISTABLE_BANK": bank}))
+    for pair in args.pairs.split(","):
+        ssd, bank = pair.split(":")
+        if ssd not in SSD_BACKENDS or bank not in BANK_BACKENDS:
+            parser.error(f"--pairs: {pair!r} is not SSD:bank with SSD in {SSD_BACKENDS} and bank in {BANK_BACKENDS}")
+        variants.append((f"kssm ssd={ssd} bank={bank}", args.kssm, {"PHASELM_BACKEND_SSD": ssd, "PHASELM_BACKEND_BISTABLE_BANK": bank}))
     for name, path, env in variants:
         if "triton" in env.values() and not triton_runs_on(device):
             speeds[name] = {"skipped": "Triton cannot run on this device"}
@@ -213,7 +239,8 @@ def main() -> None:
         os.environ.update(env)
         torch._dynamo.reset()  # a variant must not reuse a graph traced under other backends
         try:
-            speeds[name] = tokens_per_s(path, device, steps, warmup, args.smoke)
+            listed = name == "gpt" or env == {"PHASELM_BACKEND_SSD": "chunked", "PHASELM_BACKEND_BISTABLE_BANK": "reference"}
+            speeds[name] = tokens_per_s(path, device, steps, warmup, args.smoke, args.kernels if listed else 0)
         except Exception as error:  # one failing pair must not hide the others
             speeds[name] = {"error": f"{type(error).__name__}: {error}"[:500]}
         for key in env:
@@ -229,6 +256,11 @@ def main() -> None:
             rows.append([name, s.get("skipped") or s.get("error"), "", "", ""])
     print("\n## Compiled training tokens/s\n")
     print(markdown(["variant", "tokens/s", "step ms", "× GPT", "warm-up s"], rows))
+    for name, s in speeds.items():
+        if "kernels" in s:
+            k = s["kernels"]
+            print(f"\n## {name}: one compiled step, {k['launches']} kernel launches, {k['device_ms']:.2f} ms of kernel time\n")
+            print(markdown(["kernel", "calls", "ms"], [[t["name"], t["calls"], f"{t['ms']:.3f}"] for t in k["top"]]))
 
     torch._dynamo.reset()
     profiles = {"kssm": breakdown(args.kssm, device, args.smoke), "gpt": breakdown(args.gpt, device, args.smoke)}

@@ -236,10 +236,21 @@ def test_triton_scan_compiles_without_a_graph_break():
         assert torch.equal(got, expected)
 
 
+def _strided(t):
+    """The same values with the heads axis outermost in memory (as a reshaped projection hands them over)."""
+    return t.transpose(1, 2).contiguous().transpose(1, 2).detach().requires_grad_(t.requires_grad)
+
+
 @requires_triton
 @pytest.mark.parametrize("with_state", [False, True])
-def test_ssd_custom_ops_pass_opcheck(with_state):
-    x, a, b, c, s0 = float32_copies(inputs(1, 20, 1, 8, 5))
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])
+def test_ssd_custom_ops_pass_opcheck(with_state, layout):
+    """Also with non-contiguous inputs: the fake kernels must promise the real outputs' strides
+    (a mismatch broke the compiled K-SSM step on the GPU, 2026-11-26)."""
+    x, a, b, c, s0 = float32_copies(inputs(2, 20, 3, 8, 5))
+    if layout == "strided":
+        x, a, b, c = (_strided(t) for t in (x, a, b, c))
+        assert not x.is_contiguous()
     torch.library.opcheck(torch.ops.phaselm.ssd_fwd.default, (x, a, b, c, s0 if with_state else None, 16))
     y, s, entering = torch.ops.phaselm.ssd_fwd(x, a, b, c, s0 if with_state else None, 16)
     args = tuple(t.detach() for t in (x, a, b, c, entering, torch.randn_like(y), torch.randn_like(s)))

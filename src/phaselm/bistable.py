@@ -94,7 +94,7 @@ def regulariser(delta: torch.Tensor, u: torch.Tensor, cfg: BankConfig) -> torch.
 
 class BistableBank(nn.Module, Intervenable):
     # Which implementation of forward's per-position work runs (phaselm.ops.backend): "auto"
-    # (the fused Triton kernel on CUDA), "triton" or "reference" (the PyTorch code below).
+    # ("reference": it measured faster in a compiled step), "triton" (the fused kernel) or "reference" (the PyTorch code below).
     backend: str = "auto"
 
     def __init__(self, hidden_size: int, cfg: BankConfig):

@@ -218,7 +218,7 @@ def _integrate_fwd(
 
 @_integrate_fwd.register_fake
 def _(theta, omega, coupling, dt, steps):
-    return torch.empty_like(theta)
+    return theta.new_empty(theta.shape)  # contiguous, like the kernel's output
 
 
 @torch.library.custom_op("phaselm::kuramoto_integrate_bwd", mutates_args=())
@@ -246,7 +246,7 @@ def _integrate_bwd(
 
 @_integrate_bwd.register_fake
 def _(grad, theta, omega, coupling, dt, steps):
-    return torch.empty_like(theta), torch.empty_like(omega), torch.empty_like(coupling)
+    return theta.new_empty(theta.shape), torch.empty_like(omega), torch.empty_like(coupling)
 
 
 def _integrate_setup_context(ctx, inputs, output):
@@ -294,7 +294,7 @@ def _recurrent_fwd(
 
 @_recurrent_fwd.register_fake
 def _(kick, omega, coupling, mask, initial_state, dt, steps):
-    return torch.empty_like(kick), kick.new_empty(kick.shape[0], kick.shape[2])
+    return kick.new_empty(kick.shape), kick.new_empty(kick.shape[0], kick.shape[2])
 
 
 @torch.library.custom_op("phaselm::kuramoto_recurrent_bwd", mutates_args=())
@@ -335,7 +335,7 @@ def _recurrent_bwd(
 @_recurrent_bwd.register_fake
 def _(grad_out, grad_final, out, kick, omega, coupling, mask, initial_state, dt, steps):
     state = kick.new_empty(kick.shape[0], kick.shape[2])
-    return torch.empty_like(kick), torch.empty_like(omega), torch.empty_like(coupling), state
+    return kick.new_empty(kick.shape), torch.empty_like(omega), torch.empty_like(coupling), state
 
 
 def _recurrent_setup_context(ctx, inputs, output):

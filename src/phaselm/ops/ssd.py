@@ -244,7 +244,8 @@ if triton is not None:
         n = b.shape[-1]
         n_chunks = (length + chunk_size - 1) // chunk_size
         f32 = dict(dtype=torch.float32)
-        return torch.empty_like(x), x.new_empty(batch, heads, p, n, **f32), x.new_empty(batch, heads, n_chunks, p, n, **f32)
+        # The kernels make their inputs contiguous, so their outputs are contiguous whatever x's strides.
+        return x.new_empty(x.shape), x.new_empty(batch, heads, p, n, **f32), x.new_empty(batch, heads, n_chunks, p, n, **f32)
 
     @torch.library.custom_op("phaselm::ssd_bwd", mutates_args=())
     def _ssd_bwd_op(
@@ -257,7 +258,7 @@ if triton is not None:
     @_ssd_bwd_op.register_fake
     def _(x, a, b, c, entering, grad_y, grad_final, chunk_size, want_initial):
         d_initial = torch.empty_like(grad_final, dtype=torch.float32) if want_initial else x.new_empty(0)
-        return torch.empty_like(x), torch.empty_like(a), torch.empty_like(b), torch.empty_like(c), d_initial
+        return x.new_empty(x.shape), a.new_empty(a.shape), b.new_empty(b.shape), c.new_empty(c.shape), d_initial
 
     def _ssd_setup(ctx, inputs, output):
         x, a, b, c, initial_state, chunk_size = inputs

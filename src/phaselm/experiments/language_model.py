@@ -25,7 +25,8 @@ from ..models.fusion import FusionConfig, FusionForCausalLM
 from ..models.gpt import GPTConfig, build_gpt
 from ..models.kssm import KSSMConfig, KSSMForCausalLM
 from ..reporting import write_report
-from ..training import LanguageModelObjective, TrainConfig, train
+from ..objectives import LanguageModelObjective
+from ..training import TrainConfig, train
 from .phase_mamba import MODEL_FOLDER, CorpusConfig, TokenizerConfig, _count, _write_json
 
 ARCHES = ("kssm", "fusion", "gpt2")

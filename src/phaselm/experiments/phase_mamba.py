@@ -27,7 +27,8 @@ from ..observables import DriftConfig, normalized_entropy, summarize
 from ..ops.backend import chosen
 from ..phase_core import PhaseCoreConfig
 from ..reporting import write_report
-from ..training import LanguageModelObjective, PhaseCoreObjective, TrainConfig, train
+from ..objectives import LanguageModelObjective, PhaseCoreObjective
+from ..training import TrainConfig, train
 
 
 

@@ -8,8 +8,6 @@ with hooks to name the first module whose output is not finite).
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import nn
 

@@ -19,12 +19,14 @@ import torch
 
 from ..backbones import save_backbone
 from ..config import recipe_table, to_dict, with_kind
-from ..data import encode_split, learn_tokenizer, load_text
+from ..corpora import load_text
+from ..data import encode_split
 from ..errors import PhaseLMError
 from ..models.fusion import FusionConfig, FusionForCausalLM
 from ..models.gpt import GPTConfig, build_gpt
 from ..models.kssm import KSSMConfig, KSSMForCausalLM
 from ..reporting import write_report
+from ..tokenizers import learn_tokenizer
 from ..objectives import LanguageModelObjective
 from ..training import TrainConfig, train
 from ..atomic import replace_json

@@ -17,7 +17,8 @@ from .. import checkpoint as ckpt
 from ..atomic import replace_json
 from ..backbones import MODEL_FOLDER, MambaSpec, build_mamba, load_backbone, mamba_of_shape, save_backbone
 from ..config import dump_recipe, from_dict, to_dict
-from ..data import encode_split, learn_tokenizer, load_text, sequential_batches
+from ..corpora import load_text
+from ..data import encode_split, sequential_batches
 from ..errors import PhaseLMError
 from ..fast_mamba import scan_path
 from ..generation import generate
@@ -27,6 +28,7 @@ from ..observables import DriftConfig, normalized_entropy, summarize
 from ..ops.backend import chosen
 from ..phase_core import PhaseCoreConfig
 from ..reporting import write_report
+from ..tokenizers import learn_tokenizer
 from ..objectives import LanguageModelObjective, PhaseCoreObjective
 from ..training import TrainConfig, train
 

@@ -33,7 +33,7 @@ import phaselm.oscillators as oscillators
 from phaselm.config import load_recipe, parse_override
 from phaselm.experiments.language_model import LMRecipe, build_lm
 from phaselm.ops import harmonics as harmonics_ops
-from phaselm.training import LanguageModelObjective
+from phaselm.objectives import LanguageModelObjective
 
 VOCAB = 65
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from phaselm.config import load_recipe, tomllib
 from phaselm.experiments.language_model import LMRecipe
@@ -75,3 +76,39 @@ def test_recipe_picks_the_scan_path(tmp_path, capsys):
     code, _, err = cli(capsys, "train-lm", str(RECIPES / "kssm-v3.toml"), "--out", str(tmp_path / "r"), *bad)
     assert code == 2 and "scan must be one of auto, reference, chunked, triton, fused" in err and err.count("\n") == 1
     assert not (tmp_path / "r").exists()
+
+
+def _train_records(run):
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r["step"] for r in records if r.get("split") != "val" and "nonfinite" not in r]
+
+
+def test_resume_extends_a_finished_run(tmp_path, capsys):
+    """A finished train-lm run resumed with twice the steps continues from its last step and
+    replaces model/ and summary.json with the longer run's."""
+    from safetensors.torch import load_file
+
+    from cli_helpers import TINY_MODEL, TINY_TRAIN, set_args
+
+    recipe, run = RECIPES / "gpt-baseline.toml", tmp_path / "run"
+    first = train_tiny(capsys, recipe, run)  # TINY_TRAIN: 3 steps
+    assert first["steps"] == 3 and _train_records(run) == [1, 2, 3]
+    weights_at_3 = load_file(run / "model" / "model.safetensors")
+    again = [*TINY_TRAIN, "train.steps=3", *TINY_MODEL["gpt2"]]
+    code, _, err = cli(capsys, "train-lm", str(recipe), "--out", str(run), "--resume", *set_args(again))
+    assert code == 2 and "already finished all 3 steps" in err and err.count("\n") == 1
+
+    longer = [*TINY_TRAIN, "train.steps=6", *TINY_MODEL["gpt2"]]
+    code, out, err = cli(capsys, "train-lm", str(recipe), "--out", str(run), "--resume", "--json", *set_args(longer))
+    assert code == 0, err
+    assert json.loads(out)["steps"] == 6 and json.loads((run / "summary.json").read_text())["steps"] == 6
+    assert _train_records(run) == [1, 2, 3, 4, 5, 6]  # continued from step 3, nothing logged twice
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000003", "step-000006"]
+    saved = load_file(run / "model" / "model.safetensors")
+    final = load_file(run / "checkpoints" / "step-000006" / "model.safetensors")
+    shared = [k for k in saved if k in final]
+    assert len(shared) >= len(saved) - 1  # save_pretrained may drop one tied weight
+    assert all(torch.equal(saved[k], final[k]) for k in shared)  # the model is the step-6 weights
+    assert any(not torch.equal(saved[k], weights_at_3[k]) for k in shared)
+    assert not [p.name for p in run.iterdir() if ".tmp-" in p.name or ".old-" in p.name]  # no half-written folder left
+    assert "steps = 6" in (run / "config.toml").read_text()

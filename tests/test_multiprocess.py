@@ -161,7 +161,8 @@ def test_train_distributed_is_ddp_or_fsdp(raises_phaselm):
 def test_fsdp_on_one_process_trains_unsharded_and_says_so(tmp_path, tiny_model, caplog):
     import logging
 
-    from phaselm.training import LanguageModelObjective, TrainConfig, train
+    from phaselm.objectives import LanguageModelObjective
+    from phaselm.training import TrainConfig, train
 
     ids = torch.randint(0, 32, (400,), generator=torch.Generator().manual_seed(0))
     cfg = TrainConfig(steps=2, batch_size=2, seq_len=8, warmup_steps=1, log_every=1, eval_batches=1, distributed="fsdp")

@@ -8,6 +8,7 @@ loads it through exactly the code path a hub name takes (``from_pretrained``).
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import warnings
 from dataclasses import dataclass
@@ -16,7 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .data import PretrainedTokenizer, Tokenizer, load_tokenizer, looks_like_path
+from .atomic import replace_directory, temporary_sibling
+from .tokenizers import PretrainedTokenizer, Tokenizer, load_tokenizer, looks_like_path
 from .errors import PhaseLMError
 from .fast_mamba import fast_mamba
 
@@ -169,12 +171,24 @@ def load_backbone(name: str, device: str | torch.device = "cpu") -> tuple[nn.Mod
     return model, tokenizer
 
 
-def save_backbone(model: nn.Module, tokenizer: Tokenizer, directory: str | os.PathLike) -> Path:
-    """``save_pretrained`` (safetensors) plus the tokenizer, into a new or empty folder."""
+def save_backbone(model: nn.Module, tokenizer: Tokenizer, directory: str | os.PathLike, replace: bool = False) -> Path:
+    """``save_pretrained`` (safetensors) plus the tokenizer, into a new or empty folder, or with
+    ``replace`` over an existing one (an extended run's model).
+
+    The folder is written beside its destination and renamed into place, so it is never seen
+    half-written and a failed save leaves the previous one as it was.
+    """
     directory = Path(directory)
-    if directory.exists() and any(directory.iterdir()):
+    if directory.exists() and not directory.is_dir():
+        raise PhaseLMError(f"{directory} is a file, not a folder; choose a new folder")
+    if directory.exists() and any(directory.iterdir()) and not replace:
         raise PhaseLMError(f"{directory} already exists and is not empty; choose a new folder")
-    directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory, safe_serialization=True)
-    tokenizer.save(directory)
+    tmp = temporary_sibling(directory)
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save(tmp)
+        replace_directory(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return directory

@@ -24,12 +24,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import numbers
 import os
-import random
 import re
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -37,9 +34,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from phaselm.errors import PhaseLMError
-
-FORMAT = "phaselm-checkpoint-v1"
+from .atomic import fsync_dir, fsync_file, replace_directory, temporary_sibling, write_text
+from .errors import PhaseLMError
+from .training_state import FORMAT, decode, encode_training_state, json_text, prepare_tensors, restore_rng_states
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 STATE_TENSORS_FILE = "training_state.safetensors"
@@ -47,12 +44,6 @@ STATE_JSON_FILE = "training_state.json"
 COMPLETE_FILE = "COMPLETE"
 _KNOWN_FILES = {MODEL_FILE, CONFIG_FILE, STATE_TENSORS_FILE, STATE_JSON_FILE, COMPLETE_FILE}
 _STEP_DIR = re.compile(r"^step-(\d+)$")
-
-# Markers used when encoding optimizer / scheduler state dicts as JSON.
-_TENSOR = "__tensor__"  # {"__tensor__": name} -> tensor stored under `name`
-_TUPLE = "__tuple__"  # tuples survive the round trip (e.g. AdamW betas)
-_INT_KEYS = "__int_keys__"  # dicts keyed by int (optimizer state is keyed by param id)
-_DROP = object()  # values JSON cannot hold (callables): left out, as torch itself does
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,37 +113,36 @@ def save_checkpoint(
         raise PhaseLMError(f"checkpoint config for {target} must be a dict, got {type(config).__name__}; pass the model config as a dict")
     if "format" in config:
         raise PhaseLMError(f"checkpoint config for {target} must not contain the reserved key 'format'; rename that key")
-    config_text = _json_text({"format": FORMAT, **config}, f"config for {target}")
-    model_tensors = _prepare_tensors(module_state if module_state is not None else module.state_dict())
+    config_text = json_text({"format": FORMAT, **config}, f"config for {target}")
+    model_tensors = prepare_tensors(module_state if module_state is not None else module.state_dict())
 
     if optimizer_state is None and optimizer is not None:
         optimizer_state = optimizer.state_dict()
     with_state = any(x is not None for x in (optimizer_state, scheduler, extra, extra_tensors))
     if with_state:
-        state_json, state_tensors = _encode_training_state(target, optimizer_state, scheduler, extra, extra_tensors)
-        state_text = _json_text(state_json, f"training state for {target}")
+        state_json, state_tensors = encode_training_state(target, optimizer_state, scheduler, extra, extra_tensors)
+        state_text = json_text(state_json, f"training state for {target}")
 
     target.parent.mkdir(parents=True, exist_ok=True)
     # One process writes a run's checkpoints, so a temporary folder already here was left by a
     # save that was killed: nothing will ever finish it.
     for stale in target.parent.glob(".step-*.tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"
-    tmp.mkdir()
+    tmp = temporary_sibling(target)
     try:
         save_file(model_tensors, str(tmp / MODEL_FILE))
-        _fsync_file(tmp / MODEL_FILE)
-        _write_text(tmp / CONFIG_FILE, config_text)
+        fsync_file(tmp / MODEL_FILE)
+        write_text(tmp / CONFIG_FILE, config_text)
         if with_state:
             save_file(state_tensors, str(tmp / STATE_TENSORS_FILE))
-            _fsync_file(tmp / STATE_TENSORS_FILE)
-            _write_text(tmp / STATE_JSON_FILE, state_text)
+            fsync_file(tmp / STATE_TENSORS_FILE)
+            write_text(tmp / STATE_JSON_FILE, state_text)
         # Sizes catch a truncation before any file is parsed; hashes catch any other change.
         files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}
         hashes = {name: _sha256(tmp / name) for name in files}
-        _write_text(tmp / COMPLETE_FILE, json.dumps({"format": FORMAT, "files": files, "sha256": hashes}, indent=2))
-        _fsync_dir(tmp)
-        _swap_into_place(tmp, target)
+        write_text(tmp / COMPLETE_FILE, json.dumps({"format": FORMAT, "files": files, "sha256": hashes}, indent=2))
+        fsync_dir(tmp)
+        replace_directory(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -252,7 +242,7 @@ def load_training_state(
         raise _incomplete(path, STATE_JSON_FILE)
     tensors = _load_safetensors(path, STATE_TENSORS_FILE)
     try:
-        decoded = _decode(state, tensors)
+        decoded = decode(state, tensors)
     except KeyError:
         raise _incomplete(path, STATE_TENSORS_FILE) from None
 
@@ -272,7 +262,7 @@ def load_training_state(
             raise PhaseLMError(f"checkpoint {path} was saved without scheduler state; resume without a scheduler or from another checkpoint")
         scheduler.load_state_dict(decoded["scheduler"])
     if restore_rng:
-        _restore_rng(decoded.get("rng") or {})
+        restore_rng_states(decoded.get("rng") or {})
     return decoded.get("extra") or {}, decoded.get("extra_tensors") or {}
 
 
@@ -292,191 +282,6 @@ def _check_target(target: Path) -> None:
                 f"cannot save a checkpoint to {target}: it holds files that are not part of a checkpoint "
                 f"({_names(foreign)}); pick another directory"
             )
-
-
-def _swap_into_place(tmp: Path, target: Path) -> None:
-    """Rename ``tmp`` to ``target``; an existing target is moved aside and deleted only afterwards."""
-    old = None
-    if target.exists():
-        # os.replace cannot overwrite a non-empty directory, so the old one steps aside first.
-        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:12]}"
-        os.replace(target, old)
-    try:
-        os.replace(tmp, target)
-    except BaseException:
-        if old is not None:
-            os.replace(old, target)  # put the previous checkpoint back
-        raise
-    _fsync_dir(target.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _encode_training_state(target, optimizer_state, scheduler, extra, extra_tensors) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Split optimizer / scheduler / RNG / caller state into a JSON tree and named tensors."""
-    tensors: dict[str, torch.Tensor] = {}
-    state: dict[str, Any] = {"format": FORMAT}
-    state["optimizer"] = _encode(optimizer_state, "optimizer", tensors) if optimizer_state is not None else None
-    state["scheduler"] = _encode(scheduler.state_dict(), "scheduler", tensors) if scheduler is not None else None
-    state["rng"] = _encode(_capture_rng(), "rng", tensors)
-
-    if extra is not None and not isinstance(extra, dict):
-        raise PhaseLMError(f"checkpoint extra for {target} must be a dict, got {type(extra).__name__}; pass a JSON dict")
-    _json_text(extra or {}, f"checkpoint extra for {target} (pass tensors via extra_tensors)")
-    state["extra"] = extra or {}
-
-    names = {}
-    for name, tensor in (extra_tensors or {}).items():
-        if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
-            raise PhaseLMError(
-                f"checkpoint extra_tensors for {target} must map names to tensors, got {name!r}: "
-                f"{type(tensor).__name__}; pass e.g. {{'data_generator': g.get_state()}}"
-            )
-        names[name] = {_TENSOR: f"extra_tensors.{name}"}
-        tensors[f"extra_tensors.{name}"] = tensor
-    state["extra_tensors"] = names
-    return state, _prepare_tensors(tensors)
-
-
-def _capture_rng() -> dict:
-    """Every global RNG a training loop is likely to draw from."""
-    version, internal, gauss_next = random.getstate()
-    rng: dict[str, Any] = {
-        "torch_cpu": torch.get_rng_state(),
-        "python": {"version": version, "state": list(internal), "gauss_next": gauss_next},
-    }
-    if torch.cuda.is_available():
-        rng["torch_cuda"] = list(torch.cuda.get_rng_state_all())
-    try:
-        import numpy as np
-    except ImportError:
-        np = None
-    if np is not None:
-        name, keys, pos, has_gauss, cached = np.random.get_state()
-        rng["numpy"] = {
-            "bit_generator": name,
-            "keys": [int(k) for k in keys],
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached),
-        }
-    return rng
-
-
-def _restore_rng(rng: dict) -> None:
-    if "torch_cpu" in rng:
-        torch.set_rng_state(rng["torch_cpu"])
-    if "python" in rng:
-        py = rng["python"]
-        random.setstate((py["version"], tuple(py["state"]), py["gauss_next"]))
-    if rng.get("torch_cuda") and torch.cuda.is_available():
-        # Saved on a machine with more GPUs than this one: restore the ones that exist.
-        torch.cuda.set_rng_state_all(rng["torch_cuda"][: torch.cuda.device_count()])
-    if "numpy" in rng:
-        try:
-            import numpy as np
-        except ImportError:
-            return
-        st = rng["numpy"]
-        np.random.set_state(
-            (st["bit_generator"], np.array(st["keys"], dtype=np.uint32), st["pos"], st["has_gauss"], st["cached_gaussian"])
-        )
-
-
-def _prepare_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Detached, contiguous CPU tensors with no two sharing storage (safetensors refuses both)."""
-    out: dict[str, torch.Tensor] = {}
-    seen: set[int] = set()
-    for name, tensor in tensors.items():
-        t = tensor.detach().to("cpu")
-        ptr = t.untyped_storage().data_ptr()
-        if not t.is_contiguous() or ptr in seen:
-            t = t.contiguous() if not t.is_contiguous() else t.clone()
-            ptr = t.untyped_storage().data_ptr()
-        seen.add(ptr)
-        out[name] = t
-    return out
-
-
-def _encode(obj: Any, name: str, tensors: dict[str, torch.Tensor]) -> Any:
-    """JSON tree for ``obj``; tensors go to ``tensors`` under dotted names like ``optimizer.state.0.exp_avg``."""
-    if isinstance(obj, torch.Tensor):
-        while name in tensors:  # keys containing dots could collide; keep every tensor
-            name += "_"
-        tensors[name] = obj
-        return {_TENSOR: name}
-    if isinstance(obj, dict):
-        out = {}
-        for key, value in obj.items():
-            if not isinstance(key, (str, int)) or isinstance(key, bool):
-                continue
-            enc = _encode(value, f"{name}.{key}", tensors)
-            if enc is not _DROP:
-                out[str(key)] = enc
-        if obj and all(isinstance(k, int) and not isinstance(k, bool) for k in obj):
-            return {_INT_KEYS: out}
-        return out
-    if isinstance(obj, (list, tuple)):
-        items = []
-        for i, value in enumerate(obj):
-            enc = _encode(value, f"{name}.{i}", tensors)
-            items.append(None if enc is _DROP else enc)  # keep positions (LambdaLR lr_lambdas)
-        return {_TUPLE: items} if isinstance(obj, tuple) else items
-    if obj is None or isinstance(obj, (bool, str)):
-        return obj
-    if isinstance(obj, numbers.Integral):
-        return int(obj)
-    if isinstance(obj, numbers.Real):
-        return float(obj)
-    return _DROP
-
-
-def _decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
-    """Inverse of ``_encode``."""
-    if isinstance(obj, dict):
-        if set(obj) == {_TENSOR}:
-            return tensors[obj[_TENSOR]]
-        if set(obj) == {_TUPLE}:
-            return tuple(_decode(v, tensors) for v in obj[_TUPLE])
-        if set(obj) == {_INT_KEYS}:
-            return {int(k): _decode(v, tensors) for k, v in obj[_INT_KEYS].items()}
-        return {k: _decode(v, tensors) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_decode(v, tensors) for v in obj]
-    return obj
-
-
-def _json_text(obj: Any, what: str) -> str:
-    try:
-        return json.dumps(obj, indent=2)
-    except (TypeError, ValueError) as exc:
-        raise PhaseLMError(f"{what} is not JSON-serialisable ({_one_line(exc)}); use plain numbers, strings, lists and dicts") from None
-
-
-def _write_text(path: Path, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_file(path: Path) -> None:
-    # Data must be on disk before the rename publishes it, or a power cut could expose zeros.
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return  # some platforms cannot open directories; the rename is still atomic
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ def _command_line() -> str:
 
 
 def _main_process() -> bool:
-    from .training import is_main_process
+    from .distributed import is_main_process
 
     return is_main_process()
 

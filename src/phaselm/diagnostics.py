@@ -542,7 +542,8 @@ def run_diagnostics(
 ) -> dict:
     """Diagnose a run directory (``model/`` inside, checkpoints for the gate history) or a model
     folder; write ``diagnostics.json`` and ``plots/diag_*.png`` to ``out`` (default PATH/diagnostics)."""
-    from .data import encode_corpus, encode_split, load_text
+    from .corpora import load_text
+    from .data import encode_corpus, encode_split
     from .runs import locate_run, open_run
 
     cfg = cfg or DiagnosticsConfig()

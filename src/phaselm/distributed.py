@@ -20,6 +20,8 @@ order, even where only the first one writes.
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 from typing import Any
 
 import torch
@@ -27,6 +29,8 @@ import torch.distributed as dist
 from torch import nn
 
 DISTRIBUTED_CHOICES = ("ddp", "fsdp")
+
+logger = logging.getLogger("phaselm.distributed")
 
 
 def world_size() -> int:
@@ -184,3 +188,42 @@ def all_agree(ok: bool, device: torch.device) -> bool:
     flag = torch.tensor(int(ok), device=device)
     dist.all_reduce(flag, op=dist.ReduceOp.MIN)
     return bool(flag)
+
+
+def is_main_process() -> bool:
+    """False in every process but the first of a multi-process run (`accelerate launch`, `torchrun`)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def resumed_data_generator(tensors: dict, seed: int, rank: int, processes: int, step: int, main: bool) -> torch.Generator:
+    """This process's data generator as the checkpoint left it.
+
+    A checkpoint holds every process's stream (``data_generators``, one row per process; older
+    ones only the first's). A process with no saved stream (more processes than when saving)
+    starts a fresh one seeded by seed, rank and step, so no two processes draw alike.
+    """
+    generator = torch.Generator()
+    streams = tensors.get("data_generators")
+    if streams is not None and rank < streams.shape[0]:
+        generator.set_state(streams[rank].clone())  # a row of its own: set_state reads from the storage start
+    elif rank == 0:
+        generator.set_state(tensors["data_generator"])
+    else:
+        generator.manual_seed(seed + rank + 1_000_003 * step)
+    saved = streams.shape[0] if streams is not None else 1
+    if main and saved != processes:
+        logger.info(
+            f"resuming {saved}-process data streams on {processes} processes: "
+            + ("the extra processes start fresh ones" if processes > saved else "the streams of the missing processes are dropped")
+        )
+    return generator
+
+
+def log_distribution(choice: str, processes: int) -> None:
+    """Say once which multi-process path runs (never silently)."""
+    if choice == "fsdp" and processes == 1:
+        logger.info("train.distributed = 'fsdp' on one process: nothing to shard, so training runs unsharded as with 'ddp'")
+    elif choice == "fsdp":
+        logger.info(f"FSDP: parameters, gradients and optimizer state sharded over {processes} processes (torch fully_shard)")
+    elif processes > 1:
+        logger.info(f"DDP over {processes} processes (Accelerate)")

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .data import Tokenizer
+from .tokenizers import Tokenizer
 from .errors import PhaseLMError
 from .graft import Graft
 from .observables import normalized_entropy, tone_of

@@ -57,7 +57,8 @@ class Subject:
     def validation_ids(self) -> torch.Tensor:
         """The validation split of the corpus as token ids (1-D), encoded once."""
         if self._val_ids is None:
-            from .data import encode_split, load_text
+            from .corpora import load_text
+            from .data import encode_split
 
             if self.corpus is None:
                 raise PhaseLMError("this model has no corpus to draw validation windows from; give prompts as a file or list")

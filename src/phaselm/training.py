@@ -11,13 +11,16 @@ is written from weights that are not finite. It runs single-process on a CPU and
 "fsdp"`` the trainable state sharded over the processes (:mod:`phaselm.distributed`); either way
 a checkpoint holds the full weights and optimizer state, so it resumes under either, or on one
 process.
+
+The pieces it uses live beside it: :mod:`phaselm.objectives` (what trains),
+:mod:`phaselm.guard` (the numerical guard), :mod:`phaselm.run_directory` (creating and resuming a
+run directory) and :mod:`phaselm.distributed` (multi-process helpers).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import math
 import os
 import time
@@ -27,18 +30,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoint as ckpt
 from . import distributed
-from .data import check_length, random_batch, sequential_batches
+from .data import check_length, random_batch
 from .errors import PhaseLMError
-from .graft import Graft
-from .losses import LossConfig, phase_lm_losses
-from .observables import GOLDILOCKS, DriftConfig, DriftController, normalized_entropy, tone_histogram
+from .guard import check_finite_weights, nonfinite_report, step_is_finite
+from .objectives import Objective, step_metrics
+from .run_directory import prepare_run_dir, truncate_metrics
 
-logger = logging.getLogger("phaselm.training")
+# The objectives used to live here; scripts and notebooks import them from phaselm.training.
+from .objectives import LanguageModelObjective, PhaseCoreObjective, StepOutput  # noqa: F401  (re-exported)
 
 
 @dataclass
@@ -83,11 +86,6 @@ class TrainConfig:
             raise PhaseLMError(f"train.distributed must be 'ddp' or 'fsdp', got {self.distributed!r}")
 
 
-def is_main_process() -> bool:
-    """False in every process but the first of a multi-process run (`accelerate launch`, `torchrun`)."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def decay_groups(module: nn.Module, weight_decay: float) -> list[dict]:
     """AdamW groups: weight decay on matrices (≥ 2-D) only, as nanoGPT does.
 
@@ -112,334 +110,6 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 
 
 @dataclass
-class StepOutput:
-    losses: dict[str, torch.Tensor]  # "loss" is what is minimised; the rest are logged
-    logits: torch.Tensor  # (B, T, V)
-    order: torch.Tensor | None = None  # (B, T) R per position, when the model has oscillators
-    gate_means: torch.Tensor | None = None  # (n_layers,) fusion gates (RWKV share), when the model has them
-
-
-class Objective(nn.Module):
-    """Base class: subclasses set ``self.saved`` (the module to checkpoint) and define forward."""
-
-    saved: nn.Module
-
-    def after_step(self, out: StepOutput) -> dict:
-        """Called once per optimizer step; may act (drift) and returns extra metrics."""
-        return {}
-
-    def extra_state(self) -> dict:
-        return {}
-
-    def load_extra_state(self, state: dict) -> None:
-        pass
-
-    @torch.no_grad()
-    def evaluate(self, val_ids: torch.Tensor, batch_size: int, seq_len: int, max_batches: int) -> dict:
-        return {"val_ce": _mean_ce(self, val_ids, batch_size, seq_len, max_batches)}
-
-
-def _mean_ce(objective: nn.Module, ids, batch_size, seq_len, max_batches) -> float:
-    device = next(objective.parameters()).device
-    total, count = 0.0, 0
-    for i, (x, y) in enumerate(sequential_batches(ids, batch_size, seq_len)):
-        if i >= max_batches:
-            break
-        out = objective(x.to(device), y.to(device))
-        total += float(out.losses["ce"]) * y.numel()
-        count += y.numel()
-    return total / count
-
-
-class LanguageModelObjective(Objective):
-    """Next-token cross-entropy of a causal LM (a backbone, a baseline, or K-SSM).
-
-    A model whose output carries a bank regulariser (``reg``) adds ``reg_weight · reg`` to the
-    loss (logged as ``bank_reg``); one that carries R per layer (``orders``) reports R as the
-    mean over layers per position; one that carries fusion gates (``gate_means``) logs them per
-    layer. Validation always reports pure cross-entropy.
-    """
-
-    def __init__(self, lm: nn.Module, reg_weight: float = 0.0):
-        super().__init__()
-        self.lm = lm
-        self.saved = lm
-        self.reg_weight = reg_weight
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
-        out = self.lm(input_ids=x)
-        ce = F.cross_entropy(out.logits.float().flatten(0, 1), y.flatten())
-        losses = {"loss": ce, "ce": ce}
-        reg = getattr(out, "reg", None)
-        if reg is not None:
-            losses.update(loss=ce + self.reg_weight * reg, bank_reg=reg)
-        orders = getattr(out, "orders", None)
-        return StepOutput(losses, out.logits, orders.mean(1) if orders is not None else None, getattr(out, "gate_means", None))
-
-
-class PhaseCoreObjective(Objective):
-    """A frozen backbone with a grafted Phase Core, trained on the Phase-Mamba losses.
-
-    The backbone and core are both submodules, so ``accelerate`` wraps one module and gradient
-    synchronisation covers the core's parameters (the only ones that require grad).
-    """
-
-    def __init__(self, handle: Graft, loss: LossConfig, drift: DriftConfig):
-        super().__init__()
-        self.handle = handle
-        self.backbone = handle.model
-        self.core = handle.core
-        self.saved = handle.core
-        self.loss_config = loss
-        self.drift = DriftController(drift) if drift.enabled else None
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
-        logits = self.backbone(input_ids=x).logits
-        order = self.handle.last.order
-        return StepOutput(phase_lm_losses(logits, y, order, self.loss_config), logits, order)
-
-    def after_step(self, out: StepOutput) -> dict:
-        metrics = {"coupling_scale": float(self.core.coupling_scale)}
-        if self.drift is not None:
-            action = self.drift.step(float(out.order.detach().mean()))
-            # Acts on the next step: K_eff = K · scale.
-            self.core.coupling_scale.fill_(self.drift.scale)
-            metrics["drift_action"] = action
-        return metrics
-
-    def extra_state(self) -> dict:
-        return {"drift_scale": self.drift.scale if self.drift else 1.0}
-
-    def load_extra_state(self, state: dict) -> None:
-        if self.drift is not None:
-            self.drift.scale = float(state.get("drift_scale", 1.0))
-
-    @torch.no_grad()
-    def evaluate(self, val_ids, batch_size, seq_len, max_batches) -> dict:
-        with_core = _mean_ce(self, val_ids, batch_size, seq_len, max_batches)
-        with self.handle.disabled():
-            without_core = _mean_ce(self, val_ids, batch_size, seq_len, max_batches)
-        return {
-            "val_ce": with_core,
-            "val_ce_without_core": without_core,
-            "val_ppl_without_core": math.exp(min(without_core, 50.0)),
-        }
-
-
-def step_metrics(out: StepOutput) -> dict:
-    """Observables of one training batch, per token (never on batch means)."""
-    with torch.no_grad():
-        metrics = {k: float(v) for k, v in out.losses.items()}
-        u = normalized_entropy(out.logits.detach())
-        metrics["u_mean"] = float(u.mean())
-        if out.order is not None:
-            r = out.order.detach().float()
-            metrics.update(
-                r_mean=float(r.mean()),
-                r_min=float(r.min()),
-                r_max=float(r.max()),
-                ru_mean=float((r * u).mean()),
-                tones=tone_histogram(r),
-                goldilocks_residence=GOLDILOCKS.residence(r, u),
-            )
-        if out.gate_means is not None:  # the fusion gates over training, one value per layer
-            metrics["gate_rwkv_share"] = [round(float(g), 5) for g in out.gate_means]
-    return metrics
-
-
-# --------------------------------------------------------------------------------------------
-# run directory
-# --------------------------------------------------------------------------------------------
-
-
-# Files that make a directory a run; a new run refuses a directory holding any of them. Other
-# content (a backbone folder the demo pretrains beside, a user's notes) is left alone.
-RUN_MARKERS = ("config.toml", "metrics.jsonl", "checkpoints", "summary.json", "report.md")
-
-
-def holds_run(directory: Path) -> bool:
-    return any((directory / name).exists() for name in RUN_MARKERS)
-
-
-def _differ_only_in_resumable_keys(old_text: str, new_text: str) -> bool:
-    """Do the two recipes differ in ``train.steps`` (an integer in the new one) and
-    ``train.distributed`` alone? Neither changes the model or what a checkpoint holds (a
-    recipe written before ``distributed`` existed lacks the key)."""
-    from .config import tomllib
-
-    try:
-        old, new = tomllib.loads(old_text), tomllib.loads(new_text)
-    except tomllib.TOMLDecodeError:
-        return False
-    if "kind" in new and "kind" not in old:  # a run written before runs recorded their kind
-        old = {"kind": new["kind"], **old}
-    old_train, new_train = dict(old.get("train", {})), dict(new.get("train", {}))
-    for train_section in (old_train, new_train):
-        train_section.pop("distributed", None)
-    old_train.pop("steps", None)
-    steps = new_train.pop("steps", None)
-    return isinstance(steps, int) and {**old, "train": old_train} == {**new, "train": new_train}
-
-
-def prepare_run_dir(run_dir: str | os.PathLike, config_text: str, resume: bool) -> Path:
-    """Create a fresh run directory, or check the one being resumed. Never overwrites a run.
-
-    A resumed run must have the same recipe, except that ``train.steps`` may change (extending
-    a finished run) and ``train.distributed`` may (an FSDP run resumes under DDP or on one
-    process, and vice versa): config.toml then records the new recipe. The cosine schedule follows the
-    new length from the resumed step on, so the learning rate moves at the resume.
-    """
-    run_dir = Path(run_dir)
-    config_file = run_dir / "config.toml"
-    if resume:
-        if not config_file.is_file():
-            raise PhaseLMError(f"cannot resume {run_dir}: it holds no config.toml; start a new run without --resume")
-        stored = config_file.read_text(encoding="utf-8")
-        if stored != config_text:
-            if not _differ_only_in_resumable_keys(stored, config_text):
-                raise PhaseLMError(
-                    f"cannot resume {run_dir}: its config.toml differs from this recipe in more than train.steps and "
-                    "train.distributed; resume with the same recipe (those two may change) or start a new run in another directory"
-                )
-            config_file.write_text(config_text, encoding="utf-8")
-        return run_dir
-    if run_dir.exists() and (not run_dir.is_dir() or holds_run(run_dir)):
-        raise PhaseLMError(f"run directory {run_dir} already holds a run; pass --resume to continue it or choose another --out")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        config_file.write_text(config_text, encoding="utf-8")
-    except OSError as exc:
-        raise PhaseLMError(f"cannot create run directory {run_dir}: {exc.strerror or exc}; choose another --out") from None
-    return run_dir
-
-
-def _truncate_metrics(path: Path, last_step: int) -> None:
-    """Drop records logged after the checkpoint being resumed, so no step appears twice; a line
-    cut short by a kill during its write is dropped too."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # torn by an interrupted write
-        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= last_step:
-            kept.append(line)
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _tensors(value):
-    if isinstance(value, torch.Tensor):
-        yield value
-    elif isinstance(value, (tuple, list)):
-        for item in value:
-            yield from _tensors(item)
-    elif hasattr(value, "values") and callable(value.values):  # ModelOutput, dict
-        for item in value.values():
-            yield from _tensors(item)
-
-
-@torch.no_grad()
-def first_nonfinite_module(root: nn.Module, run) -> str | None:
-    """The first module (in execution order, innermost first) whose output holds a NaN or an
-    infinity while ``run()`` runs ``root``'s forward; None if every output is finite."""
-    found: list[str] = []
-
-    def watch(name):
-        def hook(module, args, output):
-            if not found and any(t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in _tensors(output)):
-                found.append(name)
-
-        return hook
-
-    handles = [m.register_forward_hook(watch(name)) for name, m in root.named_modules() if name]
-    try:
-        run()
-    finally:
-        for handle in handles:
-            handle.remove()
-    return found[0] if found else None
-
-
-def _step_is_finite(loss: torch.Tensor, grad_norm: torch.Tensor, order: torch.Tensor | None) -> bool:
-    """One host sync per step: the loss, the gradient norm and R all finite?"""
-    ok = torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)
-    if order is not None:
-        ok = ok & torch.isfinite(order.detach()).all()
-    return bool(ok)
-
-
-def _nonfinite_report(objective: "Objective", out: StepOutput, x, y, params, autocast) -> tuple[str, str]:
-    """(what was not finite, where it came from) for a step that failed :func:`_step_is_finite`."""
-    loss_bad = not bool(torch.isfinite(out.losses["loss"].detach()))
-    r_bad = out.order is not None and not bool(torch.isfinite(out.order).all())
-    # Every process takes the same branch: the forward below is collective under FSDP.
-    if not distributed.all_agree(not (loss_bad or r_bad), x.device):
-        what = "the loss" if loss_bad else "R" if r_bad else "the loss or R of another process"
-
-        def forward():
-            with autocast():
-                objective(x, y)
-
-        where = first_nonfinite_module(objective, forward)
-        return what, f"module {where}" if where else "the loss terms, or a fault that did not repeat (every module's output was finite when the step ran again)"
-    names = {id(p): n for n, p in objective.named_parameters()}
-    bad = next(
-        (names.get(id(p), "?") for p in params if p.grad is not None and not bool(torch.isfinite(distributed.local_part(p.grad)).all())),
-        None,
-    )
-    return "a gradient", f"parameter {bad}" if bad else "the gradient norm"
-
-
-def _check_finite_weights(module: nn.Module, step: int, collective: bool = False) -> None:
-    """Refuse to checkpoint weights that hold a NaN or an infinity (``collective``: sharded
-    weights, checked by every process together)."""
-    bad = distributed.first_nonfinite_parameter(module, collective)
-    if bad is not None:
-        raise PhaseLMError(
-            f"step {step}: weight {bad} is not finite, so no checkpoint was written from this state; "
-            "lower train.lr or check the recipe, then resume from the last checkpoint or start again"
-        )
-
-
-def _resumed_generator(tensors: dict, seed: int, rank: int, processes: int, step: int, main: bool) -> torch.Generator:
-    """This process's data generator as the checkpoint left it.
-
-    A checkpoint holds every process's stream (``data_generators``, one row per process; older
-    ones only the first's). A process with no saved stream (more processes than when saving)
-    starts a fresh one seeded by seed, rank and step, so no two processes draw alike.
-    """
-    generator = torch.Generator()
-    streams = tensors.get("data_generators")
-    if streams is not None and rank < streams.shape[0]:
-        generator.set_state(streams[rank].clone())  # a row of its own: set_state reads from the storage start
-    elif rank == 0:
-        generator.set_state(tensors["data_generator"])
-    else:
-        generator.manual_seed(seed + rank + 1_000_003 * step)
-    saved = streams.shape[0] if streams is not None else 1
-    if main and saved != processes:
-        logger.info(
-            f"resuming {saved}-process data streams on {processes} processes: "
-            + ("the extra processes start fresh ones" if processes > saved else "the streams of the missing processes are dropped")
-        )
-    return generator
-
-
-def _note_distribution(choice: str, processes: int) -> None:
-    """Say once which multi-process path runs (never silently)."""
-    if choice == "fsdp" and processes == 1:
-        logger.info("train.distributed = 'fsdp' on one process: nothing to shard, so training runs unsharded as with 'ddp'")
-    elif choice == "fsdp":
-        logger.info(f"FSDP: parameters, gradients and optimizer state sharded over {processes} processes (torch fully_shard)")
-    elif processes > 1:
-        logger.info(f"DDP over {processes} processes (Accelerate)")
-
-
-@dataclass
 class TrainResult:
     run_dir: Path
     step: int
@@ -450,7 +120,8 @@ class TrainResult:
     is_main: bool = True
 
 
-def _progress(enabled: bool):
+def progress_bar(enabled: bool):
+    """The rich progress bar of training and evaluation, on stderr (stdout stays clean for ``--json``)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -499,7 +170,7 @@ def train(
         raise PhaseLMError("nothing to train: the objective has no parameter that requires grad")
     sharded = cfg.distributed == "fsdp" and accelerator.num_processes > 1
     if main:
-        _note_distribution(cfg.distributed, accelerator.num_processes)
+        distributed.log_distribution(cfg.distributed, accelerator.num_processes)
     generator = torch.Generator().manual_seed(cfg.seed + accelerator.process_index)
 
     start, drift_totals, latest = 0, Counter(), None
@@ -525,9 +196,9 @@ def train(
             raise PhaseLMError(f"{run_dir} already finished all {cfg.steps} steps; nothing to resume")
         drift_totals.update(extra.get("drift_actions", {}))
         objective.load_extra_state(extra)
-        generator = _resumed_generator(tensors, cfg.seed, accelerator.process_index, accelerator.num_processes, start, main)
+        generator = distributed.resumed_data_generator(tensors, cfg.seed, accelerator.process_index, accelerator.num_processes, start, main)
         if main:
-            _truncate_metrics(metrics_path, start)
+            truncate_metrics(metrics_path, start)
 
     if sharded:
         # Accelerate would wrap the sharded module in DDP; the optimizer needs no wrapper (no loss scaling).
@@ -546,7 +217,7 @@ def train(
             return
         saved_steps.add(step)
         several = accelerator.num_processes > 1
-        _check_finite_weights(objective.saved, step, collective=several)
+        check_finite_weights(objective.saved, step, collective=several)
         module_state = optimizer_state = None
         if sharded:
             module_state = distributed.gather_full(objective.saved.state_dict(), keep=main)
@@ -582,7 +253,7 @@ def train(
     evaluation: dict = {}
     interval_tokens, interval_start, interval_actions = 0, time.perf_counter(), Counter()
     skipped_in_a_row = 0
-    with _progress(progress and main) as bar:
+    with progress_bar(progress and main) as bar:
         task = bar.add_task(description, total=cfg.steps, completed=start, status="")
         for step in range(start + 1, cfg.steps + 1):
             for micro in range(cfg.grad_accum):
@@ -600,10 +271,10 @@ def train(
             distributed.average_gradients(replicated)  # the few parameters FSDP leaves whole (none under DDP)
             # With clipping off, the norm is still computed (max_norm = inf) for the finiteness check.
             grad_norm = distributed.full_tensor(accelerator.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf")))
-            finite = _step_is_finite(out.losses["loss"], torch.as_tensor(grad_norm, device=accelerator.device), out.order)
+            finite = step_is_finite(out.losses["loss"], torch.as_tensor(grad_norm, device=accelerator.device), out.order)
             # All processes stop or skip together: a lone one would leave the others waiting on it.
             if not distributed.all_agree(finite, accelerator.device):
-                what, where = _nonfinite_report(objective, out, x, y, params, accelerator.autocast)
+                what, where = nonfinite_report(objective, out, x, y, params, accelerator.autocast)
                 skipped_in_a_row += 1
                 stop = cfg.on_nonfinite == "stop" or skipped_in_a_row >= 10
                 if main:

@@ -100,7 +100,7 @@ def _train_step(handle, ids):
     """One Phase-Mamba training step on ids (B, T): forward, losses, backward, AdamW on the core, drift."""
     from ..losses import LossConfig
     from ..observables import DriftConfig
-    from ..training import PhaseCoreObjective
+    from ..objectives import PhaseCoreObjective
 
     objective = PhaseCoreObjective(handle, LossConfig(), DriftConfig(enabled=True))
     optimizer = torch.optim.AdamW([p for p in handle.core.parameters() if p.requires_grad], lr=1e-4)

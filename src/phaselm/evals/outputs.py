@@ -71,7 +71,7 @@ def _write_outputs(files: dict[str, Path] | None, result: dict, plot) -> dict:
 
 
 def _progress(enabled: bool):
-    from ..training import _progress as project_progress
+    from ..training import progress_bar as project_progress
 
     return project_progress(enabled)
 

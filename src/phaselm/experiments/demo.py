@@ -14,7 +14,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..backbones import MambaSpec
-from ..training import TrainConfig, holds_run
+from ..run_directory import holds_run
+from ..training import TrainConfig
 from ..errors import PhaseLMError
 from .phase_mamba import BackboneConfig, PhaseMambaRecipe, PretrainRecipe, pretrain, train_core
 

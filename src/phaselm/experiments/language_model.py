@@ -19,14 +19,18 @@ import torch
 
 from ..backbones import save_backbone
 from ..config import recipe_table, to_dict, with_kind
-from ..data import encode_split, learn_tokenizer, load_text
+from ..corpora import load_text
+from ..data import encode_split
 from ..errors import PhaseLMError
 from ..models.fusion import FusionConfig, FusionForCausalLM
 from ..models.gpt import GPTConfig, build_gpt
 from ..models.kssm import KSSMConfig, KSSMForCausalLM
 from ..reporting import write_report
-from ..training import LanguageModelObjective, TrainConfig, train
-from .phase_mamba import MODEL_FOLDER, CorpusConfig, TokenizerConfig, _count, _write_json
+from ..tokenizers import learn_tokenizer
+from ..objectives import LanguageModelObjective
+from ..training import TrainConfig, train
+from ..atomic import replace_json
+from .phase_mamba import MODEL_FOLDER, CorpusConfig, TokenizerConfig, count_parameters
 
 ARCHES = ("kssm", "fusion", "gpt2")
 
@@ -107,15 +111,17 @@ def train_lm(recipe: LMRecipe, run_dir: str | os.PathLike, resume: bool = False,
     )
     if not result.is_main:  # another process of a multi-process run: the main one writes the run
         return {"arch": recipe.arch, "val_ce": result.evaluation["val_ce"], "val_ppl": result.evaluation["val_ppl"]}
-    save_backbone(model.cpu(), tokenizer, run_dir / MODEL_FOLDER)
+    # A resumed run that extended train.steps replaces the model it wrote when it first finished.
+    save_backbone(model.cpu(), tokenizer, run_dir / MODEL_FOLDER, replace=resume)
     summary = {
         "arch": recipe.arch,
-        "parameters": _count(model),
+        "steps": result.step,
+        "parameters": count_parameters(model),
         "val_ce": result.evaluation["val_ce"],
         "val_ppl": result.evaluation["val_ppl"],
         "train_seconds": time.perf_counter() - started,
         "device": "cuda" if torch.cuda.is_available() else "cpu",
     }
-    _write_json(run_dir / "summary.json", summary)
+    replace_json(run_dir / "summary.json", summary)
     write_report(run_dir, f"PhaseLM language model ({recipe.arch})", summary, recipe_text(recipe), [command or f"phaselm train-lm RECIPE --out {run_dir}"])
     return summary

@@ -6,7 +6,6 @@ CLI commands ``pretrain``, ``train``, ``generate`` and ``demo`` are thin wrapper
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -15,9 +14,11 @@ from typing import ClassVar
 import torch
 
 from .. import checkpoint as ckpt
+from ..atomic import replace_json
 from ..backbones import MODEL_FOLDER, MambaSpec, build_mamba, load_backbone, mamba_of_shape, save_backbone
 from ..config import dump_recipe, from_dict, to_dict
-from ..data import encode_split, learn_tokenizer, load_text, sequential_batches
+from ..corpora import load_text
+from ..data import encode_split, sequential_batches
 from ..errors import PhaseLMError
 from ..fast_mamba import scan_path
 from ..generation import generate
@@ -27,7 +28,9 @@ from ..observables import DriftConfig, normalized_entropy, summarize
 from ..ops.backend import chosen
 from ..phase_core import PhaseCoreConfig
 from ..reporting import write_report
-from ..training import LanguageModelObjective, PhaseCoreObjective, TrainConfig, train
+from ..tokenizers import learn_tokenizer
+from ..objectives import LanguageModelObjective, PhaseCoreObjective
+from ..training import TrainConfig, train
 
 
 
@@ -103,8 +106,6 @@ def pretrain(
     """Train a small HF Mamba on the corpus; returns the ``save_pretrained`` folder."""
     run_dir = Path(run_dir)
     model_dir = run_dir / MODEL_FOLDER
-    if resume and model_dir.exists():
-        raise PhaseLMError(f"{run_dir} is already finished ({model_dir} exists); nothing to resume")
     text = load_text(recipe.data.corpus)
     tokenizer = learn_tokenizer(
         recipe.tokenizer.kind, text, recipe.data.val_fraction, recipe.tokenizer.vocab_size, recipe.tokenizer.pretrained or None
@@ -126,9 +127,10 @@ def pretrain(
     )
     if not result.is_main:  # another process of a multi-process run: the main one writes the run
         return model_dir
-    save_backbone(model.cpu(), tokenizer, model_dir)
-    summary = {"val_ppl": result.evaluation["val_ppl"], "val_ce": result.evaluation["val_ce"], "parameters": _count(model)}
-    _write_json(run_dir / "summary.json", summary)
+    # A resumed run that extended train.steps replaces the model it wrote when it first finished.
+    save_backbone(model.cpu(), tokenizer, model_dir, replace=resume)
+    summary = {"steps": result.step, "val_ppl": result.evaluation["val_ppl"], "val_ce": result.evaluation["val_ce"], "parameters": count_parameters(model)}
+    replace_json(run_dir / "summary.json", summary)
     write_report(run_dir, "PhaseLM pretraining", summary, dump_recipe(recipe), [command or f"phaselm pretrain RECIPE --out {run_dir}"])
     return model_dir
 
@@ -202,7 +204,8 @@ def train_core(
         return {"val_ppl_with_core": result.evaluation["val_ppl"]}
     summary = observe(model, tokenizer, handle, val_ids, recipe)
     summary.update(
-        trainable_parameters=_count(handle.core),
+        steps=result.step,
+        trainable_parameters=count_parameters(handle.core),
         val_ppl_with_core=result.evaluation["val_ppl"],
         val_ppl_without_core=result.evaluation["val_ppl_without_core"],
         drift_actions=result.drift_actions,
@@ -210,7 +213,7 @@ def train_core(
         graft_layer=handle.layer_path,
         kernels={"mamba_mixers": scan_path(model), "ops": chosen()},
     )
-    _write_json(Path(run_dir) / "summary.json", summary)
+    replace_json(Path(run_dir) / "summary.json", summary)
     write_report(run_dir, "Phase-Mamba run", summary, dump_recipe(stored), [command or f"phaselm train RECIPE --out {run_dir}"])
     return summary
 
@@ -266,11 +269,6 @@ def load_run(run_dir: str | os.PathLike, device: str = "cpu"):
 # --------------------------------------------------------------------------------------------
 
 
-def _count(module) -> int:
+def count_parameters(module: torch.nn.Module) -> int:
+    """Number of parameter elements of ``module``."""
     return sum(p.numel() for p in module.parameters())
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)

@@ -36,14 +36,14 @@ from pathlib import Path
 
 import torch
 
+from phaselm.ops import causal_conv1d as conv_ops
 from phaselm.ops import harmonics as harmonics_ops
+from phaselm.ops import kuramoto as kuramoto_ops
+from phaselm.ops import selective_scan as scan_ops
 from phaselm.ops import ssd as ssd_ops
 from phaselm.ops.rwkv6 import fla_available, rwkv6, rwkv6_chunked, rwkv6_reference
 from phaselm.ops.rwkv6_triton import rwkv6_triton
 from phaselm.ops.ssd import ssd_chunked, ssd_reference
-from phaselm.ops import causal_conv1d as conv_ops
-from phaselm.ops import kuramoto as kuramoto_ops
-from phaselm.ops import selective_scan as scan_ops
 
 
 def relative_errors(fast_fn, reference_fn, inputs: list[torch.Tensor]) -> dict:

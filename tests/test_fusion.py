@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from cli_helpers import TINY_MODEL, TINY_TRAIN, set_args, train_tiny
+from cli_helpers import run_cli as cli
 from phaselm.config import load_recipe
 from phaselm.experiments.language_model import LMRecipe
 from phaselm.models.fusion import FUSIONS, GATE_INITS, FusionConfig, FusionForCausalLM
-from cli_helpers import TINY_MODEL, TINY_TRAIN, set_args, train_tiny
-from cli_helpers import run_cli as cli
 
 TINY = dict(
     vocab_size=40, hidden_size=32, n_layers=2, rwkv_head_dim=16, rwkv_mix_rank=4, rwkv_decay_rank=8,

@@ -141,10 +141,9 @@ def test_restored_after_exit_and_after_an_exception(model, ids):
     with intervene(model, Intervention("sync")):
         pass
     assert torch.equal(forward(model, ids).logits, base.logits)
-    with pytest.raises(RuntimeError, match="boom"):
-        with intervene(model, Intervention("disorder", layers=[0, 1])):
-            assert all(len(site.phase_transforms) == 1 for site in phase_sites(model))
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), intervene(model, Intervention("disorder", layers=[0, 1])):
+        assert all(len(site.phase_transforms) == 1 for site in phase_sites(model))
+        raise RuntimeError("boom")
     assert all(site.phase_transforms == [] for site in phase_sites(model))
     assert torch.equal(forward(model, ids).logits, base.logits)
 
@@ -215,9 +214,8 @@ def test_layer_out_of_range_registers_nothing(model, raises_phaselm, layers, mat
 
 
 def test_models_without_oscillators_are_refused(tiny_model, raises_phaselm):
-    with raises_phaselm("needs a model with oscillators"):
-        with intervene(tiny_model("gpt2"), Intervention("sync")):
-            pass
+    with raises_phaselm("needs a model with oscillators"), intervene(tiny_model("gpt2"), Intervention("sync")):
+        pass
 
 
 def test_parse():
@@ -237,17 +235,14 @@ def test_override_clamp_bounds_u_and_restores(model, ids, raises_phaselm):
         clamped = forward(model, ids)
     assert info["u_min"] == 0.9 and clamped.u.min() >= 0.9 - 1e-6 and clamped.u.max() <= 1.1 + 1e-6
     assert (clamped.u == torch.tensor(0.9)).any() or (clamped.u == torch.tensor(1.1)).any()
-    with pytest.raises(KeyError):
-        with override_clamp(model, 0.5, 2.0):
-            raise KeyError("x")
+    with pytest.raises(KeyError), override_clamp(model, 0.5, 2.0):
+        raise KeyError("x")
     assert all((b.cfg.u_min, b.cfg.u_max, b.cfg.bistable) == (0.1, 10.0, True) for b in phase_sites(model))
     assert torch.equal(forward(model, ids).logits, base.logits)
-    with raises_phaselm("u_min < u_max"):
-        with override_clamp(model, 2.0, 1.0):
-            pass
-    with raises_phaselm("need 0 < u_min"):
-        with override_clamp(model, 0.0, 1.0):
-            pass
+    with raises_phaselm("u_min < u_max"), override_clamp(model, 2.0, 1.0):
+        pass
+    with raises_phaselm("need 0 < u_min"), override_clamp(model, 0.0, 1.0):
+        pass
 
 
 def test_override_clamp_on_a_monostable_model_switches_the_clamp_on(ids):
@@ -406,9 +401,8 @@ def test_noise_output_has_the_calibration_moments_and_is_seeded(model, ids):
 
 
 def test_output_kinds_need_calibration(model, raises_phaselm):
-    with raises_phaselm("needs calibration text"):
-        with intervene(model, Intervention("mean_output")):
-            pass
+    with raises_phaselm("needs calibration text"), intervene(model, Intervention("mean_output")):
+        pass
 
 
 def test_unclamp_equals_the_monostable_map(ids):
@@ -451,10 +445,9 @@ def test_branch_names_are_checked_against_the_model(model, raises_phaselm):
 ])
 def test_new_kinds_restore_after_an_exception(model, ids, make):
     base = forward(model, ids)
-    with pytest.raises(RuntimeError, match="boom"):
-        with intervene(model, *make(), calibration=ids):
-            assert not torch.equal(forward(model, ids).logits, base.logits)
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), intervene(model, *make(), calibration=ids):
+        assert not torch.equal(forward(model, ids).logits, base.logits)
+        raise RuntimeError("boom")
     assert_clean(model)
     assert all((b.cfg.bistable, b.cfg.u_min, b.cfg.u_max) == (True, 0.1, 10.0) for b in phase_sites(model))
     assert torch.equal(forward(model, ids).logits, base.logits)
@@ -696,9 +689,8 @@ def test_graft_refuses_what_it_lacks(grafted, raises_phaselm):
     with raises_phaselm(r"this mamba \(grafted Phase Core\) model has no branch 'mixer'; its branches are: phase_core"):
         with intervene(model, Intervention("ablate", "mixer")):
             pass
-    with raises_phaselm("'unclamp' needs K-SSM banks"):
-        with intervene(model, Intervention("unclamp")):
-            pass
+    with raises_phaselm("'unclamp' needs K-SSM banks"), intervene(model, Intervention("unclamp")):
+        pass
     with raises_phaselm("layer 1 is out of range: this model has 1 oscillator layers"):
         with intervene(model, Intervention("sync", layers=[1])):
             pass

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from phaselm.reporting import discover_results, markdown_to_html, write_html_report, write_report
 from cli_helpers import run_cli as cli
+from phaselm.reporting import discover_results, markdown_to_html, write_html_report, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TONES = {"over-sync": 12, "balance": 30, "goldilocks": 40, "unbound-joy": 10, "silent-intimacy": 5, "unformed": 3}

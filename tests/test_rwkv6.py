@@ -75,7 +75,7 @@ def test_chunked_equals_reference_forward_and_gradients(length, chunk, per_block
     weights = torch.randn_like(y_ref), torch.randn_like(s_ref)
     g_ref = torch.autograd.grad((y_ref * weights[0]).sum() + (s_ref * weights[1]).sum(), args)
     g_chk = torch.autograd.grad((y_chk * weights[0]).sum() + (s_chk * weights[1]).sum(), args)
-    for name, a, b in zip("r k v w u s0".split(), g_chk, g_ref):
+    for name, a, b in zip(["r", "k", "v", "w", "u", "s0"], g_chk, g_ref):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=name)
 
 

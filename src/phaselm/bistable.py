@@ -27,9 +27,9 @@ from torch import nn
 
 from . import oscillators
 from .errors import PhaseLMError
+from .interventions.sites import Intervenable, Site, SiteMap
 from .ops.backend import resolve
 from .ops.bistable_bank import BANK, bistable_bank_triton
-from .interventions.sites import Intervenable, Site, SiteMap
 
 
 @dataclass

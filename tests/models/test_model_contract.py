@@ -15,8 +15,8 @@ A new model family joins by adding an entry to ``FAMILIES``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import pytest
 import torch

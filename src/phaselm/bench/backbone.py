@@ -118,12 +118,11 @@ def _train_step(handle, ids):
 
 def bench_backbone(name: str, cfg: BackboneBenchConfig | None = None, device: str | None = None, log=_silent) -> dict:
     """Measure a Phase Core on backbone ``name`` (shape, folder or hub id); see the module docstring."""
+    from ..backbones import MAMBA_SHAPES
     from ..fast_mamba import routing, scan_path
     from ..graft import find_layers, graft, resolve_layer
     from ..ops.backend import chosen
     from ..phase_core import PhaseCoreConfig
-
-    from ..backbones import MAMBA_SHAPES
 
     cfg = cfg or BackboneBenchConfig()
     if cfg.quick and name not in MAMBA_SHAPES:

@@ -14,8 +14,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..backbones import MambaSpec
-from ..training import TrainConfig, holds_run
 from ..errors import PhaseLMError
+from ..training import TrainConfig, holds_run
 from .phase_mamba import BackboneConfig, PhaseMambaRecipe, PretrainRecipe, pretrain, train_core
 
 # Measured on a 2-core CPU: ~1 s per pretraining step and ~0.6 s per core step at these shapes

@@ -30,7 +30,6 @@ from ..reporting import write_report
 from ..training import LanguageModelObjective, PhaseCoreObjective, TrainConfig, train
 
 
-
 @dataclass
 class CorpusConfig:
     corpus: str = "tinyshakespeare"  # embedded corpus, a file, a folder, or "hf:NAME"

@@ -48,8 +48,8 @@ from transformers.modeling_outputs import CausalLMOutput
 from ..errors import PhaseLMError
 from ..interventions.sites import Intervenable, SiteMap
 from ..layers.mamba2 import Mamba2Mixer
-from .recurrent import RecurrentLM, register_auto_classes
 from ..layers.rwkv6 import RWKV6TimeMix
+from .recurrent import RecurrentLM, register_auto_classes
 
 MIXERS = ("hybrid", "rwkv6", "mamba2")
 FUSIONS = ("WS", "HY", "GF", "HGF", "CP", "RF")

@@ -15,44 +15,63 @@ import matplotlib
 # submodule imports pyplot, so pyplot never tries to open a display.
 matplotlib.use("Agg")
 
-from .common import AUX_LOSS_KEYS, DPI, MAIN_LOSS_KEYS, MEASURED_TOKENS, PLOT_FILES, STAT_ROWS, TONE_COLOURS, TONE_GLYPH_BY_NAME, TONE_NAME_BY_GLYPH
-from .reading import read_metrics
-from .plots import plot_loss, plot_order, plot_tones, tone_counts
+from .common import (
+    AUX_LOSS_KEYS,
+    DPI,
+    MAIN_LOSS_KEYS,
+    MEASURED_TOKENS,
+    PLOT_FILES,
+    STAT_ROWS,
+    TONE_COLOURS,
+    TONE_GLYPH_BY_NAME,
+    TONE_NAME_BY_GLYPH,
+)
+from .html_common import (
+    HTML_REPORT,
+    MAX_DETAIL_CHARS,
+    PROTOCOL_FILE,
+    PROVENANCE,
+    RESULT_GLOBS,
+    SAMPLE_TOKENS_HTML,
+    VERSION_PACKAGES,
+    markdown_to_html,
+)
 from .markdown import machine_description, write_report
-from .html_common import HTML_REPORT, MAX_DETAIL_CHARS, PROTOCOL_FILE, PROVENANCE, RESULT_GLOBS, SAMPLE_TOKENS_HTML, VERSION_PACKAGES, markdown_to_html
-from .provenance import git_commit, software_versions
-from .results import discover_results, result_distributions
 from .page import rebuild_html_report, write_html_report
+from .plots import plot_loss, plot_order, plot_tones, tone_counts
+from .provenance import git_commit, software_versions
+from .reading import read_metrics
+from .results import discover_results, result_distributions
 
 __all__ = [
     "AUX_LOSS_KEYS",
     "DPI",
+    "HTML_REPORT",
     "MAIN_LOSS_KEYS",
+    "MAX_DETAIL_CHARS",
     "MEASURED_TOKENS",
     "PLOT_FILES",
-    "STAT_ROWS",
-    "TONE_COLOURS",
-    "TONE_GLYPH_BY_NAME",
-    "TONE_NAME_BY_GLYPH",
-    "read_metrics",
-    "plot_loss",
-    "plot_order",
-    "plot_tones",
-    "tone_counts",
-    "machine_description",
-    "write_report",
-    "HTML_REPORT",
-    "MAX_DETAIL_CHARS",
     "PROTOCOL_FILE",
     "PROVENANCE",
     "RESULT_GLOBS",
     "SAMPLE_TOKENS_HTML",
+    "STAT_ROWS",
+    "TONE_COLOURS",
+    "TONE_GLYPH_BY_NAME",
+    "TONE_NAME_BY_GLYPH",
     "VERSION_PACKAGES",
-    "markdown_to_html",
-    "git_commit",
-    "software_versions",
     "discover_results",
-    "result_distributions",
+    "git_commit",
+    "machine_description",
+    "markdown_to_html",
+    "plot_loss",
+    "plot_order",
+    "plot_tones",
+    "read_metrics",
     "rebuild_html_report",
+    "result_distributions",
+    "software_versions",
+    "tone_counts",
     "write_html_report",
+    "write_report",
 ]

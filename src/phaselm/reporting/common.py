@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from ..observables import TONES
 
-
 DPI = 110
 MEASURED_TOKENS = 64  # rows of the per-token sample table; longer samples are cut
 PLOT_FILES = {"order": "order.png", "loss": "loss.png", "tones": "tones.png"}

@@ -11,7 +11,6 @@ from .common import DPI
 from .markdown import _fmt
 from .reading import _is_number
 
-
 # report.html: one self-contained page (plots embedded as base64 PNG, no external references)
 #
 # ``write_html_report`` is called by ``write_report`` (every training run), by protocol runs,

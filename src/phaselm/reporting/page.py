@@ -11,12 +11,35 @@ from typing import Any
 from ..errors import PhaseLMError
 from ..observables import ACTIONS, TONES
 from .common import TONE_COLOURS, TONE_GLYPH_BY_NAME, TONE_NAME_BY_GLYPH
-from .html_common import HTML_REPORT, MAX_DETAIL_CHARS, PROTOCOL_FILE, PROVENANCE, SAMPLE_TOKENS_HTML, VERSION_PACKAGES, _CSS, _attr, _esc, _fig_png, _html_table, _img, markdown_to_html
+from .html_common import (
+    _CSS,
+    HTML_REPORT,
+    MAX_DETAIL_CHARS,
+    PROTOCOL_FILE,
+    PROVENANCE,
+    SAMPLE_TOKENS_HTML,
+    VERSION_PACKAGES,
+    _attr,
+    _esc,
+    _fig_png,
+    _html_table,
+    _img,
+    markdown_to_html,
+)
 from .markdown import _fmt, _statistics_tables, _tone_label, _tone_rows, machine_description
 from .plots import _fig_loss, _fig_order, _fig_tones, tone_counts
 from .provenance import _provenance, _read_optional_json, git_commit, software_versions
 from .reading import _is_number, _is_train, read_metrics
-from .results import _distribution_rows, _fig_distributions, _fig_scatter, _numbers, _result_title, _scatter_points, discover_results, result_distributions
+from .results import (
+    _distribution_rows,
+    _fig_distributions,
+    _fig_scatter,
+    _numbers,
+    _result_title,
+    _scatter_points,
+    discover_results,
+    result_distributions,
+)
 
 
 def _section(anchor: str, title: str, body: str) -> str:

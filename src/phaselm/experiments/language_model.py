@@ -26,7 +26,7 @@ from ..models.gpt import GPTConfig, build_gpt
 from ..models.kssm import KSSMConfig, KSSMForCausalLM
 from ..reporting import write_report
 from ..training import LanguageModelObjective, TrainConfig, train
-from .phase_mamba import MODEL_FOLDER, CorpusConfig, TokenizerConfig, _count, _write_json
+from .phase_mamba import MODEL_FOLDER, CorpusConfig, TokenizerConfig, parameter_count, write_json_atomically
 
 ARCHES = ("kssm", "fusion", "gpt2")
 
@@ -110,12 +110,12 @@ def train_lm(recipe: LMRecipe, run_dir: str | os.PathLike, resume: bool = False,
     save_backbone(model.cpu(), tokenizer, run_dir / MODEL_FOLDER)
     summary = {
         "arch": recipe.arch,
-        "parameters": _count(model),
+        "parameters": parameter_count(model),
         "val_ce": result.evaluation["val_ce"],
         "val_ppl": result.evaluation["val_ppl"],
         "train_seconds": time.perf_counter() - started,
         "device": "cuda" if torch.cuda.is_available() else "cpu",
     }
-    _write_json(run_dir / "summary.json", summary)
+    write_json_atomically(run_dir / "summary.json", summary)
     write_report(run_dir, f"PhaseLM language model ({recipe.arch})", summary, recipe_text(recipe), [command or f"phaselm train-lm RECIPE --out {run_dir}"])
     return summary

@@ -126,8 +126,8 @@ def pretrain(
     if not result.is_main:  # another process of a multi-process run: the main one writes the run
         return model_dir
     save_backbone(model.cpu(), tokenizer, model_dir)
-    summary = {"val_ppl": result.evaluation["val_ppl"], "val_ce": result.evaluation["val_ce"], "parameters": _count(model)}
-    _write_json(run_dir / "summary.json", summary)
+    summary = {"val_ppl": result.evaluation["val_ppl"], "val_ce": result.evaluation["val_ce"], "parameters": parameter_count(model)}
+    write_json_atomically(run_dir / "summary.json", summary)
     write_report(run_dir, "PhaseLM pretraining", summary, dump_recipe(recipe), [command or f"phaselm pretrain RECIPE --out {run_dir}"])
     return model_dir
 
@@ -201,7 +201,7 @@ def train_core(
         return {"val_ppl_with_core": result.evaluation["val_ppl"]}
     summary = observe(model, tokenizer, handle, val_ids, recipe)
     summary.update(
-        trainable_parameters=_count(handle.core),
+        trainable_parameters=parameter_count(handle.core),
         val_ppl_with_core=result.evaluation["val_ppl"],
         val_ppl_without_core=result.evaluation["val_ppl_without_core"],
         drift_actions=result.drift_actions,
@@ -209,7 +209,7 @@ def train_core(
         graft_layer=handle.layer_path,
         kernels={"mamba_mixers": scan_path(model), "ops": chosen()},
     )
-    _write_json(Path(run_dir) / "summary.json", summary)
+    write_json_atomically(Path(run_dir) / "summary.json", summary)
     write_report(run_dir, "Phase-Mamba run", summary, dump_recipe(stored), [command or f"phaselm train RECIPE --out {run_dir}"])
     return summary
 
@@ -265,11 +265,13 @@ def load_run(run_dir: str | os.PathLike, device: str = "cpu"):
 # --------------------------------------------------------------------------------------------
 
 
-def _count(module) -> int:
+def parameter_count(module) -> int:
+    """The number of parameters of a torch module (trainable or not)."""
     return sum(p.numel() for p in module.parameters())
 
 
-def _write_json(path: Path, data: dict) -> None:
+def write_json_atomically(path: Path, data: dict) -> None:
+    """Write ``data`` as indented UTF-8 JSON; a crash mid-write leaves the old file, never half a file."""
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)

@@ -1,4 +1,4 @@
-"""Grafting a Phase Core onto tiny Hugging Face models (SPEC §2, §5.1–5.3).
+"""Grafting a Phase Core onto tiny Hugging Face models: causal, stateless, modulating in inference too.
 
 All models are tiny, randomly initialised and built from configs in conftest.py.
 """
@@ -315,7 +315,7 @@ def test_recurrent_states_follow_their_own_cache(family, tiny_model):
 
 
 def test_recording_does_not_change_generation(tiny_model):
-    """Measurement must not change the computation (SPEC §2 observation protocol)."""
+    """Measurement must not change the computation (the observation protocol: measuring only reads)."""
     model = tiny_model("gpt2")
     handle = graft(model, nontrivial_core("recurrent"))
     ids = torch.randint(2, VOCAB, (2, 5))

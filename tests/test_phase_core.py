@@ -1,4 +1,5 @@
-"""The Phase Core: causality, statelessness, recurrent continuation, modulation (SPEC §2, §5.1–5.3)."""
+"""The Phase Core: causality (no averaging over the batch or the sequence), statelessness (no phase
+kept between calls), recurrent continuation, and modulation in inference as in training."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""Fusion hybrids (seed 004, SPEC.md §4): RWKV-6 and Mamba-2 side by side in every block, as one
-Hugging Face model family — and the pure RWKV-6 and pure Mamba-2 models, which are the same
-model with one branch.
+"""Fusion hybrids (seed 004; departures in docs/seeds-vs-phaselm.md): RWKV-6 and Mamba-2 side
+by side in every block, as one Hugging Face model family — and the pure RWKV-6 and pure
+Mamba-2 models, which are the same model with one branch.
 
     token → embedding → n_layers × Block → RMSNorm → tied LM head
 

@@ -1,5 +1,6 @@
 """K-SSM: a language model whose blocks couple a selective state-space mixer with a bistable
-Kuramoto bank (seed 003, SPEC.md §3), as a Hugging Face model.
+Kuramoto bank (seed 003; docs/seeds-vs-phaselm.md lists where we depart from it), as a
+Hugging Face model.
 
     token → embedding → n_layers × Block → RMSNorm → tied LM head
 

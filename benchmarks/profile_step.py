@@ -96,7 +96,9 @@ def main() -> None:
     parser.add_argument("--kssm", default="recipes/kssm-v3.toml")
     parser.add_argument("--gpt", default="recipes/gpt-baseline.toml")
     parser.add_argument("--no-compile", action="store_true")
-    parser.add_argument("--variant", nargs="+", action="append", metavar="NAME RECIPE eager|compiled|blocks [KEY=VALUE]")
+    parser.add_argument(
+        "--variant", nargs="+", action="append", metavar="NAME RECIPE eager|compiled|blocks [KEY=VALUE]"
+    )
     parser.add_argument("--no-profile", action="store_true")
     args = parser.parse_args()
     out = Path(args.out)
@@ -123,7 +125,9 @@ def main() -> None:
                     for name, path, mode, *sets in args.variant]
     speeds = {}
     for name, path, mode, harmonics_backend, ssd_backend, overrides in variants:
-        oscillators._harmonics_op = harmonics_ops.harmonics if harmonics_backend == "fused" else harmonics_ops.harmonics_reference
+        oscillators._harmonics_op = (
+            harmonics_ops.harmonics if harmonics_backend == "fused" else harmonics_ops.harmonics_reference
+        )
         os.environ["PHASELM_BACKEND_SSD"] = ssd_backend  # refines the models' "auto" scan at each call
         torch._dynamo.reset()  # a compiled variant must not reuse a graph traced under another backend
         torch.cuda.reset_peak_memory_stats()
@@ -148,7 +152,9 @@ def main() -> None:
     for _ in range(3):
         step(forward, objective, optimizer, x, x)
     torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA, torch.profiler.ProfilerActivity.CPU]) as prof:
+    with torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CUDA, torch.profiler.ProfilerActivity.CPU]
+    ) as prof:
         for _ in range(5):
             step(forward, objective, optimizer, x, x)
         torch.cuda.synchronize()

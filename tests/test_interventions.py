@@ -152,7 +152,9 @@ def test_interventions_compose_in_order(model, ids):
     base = forward(model, ids)
     with intervene(model, Intervention("pin", 0.3, layers=[0])):
         with intervene(model, Intervention("sync", layers=[0])):
-            assert torch.allclose(forward(model, ids).orders[:, 0], torch.ones(3, 12), atol=1e-5)  # the inner one acts last
+            assert torch.allclose(
+                forward(model, ids).orders[:, 0], torch.ones(3, 12), atol=1e-5
+            )  # the inner one acts last
         assert torch.allclose(forward(model, ids).orders[:, 0], torch.full((3, 12), 0.3), atol=1e-5)
         with intervene(model, Intervention("sync", layers=[1])):  # different layers: both act
             both = forward(model, ids)
@@ -205,7 +207,10 @@ def test_bad_interventions_are_one_line_errors(raises_phaselm, make, match):
         make()
 
 
-@pytest.mark.parametrize("layers, match", [([2], "layer 2 is out of range: this model has 2 oscillator layers"), ([-1], "layer -1 is out of range")])
+@pytest.mark.parametrize(
+    "layers, match",
+    [([2], "layer 2 is out of range: this model has 2 oscillator layers"), ([-1], "layer -1 is out of range")],
+)
 def test_layer_out_of_range_registers_nothing(model, raises_phaselm, layers, match):
     with raises_phaselm(match):
         with intervene(model, Intervention("sync", layers=[0]), Intervention("sync", layers=layers)):
@@ -275,7 +280,9 @@ def fusion(**overrides) -> FusionForCausalLM:
 def assert_clean(model):
     """Nothing of an intervention is left: no hooks, no transforms, configs and scales restored."""
     for module in model.modules():
-        assert not module._forward_hooks or all(getattr(h, "__self__", None) is not None for h in module._forward_hooks.values())
+        assert not module._forward_hooks or all(
+            getattr(h, "__self__", None) is not None for h in module._forward_hooks.values()
+        )
         assert "_phaselm_output_transforms" not in module.__dict__
         assert getattr(module, "phase_transforms", []) == [] and getattr(module, "coupling_transforms", []) == []
 
@@ -316,15 +323,25 @@ def test_every_kind_changes_its_layer_and_leaves_earlier_layers_alone(model, ids
     assert torch.equal(forward(model, ids).logits, base.logits)
 
 
-@pytest.mark.parametrize("item", [
-    Intervention("k_scale", 1.0), Intervention("oscillators", 8), Intervention("mean_output", layers=[]),
-    Intervention("noise_output", layers=[]), Intervention("ablate", "bank", layers=[]), Intervention("unclamp", layers=[]),
-], ids=lambda i: f"{i.spec}@{i.layers}")
+@pytest.mark.parametrize(
+    "item",
+    [
+        Intervention("k_scale", 1.0),
+        Intervention("oscillators", 8),
+        Intervention("mean_output", layers=[]),
+        Intervention("noise_output", layers=[]),
+        Intervention("ablate", "bank", layers=[]),
+        Intervention("unclamp", layers=[]),
+    ],
+    ids=lambda i: f"{i.spec}@{i.layers}",
+)
 def test_noops_of_the_new_kinds_are_bit_exact(model, ids, item):
     base = forward(model, ids)
     with intervene(model, item, calibration=ids):
         same = forward(model, ids)
-    assert torch.equal(same.logits, base.logits) and torch.equal(same.orders, base.orders) and torch.equal(same.u, base.u)
+    assert (
+        torch.equal(same.logits, base.logits) and torch.equal(same.orders, base.orders) and torch.equal(same.u, base.u)
+    )
 
 
 def test_k_scale_scales_the_coupling_step_exactly(ids):
@@ -455,7 +472,13 @@ def test_new_kinds_restore_after_an_exception(model, ids, make):
 
 def test_a_bad_later_intervention_installs_nothing(model, ids, raises_phaselm):
     with raises_phaselm("has no branch 'rwkv'"):
-        with intervene(model, Intervention("k_scale", 2.0), Intervention("mean_output"), Intervention("ablate", "rwkv"), calibration=ids):
+        with intervene(
+            model,
+            Intervention("k_scale", 2.0),
+            Intervention("mean_output"),
+            Intervention("ablate", "rwkv"),
+            calibration=ids,
+        ):
             pass
     assert_clean(model)
 
@@ -463,7 +486,11 @@ def test_a_bad_later_intervention_installs_nothing(model, ids, raises_phaselm):
 def test_new_kinds_act_in_cached_generation(model, ids):
     from phaselm.evals import sample
 
-    for item in (Intervention("k_scale", 0.0, layers=[1]), Intervention("mean_output", layers=[1]), Intervention("ablate", "bank", layers=[1])):
+    for item in (
+        Intervention("k_scale", 0.0, layers=[1]),
+        Intervention("mean_output", layers=[1]),
+        Intervention("ablate", "bank", layers=[1]),
+    ):
         with intervene(model, item, calibration=ids):
             new, _ = sample(model, ids, 6, temperature=0)
             full = forward(model, torch.cat([ids, new], 1))
@@ -471,8 +498,14 @@ def test_new_kinds_act_in_cached_generation(model, ids):
 
 
 def test_records_of_the_new_kinds(model, ids):
-    with intervene(model, Intervention("k_scale", 0.5, layers=[1]), Intervention("ablate", "bank"), Intervention("oscillators", 2),
-                   Intervention("mean_output", layers=[0]), calibration=ids) as applied:
+    with intervene(
+        model,
+        Intervention("k_scale", 0.5, layers=[1]),
+        Intervention("ablate", "bank"),
+        Intervention("oscillators", 2),
+        Intervention("mean_output", layers=[0]),
+        calibration=ids,
+    ) as applied:
         pass
     records = json.loads(json.dumps(applied.to_json()))
     assert records[0] == {"kind": "k_scale", "value": 0.5, "layers": [1]}
@@ -505,9 +538,22 @@ def test_parse_the_new_kinds(raises_phaselm):
     assert Intervention.parse("mean_output").value is None
     assert Intervention.parse("pin=0.3").spec == "pin=0.3" and Intervention("ablate", "rwkv").spec == "ablate=rwkv"
     assert Intervention("k_scale", 2).label == "k_scale ×2 @ layers all"
-    assert set(KINDS) >= {"sync", "disorder", "pin", "oscillators", "k_scale", "mean_output", "noise_output", "unclamp", "ablate"}
+    assert set(KINDS) >= {
+        "sync",
+        "disorder",
+        "pin",
+        "oscillators",
+        "k_scale",
+        "mean_output",
+        "noise_output",
+        "unclamp",
+        "ablate",
+    }
     for make, match in [
-        (lambda: Intervention.parse("k_scal=2"), "unknown intervention kind 'k_scal'; choose one of sync, disorder, pin, .*did you mean k_scale\\?"),
+        (
+            lambda: Intervention.parse("k_scal=2"),
+            "unknown intervention kind 'k_scal'; choose one of sync, disorder, pin, .*did you mean k_scale\\?",
+        ),
         (lambda: Intervention("k_scale", -1), "finite factor ≥ 0"),
         (lambda: Intervention("k_scale"), "needs a value: the factor on K"),
         (lambda: Intervention("oscillators", 2.5), "whole number"),
@@ -600,7 +646,9 @@ def test_graft_structure_and_pin(grafted):
     assert [(s.layer, s.kind) for s in info.sites] == [(0, "core")] and list(info.branches) == ["phase_core"]
     x = hf_ids()
     inputs = []  # what reaches the grafted layer: everything before the core
-    pre = model.backbone.layers[1].register_forward_pre_hook(lambda m, a, kw: inputs.append(a[0].clone()), with_kwargs=True)
+    pre = model.backbone.layers[1].register_forward_pre_hook(
+        lambda m, a, kw: inputs.append(a[0].clone()), with_kwargs=True
+    )
     with torch.no_grad():
         base = model(x)
         with intervene(model, Intervention("pin", 0.3)) as applied:
@@ -675,8 +723,13 @@ def test_graft_interventions_in_generation_and_after_exceptions(grafted):
     with torch.no_grad():
         base = model(x).logits
     with pytest.raises(KeyError):
-        with intervene(model, Intervention("k_scale", 3.0), Intervention("noise_output"), Intervention("ablate", "phase_core"),
-                       calibration=x):
+        with intervene(
+            model,
+            Intervention("k_scale", 3.0),
+            Intervention("noise_output"),
+            Intervention("ablate", "phase_core"),
+            calibration=x,
+        ):
             raise KeyError("x")
     assert handle.enabled and float(handle.core.coupling_scale) == 1.0
     assert_clean(model)

@@ -129,7 +129,9 @@ def test_fused_matches_reference_forward_and_gradients(batch, length, heads, p, 
     grads = torch.autograd.grad(loss, fused)
 
     assert y.shape == y_ref.shape and s.shape == s_ref.shape
-    for name, got, want in zip(["y", "final state", "dx", "da", "db", "dc", "d initial state"], [y, s, *grads], [y_ref, s_ref, *grads_ref]):
+    for name, got, want in zip(
+        ["y", "final state", "dx", "da", "db", "dc", "d initial state"], [y, s, *grads], [y_ref, s_ref, *grads_ref]
+    ):
         assert relative_error(got, want) <= FUSED_TOLERANCE, name
 
 
@@ -175,7 +177,9 @@ def test_dispatch_uses_the_chunked_scan_for_cpu_tensors(monkeypatch):
     assert torch.equal(y, y_chunked) and torch.equal(s, s_chunked)
 
 
-@pytest.mark.parametrize("forced", ["reference", pytest.param("triton", marks=requires_triton), pytest.param("fused", marks=requires_triton)])
+@pytest.mark.parametrize(
+    "forced", ["reference", pytest.param("triton", marks=requires_triton), pytest.param("fused", marks=requires_triton)]
+)
 def test_environment_variable_refines_auto_only(monkeypatch, forced):
     monkeypatch.setenv("PHASELM_BACKEND_SSD", forced)
     x, a, b, c, s0 = (t.detach().float().to(DEVICE) for t in inputs(length=20, p=16, n=16))

@@ -62,7 +62,13 @@ GATE_INITS = {  # the seed's GF initialisations: the RWKV share γ at the start
     "extreme-mamba": 0.03,
     "extreme-rwkv": 0.97,
 }
-GATE_INIT_ALIASES = {"gf": "balanced", "gf-rh": "rwkv-heavy", "gf-mh": "mamba-heavy", "gf-xm": "extreme-mamba", "gf-xr": "extreme-rwkv"}
+GATE_INIT_ALIASES = {
+    "gf": "balanced",
+    "gf-rh": "rwkv-heavy",
+    "gf-mh": "mamba-heavy",
+    "gf-xm": "extreme-mamba",
+    "gf-xr": "extreme-rwkv",
+}
 
 
 def resolve_gate_init(value) -> float:
@@ -75,7 +81,9 @@ def resolve_gate_init(value) -> float:
             raise PhaseLMError(f"unknown gate_init {value!r}; use a number in (0, 1) or one of {names}")
         return GATE_INITS[key]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) < 1.0:
-        raise PhaseLMError(f"gate_init must lie strictly between 0 and 1 (a sigmoid gate never reaches 0 or 1), got {value!r}")
+        raise PhaseLMError(
+            f"gate_init must lie strictly between 0 and 1 (a sigmoid gate never reaches 0 or 1), got {value!r}"
+        )
     return float(value)
 
 
@@ -267,7 +275,9 @@ class FusionBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(d, config.mlp_ratio * d), nn.GELU(), nn.Linear(config.mlp_ratio * d, d))
         self.drop = nn.Dropout(config.dropout)
 
-    def forward(self, h: torch.Tensor, state: dict | None = None, ablate: str | None = None, mask: torch.Tensor | None = None):
+    def forward(
+        self, h: torch.Tensor, state: dict | None = None, ablate: str | None = None, mask: torch.Tensor | None = None
+    ):
         x = self.norm(h)
         state = state or {}
         r = m = gate = None

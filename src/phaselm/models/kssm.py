@@ -129,7 +129,9 @@ class KSSMCache:
         self.seen = 0
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        self.layers = {i: (c.index_select(0, beam_idx), s.index_select(0, beam_idx)) for i, (c, s) in self.layers.items()}
+        self.layers = {
+            i: (c.index_select(0, beam_idx), s.index_select(0, beam_idx)) for i, (c, s) in self.layers.items()
+        }
 
 
 class Block(nn.Module):
@@ -176,7 +178,9 @@ class KSSMForCausalLM(RecurrentLM, Intervenable):
     def __init__(self, config: KSSMConfig):
         super().__init__(config)
         self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.pos_embed = nn.Embedding(config.max_position_embeddings, config.hidden_size) if config.position_embedding else None
+        self.pos_embed = (
+            nn.Embedding(config.max_position_embeddings, config.hidden_size) if config.position_embedding else None
+        )
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.norm = nn.RMSNorm(config.hidden_size)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)

@@ -118,7 +118,7 @@ def main() -> None:
             ("kssm-compiled-chunked-ssd", args.kssm, "compiled", "fused", "chunked", {}),
         ]
     if args.variant:
-        for name, path, mode, *_ in args.variant:
+        for name, _path, mode, *_ in args.variant:
             if mode not in MODES:
                 parser.error(f"--variant {name}: the mode must be one of {', '.join(MODES)}, got {mode!r}")
         variants = [(name, path, mode, "fused", "auto", dict(parse_override(s) for s in sets))
@@ -137,7 +137,7 @@ def main() -> None:
             speeds[name] = {"error": f"{type(error).__name__}: {error}"[:500]}
         print(name, speeds[name], flush=True)
     if "tokens_per_s" in speeds.get("gpt", {}):
-        for name, s in speeds.items():
+        for s in speeds.values():
             if "tokens_per_s" in s:
                 s["ratio_to_gpt"] = s["tokens_per_s"] / speeds["gpt"]["tokens_per_s"]
     (out / "speeds.json").write_text(json.dumps(speeds, indent=2))

@@ -4,6 +4,7 @@ should and nothing else, composes, restores after exceptions, and a no-op is bit
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import string
@@ -83,7 +84,7 @@ def test_arc_order_is_monotone_in_the_spacing():
     steps = [i * (2 * math.pi / n) / 200 for i in range(201)]
     values = [arc_order(n, s) for s in steps]
     assert values[0] == 1.0 and values[-1] == pytest.approx(0.0, abs=1e-12)
-    assert all(a > b for a, b in zip(values, values[1:]))
+    assert all(a > b for a, b in itertools.pairwise(values))
     assert arc_step(n, 1.0) == 0.0 and arc_step(n, 0.0) == pytest.approx(2 * math.pi / n)
 
 

@@ -36,7 +36,7 @@ def inputs(batch=2, length=37, heads=3, p=4, n=5, dtype=torch.float64, seed=0):
 
 def naive_loop(x, a, b, c, s0):
     """Element by element with Python floats' worth of clarity: s ← e^a s + x b, y = Σ_n s c."""
-    batch, length, heads, p = x.shape
+    _batch, length, heads, _p = x.shape
     y = torch.zeros_like(x)
     s = s0.clone()
     for t in range(length):

@@ -196,7 +196,7 @@ class KSSMForCausalLM(RecurrentLM, Intervenable):
         attention_mask: torch.Tensor | None = None,  # (B, T) or (B, past + T); 0 at padding
         **kwargs,
     ) -> KSSMOutput:
-        batch, length = input_ids.shape
+        _batch, length = input_ids.shape
         self.check_ids(input_ids)
         offset = past_key_values.seen if past_key_values is not None else 0
         mask = self.padding_mask(attention_mask, length)

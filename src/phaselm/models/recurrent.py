@@ -18,7 +18,7 @@ from ..errors import PhaseLMError
 
 
 class RecurrentLM(PreTrainedModel, GenerationMixin):
-    _tied_weights_keys = {"lm_head.weight": "embed.weight"}
+    _tied_weights_keys = {"lm_head.weight": "embed.weight"}  # noqa: RUF012  (transformers' own convention)
 
     def _init_weights(self, module):
         if isinstance(module, (nn.Linear, nn.Embedding)) and not getattr(module, "_phaselm_initialised", False):

@@ -391,7 +391,7 @@ if triton is not None:
             x_win = x_win[1:]
             g_win = g_win[1:]
         dw = ()
-        for k in tl.static_range(K):
+        for _ in tl.static_range(K):
             dw = dw + (zero,)
         db = zero
         for blk in range(BLOCK_T // ROWS):  # a constexpr bound: see the module docstring

@@ -440,7 +440,7 @@ if triton is not None:
         omega = tl.load(omega_ptr + cols, mask=col_ok, other=0.0)
         k = tl.load(k_ptr)
         for _ in tl.static_range(STEPS):
-            theta, c, s, mean_c, mean_s = _euler_step(theta, omega, k, dt, col_ok, N)
+            theta, _c, _s, _mean_c, _mean_s = _euler_step(theta, omega, k, dt, col_ok, N)
         tl.store(out_ptr + offsets, theta, mask=tile_ok)
 
     @triton.jit
@@ -490,7 +490,7 @@ if triton is not None:
             offsets = first + t * N
             theta = prev + tl.load(kick_ptr + offsets, mask=tile_ok, other=0.0)
             for _ in tl.static_range(STEPS):
-                theta, c, s, mean_c, mean_s = _euler_step(theta, omega, k, dt, col_ok, N)
+                theta, _c, _s, _mean_c, _mean_s = _euler_step(theta, omega, k, dt, col_ok, N)
             if HAS_MASK:
                 keep = tl.load(mask_ptr + rows * T + t, mask=row_ok, other=0) != 0
                 theta = tl.where(keep[:, None], theta, prev)  # padding keeps the carried phases

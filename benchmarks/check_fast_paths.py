@@ -36,14 +36,14 @@ from pathlib import Path
 
 import torch
 
+from phaselm.ops import causal_conv1d as conv_ops
 from phaselm.ops import harmonics as harmonics_ops
+from phaselm.ops import kuramoto as kuramoto_ops
+from phaselm.ops import selective_scan as scan_ops
 from phaselm.ops import ssd as ssd_ops
 from phaselm.ops.rwkv6 import fla_available, rwkv6, rwkv6_chunked, rwkv6_reference
 from phaselm.ops.rwkv6_triton import rwkv6_triton
 from phaselm.ops.ssd import ssd_chunked, ssd_reference
-from phaselm.ops import causal_conv1d as conv_ops
-from phaselm.ops import kuramoto as kuramoto_ops
-from phaselm.ops import selective_scan as scan_ops
 
 
 def relative_errors(fast_fn, reference_fn, inputs: list[torch.Tensor]) -> dict:
@@ -65,7 +65,9 @@ def relative_errors(fast_fn, reference_fn, inputs: list[torch.Tensor]) -> dict:
         return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
 
     results["forward"] = [rel(a, b) for a, b in zip(outs["fast"], outs["reference"])]
-    results["backward"] = [rel(a, b) if a is not None and b is not None else None for a, b in zip(grads["fast"], grads["reference"])]
+    results["backward"] = [
+        rel(a, b) if a is not None and b is not None else None for a, b in zip(grads["fast"], grads["reference"])
+    ]
     return results
 
 
@@ -113,18 +115,26 @@ def rwkv6_accuracy(device: str, checks: dict) -> None:
         for length, heads in ((64, 4), (255, 8), (1024, 4)):
             x = rwkv6_case(device, dtype, 2, length, heads)
             outs, grads = {}, {}
-            for which, fn in (("triton", rwkv6_triton), ("reference", lambda *t: rwkv6_reference(*(a.float() for a in t)))):
+            for which, fn in (
+                ("triton", rwkv6_triton),
+                ("reference", lambda *t: rwkv6_reference(*(a.float() for a in t))),
+            ):
                 leaves = [t.detach().clone().requires_grad_() for t in x]
                 y, state = fn(*leaves)
                 torch.manual_seed(1)
                 # Cotangents representable in the input dtype: the kernel receives dy in y's dtype,
                 # and a reference given finer ones would charge that rounding to the kernel.
-                (y.float() * torch.randn_like(y, dtype=torch.float32).to(dtype).float()).sum().backward(retain_graph=True)
+                (y.float() * torch.randn_like(y, dtype=torch.float32).to(dtype).float()).sum().backward(
+                    retain_graph=True
+                )
                 (state.float() * torch.randn_like(state, dtype=torch.float32)).sum().backward()
                 outs[which] = [y.detach().float(), state.detach().float()]
                 grads[which] = [leaf.grad.float() for leaf in leaves]
             pairs = list(zip(outs["triton"] + grads["triton"], outs["reference"] + grads["reference"]))
-            ratios = {n: rms_ratio(a, b) for n, (a, b) in zip(("y", "final_state", "dr", "dk", "dv", "dw", "du", "d_initial"), pairs)}
+            ratios = {
+                n: rms_ratio(a, b)
+                for n, (a, b) in zip(("y", "final_state", "dr", "dk", "dv", "dw", "du", "d_initial"), pairs)
+            }
             checks[f"rwkv6 triton vs reference ({name}, 2 x {length} x {heads} x 64, initial state)"] = {
                 "forward": [max_relative(a, b) for a, b in pairs[:2]],
                 "backward": [max_relative(a, b) for a, b in pairs[2:]],
@@ -178,7 +188,9 @@ def rwkv6_timing(device: str, report: dict) -> None:
 
 def rwkv6_checks(device: str, report: dict) -> None:
     if device != "cuda":
-        report["checks"]["rwkv6 triton vs reference"] = "skipped: no CUDA device (the CPU tests run it in Triton's interpreter)"
+        report["checks"]["rwkv6 triton vs reference"] = (
+            "skipped: no CUDA device (the CPU tests run it in Triton's interpreter)"
+        )
         return
     rwkv6_timing(device, report)  # first: the first-call time needs kernels nothing has compiled yet
     rwkv6_accuracy(device, report["checks"])
@@ -208,7 +220,9 @@ def scan_inputs(device, dtype, batch=2, length=549, channels=5120, n=16):
 def mamba_checks(device: str, report: dict) -> None:
     checks = report["checks"]
     if not scan_ops.triton_runs_on(device) or device != "cuda":
-        checks["selective scan triton vs reference"] = "skipped: no CUDA device (the CPU tests run it in Triton's interpreter)"
+        checks["selective scan triton vs reference"] = (
+            "skipped: no CUDA device (the CPU tests run it in Triton's interpreter)"
+        )
         return
     for dtype in (torch.float32, torch.bfloat16):
         name = str(dtype).replace("torch.", "")
@@ -221,15 +235,24 @@ def mamba_checks(device: str, report: dict) -> None:
         xconv = s[0][..., :1024]
         w, b = torch.randn(1024, 4, device=device) * 0.5, torch.randn(1024, device=device)
         checks[f"causal conv1d triton vs reference ({name})"] = relative_errors(
-            lambda *t: conv_ops.causal_conv1d(*t, backend="triton"), lambda *t: conv_ops.causal_conv1d_reference(*t), [xconv, w, b]
+            lambda *t: conv_ops.causal_conv1d(*t, backend="triton"),
+            lambda *t: conv_ops.causal_conv1d_reference(*t),
+            [xconv, w, b],
         )
     # Decoding steps: one position from a random state, kernels vs references.
     s = scan_inputs(device, torch.float32, length=1)
     state_a, state_b = s[-1].clone(), s[-1].clone()
-    fast = scan_ops.selective_state_step(state_a, s[0][:, 0], s[1][:, 0], s[2], s[3][:, 0], s[4][:, 0], s[5], s[6][:, 0], s[7], backend="triton")
-    ref = scan_ops.selective_state_step_reference(state_b, s[0][:, 0], s[1][:, 0], s[2], s[3][:, 0], s[4][:, 0], s[5], s[6][:, 0], s[7])
+    fast = scan_ops.selective_state_step(
+        state_a, s[0][:, 0], s[1][:, 0], s[2], s[3][:, 0], s[4][:, 0], s[5], s[6][:, 0], s[7], backend="triton"
+    )
+    ref = scan_ops.selective_state_step_reference(
+        state_b, s[0][:, 0], s[1][:, 0], s[2], s[3][:, 0], s[4][:, 0], s[5], s[6][:, 0], s[7]
+    )
     rel = lambda a, b: float((a - b).abs().max() / b.abs().max())  # noqa: E731
-    checks["selective state step triton vs reference"] = {"forward": [rel(fast, ref), rel(state_a, state_b)], "backward": []}
+    checks["selective state step triton vs reference"] = {
+        "forward": [rel(fast, ref), rel(state_a, state_b)],
+        "backward": [],
+    }
     window = torch.randn(2, 1024, 4, device=device)
     w, b = torch.randn(1024, 4, device=device), torch.randn(1024, device=device)
     xs = torch.randn(2, 1024, device=device)
@@ -244,7 +267,10 @@ def mamba_checks(device: str, report: dict) -> None:
     xs, ws = torch.randn(2048, 2560, device=device) * 3, torch.randn(2560, device=device).bfloat16()
     fast = norm_ops.rms_norm(xs, ws, 1e-5, backend="triton").float()
     ref = norm_ops.rms_norm_reference(xs, ws, 1e-5).float()
-    checks["rms norm triton vs transformers' arithmetic (bf16)"] = {"forward": [rel(fast, ref), float((fast != ref).float().mean())], "backward": []}
+    checks["rms norm triton vs transformers' arithmetic (bf16)"] = {
+        "forward": [rel(fast, ref), float((fast != ref).float().mean())],
+        "backward": [],
+    }
 
     # Phase Core dynamics at the seed's shape: 4 × 512 positions, 16 oscillators, 8 Euler steps.
     kick = torch.randn(4, 512, 16, device=device) * 2
@@ -261,7 +287,8 @@ def mamba_checks(device: str, report: dict) -> None:
     mask[0, :20] = 0  # left padding
     checks["kuramoto recurrent triton vs reference (4 x 64, masked)"] = relative_errors(
         lambda t, o, kk: kuramoto_ops.kuramoto_recurrent(t, o, kk, 0.1, 8, mask=mask, backend="triton"),
-        lambda t, o, kk: kuramoto_ops.kuramoto_recurrent(t, o, kk, 0.1, 8, mask=mask, backend="reference"), [kick, omega, k],
+        lambda t, o, kk: kuramoto_ops.kuramoto_recurrent(t, o, kk, 0.1, 8, mask=mask, backend="reference"),
+        [kick, omega, k],
     )
 
     # A Hugging Face Mamba at full width, 2 layers, float32: routed vs transformers' own path.
@@ -306,18 +333,28 @@ def main() -> None:
     rwkv6_checks(device, report)
     x = rwkv6_inputs(device)
     reference = lambda *t: rwkv6_reference(*t)[0]  # noqa: E731
-    report["checks"]["rwkv6 chunked vs reference"] = relative_errors(lambda *t: rwkv6(*t, backend="chunked")[0], reference, x)
+    report["checks"]["rwkv6 chunked vs reference"] = relative_errors(
+        lambda *t: rwkv6(*t, backend="chunked")[0], reference, x
+    )
     if device == "cuda" and fla_available():
-        report["checks"]["rwkv6 fla chunk_rwkv6 vs reference"] = relative_errors(lambda *t: rwkv6(*t, backend="fla")[0], reference, x)
+        report["checks"]["rwkv6 fla chunk_rwkv6 vs reference"] = relative_errors(
+            lambda *t: rwkv6(*t, backend="fla")[0], reference, x
+        )
     else:
         report["checks"]["rwkv6 fla chunk_rwkv6 vs reference"] = "skipped: fla not importable or no CUDA device"
 
     s = ssd_inputs(device)
-    report["checks"]["ssd chunked vs reference"] = relative_errors(lambda *t: ssd_chunked(*t)[0], lambda *t: ssd_reference(*t)[0], s)
+    report["checks"]["ssd chunked vs reference"] = relative_errors(
+        lambda *t: ssd_chunked(*t)[0], lambda *t: ssd_reference(*t)[0], s
+    )
     if ssd_ops.fused_available(s[0]):
-        report["checks"]["ssd fused vs reference"] = relative_errors(lambda *t: ssd_ops.ssd_fused(*t)[0], lambda *t: ssd_reference(*t)[0], s)
+        report["checks"]["ssd fused vs reference"] = relative_errors(
+            lambda *t: ssd_ops.ssd_fused(*t)[0], lambda *t: ssd_reference(*t)[0], s
+        )
     else:
-        report["checks"]["ssd fused vs reference"] = "skipped: no CUDA device (the CPU tests run it in Triton's interpreter)"
+        report["checks"]["ssd fused vs reference"] = (
+            "skipped: no CUDA device (the CPU tests run it in Triton's interpreter)"
+        )
 
     theta = (torch.rand(64, 256, 192, device=device) - 0.5) * 8
     if harmonics_ops.fused_available(theta):
@@ -325,7 +362,9 @@ def main() -> None:
             lambda t: harmonics_ops.harmonics_fused(t, 32), lambda t: harmonics_ops.harmonics_reference(t, 32), [theta]
         )
     else:
-        report["checks"]["harmonics fused vs direct"] = "skipped: no CUDA device (the CPU tests run it in Triton's interpreter)"
+        report["checks"]["harmonics fused vs direct"] = (
+            "skipped: no CUDA device (the CPU tests run it in Triton's interpreter)"
+        )
 
     mamba_checks(device, report)
     finish(report, args.out)
@@ -343,7 +382,11 @@ def finish(report: dict, out: str) -> None:
         fwd = max(result["forward"])
         backward = [e for e in result["backward"] if e is not None]
         bwd = f"{max(backward):.2e}" if backward else "—"
-        verdict = "" if "pass" not in result else f"   rms ratio max {max(result['rms_ratio'].values()):.2e} {'pass' if result['pass'] else 'FAIL'}"
+        verdict = (
+            ""
+            if "pass" not in result
+            else f"   rms ratio max {max(result['rms_ratio'].values()):.2e} {'pass' if result['pass'] else 'FAIL'}"
+        )
         print(f"{name:55s} forward max rel err {fwd:.2e}   backward max rel err {bwd}{verdict}")
     for name, timing in report.get("timings", {}).items():
         print(f"{name:55s} " + "   ".join(f"{key} {value:.4g}" for key, value in timing.items()))

@@ -20,10 +20,10 @@ import time
 
 os.environ.setdefault("TORCHINDUCTOR_FORCE_DISABLE_CACHES", "1")  # before torch: cold compiles only
 
-import torch  # noqa: E402
+import torch
+from profile_step import VOCAB, make
 
-from phaselm.config import parse_override  # noqa: E402
-from profile_step import VOCAB, make  # noqa: E402
+from phaselm.config import parse_override
 
 
 def main() -> None:

@@ -41,7 +41,11 @@ def sync():
 
 @torch.no_grad()
 def loop(model, ids, tokens, autocast: bool):
-    ctx = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if autocast else (lambda: torch.autocast("cuda", enabled=False))
+    ctx = (
+        (lambda: torch.autocast("cuda", dtype=torch.bfloat16))
+        if autocast
+        else (lambda: torch.autocast("cuda", enabled=False))
+    )
     with ctx():
         out = model(input_ids=ids, use_cache=True)
     cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
@@ -111,7 +115,11 @@ def main() -> None:
         from torch.profiler import ProfilerActivity, profile
 
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
-        with profile(activities=activities) as prof, torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
+        with (
+            profile(activities=activities) as prof,
+            torch.no_grad(),
+            torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"),
+        ):
             model(input_ids=token, past_key_values=cache, use_cache=True)
         events = prof.key_averages()
         row["bench_step_ops"] = sum(e.count for e in events if e.key.startswith("aten::"))

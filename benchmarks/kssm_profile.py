@@ -41,8 +41,17 @@ SSD_BACKENDS = ("chunked", "triton")
 BANK_BACKENDS = ("reference", "triton")
 GROUPS = ("mixer", "bank", "mlp", "attention", "optimizer", "other")
 # The last name of a module → its group (K-SSM's blocks; Hugging Face GPT-2's attn/mlp and norms).
-GROUP_OF = {"mixer": "mixer", "mixer_norm": "mixer", "bank": "bank", "bank_norm": "bank", "mlp": "mlp", "mlp_norm": "mlp",
-            "ln_2": "mlp", "attn": "attention", "ln_1": "attention"}
+GROUP_OF = {
+    "mixer": "mixer",
+    "mixer_norm": "mixer",
+    "bank": "bank",
+    "bank_norm": "bank",
+    "mlp": "mlp",
+    "mlp_norm": "mlp",
+    "ln_2": "mlp",
+    "attn": "attention",
+    "ln_1": "attention",
+}
 SMOKE = {
     "kssm": {"kssm.hidden_size": 32, "kssm.n_layers": 1, "kssm.head_dim": 16, "kssm.state_size": 16,
              "kssm.n_oscillators": 8, "kssm.n_harmonics": 4, "kssm.chunk_size": 16},
@@ -175,7 +184,9 @@ def breakdown(recipe_path: str, device: str, smoke: bool) -> dict:
         train_step(objective, objective, optimizer, x, y, device)
     synchronize(device)
     ranges = GroupRanges(objective)
-    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device == "cuda" else [])
+    activities = [torch.profiler.ProfilerActivity.CPU] + (
+        [torch.profiler.ProfilerActivity.CUDA] if device == "cuda" else []
+    )
     with torch.profiler.profile(activities=activities) as prof:
         with torch.profiler.record_function("group::step"):
             train_step(objective, objective, optimizer, x, y, device)
@@ -266,7 +277,12 @@ def main() -> None:
     profiles = {"kssm": breakdown(args.kssm, device, args.smoke), "gpt": breakdown(args.gpt, device, args.smoke)}
     unit = "ms (device)" if device == "cuda" else "ms (CPU)"
     print(f"\n## One eager step by module group, {unit}; backends: {chosen()}\n")
-    print(markdown(["group", "K-SSM", "GPT"], [[g, f"{profiles['kssm'][g]:.2f}", f"{profiles['gpt'][g]:.2f}"] for g in (*GROUPS, "step")]))
+    print(
+        markdown(
+            ["group", "K-SSM", "GPT"],
+            [[g, f"{profiles['kssm'][g]:.2f}", f"{profiles['gpt'][g]:.2f}"] for g in (*GROUPS, "step")],
+        )
+    )
 
     out = os.environ.get("OUT")
     if out:

@@ -96,7 +96,9 @@ def main() -> None:
     parser.add_argument("--kssm", default="recipes/kssm-v3.toml")
     parser.add_argument("--gpt", default="recipes/gpt-baseline.toml")
     parser.add_argument("--no-compile", action="store_true")
-    parser.add_argument("--variant", nargs="+", action="append", metavar="NAME RECIPE eager|compiled|blocks [KEY=VALUE]")
+    parser.add_argument(
+        "--variant", nargs="+", action="append", metavar="NAME RECIPE eager|compiled|blocks [KEY=VALUE]"
+    )
     parser.add_argument("--no-profile", action="store_true")
     args = parser.parse_args()
     out = Path(args.out)
@@ -116,14 +118,16 @@ def main() -> None:
             ("kssm-compiled-chunked-ssd", args.kssm, "compiled", "fused", "chunked", {}),
         ]
     if args.variant:
-        for name, path, mode, *_ in args.variant:
+        for name, _path, mode, *_ in args.variant:
             if mode not in MODES:
                 parser.error(f"--variant {name}: the mode must be one of {', '.join(MODES)}, got {mode!r}")
         variants = [(name, path, mode, "fused", "auto", dict(parse_override(s) for s in sets))
                     for name, path, mode, *sets in args.variant]
     speeds = {}
     for name, path, mode, harmonics_backend, ssd_backend, overrides in variants:
-        oscillators._harmonics_op = harmonics_ops.harmonics if harmonics_backend == "fused" else harmonics_ops.harmonics_reference
+        oscillators._harmonics_op = (
+            harmonics_ops.harmonics if harmonics_backend == "fused" else harmonics_ops.harmonics_reference
+        )
         os.environ["PHASELM_BACKEND_SSD"] = ssd_backend  # refines the models' "auto" scan at each call
         torch._dynamo.reset()  # a compiled variant must not reuse a graph traced under another backend
         torch.cuda.reset_peak_memory_stats()
@@ -133,7 +137,7 @@ def main() -> None:
             speeds[name] = {"error": f"{type(error).__name__}: {error}"[:500]}
         print(name, speeds[name], flush=True)
     if "tokens_per_s" in speeds.get("gpt", {}):
-        for name, s in speeds.items():
+        for s in speeds.values():
             if "tokens_per_s" in s:
                 s["ratio_to_gpt"] = s["tokens_per_s"] / speeds["gpt"]["tokens_per_s"]
     (out / "speeds.json").write_text(json.dumps(speeds, indent=2))
@@ -148,7 +152,9 @@ def main() -> None:
     for _ in range(3):
         step(forward, objective, optimizer, x, x)
     torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA, torch.profiler.ProfilerActivity.CPU]) as prof:
+    with torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CUDA, torch.profiler.ProfilerActivity.CPU]
+    ) as prof:
         for _ in range(5):
             step(forward, objective, optimizer, x, x)
         torch.cuda.synchronize()

@@ -29,7 +29,9 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=512)
     parser.add_argument("--channels", type=int, default=5120)
     parser.add_argument("--state", type=int, default=16)
-    parser.add_argument("--tiles", default=" ".join(TILES), help="space-separated tiles: 'default' or chunk,block_d,warps")
+    parser.add_argument(
+        "--tiles", default=" ".join(TILES), help="space-separated tiles: 'default' or chunk,block_d,warps"
+    )
     args = parser.parse_args()
     import triton.testing
 
@@ -53,22 +55,35 @@ def main() -> None:
         else:
             os.environ["PHASELM_SCAN_TILE"] = tile
         try:
-            fwd = triton.testing.do_bench(lambda: selective_scan_triton(*leaves[:5], D, z, bias), warmup=50, rep=200, return_mode="median")
+            fwd = triton.testing.do_bench(
+                lambda: selective_scan_triton(*leaves[:5], D, z, bias), warmup=50, rep=200, return_mode="median"
+            )
 
             def both():
                 out, _ = selective_scan_triton(*leaves[:5], leaves[5], leaves[6], leaves[7])
                 torch.autograd.grad(out, leaves, grad)
 
             total = triton.testing.do_bench(both, warmup=50, rep=300, return_mode="median")
-            rows.append({"tile": tile, "forward_ms": fwd, "forward_backward_ms": total,
-                         "forward_gb_s": fwd_bytes / fwd / 1e6, "backward_gb_s": bwd_bytes / max(total - fwd, 1e-6) / 1e6})
+            rows.append(
+                {
+                    "tile": tile,
+                    "forward_ms": fwd,
+                    "forward_backward_ms": total,
+                    "forward_gb_s": fwd_bytes / fwd / 1e6,
+                    "backward_gb_s": bwd_bytes / max(total - fwd, 1e-6) / 1e6,
+                }
+            )
         except Exception as exc:  # a tile that does not compile (registers, shared memory) is reported, not fatal
             rows.append({"tile": tile, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"})
         print(rows[-1], flush=True)
     os.environ.pop("PHASELM_SCAN_TILE", None)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report = {"device": torch.cuda.get_device_name(), "shape": {"batch": b, "length": t, "channels": d, "state": n}, "rows": rows}
+    report = {
+        "device": torch.cuda.get_device_name(),
+        "shape": {"batch": b, "length": t, "channels": d, "state": n},
+        "rows": rows,
+    }
     (out / "tune_selective_scan.json").write_text(json.dumps(report, indent=2))
     print(f"\nselective scan, {b} × {t} × {d} channels × {n} states, bf16 in, {report['device']}")
     print("| tile (chunk, block_d, warps) | forward ms | fwd+bwd ms | forward GB/s (least bytes) | backward GB/s |")
@@ -77,7 +92,9 @@ def main() -> None:
         if "error" in r:
             print(f"| {r['tile']} | {r['error']} | | | |")
         else:
-            print(f"| {r['tile']} | {r['forward_ms']:.3f} | {r['forward_backward_ms']:.3f} | {r['forward_gb_s']:.0f} | {r['backward_gb_s']:.0f} |")
+            print(
+                f"| {r['tile']} | {r['forward_ms']:.3f} | {r['forward_backward_ms']:.3f} | {r['forward_gb_s']:.0f} | {r['backward_gb_s']:.0f} |"
+            )
 
 
 if __name__ == "__main__":

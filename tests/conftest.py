@@ -19,7 +19,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from phaselm.errors import PhaseLMError  # noqa: E402
+from phaselm.errors import PhaseLMError
 
 VOCAB = 64
 HIDDEN = 32

@@ -60,7 +60,11 @@ def make_grafted_run(root: Path, name: str = "pm") -> Path:
     tokenizer = CharTokenizer.from_text(corpus.read_text(encoding="utf-8"))
     torch.manual_seed(0)
     backbone = root / f"{name}-backbone"
-    save_backbone(build_mamba(MambaSpec(hidden_size=16, n_layers=2, state_size=4), tokenizer.vocab_size).eval(), tokenizer, backbone)
+    save_backbone(
+        build_mamba(MambaSpec(hidden_size=16, n_layers=2, state_size=4), tokenizer.vocab_size).eval(),
+        tokenizer,
+        backbone,
+    )
     recipe = PhaseMambaRecipe(
         backbone=BackboneConfig(name=str(backbone)),
         core=PhaseCoreConfig(n_oscillators=8, alpha_init=0.5),

@@ -34,7 +34,9 @@ def test_unknown_shape_is_a_one_line_error(raises_phaselm):
 
 
 def test_quick_backbone_bench_writes_every_measurement(tmp_path, capsys):
-    code, out, err = run_cli(capsys, "bench", "--backbone", "mamba-130m", "--quick", "--reference-seq", "8", "--out", str(tmp_path), "--json")
+    code, out, err = run_cli(
+        capsys, "bench", "--backbone", "mamba-130m", "--quick", "--reference-seq", "8", "--out", str(tmp_path), "--json"
+    )
     assert code == 0, err
     result = json.loads(out)
     assert json.loads((tmp_path / "bench.json").read_text())["backbone"] == "mamba-130m"
@@ -65,7 +67,12 @@ def test_seed_recipe_is_the_seeds_experiment():
     assert recipe.backbone.name == "state-spaces/mamba-2.8b-hf" and recipe.backbone.layer == 32
     assert (recipe.train.steps, recipe.train.batch_size, recipe.train.seq_len, recipe.train.lr) == (500, 4, 512, 1e-4)
     assert recipe.core.n_oscillators == 16 and recipe.core.coupling == 2.0 and recipe.drift.enabled
-    assert load_recipe(PhaseMambaRecipe, RECIPES / "phase-mamba-2.8b.toml", {"backbone.shape": "mamba-2.8b"}).backbone.shape == "mamba-2.8b"
+    assert (
+        load_recipe(
+            PhaseMambaRecipe, RECIPES / "phase-mamba-2.8b.toml", {"backbone.shape": "mamba-2.8b"}
+        ).backbone.shape
+        == "mamba-2.8b"
+    )
 
 
 def test_a_bad_backbone_shape_is_refused_up_front(raises_phaselm):
@@ -79,9 +86,26 @@ def test_train_on_a_random_shape_backbone(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setitem(backbones.MAMBA_SHAPES, "mamba-130m", (32, 2))  # the shape's vocabulary, a CPU-sized body
     code, out, err = run_cli(
-        capsys, "train", str(RECIPES / "phase-mamba-2.8b.toml"), "--out", str(tmp_path / "run"), "--json",
-        "--set", "backbone.shape=mamba-130m", "--set", "backbone.layer=1", "--set", "train.steps=2", "--set", "train.batch_size=1",
-        "--set", "train.seq_len=16", "--set", "train.eval_batches=1", "--set", "sample.max_new_tokens=3",
+        capsys,
+        "train",
+        str(RECIPES / "phase-mamba-2.8b.toml"),
+        "--out",
+        str(tmp_path / "run"),
+        "--json",
+        "--set",
+        "backbone.shape=mamba-130m",
+        "--set",
+        "backbone.layer=1",
+        "--set",
+        "train.steps=2",
+        "--set",
+        "train.batch_size=1",
+        "--set",
+        "train.seq_len=16",
+        "--set",
+        "train.eval_batches=1",
+        "--set",
+        "sample.max_new_tokens=3",
     )
     assert code == 0, err
     summary = json.loads(out)

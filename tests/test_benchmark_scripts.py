@@ -36,7 +36,11 @@ def test_train_jobs_runs_jobs_side_by_side_and_collects_every_result(tmp_path):
         table = tar.extractfile("./table.txt").read().decode()
     assert {"machine.txt", "table.txt", "gpt.metrics.jsonl", "mamba.summary.json", "broken.log"} <= names
     rows = dict(line.split(": ", 1) for line in table.splitlines())
-    assert rows["gpt"].startswith("parameters") and "(GPU shared)" in rows["gpt"] and rows["mamba"].startswith("parameters")
+    assert (
+        rows["gpt"].startswith("parameters")
+        and "(GPU shared)" in rows["gpt"]
+        and rows["mamba"].startswith("parameters")
+    )
     assert rows["broken"].startswith("no result")  # a failing job is reported, and does not stop the others
     parts = sorted(tmp_path.glob("gpt.model.tgz.part-*"))
     assert parts and not list(tmp_path.glob("mamba.model.tgz.part-*"))
@@ -62,8 +66,11 @@ def load_profile_step():
 
 def test_profile_step_compiles_each_models_stack_of_layers_in_blocks_mode():
     profile_step = load_profile_step()
-    for recipe, arch, layers in (("fusion-gf-mh.toml", "fusion", "fusion.n_layers=3"), ("gpt-baseline.toml", "gpt2", "gpt.n_layer=3"),
-                                 ("kssm-v3.toml", "kssm", "kssm.n_layers=3")):
+    for recipe, arch, layers in (
+        ("fusion-gf-mh.toml", "fusion", "fusion.n_layers=3"),
+        ("gpt-baseline.toml", "gpt2", "gpt.n_layer=3"),
+        ("kssm-v3.toml", "kssm", "kssm.n_layers=3"),
+    ):
         overrides = dict(profile_step.parse_override(item) for item in [*TINY_MODEL[arch], layers])
         _, objective, forward, _ = profile_step.make(str(ROOT / "recipes" / recipe), "eager", overrides, device="cpu")
         assert forward is objective
@@ -84,7 +91,11 @@ def test_compile_time_refuses_an_unknown_mode():
 def test_kssm_profile_smoke_times_every_backend_pair_and_breaks_a_step_down(tmp_path):
     # conftest sets TRITON_INTERPRET=1, which the script inherits: the Triton pairs run too.
     done = subprocess.run(
-        [sys.executable, "benchmarks/kssm_profile.py", "--smoke"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+        [sys.executable, "benchmarks/kssm_profile.py", "--smoke"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
         env={**os.environ, "PYTHONPATH": str(ROOT / "src"), "OUT": str(tmp_path)},
     )
     assert done.returncode == 0, done.stderr[-2000:]
@@ -94,7 +105,9 @@ def test_kssm_profile_smoke_times_every_backend_pair_and_breaks_a_step_down(tmp_
     for name, speed in result["speeds"].items():
         assert speed.get("tokens_per_s", 0) > 0, (name, speed)
     kssm, gpt = result["breakdown_ms"]["kssm"], result["breakdown_ms"]["gpt"]
-    assert kssm["mixer"] > 0 and kssm["bank"] > 0 and kssm["mlp"] > 0 and kssm["optimizer"] > 0 and kssm["attention"] == 0
+    assert (
+        kssm["mixer"] > 0 and kssm["bank"] > 0 and kssm["mlp"] > 0 and kssm["optimizer"] > 0 and kssm["attention"] == 0
+    )
     assert gpt["attention"] > 0 and gpt["mixer"] == gpt["bank"] == 0
     for groups in (kssm, gpt):
         assert sum(v for k, v in groups.items() if k != "step") <= groups["step"] * 1.001

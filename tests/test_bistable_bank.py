@@ -62,18 +62,34 @@ def run(bank, hidden, seed=1):
         ((3, 5), 10, 3, False, True, False),  # monostable: u not clamped
     ],
 )
-def test_fused_bank_matches_the_reference_forward_and_every_gradient(shape, n_oscillators, n_harmonics, bistable, training, through_hidden):
-    cfg = BankConfig(n_oscillators=n_oscillators, n_harmonics=n_harmonics, bistable=bistable, reg_through_hidden=through_hidden)
+def test_fused_bank_matches_the_reference_forward_and_every_gradient(
+    shape, n_oscillators, n_harmonics, bistable, training, through_hidden
+):
+    cfg = BankConfig(
+        n_oscillators=n_oscillators, n_harmonics=n_harmonics, bistable=bistable, reg_through_hidden=through_hidden
+    )
     reference, fused = twin_banks(cfg)
     reference.train(training), fused.train(training)
     hidden = torch.randn(*shape, 12, device=DEVICE)
     want, want_grads = run(reference, hidden)
     got, got_grads = run(fused, hidden)
     if bistable:  # the inputs reach both sides of the clamp and its inside
-        assert (want.u == cfg.u_min).any() and (want.u == cfg.u_max).any() and ((want.u > cfg.u_min) & (want.u < cfg.u_max)).any()
+        assert (
+            (want.u == cfg.u_min).any()
+            and (want.u == cfg.u_max).any()
+            and ((want.u > cfg.u_min) & (want.u < cfg.u_max)).any()
+        )
     for name in ("out", "order", "u", "delta", "reg"):
         assert relative_error(getattr(got, name), getattr(want, name)) <= TOLERANCE, name
-    assert set(got_grads) == {"hidden", "to_params.weight", "to_params.bias", "omega0", "spread", "readout.weight", "readout.bias"}
+    assert set(got_grads) == {
+        "hidden",
+        "to_params.weight",
+        "to_params.bias",
+        "omega0",
+        "spread",
+        "readout.weight",
+        "readout.bias",
+    }
     for name, want_grad in want_grads.items():
         if name == "spread" and not training:
             assert want_grad is None and got_grads[name] in (None, 0)
@@ -127,7 +143,14 @@ def test_bank_custom_ops_pass_opcheck(with_noise):
     spread = torch.tensor([0.2], device=DEVICE)
     noise = torch.randn(rows, n, generator=g).to(DEVICE) if with_noise else None
     settings = (harmonics, True, 0.1, 10.0, 1e-6)
-    fwd_args = (params.requires_grad_(), centre.requires_grad_(), omega0.requires_grad_(), spread.requires_grad_(), noise, *settings)
+    fwd_args = (
+        params.requires_grad_(),
+        centre.requires_grad_(),
+        omega0.requires_grad_(),
+        spread.requires_grad_(),
+        noise,
+        *settings,
+    )
     torch.library.opcheck(torch.ops.phaselm.bistable_bank_fwd.default, fwd_args)
     delta, u, features = torch.ops.phaselm.bistable_bank_fwd(*fwd_args)
     bwd_args = (*(t.detach() for t in (params, centre, omega0, spread)), noise, features.detach(),

@@ -62,7 +62,11 @@ def missing_requirements() -> list[str]:
 def browser():
     missing = missing_requirements()
     if missing:
-        message = "the headless-browser test needs " + " and ".join(missing) + "; `make chromium` installs them (README, Set-up)"
+        message = (
+            "the headless-browser test needs "
+            + " and ".join(missing)
+            + "; `make chromium` installs them (README, Set-up)"
+        )
         if in_ci():
             pytest.fail(f"CI is set but {message}", pytrace=False)
         pytest.skip(message)
@@ -148,7 +152,12 @@ def test_live_view_in_headless_chromium(browser, live_url, tmp_path):
     browser.get(live_url)
     WebDriverWait(browser, TIMEOUT_S).until(lambda d: body_attribute(d, "data-ready") == "1")
     assert "kssm" in browser.find_element("id", "model").text
-    assert {e.get_attribute("value") for e in browser.find_elements("css selector", "input[name=intervention]")} == {"none", "sync", "disorder", "pin"}
+    assert {e.get_attribute("value") for e in browser.find_elements("css selector", "input[name=intervention]")} == {
+        "none",
+        "sync",
+        "disorder",
+        "pin",
+    }
 
     # A prompt, typed, streams tokens with per-token R, U and R·U and a tone colour.
     fill(browser, "prompt", "ROMEO:")
@@ -160,7 +169,9 @@ def test_live_view_in_headless_chromium(browser, live_url, tmp_path):
     assert len(readings) == TOKENS
     for r in readings:
         assert 0.0 <= r["r"] <= 1.0 and 0.0 <= r["u"] <= 1.0 and r["ru"] == pytest.approx(r["r"] * r["u"], rel=1e-6)
-        assert r["tone"] in TONE_NAMES and r["title_tone"] == r["tone"] and r["title_r"] == pytest.approx(r["r"], abs=6e-4)
+        assert (
+            r["tone"] in TONE_NAMES and r["title_tone"] == r["tone"] and r["title_r"] == pytest.approx(r["r"], abs=6e-4)
+        )
         assert r["background"] not in ("rgba(0, 0, 0, 0)", "transparent")
     assert browser.find_element("css selector", "#text .prompt").text == "ROMEO:"
     assert browser.find_element("id", "status").text.startswith(f"{TOKENS} tokens")

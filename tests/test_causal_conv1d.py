@@ -73,7 +73,9 @@ def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
 @pytest.mark.parametrize("silu", [True, False])
 @pytest.mark.parametrize("bias", [True, False])
 def test_reference_matches_a_naive_loop_and_f_conv1d(silu, bias):
-    x, weight, b = (t.detach().cpu() if t is not None else None for t in inputs(length=6, channels=3, taps=3, bias=bias))
+    x, weight, b = (
+        t.detach().cpu() if t is not None else None for t in inputs(length=6, channels=3, taps=3, bias=bias)
+    )
     out = causal_conv1d_reference(x, weight, b, silu)
     torch.testing.assert_close(out, naive_loop(x, weight, b, silu))
     # Hugging Face's MambaMixer: conv1d with groups=D and padding K−1, truncated to T positions.
@@ -202,7 +204,9 @@ def test_custom_ops_pass_opcheck():
     torch.library.opcheck(torch.ops.phaselm.causal_conv1d_bwd.default, (dout, x.detach(), weight.detach(), None, True))
     state = torch.randn(2, 3, 3, device=DEVICE)
     x_step = torch.randn(2, 3, device=DEVICE)
-    torch.library.opcheck(torch.ops.phaselm.causal_conv1d_update.default, (x_step, state, weight.detach(), b.detach(), True))
+    torch.library.opcheck(
+        torch.ops.phaselm.causal_conv1d_update.default, (x_step, state, weight.detach(), b.detach(), True)
+    )
 
 
 @requires_triton
@@ -234,7 +238,9 @@ def test_auto_is_the_reference_for_cpu_tensors(monkeypatch):
 def test_triton_is_used_when_asked():
     assert resolve(CAUSAL_CONV1D, "triton", DEVICE) == "triton"
     x, weight, b = (t.detach() for t in inputs())
-    assert torch.equal(causal_conv1d(x, weight, b, backend="triton"), torch.ops.phaselm.causal_conv1d_fwd(x, weight, b, True))
+    assert torch.equal(
+        causal_conv1d(x, weight, b, backend="triton"), torch.ops.phaselm.causal_conv1d_fwd(x, weight, b, True)
+    )
 
 
 def test_unknown_backend_and_bad_shapes_are_refused():

@@ -45,7 +45,10 @@ def test_unknown_section(tmp_path, raises_phaselm):
         ("[train]\nsteps = 'ten'\n", r"train.steps = 'ten' has the wrong type; it needs int"),
         ("[train]\nsteps = 1.5\n", r"train.steps = 1.5 has the wrong type"),
         ("[drift]\nenabled = 1\n", r"drift.enabled = 1 has the wrong type; it needs bool"),
-        ("[core]\nmode = 'sequential'\n", r"core.mode = 'sequential' has the wrong type; it needs 'token' or 'recurrent'"),
+        (
+            "[core]\nmode = 'sequential'\n",
+            r"core.mode = 'sequential' has the wrong type; it needs 'token' or 'recurrent'",
+        ),
         ("core = 3\n", r"\[core\] must be a table"),
     ],
 )
@@ -76,7 +79,9 @@ def test_dump_then_load_round_trips(tmp_path):
 
 def test_overrides_win_and_parse_as_toml_values(tmp_path):
     path = write(tmp_path, "[train]\nsteps = 10\n")
-    overrides = dict(parse_override(s) for s in ["train.steps=3", "core.mode=recurrent", "train.lr=0.5", "drift.enabled=false"])
+    overrides = dict(
+        parse_override(s) for s in ["train.steps=3", "core.mode=recurrent", "train.lr=0.5", "drift.enabled=false"]
+    )
     recipe = load_recipe(PhaseMambaRecipe, path, overrides)
     assert (recipe.train.steps, recipe.core.mode, recipe.train.lr, recipe.drift.enabled) == (3, "recurrent", 0.5, False)
 

@@ -45,13 +45,15 @@ def test_auto_on_cpu_keeps_transformers_path(tiny_model):
 def test_logits_and_every_gradient_equal_transformers(tiny_model, ids, backend):
     reference, fast = tiny_model("mamba"), tiny_model("mamba")
     handle = fast_mamba(fast, backend)
-    assert handle.path == f"phaselm-{backend}" and len(handle.modules) == 8 and scan_path(fast) == handle.path  # 4 mixers, 4 blocks
+    assert (
+        handle.path == f"phaselm-{backend}" and len(handle.modules) == 8 and scan_path(fast) == handle.path
+    )  # 4 mixers, 4 blocks
     for model in (reference, fast):
         model.train()
         model(input_ids=ids, labels=ids).loss.backward()
     torch.testing.assert_close(fast(input_ids=ids).logits, reference(input_ids=ids).logits, rtol=1e-4, atol=1e-5)
     for (name, p_ref), (_, p_fast) in zip(reference.named_parameters(), fast.named_parameters()):
-        torch.testing.assert_close(p_fast.grad, p_ref.grad, rtol=1e-3, atol=1e-5, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(p_fast.grad, p_ref.grad, rtol=1e-3, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -63,7 +65,10 @@ def test_left_padding_mask_matches_transformers(tiny_model, backend):
     mask[0, :4] = 0
     with torch.no_grad():
         torch.testing.assert_close(
-            fast(input_ids=ids, attention_mask=mask).logits, reference(input_ids=ids, attention_mask=mask).logits, rtol=1e-4, atol=1e-5
+            fast(input_ids=ids, attention_mask=mask).logits,
+            reference(input_ids=ids, attention_mask=mask).logits,
+            rtol=1e-4,
+            atol=1e-5,
         )
 
 
@@ -82,7 +87,9 @@ def test_cached_generation_equals_transformers_and_full_forward(tiny_model, ids,
     decoder = StepDecoder(fast, ids, graph=False)
     torch.testing.assert_close(decoder.first_logits, full[:, ids.shape[1] - 1].float(), rtol=1e-4, atol=1e-5)
     for i in range(3):
-        torch.testing.assert_close(decoder.step(tokens[:, i : i + 1]), full[:, ids.shape[1] + i].float(), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            decoder.step(tokens[:, i : i + 1]), full[:, ids.shape[1] + i].float(), rtol=1e-4, atol=1e-5
+        )
 
 
 @pytest.mark.parametrize("mode", ["token", "recurrent"])
@@ -129,7 +136,7 @@ def test_mamba2_logits_gradients_and_generation_equal_transformers(ids, backend)
     with torch.no_grad():
         torch.testing.assert_close(fast(input_ids=ids).logits, reference(input_ids=ids).logits, rtol=1e-4, atol=1e-5)
     for (name, p_ref), (_, p_fast) in zip(reference.named_parameters(), fast.named_parameters()):
-        torch.testing.assert_close(p_fast.grad, p_ref.grad, rtol=1e-3, atol=1e-5, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(p_fast.grad, p_ref.grad, rtol=1e-3, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
     kwargs = dict(max_new_tokens=5, do_sample=False, pad_token_id=0)
     assert torch.equal(fast.generate(ids, **kwargs), reference.generate(ids, **kwargs))
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from cli_helpers import TINY_MODEL, TINY_TRAIN, set_args, train_tiny
+from cli_helpers import run_cli as cli
 from phaselm.config import load_recipe
 from phaselm.experiments.language_model import LMRecipe
 from phaselm.models.fusion import FUSIONS, GATE_INITS, FusionConfig, FusionForCausalLM
-from cli_helpers import TINY_MODEL, TINY_TRAIN, set_args, train_tiny
-from cli_helpers import run_cli as cli
 
 TINY = dict(
     vocab_size=40, hidden_size=32, n_layers=2, rwkv_head_dim=16, rwkv_mix_rank=4, rwkv_decay_rank=8,
@@ -60,7 +60,9 @@ def test_branch_outputs_gates_states_and_hidden_states(variant):
         r0, m0 = out.rwkv_outputs[0], out.mamba_outputs[0]
         a, b = fusion_parts.parts(r0, m0)
         bias = getattr(getattr(fusion_parts, "proj", None), "bias", None)
-        torch.testing.assert_close(a + b + (bias if bias is not None else 0), fusion_parts(r0, m0)[0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            a + b + (bias if bias is not None else 0), fusion_parts(r0, m0)[0], rtol=1e-5, atol=1e-6
+        )
     for layer in range(2):
         r, m, gate, states = out.rwkv_outputs[layer], out.mamba_outputs[layer], out.gates[layer], out.states[layer]
         assert (r is not None) == (mixer != "mamba2") and (m is not None) == (mixer != "rwkv6")
@@ -150,7 +152,12 @@ def test_recipe_shapes_hit_the_seed_sizes():
     """Char-level (65 symbols): GF-MH ~5.6M, pure RWKV-6 / Mamba-2 ~5M, GPT-2 ~6.8M (seed 004)."""
     from phaselm.experiments.language_model import build_lm
 
-    targets = {"fusion-gf-mh.toml": 5.6e6, "rwkv6.toml": 5.0e6, "mamba2.toml": 5.0e6, "gpt2-fusion-baseline.toml": 6.8e6}
+    targets = {
+        "fusion-gf-mh.toml": 5.6e6,
+        "rwkv6.toml": 5.0e6,
+        "mamba2.toml": 5.0e6,
+        "gpt2-fusion-baseline.toml": 6.8e6,
+    }
     for name, target in targets.items():
         with torch.device("meta"):
             model = build_lm(load_recipe(LMRecipe, RECIPES / name), 65)
@@ -175,13 +182,36 @@ def test_recipe_bad_fusion(tmp_path, capsys):
 # ---------------------------------------------------------------- diagnostics
 
 TINY_DIAG = dict(
-    windows=4, short=8, long=32, positions=(8, 16, 32), frozen_inputs=4, gradient_windows=2, ucw_lengths=(8, 16, 32, 64),
-    sps_turns=(1, 2), turn_tokens=8, fact_tokens=4, sps_samples=4, decode_tokens=4, segment=16,
+    windows=4,
+    short=8,
+    long=32,
+    positions=(8, 16, 32),
+    frozen_inputs=4,
+    gradient_windows=2,
+    ucw_lengths=(8, 16, 32, 64),
+    sps_turns=(1, 2),
+    turn_tokens=8,
+    fact_tokens=4,
+    sps_samples=4,
+    decode_tokens=4,
+    segment=16,
 )
-CHECKS = ["D1_state_growth", "D2_frozen_state", "D3_balance", "D4_information_flow", "long_context", "state_norm_ratio", "output_entropy"]
+CHECKS = [
+    "D1_state_growth",
+    "D2_frozen_state",
+    "D3_balance",
+    "D4_information_flow",
+    "long_context",
+    "state_norm_ratio",
+    "output_entropy",
+]
 
 
-@pytest.mark.parametrize("variant", [dict(mixer="hybrid", fusion="GF"), dict(mixer="hybrid", fusion="RF"), dict(mixer="mamba2")], ids=["GF", "RF", "mamba2"])
+@pytest.mark.parametrize(
+    "variant",
+    [dict(mixer="hybrid", fusion="GF"), dict(mixer="hybrid", fusion="RF"), dict(mixer="mamba2")],
+    ids=["GF", "RF", "mamba2"],
+)
 def test_diagnostics_produce_every_field_with_thresholds(variant):
     from phaselm.diagnostics import DiagnosticsConfig, diagnose
 
@@ -199,7 +229,10 @@ def test_diagnostics_produce_every_field_with_thresholds(variant):
     norms = result["state_norms"]
     assert norms["positions"] == [8, 16, 32]
     assert ("rwkv" in norms) == hybrid and len(norms["mamba"]) == 2 and all(len(layer) == 3 for layer in norms["mamba"])
-    assert len(result["depth"]["residual_variance"]) == 3 and result["depth"]["mamba"]["character"] in ("amplifier", "damper")
+    assert len(result["depth"]["residual_variance"]) == 3 and result["depth"]["mamba"]["character"] in (
+        "amplifier",
+        "damper",
+    )
     assert result["gradients"]["norms"]["mamba"] > 0
     assert set(result["ablation"]) >= {"ce", "ce_without_mamba", "delta_mamba"}
     if hybrid:
@@ -222,13 +255,17 @@ def test_diagnose_run_directory_with_gate_history(tmp_path, capsys):
     from phaselm.diagnostics import DiagnosticsConfig, run_diagnostics
 
     sets = set_args(TINY_TRAIN + TINY_MODEL["fusion"] + ["train.checkpoint_every=1", "train.steps=2"])
-    code, _, err = cli(capsys, "train-lm", str(RECIPES / "fusion-gf-mh.toml"), "--out", str(tmp_path / "run"), "--json", *sets)
+    code, _, err = cli(
+        capsys, "train-lm", str(RECIPES / "fusion-gf-mh.toml"), "--out", str(tmp_path / "run"), "--json", *sets
+    )
     assert code == 0, err
     result = run_diagnostics(tmp_path / "run", cfg=DiagnosticsConfig(**TINY_DIAG), device="cpu")
     written = json.loads((tmp_path / "run" / "diagnostics" / "diagnostics.json").read_text())
     assert written["checks"].keys() == result["checks"].keys()
     assert [h["step"] for h in written["gate_history"]] == [1, 2] and len(written["gate_history"][0]["gates"]) == 1
-    assert [g["step"] for g in written["gate_training_log"]] == [1, 2] and len(written["gate_training_log"][0]["gate_rwkv_share"]) == 1
+    assert [g["step"] for g in written["gate_training_log"]] == [1, 2] and len(
+        written["gate_training_log"][0]["gate_rwkv_share"]
+    ) == 1
     for name in ("diag_state_norms.png", "diag_depth.png", "diag_position_loss.png", "diag_gates.png"):
         assert (tmp_path / "run" / "diagnostics" / "plots" / name).is_file()
     before = (tmp_path / "run" / "diagnostics" / "diagnostics.json").read_bytes()
@@ -241,7 +278,9 @@ def test_diagnostics_refuse_a_model_without_branches(tmp_path, capsys, raises_ph
     from phaselm.diagnostics import diagnose, run_diagnostics
 
     sets = set_args(TINY_TRAIN + TINY_MODEL["gpt2"])
-    code, _, err = cli(capsys, "train-lm", str(RECIPES / "gpt2-fusion-baseline.toml"), "--out", str(tmp_path / "gpt"), "--json", *sets)
+    code, _, err = cli(
+        capsys, "train-lm", str(RECIPES / "gpt2-fusion-baseline.toml"), "--out", str(tmp_path / "gpt"), "--json", *sets
+    )
     assert code == 0, err
     with raises_phaselm(r"holds a 'gpt2' model, which has no RWKV-6 / Mamba-2 branches"):
         run_diagnostics(tmp_path / "gpt")
@@ -257,12 +296,26 @@ def test_diagnostics_refuse_a_model_without_branches(tmp_path, capsys, raises_ph
 def test_bench_measures_every_model_against_the_baseline():
     from phaselm.bench import BenchConfig, bench, table
 
-    overrides = {"fusion.hidden_size": 32, "fusion.n_layers": 1, "fusion.rwkv_head_dim": 16, "fusion.mamba_head_dim": 16,
-                 "gpt.n_embd": 32, "gpt.n_layer": 1, "gpt.n_head": 2, "gpt.n_positions": 64}
+    overrides = {
+        "fusion.hidden_size": 32,
+        "fusion.n_layers": 1,
+        "fusion.rwkv_head_dim": 16,
+        "fusion.mamba_head_dim": 16,
+        "gpt.n_embd": 32,
+        "gpt.n_layer": 1,
+        "gpt.n_head": 2,
+        "gpt.n_positions": 64,
+    }
     # aot_eager: the compiled path (dynamo + autograd tracing) without a C++ toolchain's wait.
     cfg = BenchConfig(batches=(1, 2), seq_len=16, steps=1, warmup=1, decode_contexts=(8, 70), decode_tokens=2,
                       compile_batches=(2,), compile_backend="aot_eager")
-    result = bench([RECIPES / "fusion-gf-mh.toml", RECIPES / "mamba2.toml"], RECIPES / "gpt2-fusion-baseline.toml", cfg, "cpu", overrides)
+    result = bench(
+        [RECIPES / "fusion-gf-mh.toml", RECIPES / "mamba2.toml"],
+        RECIPES / "gpt2-fusion-baseline.toml",
+        cfg,
+        "cpu",
+        overrides,
+    )
     assert result["baseline"]["arch"] == "gpt2" and [m["arch"] for m in result["models"]] == ["fusion", "fusion"]
     for m in result["models"]:
         assert set(m["train_step_ratio"]) == {"1", "2"} and all(v > 0 for v in m["infer_speed_ratio"].values())
@@ -282,7 +335,10 @@ def test_bench_command_writes_json_and_table_and_refuses_bad_input(tmp_path, cap
     args += [x for item in sets for x in ("--set", item)]
     code, out, err = cli(capsys, *args)
     assert code == 0, err
-    assert "| mamba2 | 1 |" in out and json.loads((tmp_path / "b" / "bench.json").read_text())["models"][0]["arch"] == "fusion"
+    assert (
+        "| mamba2 | 1 |" in out
+        and json.loads((tmp_path / "b" / "bench.json").read_text())["models"][0]["arch"] == "fusion"
+    )
     code, _, err = cli(capsys, *args)  # the same --out again
     assert code == 2 and "already holds a bench result" in err and err.count("\n") == 1
     for bad in (["--batches", "0"], ["--contexts", "a"]):
@@ -294,7 +350,11 @@ def test_bench_command_writes_json_and_table_and_refuses_bad_input(tmp_path, cap
 
 def test_scan_setting_reaches_both_branches():
     """"auto" is the chunked PyTorch path in both mixers; "kernels" opts into fla and our fused SSD."""
-    for scan, rwkv_backend, ssd_backend in (("auto", "auto", "auto"), ("kernels", "fla", "fused"), ("reference", "reference", "reference")):
+    for scan, rwkv_backend, ssd_backend in (
+        ("auto", "auto", "auto"),
+        ("kernels", "fla", "fused"),
+        ("reference", "reference", "reference"),
+    ):
         block = tiny(scan=scan).blocks[0]
         assert (block.rwkv.backend, block.mamba.scan) == (rwkv_backend, ssd_backend)
     with pytest.raises(Exception, match="scan must be one of auto, kernels, chunked, reference"):

@@ -1,4 +1,4 @@
-"""Grafting a Phase Core onto tiny Hugging Face models (SPEC §2, §5.1–5.3).
+"""Grafting a Phase Core onto tiny Hugging Face models: causal, stateless, modulating in inference too.
 
 All models are tiny, randomly initialised and built from configs in conftest.py.
 """
@@ -17,7 +17,9 @@ from phaselm.phase_core import PhaseCore, PhaseCoreConfig
 # RWKV runs with batch 1 only: in transformers 5.23 its one-token cached step broadcasts the
 # time-shift state (B, D) against the hidden state (B, 1, D) into (B, B, D) when B > 1
 # (RwkvSelfAttention.extract_key_value), an upstream bug unrelated to the graft.
-GENERATION_CASES = [(f, m, 2) for f in ("mamba", "gpt2", "llama") for m in ("token", "recurrent")] + [("rwkv", "token", 1)]
+GENERATION_CASES = [(f, m, 2) for f in ("mamba", "gpt2", "llama") for m in ("token", "recurrent")] + [
+    ("rwkv", "token", 1)
+]
 
 
 def nontrivial_core(mode="token", modulation="order", n_oscillators=8, seed=1) -> PhaseCore:
@@ -142,10 +144,14 @@ def test_grafted_model_is_causal_and_samples_are_independent(family, mode, modul
         assert not torch.allclose(base, plain, atol=1e-4), "the core must change the logits for this test to bite"
         for t in (0, 4, 7):
             changed = ids.clone()
-            changed[:, t + 1 :] = (changed[:, t + 1 :] + 1 + torch.randint(0, VOCAB - 3, changed[:, t + 1 :].shape)) % VOCAB
+            changed[:, t + 1 :] = (
+                changed[:, t + 1 :] + 1 + torch.randint(0, VOCAB - 3, changed[:, t + 1 :].shape)
+            ) % VOCAB
             out = logits_of(model, changed)
             torch.testing.assert_close(out[:, : t + 1], base[:, : t + 1], atol=1e-6, rtol=0)
-            torch.testing.assert_close(handle.last.order[:, : t + 1], _order(model, handle, ids)[:, : t + 1], atol=1e-6, rtol=0)
+            torch.testing.assert_close(
+                handle.last.order[:, : t + 1], _order(model, handle, ids)[:, : t + 1], atol=1e-6, rtol=0
+            )
             assert not torch.allclose(out[:, t + 1 :], base[:, t + 1 :], atol=1e-4)
         changed = ids.clone()
         changed[1] = (changed[1] + 7) % VOCAB
@@ -315,7 +321,7 @@ def test_recurrent_states_follow_their_own_cache(family, tiny_model):
 
 
 def test_recording_does_not_change_generation(tiny_model):
-    """Measurement must not change the computation (SPEC §2 observation protocol)."""
+    """Measurement must not change the computation (the observation protocol: measuring only reads)."""
     model = tiny_model("gpt2")
     handle = graft(model, nontrivial_core("recurrent"))
     ids = torch.randint(2, VOCAB, (2, 5))

@@ -4,6 +4,7 @@ should and nothing else, composes, restores after exceptions, and a no-op is bit
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import string
@@ -83,7 +84,7 @@ def test_arc_order_is_monotone_in_the_spacing():
     steps = [i * (2 * math.pi / n) / 200 for i in range(201)]
     values = [arc_order(n, s) for s in steps]
     assert values[0] == 1.0 and values[-1] == pytest.approx(0.0, abs=1e-12)
-    assert all(a > b for a, b in zip(values, values[1:]))
+    assert all(a > b for a, b in itertools.pairwise(values))
     assert arc_step(n, 1.0) == 0.0 and arc_step(n, 0.0) == pytest.approx(2 * math.pi / n)
 
 
@@ -141,10 +142,9 @@ def test_restored_after_exit_and_after_an_exception(model, ids):
     with intervene(model, Intervention("sync")):
         pass
     assert torch.equal(forward(model, ids).logits, base.logits)
-    with pytest.raises(RuntimeError, match="boom"):
-        with intervene(model, Intervention("disorder", layers=[0, 1])):
-            assert all(len(site.phase_transforms) == 1 for site in phase_sites(model))
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), intervene(model, Intervention("disorder", layers=[0, 1])):
+        assert all(len(site.phase_transforms) == 1 for site in phase_sites(model))
+        raise RuntimeError("boom")
     assert all(site.phase_transforms == [] for site in phase_sites(model))
     assert torch.equal(forward(model, ids).logits, base.logits)
 
@@ -153,7 +153,9 @@ def test_interventions_compose_in_order(model, ids):
     base = forward(model, ids)
     with intervene(model, Intervention("pin", 0.3, layers=[0])):
         with intervene(model, Intervention("sync", layers=[0])):
-            assert torch.allclose(forward(model, ids).orders[:, 0], torch.ones(3, 12), atol=1e-5)  # the inner one acts last
+            assert torch.allclose(
+                forward(model, ids).orders[:, 0], torch.ones(3, 12), atol=1e-5
+            )  # the inner one acts last
         assert torch.allclose(forward(model, ids).orders[:, 0], torch.full((3, 12), 0.3), atol=1e-5)
         with intervene(model, Intervention("sync", layers=[1])):  # different layers: both act
             both = forward(model, ids)
@@ -206,7 +208,10 @@ def test_bad_interventions_are_one_line_errors(raises_phaselm, make, match):
         make()
 
 
-@pytest.mark.parametrize("layers, match", [([2], "layer 2 is out of range: this model has 2 oscillator layers"), ([-1], "layer -1 is out of range")])
+@pytest.mark.parametrize(
+    "layers, match",
+    [([2], "layer 2 is out of range: this model has 2 oscillator layers"), ([-1], "layer -1 is out of range")],
+)
 def test_layer_out_of_range_registers_nothing(model, raises_phaselm, layers, match):
     with raises_phaselm(match):
         with intervene(model, Intervention("sync", layers=[0]), Intervention("sync", layers=layers)):
@@ -215,9 +220,8 @@ def test_layer_out_of_range_registers_nothing(model, raises_phaselm, layers, mat
 
 
 def test_models_without_oscillators_are_refused(tiny_model, raises_phaselm):
-    with raises_phaselm("needs a model with oscillators"):
-        with intervene(tiny_model("gpt2"), Intervention("sync")):
-            pass
+    with raises_phaselm("needs a model with oscillators"), intervene(tiny_model("gpt2"), Intervention("sync")):
+        pass
 
 
 def test_parse():
@@ -237,17 +241,14 @@ def test_override_clamp_bounds_u_and_restores(model, ids, raises_phaselm):
         clamped = forward(model, ids)
     assert info["u_min"] == 0.9 and clamped.u.min() >= 0.9 - 1e-6 and clamped.u.max() <= 1.1 + 1e-6
     assert (clamped.u == torch.tensor(0.9)).any() or (clamped.u == torch.tensor(1.1)).any()
-    with pytest.raises(KeyError):
-        with override_clamp(model, 0.5, 2.0):
-            raise KeyError("x")
+    with pytest.raises(KeyError), override_clamp(model, 0.5, 2.0):
+        raise KeyError("x")
     assert all((b.cfg.u_min, b.cfg.u_max, b.cfg.bistable) == (0.1, 10.0, True) for b in phase_sites(model))
     assert torch.equal(forward(model, ids).logits, base.logits)
-    with raises_phaselm("u_min < u_max"):
-        with override_clamp(model, 2.0, 1.0):
-            pass
-    with raises_phaselm("need 0 < u_min"):
-        with override_clamp(model, 0.0, 1.0):
-            pass
+    with raises_phaselm("u_min < u_max"), override_clamp(model, 2.0, 1.0):
+        pass
+    with raises_phaselm("need 0 < u_min"), override_clamp(model, 0.0, 1.0):
+        pass
 
 
 def test_override_clamp_on_a_monostable_model_switches_the_clamp_on(ids):
@@ -280,7 +281,9 @@ def fusion(**overrides) -> FusionForCausalLM:
 def assert_clean(model):
     """Nothing of an intervention is left: no hooks, no transforms, configs and scales restored."""
     for module in model.modules():
-        assert not module._forward_hooks or all(getattr(h, "__self__", None) is not None for h in module._forward_hooks.values())
+        assert not module._forward_hooks or all(
+            getattr(h, "__self__", None) is not None for h in module._forward_hooks.values()
+        )
         assert "_phaselm_output_transforms" not in module.__dict__
         assert getattr(module, "phase_transforms", []) == [] and getattr(module, "coupling_transforms", []) == []
 
@@ -321,15 +324,25 @@ def test_every_kind_changes_its_layer_and_leaves_earlier_layers_alone(model, ids
     assert torch.equal(forward(model, ids).logits, base.logits)
 
 
-@pytest.mark.parametrize("item", [
-    Intervention("k_scale", 1.0), Intervention("oscillators", 8), Intervention("mean_output", layers=[]),
-    Intervention("noise_output", layers=[]), Intervention("ablate", "bank", layers=[]), Intervention("unclamp", layers=[]),
-], ids=lambda i: f"{i.spec}@{i.layers}")
+@pytest.mark.parametrize(
+    "item",
+    [
+        Intervention("k_scale", 1.0),
+        Intervention("oscillators", 8),
+        Intervention("mean_output", layers=[]),
+        Intervention("noise_output", layers=[]),
+        Intervention("ablate", "bank", layers=[]),
+        Intervention("unclamp", layers=[]),
+    ],
+    ids=lambda i: f"{i.spec}@{i.layers}",
+)
 def test_noops_of_the_new_kinds_are_bit_exact(model, ids, item):
     base = forward(model, ids)
     with intervene(model, item, calibration=ids):
         same = forward(model, ids)
-    assert torch.equal(same.logits, base.logits) and torch.equal(same.orders, base.orders) and torch.equal(same.u, base.u)
+    assert (
+        torch.equal(same.logits, base.logits) and torch.equal(same.orders, base.orders) and torch.equal(same.u, base.u)
+    )
 
 
 def test_k_scale_scales_the_coupling_step_exactly(ids):
@@ -406,9 +419,8 @@ def test_noise_output_has_the_calibration_moments_and_is_seeded(model, ids):
 
 
 def test_output_kinds_need_calibration(model, raises_phaselm):
-    with raises_phaselm("needs calibration text"):
-        with intervene(model, Intervention("mean_output")):
-            pass
+    with raises_phaselm("needs calibration text"), intervene(model, Intervention("mean_output")):
+        pass
 
 
 def test_unclamp_equals_the_monostable_map(ids):
@@ -451,10 +463,9 @@ def test_branch_names_are_checked_against_the_model(model, raises_phaselm):
 ])
 def test_new_kinds_restore_after_an_exception(model, ids, make):
     base = forward(model, ids)
-    with pytest.raises(RuntimeError, match="boom"):
-        with intervene(model, *make(), calibration=ids):
-            assert not torch.equal(forward(model, ids).logits, base.logits)
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), intervene(model, *make(), calibration=ids):
+        assert not torch.equal(forward(model, ids).logits, base.logits)
+        raise RuntimeError("boom")
     assert_clean(model)
     assert all((b.cfg.bistable, b.cfg.u_min, b.cfg.u_max) == (True, 0.1, 10.0) for b in phase_sites(model))
     assert torch.equal(forward(model, ids).logits, base.logits)
@@ -462,7 +473,13 @@ def test_new_kinds_restore_after_an_exception(model, ids, make):
 
 def test_a_bad_later_intervention_installs_nothing(model, ids, raises_phaselm):
     with raises_phaselm("has no branch 'rwkv'"):
-        with intervene(model, Intervention("k_scale", 2.0), Intervention("mean_output"), Intervention("ablate", "rwkv"), calibration=ids):
+        with intervene(
+            model,
+            Intervention("k_scale", 2.0),
+            Intervention("mean_output"),
+            Intervention("ablate", "rwkv"),
+            calibration=ids,
+        ):
             pass
     assert_clean(model)
 
@@ -470,7 +487,11 @@ def test_a_bad_later_intervention_installs_nothing(model, ids, raises_phaselm):
 def test_new_kinds_act_in_cached_generation(model, ids):
     from phaselm.evals import sample
 
-    for item in (Intervention("k_scale", 0.0, layers=[1]), Intervention("mean_output", layers=[1]), Intervention("ablate", "bank", layers=[1])):
+    for item in (
+        Intervention("k_scale", 0.0, layers=[1]),
+        Intervention("mean_output", layers=[1]),
+        Intervention("ablate", "bank", layers=[1]),
+    ):
         with intervene(model, item, calibration=ids):
             new, _ = sample(model, ids, 6, temperature=0)
             full = forward(model, torch.cat([ids, new], 1))
@@ -478,8 +499,14 @@ def test_new_kinds_act_in_cached_generation(model, ids):
 
 
 def test_records_of_the_new_kinds(model, ids):
-    with intervene(model, Intervention("k_scale", 0.5, layers=[1]), Intervention("ablate", "bank"), Intervention("oscillators", 2),
-                   Intervention("mean_output", layers=[0]), calibration=ids) as applied:
+    with intervene(
+        model,
+        Intervention("k_scale", 0.5, layers=[1]),
+        Intervention("ablate", "bank"),
+        Intervention("oscillators", 2),
+        Intervention("mean_output", layers=[0]),
+        calibration=ids,
+    ) as applied:
         pass
     records = json.loads(json.dumps(applied.to_json()))
     assert records[0] == {"kind": "k_scale", "value": 0.5, "layers": [1]}
@@ -512,9 +539,22 @@ def test_parse_the_new_kinds(raises_phaselm):
     assert Intervention.parse("mean_output").value is None
     assert Intervention.parse("pin=0.3").spec == "pin=0.3" and Intervention("ablate", "rwkv").spec == "ablate=rwkv"
     assert Intervention("k_scale", 2).label == "k_scale ×2 @ layers all"
-    assert set(KINDS) >= {"sync", "disorder", "pin", "oscillators", "k_scale", "mean_output", "noise_output", "unclamp", "ablate"}
+    assert set(KINDS) >= {
+        "sync",
+        "disorder",
+        "pin",
+        "oscillators",
+        "k_scale",
+        "mean_output",
+        "noise_output",
+        "unclamp",
+        "ablate",
+    }
     for make, match in [
-        (lambda: Intervention.parse("k_scal=2"), "unknown intervention kind 'k_scal'; choose one of sync, disorder, pin, .*did you mean k_scale\\?"),
+        (
+            lambda: Intervention.parse("k_scal=2"),
+            "unknown intervention kind 'k_scal'; choose one of sync, disorder, pin, .*did you mean k_scale\\?",
+        ),
         (lambda: Intervention("k_scale", -1), "finite factor ≥ 0"),
         (lambda: Intervention("k_scale"), "needs a value: the factor on K"),
         (lambda: Intervention("oscillators", 2.5), "whole number"),
@@ -607,7 +647,9 @@ def test_graft_structure_and_pin(grafted):
     assert [(s.layer, s.kind) for s in info.sites] == [(0, "core")] and list(info.branches) == ["phase_core"]
     x = hf_ids()
     inputs = []  # what reaches the grafted layer: everything before the core
-    pre = model.backbone.layers[1].register_forward_pre_hook(lambda m, a, kw: inputs.append(a[0].clone()), with_kwargs=True)
+    pre = model.backbone.layers[1].register_forward_pre_hook(
+        lambda m, a, kw: inputs.append(a[0].clone()), with_kwargs=True
+    )
     with torch.no_grad():
         base = model(x)
         with intervene(model, Intervention("pin", 0.3)) as applied:
@@ -682,8 +724,13 @@ def test_graft_interventions_in_generation_and_after_exceptions(grafted):
     with torch.no_grad():
         base = model(x).logits
     with pytest.raises(KeyError):
-        with intervene(model, Intervention("k_scale", 3.0), Intervention("noise_output"), Intervention("ablate", "phase_core"),
-                       calibration=x):
+        with intervene(
+            model,
+            Intervention("k_scale", 3.0),
+            Intervention("noise_output"),
+            Intervention("ablate", "phase_core"),
+            calibration=x,
+        ):
             raise KeyError("x")
     assert handle.enabled and float(handle.core.coupling_scale) == 1.0
     assert_clean(model)
@@ -696,9 +743,8 @@ def test_graft_refuses_what_it_lacks(grafted, raises_phaselm):
     with raises_phaselm(r"this mamba \(grafted Phase Core\) model has no branch 'mixer'; its branches are: phase_core"):
         with intervene(model, Intervention("ablate", "mixer")):
             pass
-    with raises_phaselm("'unclamp' needs K-SSM banks"):
-        with intervene(model, Intervention("unclamp")):
-            pass
+    with raises_phaselm("'unclamp' needs K-SSM banks"), intervene(model, Intervention("unclamp")):
+        pass
     with raises_phaselm("layer 1 is out of range: this model has 1 oscillator layers"):
         with intervene(model, Intervention("sync", layers=[1])):
             pass

@@ -166,7 +166,9 @@ def test_recurrent_kernel_matches_reference(
 
     fast = float32_leaves(*leaves)
     mask = None if mask is None else mask.to(DEVICE)
-    got, got_final = ops.kuramoto_recurrent(*fast[:3], DT, steps, mask, fast[3] if with_initial else None, backend="triton")
+    got, got_final = ops.kuramoto_recurrent(
+        *fast[:3], DT, steps, mask, fast[3] if with_initial else None, backend="triton"
+    )
     loss = (got * weights.float().to(DEVICE)).sum() + (got_final * final_weights.float().to(DEVICE)).sum()
     grads = torch.autograd.grad(loss, fast)
 

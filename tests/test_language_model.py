@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from cli_helpers import run_cli as cli
+from cli_helpers import train_tiny
 from phaselm.config import load_recipe, tomllib
 from phaselm.experiments.language_model import LMRecipe
-from cli_helpers import train_tiny
-from cli_helpers import run_cli as cli
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 LM_RECIPES = ["kssm-v3.toml", "kssm-v3-monostable.toml", "kssm-v3-nomixer.toml", "gpt-baseline.toml"]

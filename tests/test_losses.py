@@ -1,4 +1,4 @@
-"""The Phase-Mamba objective, term by term, against float64 hand computations (SPEC §2)."""
+"""The Phase-Mamba objective, term by term, against float64 hand computations."""
 
 from __future__ import annotations
 

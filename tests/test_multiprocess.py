@@ -34,8 +34,18 @@ def test_two_processes_train_and_only_the_first_writes(tmp_path):
     torchrun = TORCHRUN
     overrides = ["train.steps=4", "train.batch_size=2", "train.seq_len=16", "train.eval_batches=1", "train.log_every=1",
                  "gpt.n_embd=32", "gpt.n_layer=1", "gpt.n_head=2"]
-    args = [torchrun, "--nproc_per_node", "2", "-m", "phaselm.cli", "train-lm", str(RECIPES / "gpt2-fusion-baseline.toml"),
-            "--out", str(tmp_path / "run"), "--json"] + [x for o in overrides for x in ("--set", o)]
+    args = [
+        torchrun,
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "phaselm.cli",
+        "train-lm",
+        str(RECIPES / "gpt2-fusion-baseline.toml"),
+        "--out",
+        str(tmp_path / "run"),
+        "--json",
+    ] + [x for o in overrides for x in ("--set", o)]
     out = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     summary = json.loads(out.stdout)  # printed once, by the first process
@@ -48,9 +58,21 @@ def test_two_processes_train_and_only_the_first_writes(tmp_path):
 # --------------------------------------------------------------------------------------------
 # FSDP: a tiny K-SSM (tied embeddings, a 0-d parameter) on two processes, against DDP
 
-TINY_KSSM = ["train.steps=4", "train.batch_size=2", "train.seq_len=16", "train.eval_batches=1", "train.log_every=1",
-             "train.checkpoint_every=2", "train.eval_every=0", "kssm.hidden_size=32", "kssm.n_layers=1", "kssm.head_dim=16",
-             "kssm.n_oscillators=8", "kssm.n_harmonics=4", "kssm.dropout=0.0"]
+TINY_KSSM = [
+    "train.steps=4",
+    "train.batch_size=2",
+    "train.seq_len=16",
+    "train.eval_batches=1",
+    "train.log_every=1",
+    "train.checkpoint_every=2",
+    "train.eval_every=0",
+    "kssm.hidden_size=32",
+    "kssm.n_layers=1",
+    "kssm.head_dim=16",
+    "kssm.n_oscillators=8",
+    "kssm.n_harmonics=4",
+    "kssm.dropout=0.0",
+]
 
 
 def train_kssm(run: Path, *overrides: str, nproc: int = 2, resume: bool = False) -> subprocess.CompletedProcess:
@@ -167,6 +189,8 @@ def test_fsdp_on_one_process_trains_unsharded_and_says_so(tmp_path, tiny_model, 
     ids = torch.randint(0, 32, (400,), generator=torch.Generator().manual_seed(0))
     cfg = TrainConfig(steps=2, batch_size=2, seq_len=8, warmup_steps=1, log_every=1, eval_batches=1, distributed="fsdp")
     with caplog.at_level(logging.INFO, logger="phaselm"):
-        train(LanguageModelObjective(tiny_model("gpt2")), ids[:300], ids[300:], cfg, tmp_path / "run", "", progress=False)
+        train(
+            LanguageModelObjective(tiny_model("gpt2")), ids[:300], ids[300:], cfg, tmp_path / "run", "", progress=False
+        )
     assert sum("nothing to shard" in r.getMessage() for r in caplog.records) == 1
     assert torch.isfinite(torch.tensor(train_losses(tmp_path / "run")[2]))

@@ -1,4 +1,4 @@
-"""Tones, uncertainty U, the Goldilocks zone and the drift controller (SPEC §2)."""
+"""Tones, uncertainty U, the Goldilocks zone and the drift controller."""
 
 from __future__ import annotations
 

@@ -17,11 +17,19 @@ VOCAB = 40
 
 
 def kssm():
-    return KSSMForCausalLM(KSSMConfig(vocab_size=VOCAB, hidden_size=32, n_layers=2, head_dim=16, n_oscillators=8, n_harmonics=4, dropout=0.0))
+    return KSSMForCausalLM(
+        KSSMConfig(
+            vocab_size=VOCAB, hidden_size=32, n_layers=2, head_dim=16, n_oscillators=8, n_harmonics=4, dropout=0.0
+        )
+    )
 
 
 def fusion(mixer="hybrid"):
-    return FusionForCausalLM(FusionConfig(vocab_size=VOCAB, hidden_size=32, n_layers=2, rwkv_head_dim=16, mamba_head_dim=16, mixer=mixer, dropout=0.0))
+    return FusionForCausalLM(
+        FusionConfig(
+            vocab_size=VOCAB, hidden_size=32, n_layers=2, rwkv_head_dim=16, mamba_head_dim=16, mixer=mixer, dropout=0.0
+        )
+    )
 
 
 MODELS = {"kssm": kssm, "fusion": fusion}
@@ -46,12 +54,24 @@ def test_batched_left_padded_generate_equals_one_prompt_at_a_time(name):
     kwargs = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
     batched = model.generate(ids, attention_mask=mask, **kwargs)[:, ids.shape[1] :]
     for i, p in enumerate(prompts):
-        alone = model.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long), **kwargs)[0, len(p) :]
+        alone = model.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long), **kwargs)[
+            0, len(p) :
+        ]
         assert torch.equal(batched[i], alone), (i, batched[i], alone)
 
 
 def test_padding_with_position_embeddings_is_refused(raises_phaselm):
-    model = KSSMForCausalLM(KSSMConfig(vocab_size=VOCAB, hidden_size=32, n_layers=1, head_dim=16, n_oscillators=8, n_harmonics=4, position_embedding=True))
+    model = KSSMForCausalLM(
+        KSSMConfig(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            n_layers=1,
+            head_dim=16,
+            n_oscillators=8,
+            n_harmonics=4,
+            position_embedding=True,
+        )
+    )
     ids, mask = left_padded([[1, 2, 3], [4]])
     with raises_phaselm("padding with position embeddings is not supported"):
         model(input_ids=ids, attention_mask=mask)

@@ -1,4 +1,5 @@
-"""The Phase Core: causality, statelessness, recurrent continuation, modulation (SPEC §2, §5.1–5.3)."""
+"""The Phase Core: causality (no averaging over the batch or the sequence), statelessness (no phase
+kept between calls), recurrent continuation, and modulation in inference as in training."""
 
 from __future__ import annotations
 
@@ -64,7 +65,9 @@ def test_token_mode_matches_float64_reference(scale):
     torch.testing.assert_close(out.phases.double(), phases, atol=1e-4, rtol=1e-5)
     order = torch.exp(1j * phases).mean(-1).abs()
     torch.testing.assert_close(out.order.double(), order, atol=1e-5, rtol=0)
-    torch.testing.assert_close(out.hidden.double(), hidden.double() * (1 + 0.5 * order.unsqueeze(-1)), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        out.hidden.double(), hidden.double() * (1 + 0.5 * order.unsqueeze(-1)), atol=1e-5, rtol=1e-5
+    )
     assert out.state is None
     assert out.order.dtype == torch.float32 and out.phases.dtype == torch.float32
     assert out.order.shape == (2, 5) and out.phases.shape == (2, 5, N) and out.hidden.shape == hidden.shape

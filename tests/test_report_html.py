@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from phaselm.reporting import discover_results, markdown_to_html, write_html_report, write_report
 from cli_helpers import run_cli as cli
+from phaselm.reporting import discover_results, markdown_to_html, write_html_report, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TONES = {"over-sync": 12, "balance": 30, "goldilocks": 40, "unbound-joy": 10, "silent-intimacy": 5, "unformed": 3}
@@ -23,7 +23,19 @@ TINY_TRAIN_LM = [
     "train.steps=3", "train.batch_size=2", "train.seq_len=16", "train.eval_batches=1", "train.log_every=1",
     "kssm.hidden_size=32", "kssm.n_layers=2", "kssm.head_dim=16", "kssm.n_oscillators=8", "kssm.n_harmonics=4",
 ]  # fmt: skip
-SECTIONS = ("run", "statistics", "plots", "tones", "drift", "results", "distributions", "samples", "config", "protocol", "software")
+SECTIONS = (
+    "run",
+    "statistics",
+    "plots",
+    "tones",
+    "drift",
+    "results",
+    "distributions",
+    "samples",
+    "config",
+    "protocol",
+    "software",
+)
 
 
 def train_record(step: int) -> dict:
@@ -83,7 +95,9 @@ def assert_self_contained(html: str) -> None:
 
 @pytest.fixture
 def full_run(tmp_path):
-    records = [train_record(s) for s in (10, 20, 30, 40)] + [{"step": 40, "split": "val", "val_ce": 2.9, "val_ppl": 18.2}]
+    records = [train_record(s) for s in (10, 20, 30, 40)] + [
+        {"step": 40, "split": "val", "val_ce": 2.9, "val_ppl": 18.2}
+    ]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     (tmp_path / "config.toml").write_text(CONFIG, encoding="utf-8")
     # An eval result as `phaselm eval` leaves it: NAME.json (with Markdown tables) + NAME.png.
@@ -108,8 +122,14 @@ def full_run(tmp_path):
 def test_every_section_and_self_contained(full_run):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no matplotlib glyph warnings either
-        path = write_html_report(full_run, "Full run", SUMMARY, commands=["phaselm train x.toml"], protocol_text=PROTOCOL,
-                                 results=[PROTOCOL_RESULT] + [r for _, r in discover_results(full_run)[0]])
+        path = write_html_report(
+            full_run,
+            "Full run",
+            SUMMARY,
+            commands=["phaselm train x.toml"],
+            protocol_text=PROTOCOL,
+            results=[PROTOCOL_RESULT] + [r for _, r in discover_results(full_run)[0]],
+        )
     assert path == full_run / "report.html"
     html = path.read_text(encoding="utf-8")
     assert html.startswith("<!DOCTYPE html>") and "<title>Full run</title>" in html
@@ -145,7 +165,11 @@ def test_every_section_and_self_contained(full_run):
         assert f"<td>{name}</td>" in software, name
     assert re.search(r"<td>git commit</td><td>([0-9a-f]{40}|not available)", software)
     provenance = json.loads((full_run / "provenance.json").read_text())
-    assert provenance["title"] == "Full run" and provenance["software"]["torch"] and provenance["commands"] == ["phaselm train x.toml"]
+    assert (
+        provenance["title"] == "Full run"
+        and provenance["software"]["torch"]
+        and provenance["commands"] == ["phaselm train x.toml"]
+    )
 
 
 def test_discovered_results_and_broken_files(full_run):
@@ -170,9 +194,10 @@ def test_write_report_writes_the_page_too(tmp_path):
 
 def test_markdown_tables():
     html = markdown_to_html("# Title\n\nSome text\n| a | b |\n|:--|--:|\n| `x \\| y` | 2 |\n")
-    assert html == "<h4>Title</h4>\n<p>Some text</p>\n<table><tr><th>a</th><th>b</th></tr><tr><td>x | y</td><td class=\"num\">2</td></tr></table>"
-
-
+    assert (
+        html
+        == '<h4>Title</h4>\n<p>Some text</p>\n<table><tr><th>a</th><th>b</th></tr><tr><td>x | y</td><td class="num">2</td></tr></table>'
+    )
 
 
 @pytest.mark.slow
@@ -183,8 +208,22 @@ def test_rebuild_tiny_train_lm_run(tmp_path, capsys):
     assert code == 0, err
     first = (run / "report.html").read_text(encoding="utf-8")
     assert "<h1>PhaseLM language model (kssm)</h1>" in first and "R–U scatter with the Goldilocks box" in first
-    code, _, err = cli(capsys, "eval", "intervention", str(run), "--kind", "sync", "--prompts", "3", "--prompt-tokens", "8",
-                       "--max-new-tokens", "4", "--batch-size", "3")
+    code, _, err = cli(
+        capsys,
+        "eval",
+        "intervention",
+        str(run),
+        "--kind",
+        "sync",
+        "--prompts",
+        "3",
+        "--prompt-tokens",
+        "8",
+        "--max-new-tokens",
+        "4",
+        "--batch-size",
+        "3",
+    )
     assert code == 0, err
 
     (run / "report.html").unlink()
@@ -197,13 +236,21 @@ def test_rebuild_tiny_train_lm_run(tmp_path, capsys):
     assert_self_contained(html)
     assert len(data_images(html)) >= 6  # loss, R, tones, scatter, the eval's plot, its distributions
     recorded = json.loads((run / "provenance.json").read_text(encoding="utf-8"))
-    assert recorded["title"] == "PhaseLM language model (kssm)" and recorded["commands"][0] in html  # as the run recorded it
+    assert (
+        recorded["title"] == "PhaseLM language model (kssm)" and recorded["commands"][0] in html
+    )  # as the run recorded it
     # main([...]) records its own arguments, not pytest's sys.argv
     assert recorded["commands"][0].startswith(f"phaselm train-lm {RECIPES / 'kssm-v3.toml'} --out {run} ")
-    assert "r_intervention" in html and "sync @ layers all" in html and (run / "config.toml").read_text(encoding="utf-8").splitlines()[0] in html
+    assert (
+        "r_intervention" in html
+        and "sync @ layers all" in html
+        and (run / "config.toml").read_text(encoding="utf-8").splitlines()[0] in html
+    )
 
     code, out, err = cli(capsys, "report", str(run), "--out", str(tmp_path / "copy.html"), "--json")
-    assert code == 0 and json.loads(out) == {"report": str(tmp_path / "copy.html")} and (tmp_path / "copy.html").is_file()
+    assert (
+        code == 0 and json.loads(out) == {"report": str(tmp_path / "copy.html")} and (tmp_path / "copy.html").is_file()
+    )
 
 
 def test_report_bad_inputs(tmp_path, capsys):

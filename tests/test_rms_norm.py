@@ -11,7 +11,10 @@ from phaselm.ops.rms_norm import rms_norm, rms_norm_reference
 requires_triton = pytest.mark.skipif(norm_ops.triton is None, reason="Triton is not installed")
 
 
-@pytest.mark.parametrize("x_dtype, w_dtype", [(torch.float32, torch.float32), (torch.float32, torch.bfloat16), (torch.bfloat16, torch.bfloat16)])
+@pytest.mark.parametrize(
+    "x_dtype, w_dtype",
+    [(torch.float32, torch.float32), (torch.float32, torch.bfloat16), (torch.bfloat16, torch.bfloat16)],
+)
 def test_reference_is_transformers_mamba_norm(x_dtype, w_dtype):
     from transformers.models.mamba.modeling_mamba import MambaRMSNorm
 
@@ -30,7 +33,11 @@ bf16_on_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="the inte
 @requires_triton
 @pytest.mark.parametrize(
     "x_dtype, w_dtype",
-    [(torch.float32, torch.float32), pytest.param(torch.float32, torch.bfloat16, marks=bf16_on_gpu), pytest.param(torch.bfloat16, torch.bfloat16, marks=bf16_on_gpu)],
+    [
+        (torch.float32, torch.float32),
+        pytest.param(torch.float32, torch.bfloat16, marks=bf16_on_gpu),
+        pytest.param(torch.bfloat16, torch.bfloat16, marks=bf16_on_gpu),
+    ],
 )
 def test_triton_equals_reference(x_dtype, w_dtype):
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -38,7 +45,9 @@ def test_triton_equals_reference(x_dtype, w_dtype):
     w = torch.randn(37, device=device).to(w_dtype)
     fast = rms_norm(x, w, 1e-5, backend="triton")
     assert fast.dtype == w_dtype and fast.shape == x.shape
-    torch.testing.assert_close(fast, rms_norm_reference(x, w, 1e-5), rtol=1e-5 if w_dtype == torch.float32 else 1e-2, atol=1e-5)
+    torch.testing.assert_close(
+        fast, rms_norm_reference(x, w, 1e-5), rtol=1e-5 if w_dtype == torch.float32 else 1e-2, atol=1e-5
+    )
 
 
 @requires_triton

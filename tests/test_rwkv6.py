@@ -64,7 +64,9 @@ def test_reference_matches_a_naive_float64_loop(with_state):
     torch.testing.assert_close(s, s_naive, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("length,chunk,per_block", [(13, 4, 64), (16, 16, 64), (5, 8, 64), (1, 4, 64), (37, 4, 2), (37, 4, 3)])
+@pytest.mark.parametrize(
+    "length,chunk,per_block", [(13, 4, 64), (16, 16, 64), (5, 8, 64), (1, 4, 64), (37, 4, 2), (37, 4, 3)]
+)
 def test_chunked_equals_reference_forward_and_gradients(length, chunk, per_block):
     """per_block < chunks: the state also crosses blocks of chunks (long sequences)."""
     args = [t.requires_grad_() for t in inputs(length=length)]
@@ -75,7 +77,7 @@ def test_chunked_equals_reference_forward_and_gradients(length, chunk, per_block
     weights = torch.randn_like(y_ref), torch.randn_like(s_ref)
     g_ref = torch.autograd.grad((y_ref * weights[0]).sum() + (s_ref * weights[1]).sum(), args)
     g_chk = torch.autograd.grad((y_chk * weights[0]).sum() + (s_chk * weights[1]).sum(), args)
-    for name, a, b in zip("r k v w u s0".split(), g_chk, g_ref):
+    for name, a, b in zip(["r", "k", "v", "w", "u", "s0"], g_chk, g_ref):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=name)
 
 
@@ -132,7 +134,10 @@ def _grads(y, s, args, weights):
 )
 def test_triton_equals_reference_forward_and_every_gradient(one_thread, length, key_dim, value_dim, with_state):
     """Ragged lengths (not a multiple of the chunk) and head sizes below one tile exercise the masks."""
-    args = [t.float().requires_grad_() if t is not None else None for t in inputs(2, length, 2, key_dim, value_dim, state=with_state)]
+    args = [
+        t.float().requires_grad_() if t is not None else None
+        for t in inputs(2, length, 2, key_dim, value_dim, state=with_state)
+    ]
     y, s = rwkv6_triton(*args)
     y_ref, s_ref = rwkv6_reference(*args)
     assert s.dtype == torch.float32 and y.dtype == torch.float32

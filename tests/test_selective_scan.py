@@ -29,7 +29,18 @@ TOLERANCE = 2e-5
 NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state")
 
 
-def inputs(batch=2, length=37, channels=5, n=4, dtype=torch.float64, seed=0, with_z=True, with_d=True, with_bias=True, with_state=True):
+def inputs(
+    batch=2,
+    length=37,
+    channels=5,
+    n=4,
+    dtype=torch.float64,
+    seed=0,
+    with_z=True,
+    with_d=True,
+    with_bias=True,
+    with_state=True,
+):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, length, channels, generator=g, dtype=dtype)
     dt = torch.randn(batch, length, channels, generator=g, dtype=dtype) - 1.0
@@ -40,7 +51,9 @@ def inputs(batch=2, length=37, channels=5, n=4, dtype=torch.float64, seed=0, wit
     z = torch.randn(batch, length, channels, generator=g, dtype=dtype) if with_z else None
     bias = torch.randn(channels, generator=g, dtype=dtype) * 0.5 if with_bias else None
     state = torch.randn(batch, channels, n, generator=g, dtype=dtype) if with_state else None
-    return {k: (v.requires_grad_() if v is not None else None) for k, v in zip(NAMES, (x, dt, A, B, C, D, z, bias, state))}
+    return {
+        k: (v.requires_grad_() if v is not None else None) for k, v in zip(NAMES, (x, dt, A, B, C, D, z, bias, state))
+    }
 
 
 def naive(x, dt, A, B, C, D, z, dt_bias, initial_state, softplus=True):
@@ -79,8 +92,16 @@ def test_reference_matches_hugging_face_slow_path():
     args = inputs(length=9, channels=6, n=3, dtype=torch.float32, with_state=False)
     args = {k: (v.detach() if v is not None else None) for k, v in args.items()}
     hf_out, hf_state = modeling_mamba.mamba_selective_scan.__wrapped__(
-        args["x"].transpose(1, 2), args["dt"].transpose(1, 2), args["A"], args["B"].transpose(1, 2), args["C"].transpose(1, 2),
-        D=args["D"], z=args["z"].transpose(1, 2), delta_bias=args["dt_bias"], delta_softplus=True, return_last_state=True,
+        args["x"].transpose(1, 2),
+        args["dt"].transpose(1, 2),
+        args["A"],
+        args["B"].transpose(1, 2),
+        args["C"].transpose(1, 2),
+        D=args["D"],
+        z=args["z"].transpose(1, 2),
+        delta_bias=args["dt_bias"],
+        delta_softplus=True,
+        return_last_state=True,
     )
     out, state = selective_scan_reference(**{k: v for k, v in args.items() if k != "initial_state"})
     torch.testing.assert_close(out, hf_out.transpose(1, 2), rtol=1e-5, atol=1e-5)
@@ -115,7 +136,9 @@ def test_triton_equals_reference_forward_and_every_gradient(shape):
 @requires_triton
 @pytest.mark.parametrize("missing", ["z", "D", "dt_bias", "initial_state"])
 def test_triton_without_optional_inputs(missing):
-    args = inputs(length=21, **{f"with_{dict(initial_state='state', dt_bias='bias', D='d').get(missing, missing)}": False})
+    args = inputs(
+        length=21, **{f"with_{dict(initial_state='state', dt_bias='bias', D='d').get(missing, missing)}": False}
+    )
     present = [k for k, v in args.items() if v is not None]
     ref_out, _ = selective_scan_reference(**args)
     out, _ = selective_scan(**args, backend="triton")
@@ -123,7 +146,7 @@ def test_triton_without_optional_inputs(missing):
     w = torch.randn_like(ref_out)
     ref_grads = torch.autograd.grad((ref_out * w).sum(), [args[k] for k in present])
     grads = torch.autograd.grad((out * w).sum(), [args[k] for k in present])
-    for name, fast, ref in zip(present, grads, ref_grads):
+    for fast, ref in zip(grads, ref_grads):
         compare(fast, ref)
 
 
@@ -135,7 +158,9 @@ def test_triton_without_softplus():
     out, _ = selective_scan(**args, dt_softplus=False, backend="triton")
     compare(out, ref_out)
     w = torch.randn_like(ref_out)
-    for fast, ref in zip(torch.autograd.grad((out * w).sum(), args["dt"]), torch.autograd.grad((ref_out * w).sum(), args["dt"])):
+    for fast, ref in zip(
+        torch.autograd.grad((out * w).sum(), args["dt"]), torch.autograd.grad((ref_out * w).sum(), args["dt"])
+    ):
         compare(fast, ref)
 
 
@@ -152,14 +177,19 @@ def test_strided_views_as_hugging_face_lays_them_out():
     A = -torch.rand(channels, n, generator=g, dtype=torch.float64)
     assert not x.is_contiguous() and not B.is_contiguous()
     out, state = selective_scan(x, dt, A, B, C, z=z, backend="triton")
-    ref_out, ref_state = selective_scan_reference(x.contiguous(), dt, A, B.contiguous(), C.contiguous(), z=z.contiguous())
+    ref_out, ref_state = selective_scan_reference(
+        x.contiguous(), dt, A, B.contiguous(), C.contiguous(), z=z.contiguous()
+    )
     compare(out, ref_out)
     compare(state, ref_state)
 
 
 @requires_triton
 def test_bf16_inputs_keep_a_float32_state():
-    args = {k: (v.detach() if v is not None else None) for k, v in inputs(length=33, channels=8, dtype=torch.float32).items()}
+    args = {
+        k: (v.detach() if v is not None else None)
+        for k, v in inputs(length=33, channels=8, dtype=torch.float32).items()
+    }
     bf = {k: (v.bfloat16() if k in ("x", "dt", "B", "C", "z") else v) for k, v in args.items()}
     out, state = selective_scan(**bf, backend="triton")
     ref_out, ref_state = selective_scan_reference(**{k: (v.double() if v is not None else None) for k, v in bf.items()})
@@ -171,7 +201,10 @@ def test_bf16_inputs_keep_a_float32_state():
 @pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=requires_triton)])
 def test_state_step_continues_the_scan(backend):
     """Scanning a prefix, then stepping position by position, equals scanning the whole sequence."""
-    args = {k: (v.detach() if v is not None else None) for k, v in inputs(length=12, channels=6, dtype=torch.float32).items()}
+    args = {
+        k: (v.detach() if v is not None else None)
+        for k, v in inputs(length=12, channels=6, dtype=torch.float32).items()
+    }
     full, full_state = selective_scan_reference(**args)
     prefix = 7
     head = {k: (v[:, :prefix] if k in ("x", "dt", "B", "C", "z") else v) for k, v in args.items()}
@@ -179,8 +212,16 @@ def test_state_step_continues_the_scan(backend):
     state = state.float().contiguous()
     for t in range(prefix, 12):
         out = selective_state_step(
-            state, args["x"][:, t], args["dt"][:, t], args["A"], args["B"][:, t], args["C"][:, t], args["D"], args["z"][:, t],
-            args["dt_bias"], backend=backend,
+            state,
+            args["x"][:, t],
+            args["dt"][:, t],
+            args["A"],
+            args["B"][:, t],
+            args["C"][:, t],
+            args["D"],
+            args["z"][:, t],
+            args["dt_bias"],
+            backend=backend,
         )
         torch.testing.assert_close(out, full[:, t], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(state, full_state.float(), rtol=1e-5, atol=1e-5)
@@ -188,7 +229,9 @@ def test_state_step_continues_the_scan(backend):
 
 def test_step_reference_updates_in_place_and_returns_input_dtype():
     state = torch.zeros(2, 3, 4)
-    out = selective_state_step_reference(state, torch.ones(2, 3), torch.zeros(2, 3), -torch.ones(3, 4), torch.ones(2, 4), torch.ones(2, 4))
+    out = selective_state_step_reference(
+        state, torch.ones(2, 3), torch.zeros(2, 3), -torch.ones(3, 4), torch.ones(2, 4), torch.ones(2, 4)
+    )
     assert out.shape == (2, 3) and state.abs().sum() > 0
 
 
@@ -202,6 +245,9 @@ def test_auto_takes_the_reference_on_cpu_and_the_kernel_on_cuda():
 
 @requires_triton
 def test_custom_ops_pass_opcheck():
-    args = {k: (v.detach().float() if v is not None else None) for k, v in inputs(batch=1, length=5, channels=3, n=2).items()}
+    args = {
+        k: (v.detach().float() if v is not None else None)
+        for k, v in inputs(batch=1, length=5, channels=3, n=2).items()
+    }
     ordered = [args[k] for k in NAMES] + [True]
     torch.library.opcheck(torch.ops.phaselm.selective_scan_fwd, ordered, test_utils=("test_schema", "test_faketensor"))

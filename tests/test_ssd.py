@@ -36,7 +36,7 @@ def inputs(batch=2, length=37, heads=3, p=4, n=5, dtype=torch.float64, seed=0):
 
 def naive_loop(x, a, b, c, s0):
     """Element by element with Python floats' worth of clarity: s ← e^a s + x b, y = Σ_n s c."""
-    batch, length, heads, p = x.shape
+    _batch, length, heads, _p = x.shape
     y = torch.zeros_like(x)
     s = s0.clone()
     for t in range(length):
@@ -129,7 +129,9 @@ def test_fused_matches_reference_forward_and_gradients(batch, length, heads, p, 
     grads = torch.autograd.grad(loss, fused)
 
     assert y.shape == y_ref.shape and s.shape == s_ref.shape
-    for name, got, want in zip(["y", "final state", "dx", "da", "db", "dc", "d initial state"], [y, s, *grads], [y_ref, s_ref, *grads_ref]):
+    for name, got, want in zip(
+        ["y", "final state", "dx", "da", "db", "dc", "d initial state"], [y, s, *grads], [y_ref, s_ref, *grads_ref]
+    ):
         assert relative_error(got, want) <= FUSED_TOLERANCE, name
 
 
@@ -175,7 +177,9 @@ def test_dispatch_uses_the_chunked_scan_for_cpu_tensors(monkeypatch):
     assert torch.equal(y, y_chunked) and torch.equal(s, s_chunked)
 
 
-@pytest.mark.parametrize("forced", ["reference", pytest.param("triton", marks=requires_triton), pytest.param("fused", marks=requires_triton)])
+@pytest.mark.parametrize(
+    "forced", ["reference", pytest.param("triton", marks=requires_triton), pytest.param("fused", marks=requires_triton)]
+)
 def test_environment_variable_refines_auto_only(monkeypatch, forced):
     monkeypatch.setenv("PHASELM_BACKEND_SSD", forced)
     x, a, b, c, s0 = (t.detach().float().to(DEVICE) for t in inputs(length=20, p=16, n=16))

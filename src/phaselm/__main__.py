@@ -1,3 +1,5 @@
+"""`python -m phaselm`: the command line."""
+
 from .cli import main
 
 main()

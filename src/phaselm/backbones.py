@@ -71,7 +71,9 @@ MAMBA_SHAPES = {
 MAMBA_VOCAB = 50280
 
 
-def mamba_of_shape(shape: str, device: str | torch.device = "cpu", dtype: torch.dtype | None = None, vocab_size: int = MAMBA_VOCAB) -> nn.Module:
+def mamba_of_shape(
+    shape: str, device: str | torch.device = "cpu", dtype: torch.dtype | None = None, vocab_size: int = MAMBA_VOCAB
+) -> nn.Module:
     """A ``MambaForCausalLM`` of a published checkpoint's shape with random weights.
 
     For speed and memory measurements where no hub is reachable (speed does not depend on the
@@ -142,7 +144,9 @@ def load_backbone(name: str, device: str | torch.device = "cpu") -> tuple[nn.Mod
     if local and not Path(name).is_dir():
         raise PhaseLMError(f"backbone folder {name} does not exist; run `phaselm pretrain` first or fix the path")
     if local and not (Path(name) / "config.json").is_file():
-        raise PhaseLMError(f"{name} is not a Hugging Face model folder (no config.json); point at a save_pretrained folder")
+        raise PhaseLMError(
+            f"{name} is not a Hugging Face model folder (no config.json); point at a save_pretrained folder"
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -1,4 +1,4 @@
-"""The bistable Kuramoto bank of K-SSM (seed 003, SPEC.md §3), per position and guarded.
+"""The bistable Kuramoto bank of K-SSM (seed 003; docs/seeds-vs-phaselm.md lists where we depart from it), per position and guarded.
 
 Per position, a 10-parameter projection p = (a, b, c, d, e, f, g, h, i, j) of the hidden state
 gives
@@ -27,9 +27,9 @@ from torch import nn
 
 from . import oscillators
 from .errors import PhaseLMError
+from .interventions.sites import Intervenable, Site, SiteMap
 from .ops.backend import resolve
 from .ops.bistable_bank import BANK, bistable_bank_triton
-from .interventions.sites import Intervenable, Site, SiteMap
 
 
 @dataclass

@@ -148,7 +148,9 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
     if not where and declared is not None and KIND_KEY in data:
         # A run's own config.toml read back as a recipe: its kind must be this recipe's.
         if data[KIND_KEY] != declared:
-            raise PhaseLMError(f"this is the config of a {data[KIND_KEY]!r} run, not a {declared!r} recipe; use the command that writes {data[KIND_KEY]!r} runs")
+            raise PhaseLMError(
+                f"this is the config of a {data[KIND_KEY]!r} run, not a {declared!r} recipe; use the command that writes {data[KIND_KEY]!r} runs"
+            )
         data = {k: v for k, v in data.items() if k != KIND_KEY}
     for key, value in data.items():
         name = f"{where}.{key}" if where else key
@@ -186,7 +188,9 @@ def load_recipe(cls: type[T], path: str | os.PathLike, overrides: dict | None = 
     """Read a TOML recipe into ``cls``; ``overrides`` ({"train.steps": 10}) win over the file."""
     path = Path(path)
     if path.is_dir():
-        raise PhaseLMError(f"recipe {path} is a directory; pass a TOML file (see recipes/), or the run directory to a command that opens runs")
+        raise PhaseLMError(
+            f"recipe {path} is a directory; pass a TOML file (see recipes/), or the run directory to a command that opens runs"
+        )
     if not path.is_file():
         raise PhaseLMError(f"recipe {path} does not exist; pass a TOML file (see recipes/)")
     try:

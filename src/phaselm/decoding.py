@@ -73,7 +73,9 @@ class StepDecoder:
             out = model(input_ids=prompt_ids, use_cache=True)
         self.cache = _cache_of(out)
         if self.cache is None:
-            raise PhaseLMError(f"{type(model).__name__} returned no cache; cached decoding needs use_cache=True support")
+            raise PhaseLMError(
+                f"{type(model).__name__} returned no cache; cached decoding needs use_cache=True support"
+            )
         self.first_logits = out.logits[:, -1].float()
         self._graph = None  # set when the step is captured (graph=True on CUDA)
         if graph and prompt_ids.is_cuda:

@@ -99,7 +99,10 @@ def unwrap(module: nn.Module) -> None:
         for owner, name in [(info.module, info.param_name), *zip(info.shared_modules, info.shared_param_names)]:
             owner._parameters[name] = whole  # one object for tied weights, as before sharding
         fsdp_param._post_load_hook_handle.remove()
-    for handle in [*group._module_to_pre_save_state_dict_hook_handle.values(), *group._module_to_pre_load_state_dict_hook_handle.values()]:
+    for handle in [
+        *group._module_to_pre_save_state_dict_hook_handle.values(),
+        *group._module_to_pre_load_state_dict_hook_handle.values(),
+    ]:
         handle.remove()
     state._pre_forward_hook_handle.remove()
     state._post_forward_hook_handle.remove()
@@ -154,7 +157,9 @@ def shard_optimizer_state(state: dict, optimizer: torch.optim.Optimizer) -> dict
             per_param[index] = values  # a mismatch is reported by load_state_dict
             continue
         per_param[index] = {
-            key: distribute_tensor(value.to(local_part(param).device), param.device_mesh, param.placements, src_data_rank=None)
+            key: distribute_tensor(
+                value.to(local_part(param).device), param.device_mesh, param.placements, src_data_rank=None
+            )
             if isinstance(value, torch.Tensor) and tuple(value.shape) == tuple(param.shape)
             else value
             for key, value in values.items()
@@ -169,7 +174,9 @@ def first_nonfinite_parameter(module: nn.Module, collective: bool) -> str | None
     answer, so they stop together.
     """
     named = list(module.named_parameters())
-    first = next((i for i, (_, p) in enumerate(named) if not bool(torch.isfinite(local_part(p).detach()).all())), len(named))
+    first = next(
+        (i for i, (_, p) in enumerate(named) if not bool(torch.isfinite(local_part(p).detach()).all())), len(named)
+    )
     if collective and world_size() > 1 and named:
         found = torch.tensor(first, device=local_part(named[0][1]).device)
         dist.all_reduce(found, op=dist.ReduceOp.MIN)

@@ -117,7 +117,9 @@ def fast_mamba(model: nn.Module, backend: str = "auto") -> FastMamba:
     handle = FastMamba(model, f"phaselm-{backend}", routed)
     setattr(model, _ATTRIBUTE, handle)
     mixers = sum(1 for m in routed if "Mixer" in type(m).__name__)
-    logger.info("Mamba mixers: %d routed to PhaseLM's %s ops (selective scan / SSD, causal conv1d, RMSNorm)", mixers, backend)
+    logger.info(
+        "Mamba mixers: %d routed to PhaseLM's %s ops (selective scan / SSD, causal conv1d, RMSNorm)", mixers, backend
+    )
     return handle
 
 
@@ -213,17 +215,23 @@ def _mamba_forward(self, hidden_states, cache_params=None, attention_mask=None, 
     decoding = conv_state is not None and ssm_state is not None and length == 1 and not recording
     x, z = self.in_proj(_mask(hidden_states, attention_mask)).chunk(2, dim=-1)  # (B, T, D) views, no copy
     bias = self.conv1d.bias if self.use_conv_bias else None
-    x = _mask(_convolve(self, x, self.conv1d.weight.squeeze(1), bias, cache_params, conv_state, decoding), attention_mask)
+    x = _mask(
+        _convolve(self, x, self.conv1d.weight.squeeze(1), bias, cache_params, conv_state, decoding), attention_mask
+    )
     dt, B, C = torch.split(self.x_proj(x), [self.time_step_rank, self.ssm_state_size, self.ssm_state_size], dim=-1)
     dt = F.linear(dt, self.dt_proj.weight)  # the bias joins inside the scan, before the softplus
     if decoding:  # no gradient flows here: constants computed once
         A, D, dt_bias = _float_constants(self)
-        y = selective_state_step(ssm_state, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], D, z[:, 0], dt_bias, backend=self._phaselm_ops)
+        y = selective_state_step(
+            ssm_state, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], D, z[:, 0], dt_bias, backend=self._phaselm_ops
+        )
         y = y[:, None]
     else:
         A = -torch.exp(self.A_log.float())
         dt_bias = self.dt_proj.bias.float() if self.dt_proj.bias is not None else None
-        y, final = selective_scan(x, dt, A, B, C, self.D.float(), z, dt_bias, initial_state=ssm_state, backend=self._phaselm_ops)
+        y, final = selective_scan(
+            x, dt, A, B, C, self.D.float(), z, dt_bias, initial_state=ssm_state, backend=self._phaselm_ops
+        )
         if cache_params is not None:
             cache_params.update_recurrent_state(final, self.layer_idx)
     return self.out_proj(y.to(dtype))
@@ -237,7 +245,10 @@ def _mamba2_forward(self, hidden_states, cache_params=None, attention_mask=None,
     decoding = conv_state is not None and ssm_state is not None and length == 1 and not recording
     projected = self.in_proj(_mask(hidden_states, attention_mask))
     gate, xbc, dt = projected.split([self.intermediate_size, self.conv_dim, self.num_heads], dim=-1)
-    xbc = _mask(_convolve(self, xbc, self.conv1d.weight.squeeze(1), self.conv1d.bias, cache_params, conv_state, decoding), attention_mask)
+    xbc = _mask(
+        _convolve(self, xbc, self.conv1d.weight.squeeze(1), self.conv1d.bias, cache_params, conv_state, decoding),
+        attention_mask,
+    )
     groups, n, heads, p = self.n_groups, self.ssm_state_size, self.num_heads, self.head_dim
     x, B, C = torch.split(xbc, [self.intermediate_size, groups * n, groups * n], dim=-1)
     dt = F.softplus(dt.float() + self.dt_bias.float())
@@ -256,7 +267,15 @@ def _mamba2_forward(self, hidden_states, cache_params=None, attention_mask=None,
             y = y[:, None]
         else:
             backend = "reference" if self._phaselm_ops == "reference" else "auto"
-            y, final = ssd(x_dt, log_decay, B, C, None if ssm_state is None else ssm_state.float(), backend=backend, chunk_size=self.chunk_size)
+            y, final = ssd(
+                x_dt,
+                log_decay,
+                B,
+                C,
+                None if ssm_state is None else ssm_state.float(),
+                backend=backend,
+                chunk_size=self.chunk_size,
+            )
             if cache_params is not None:
                 cache_params.update_recurrent_state(final, layer_idx=self.layer_idx)
     y = y + x.float() * self.D.float()[:, None]

@@ -146,7 +146,9 @@ def summarize(order: torch.Tensor, uncertainty: torch.Tensor, zone: GoldilocksZo
     is over tokens, never over batch means.
     """
     if order.shape != uncertainty.shape or order.numel() == 0:
-        raise PhaseLMError(f"summarize needs R and U of the same non-empty shape, got {tuple(order.shape)} and {tuple(uncertainty.shape)}")
+        raise PhaseLMError(
+            f"summarize needs R and U of the same non-empty shape, got {tuple(order.shape)} and {tuple(uncertainty.shape)}"
+        )
     counts = tone_histogram(order)
     total = sum(counts.values())
     return {

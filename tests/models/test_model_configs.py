@@ -33,18 +33,50 @@ KSSM_ALL = {
     "spread_init": 0.1, "state_size": 64, "tie_word_embeddings": True, "u_max": 10.0, "u_min": 0.1, "vocab_size": 65,
 }
 FUSION_ALL = {
-    "dropout": 0.2, "fusion": "GF", "gate_init": 0.3, "hidden_size": 192, "mamba_chunk_size": 64, "mamba_conv_kernel": 4,
-    "mamba_expand": 2, "mamba_head_dim": 64, "mamba_state_size": 16, "mlp_ratio": 4, "model_type": "phaselm_fusion",
-    "rwkv_chunk_size": 16, "rwkv_decay_rank": 64, "rwkv_head_dim": 64, "rwkv_mix_rank": 32, "scan": "auto",
-    "tie_word_embeddings": True, "vocab_size": 65,
+    "dropout": 0.2,
+    "fusion": "GF",
+    "gate_init": 0.3,
+    "hidden_size": 192,
+    "mamba_chunk_size": 64,
+    "mamba_conv_kernel": 4,
+    "mamba_expand": 2,
+    "mamba_head_dim": 64,
+    "mamba_state_size": 16,
+    "mlp_ratio": 4,
+    "model_type": "phaselm_fusion",
+    "rwkv_chunk_size": 16,
+    "rwkv_decay_rank": 64,
+    "rwkv_head_dim": 64,
+    "rwkv_mix_rank": 32,
+    "scan": "auto",
+    "tie_word_embeddings": True,
+    "vocab_size": 65,
 }
 GPT_ALL = {
-    "activation_function": "gelu_new", "add_cross_attention": False, "attn_pdrop": 0.2, "bos_token_id": None,
-    "embd_pdrop": 0.2, "eos_token_id": None, "initializer_range": 0.02, "layer_norm_epsilon": 1e-05, "model_type": "gpt2",
-    "n_inner": None, "n_positions": 256, "pad_token_id": None, "reorder_and_upcast_attn": False, "resid_pdrop": 0.2,
-    "scale_attn_by_inverse_layer_idx": False, "scale_attn_weights": True, "summary_activation": None,
-    "summary_first_dropout": 0.1, "summary_proj_to_labels": True, "summary_type": "cls_index", "summary_use_proj": True,
-    "tie_word_embeddings": True, "use_cache": True, "vocab_size": 65,
+    "activation_function": "gelu_new",
+    "add_cross_attention": False,
+    "attn_pdrop": 0.2,
+    "bos_token_id": None,
+    "embd_pdrop": 0.2,
+    "eos_token_id": None,
+    "initializer_range": 0.02,
+    "layer_norm_epsilon": 1e-05,
+    "model_type": "gpt2",
+    "n_inner": None,
+    "n_positions": 256,
+    "pad_token_id": None,
+    "reorder_and_upcast_attn": False,
+    "resid_pdrop": 0.2,
+    "scale_attn_by_inverse_layer_idx": False,
+    "scale_attn_weights": True,
+    "summary_activation": None,
+    "summary_first_dropout": 0.1,
+    "summary_proj_to_labels": True,
+    "summary_type": "cls_index",
+    "summary_use_proj": True,
+    "tie_word_embeddings": True,
+    "use_cache": True,
+    "vocab_size": 65,
 }
 KSSM_V3 = {**KSSM_ALL, "bistable": True, "mixer": "ssd", "position_embedding": False}
 GF_MH = {**FUSION_ALL, "mixer": "hybrid", "n_layers": 7}
@@ -72,7 +104,9 @@ PINNED = {  # recipe → (config values, parameter count)
 
 def lm_recipes() -> list[str]:
     """Every shipped recipe with a top-level ``arch`` (the train-lm ones)."""
-    return sorted(p.name for p in RECIPES.glob("*.toml") if any(line.startswith("arch =") for line in p.read_text().splitlines()))
+    return sorted(
+        p.name for p in RECIPES.glob("*.toml") if any(line.startswith("arch =") for line in p.read_text().splitlines())
+    )
 
 
 def test_every_train_lm_recipe_is_pinned():
@@ -121,8 +155,26 @@ def test_each_default_is_written_once():
     drifted defaults are decided by the recipes and docs (dropout 0.2; GF-MH's gate 0.3)."""
     default = KSSMConfig()
     assert default.bank_config() == BankConfig()
-    changed = KSSMConfig(n_oscillators=8, n_harmonics=4, bistable=False, u_min=0.5, u_max=2.0, bank_steps=3, spread_init=0.2, reg_through_hidden=True)
-    assert changed.bank_config() == BankConfig(n_oscillators=8, n_harmonics=4, bistable=False, u_min=0.5, u_max=2.0, steps=3, spread_init=0.2, reg_through_hidden=True)
+    changed = KSSMConfig(
+        n_oscillators=8,
+        n_harmonics=4,
+        bistable=False,
+        u_min=0.5,
+        u_max=2.0,
+        bank_steps=3,
+        spread_init=0.2,
+        reg_through_hidden=True,
+    )
+    assert changed.bank_config() == BankConfig(
+        n_oscillators=8,
+        n_harmonics=4,
+        bistable=False,
+        u_min=0.5,
+        u_max=2.0,
+        steps=3,
+        spread_init=0.2,
+        reg_through_hidden=True,
+    )
     assert (KSSMConfig().dropout, FusionConfig().dropout, GPTConfig().dropout) == (0.2, 0.2, 0.2)
     assert (FusionConfig().gate_init, FusionConfig().n_layers) == (0.3, 7)
 
@@ -162,10 +214,27 @@ OLD_KSSM_JSON = {
     "transformers_version": "5.23.0", "u_max": 10.0, "u_min": 0.1, "vocab_size": 40,
 }
 OLD_FUSION_JSON = {
-    "dropout": 0.0, "fusion": "GF", "gate_init": 0.5, "hidden_size": 32, "mamba_chunk_size": 64, "mamba_conv_kernel": 4,
-    "mamba_expand": 2, "mamba_head_dim": 16, "mamba_state_size": 16, "mixer": "hybrid", "mlp_ratio": 4,
-    "model_type": "phaselm_fusion", "n_layers": 2, "rwkv_chunk_size": 16, "rwkv_decay_rank": 64, "rwkv_head_dim": 16,
-    "rwkv_mix_rank": 32, "scan": "auto", "tie_word_embeddings": True, "transformers_version": "5.23.0", "vocab_size": 40,
+    "dropout": 0.0,
+    "fusion": "GF",
+    "gate_init": 0.5,
+    "hidden_size": 32,
+    "mamba_chunk_size": 64,
+    "mamba_conv_kernel": 4,
+    "mamba_expand": 2,
+    "mamba_head_dim": 16,
+    "mamba_state_size": 16,
+    "mixer": "hybrid",
+    "mlp_ratio": 4,
+    "model_type": "phaselm_fusion",
+    "n_layers": 2,
+    "rwkv_chunk_size": 16,
+    "rwkv_decay_rank": 64,
+    "rwkv_head_dim": 16,
+    "rwkv_mix_rank": 32,
+    "scan": "auto",
+    "tie_word_embeddings": True,
+    "transformers_version": "5.23.0",
+    "vocab_size": 40,
 }
 
 
@@ -189,7 +258,11 @@ def test_old_model_folders_keep_their_saved_settings(saved, tmp_path):
 
 
 def test_the_gpt_baseline_saves_as_plain_gpt2(tmp_path):
-    recipe = load_recipe(LMRecipe, RECIPES / "gpt-baseline.toml", {"gpt.n_layer": 1, "gpt.n_embd": 32, "gpt.n_head": 2, "gpt.dropout": 0.1})
+    recipe = load_recipe(
+        LMRecipe,
+        RECIPES / "gpt-baseline.toml",
+        {"gpt.n_layer": 1, "gpt.n_embd": 32, "gpt.n_head": 2, "gpt.dropout": 0.1},
+    )
     model = build_lm(recipe, 40)
     model.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())

@@ -15,8 +15,8 @@ A new model family joins by adding an entry to ``FAMILIES``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import pytest
 import torch
@@ -28,7 +28,9 @@ from phaselm.models.kssm import KSSMConfig, KSSMForCausalLM
 from phaselm.ops import backend
 
 VOCAB = 40
-KSSM_TINY = dict(vocab_size=VOCAB, hidden_size=32, n_layers=2, head_dim=16, n_oscillators=8, n_harmonics=4, chunk_size=8, dropout=0.0)
+KSSM_TINY = dict(
+    vocab_size=VOCAB, hidden_size=32, n_layers=2, head_dim=16, n_oscillators=8, n_harmonics=4, chunk_size=8, dropout=0.0
+)
 FUSION_TINY = dict(
     vocab_size=VOCAB, hidden_size=32, n_layers=2, rwkv_head_dim=16, rwkv_mix_rank=4, rwkv_decay_rank=8,
     rwkv_chunk_size=4, mamba_state_size=8, mamba_head_dim=16, mamba_chunk_size=8, dropout=0.0,
@@ -46,7 +48,10 @@ class Family:
 
 
 def kssm(**overrides) -> Family:
-    return Family(lambda path: KSSMForCausalLM(KSSMConfig(**{**KSSM_TINY, **overrides}, scan=path)), ("ssd",) if overrides.get("mixer") != "none" else ())
+    return Family(
+        lambda path: KSSMForCausalLM(KSSMConfig(**{**KSSM_TINY, **overrides}, scan=path)),
+        ("ssd",) if overrides.get("mixer") != "none" else (),
+    )
 
 
 def fusion(**overrides) -> Family:
@@ -108,7 +113,9 @@ def test_cached_decoding_equals_the_full_forward(name):
     model = tiny(name)
     prompt = torch.randint(1, VOCAB, (2, 7))  # no id 0: generate would read the pad id as padding
     with torch.no_grad():
-        out = model.generate(prompt, max_new_tokens=9, do_sample=False, pad_token_id=0, output_logits=True, return_dict_in_generate=True)
+        out = model.generate(
+            prompt, max_new_tokens=9, do_sample=False, pad_token_id=0, output_logits=True, return_dict_in_generate=True
+        )
         full = forward(model, out.sequences)
     assert out.sequences.shape == (2, 16)
     for i, step_logits in enumerate(out.logits):
@@ -122,7 +129,11 @@ def test_save_and_load_give_identical_logits(name, tmp_path):
     assert (tmp_path / "model.safetensors").is_file()
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert type(loaded) is type(model)
-    settings = [key for key in model.config.to_dict() if key not in ("_name_or_path", "architectures", "dtype", "transformers_version")]
+    settings = [
+        key
+        for key in model.config.to_dict()
+        if key not in ("_name_or_path", "architectures", "dtype", "transformers_version")
+    ]
     assert {k: getattr(loaded.config, k) for k in settings} == {k: getattr(model.config, k) for k in settings}
     ids = torch.randint(0, VOCAB, (2, 10))
     with torch.no_grad():

@@ -83,7 +83,9 @@ def _flops_per_token(model: nn.Module, layer_index: int) -> tuple[float, float]:
 
     layers, _ = find_layers(model)
     forward = 2.0 * _linear_parameters(model)
-    upper = sum(_linear_parameters(layer) for layer in layers[layer_index:]) + _linear_parameters(model.get_output_embeddings())
+    upper = sum(_linear_parameters(layer) for layer in layers[layer_index:]) + _linear_parameters(
+        model.get_output_embeddings()
+    )
     return forward, forward + 2.0 * upper
 
 
@@ -118,19 +120,31 @@ def _train_step(handle, ids):
 
 def bench_backbone(name: str, cfg: BackboneBenchConfig | None = None, device: str | None = None, log=_silent) -> dict:
     """Measure a Phase Core on backbone ``name`` (shape, folder or hub id); see the module docstring."""
+    from ..backbones import MAMBA_SHAPES
     from ..fast_mamba import routing, scan_path
     from ..graft import find_layers, graft, resolve_layer
     from ..ops.backend import chosen
     from ..phase_core import PhaseCoreConfig
 
-    from ..backbones import MAMBA_SHAPES
-
     cfg = cfg or BackboneBenchConfig()
     if cfg.quick and name not in MAMBA_SHAPES:
-        raise PhaseLMError(f"--quick runs a toy stand-in for a named shape; pass one of {', '.join(MAMBA_SHAPES)}, got {name!r}")
+        raise PhaseLMError(
+            f"--quick runs a toy stand-in for a named shape; pass one of {', '.join(MAMBA_SHAPES)}, got {name!r}"
+        )
     if cfg.quick:
-        cfg = BackboneBenchConfig(batch=1, seq_len=32, layer=cfg.layer, n_oscillators=cfg.n_oscillators, modes=cfg.modes,
-                                  steps=1, warmup=1, decode_prompt=8, decode_tokens=4, reference_seq=min(cfg.reference_seq, 16), quick=True)
+        cfg = BackboneBenchConfig(
+            batch=1,
+            seq_len=32,
+            layer=cfg.layer,
+            n_oscillators=cfg.n_oscillators,
+            modes=cfg.modes,
+            steps=1,
+            warmup=1,
+            decode_prompt=8,
+            decode_tokens=4,
+            reference_seq=min(cfg.reference_seq, 16),
+            quick=True,
+        )
         device = device or "cpu"
     for mode in cfg.modes:
         if mode not in MODES:
@@ -181,7 +195,9 @@ def bench_backbone(name: str, cfg: BackboneBenchConfig | None = None, device: st
             torch.cuda.reset_peak_memory_stats(device)
         seconds = median_seconds(_train_step(handle, ids), cfg.steps, cfg.warmup, device)
         result["core_train_tokens_per_s"][mode] = (tokens - cfg.batch) / seconds
-        result["core_train_peak_gib"][mode] = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+        result["core_train_peak_gib"][mode] = (
+            torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+        )
         note(f"core training ({mode}) {(tokens - cfg.batch) / seconds:,.0f} tok/s")
         handle.remove()
 
@@ -192,10 +208,15 @@ def bench_backbone(name: str, cfg: BackboneBenchConfig | None = None, device: st
     if device.type == "cuda":
         result["decode_ms_per_token"]["cuda_graph"] = decode_ms_per_token(model, prompt, cfg.decode_tokens, graph=True)
         handle = graft(model, PhaseCoreConfig(n_oscillators=cfg.n_oscillators, mode=cfg.modes[-1]), layer=layer_index)
-        result["decode_ms_per_token"][f"cuda_graph_with_core_{cfg.modes[-1]}"] = decode_ms_per_token(model, prompt, cfg.decode_tokens, graph=True)
+        result["decode_ms_per_token"][f"cuda_graph_with_core_{cfg.modes[-1]}"] = decode_ms_per_token(
+            model, prompt, cfg.decode_tokens, graph=True
+        )
         handle.remove()
     for way, ms in result["decode_ms_per_token"].items():
-        note(f"decode ({way}) {ms:.2f} ms/token" + (f", {ms / floor_ms:.2f}× the floor {floor_ms:.2f} ms" if floor_ms else ""))
+        note(
+            f"decode ({way}) {ms:.2f} ms/token"
+            + (f", {ms / floor_ms:.2f}× the floor {floor_ms:.2f} ms" if floor_ms else "")
+        )
 
     if cfg.reference_seq:
         long_ids = torch.randint(0, vocab, (1, cfg.reference_seq), generator=gen).to(device)
@@ -209,8 +230,16 @@ def bench_backbone(name: str, cfg: BackboneBenchConfig | None = None, device: st
             model(input_ids=long_ids)
             sync(device)
             slow = time.perf_counter() - t0
-        result["reference_path"] = {"seq_len": cfg.reference_seq, "path": scan_path(model), "seconds": slow, "fast_seconds": fast, "speedup": slow / fast}
-        note(f"transformers' own path at 1 × {cfg.reference_seq}: {slow:.2f} s vs {fast * 1000:.1f} ms ({slow / fast:,.0f}×)")
+        result["reference_path"] = {
+            "seq_len": cfg.reference_seq,
+            "path": scan_path(model),
+            "seconds": slow,
+            "fast_seconds": fast,
+            "speedup": slow / fast,
+        }
+        note(
+            f"transformers' own path at 1 × {cfg.reference_seq}: {slow:.2f} s vs {fast * 1000:.1f} ms ({slow / fast:,.0f}×)"
+        )
     result["ops"] = chosen()
     result["seconds"] = time.perf_counter() - started
     return result
@@ -226,25 +255,54 @@ def backbone_table(result: dict) -> list[str]:
     """Markdown rows of a :func:`bench_backbone` result."""
     rows = [
         ("device", result["device"]),
-        ("backbone", f"{result['backbone']}{' (quick, toy size)' if result['quick'] else ''}: {result['parameters'] / 1e6:,.1f}M parameters, "
-                     f"{result['n_layers']} layers, {result['dtype']}; core at layer {result['layer']}"),
+        (
+            "backbone",
+            f"{result['backbone']}{' (quick, toy size)' if result['quick'] else ''}: {result['parameters'] / 1e6:,.1f}M parameters, "
+            f"{result['n_layers']} layers, {result['dtype']}; core at layer {result['layer']}",
+        ),
         ("scan path", result["scan_path"]),
-        ("measured ceilings", f"bf16 matmul {_fmt(result['matmul_tflops'])} TFLOP/s, copy {_fmt(result['copy_gb_per_s'])} GB/s"),
+        (
+            "measured ceilings",
+            f"bf16 matmul {_fmt(result['matmul_tflops'])} TFLOP/s, copy {_fmt(result['copy_gb_per_s'])} GB/s",
+        ),
         ("shape", f"{result['settings']['batch']} × {result['settings']['seq_len']} tokens"),
-        ("prefill", f"{_fmt(result['prefill_tokens_per_s'])} tok/s, {_fmt(result['prefill_tflops'], '.1f')} TFLOP/s"
-                    + (f" ({100 * result['prefill_share_of_peak']:.0f} % of the matmul rate)" if result["prefill_share_of_peak"] else "")),
+        (
+            "prefill",
+            f"{_fmt(result['prefill_tokens_per_s'])} tok/s, {_fmt(result['prefill_tflops'], '.1f')} TFLOP/s"
+            + (
+                f" ({100 * result['prefill_share_of_peak']:.0f} % of the matmul rate)"
+                if result["prefill_share_of_peak"]
+                else ""
+            ),
+        ),
     ]
     ceiling = result["core_train_flop_ceiling_tokens_per_s"]
     for mode, speed in result["core_train_tokens_per_s"].items():
         peak = result["core_train_peak_gib"][mode]
-        rows.append((f"core training ({mode})", f"{_fmt(speed)} tok/s" + (f", peak {peak:.1f} GiB" if peak is not None else "")
-                     + (f"; FLOP ceiling {_fmt(ceiling)} tok/s" if ceiling else "")))
+        rows.append(
+            (
+                f"core training ({mode})",
+                f"{_fmt(speed)} tok/s"
+                + (f", peak {peak:.1f} GiB" if peak is not None else "")
+                + (f"; FLOP ceiling {_fmt(ceiling)} tok/s" if ceiling else ""),
+            )
+        )
     for mode, overhead in result["graft_overhead"].items():
         rows.append((f"graft overhead ({mode})", f"{100 * overhead:+.1f} % of the bare forward"))
     floor = result["decode_floor_ms"]
     for way, ms in result["decode_ms_per_token"].items():
-        rows.append((f"decode, batch 1 ({way.replace('_', ' ')})", f"{ms:.2f} ms/token" + (f" = {ms / floor:.2f}× the floor {floor:.2f} ms" if floor else "")))
+        rows.append(
+            (
+                f"decode, batch 1 ({way.replace('_', ' ')})",
+                f"{ms:.2f} ms/token" + (f" = {ms / floor:.2f}× the floor {floor:.2f} ms" if floor else ""),
+            )
+        )
     if "reference_path" in result:
         ref = result["reference_path"]
-        rows.append((f"transformers' own path, 1 × {ref['seq_len']}", f"{ref['seconds']:.2f} s vs {1000 * ref['fast_seconds']:.1f} ms: {ref['speedup']:,.0f}× faster"))
+        rows.append(
+            (
+                f"transformers' own path, 1 × {ref['seq_len']}",
+                f"{ref['seconds']:.2f} s vs {1000 * ref['fast_seconds']:.1f} ms: {ref['speedup']:,.0f}× faster",
+            )
+        )
     return ["| measure | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]

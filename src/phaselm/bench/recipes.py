@@ -90,7 +90,9 @@ def _silent(message: str) -> None:
     pass
 
 
-def bench_recipe(path: str | Path, cfg: BenchConfig, device: torch.device, overrides: dict | None = None, log=_silent) -> dict:
+def bench_recipe(
+    path: str | Path, cfg: BenchConfig, device: torch.device, overrides: dict | None = None, log=_silent
+) -> dict:
     """One recipe's numbers; ``log`` gets a line after each measurement (progress on long runs)."""
     from ..experiments.language_model import LMRecipe, build_lm
 
@@ -123,12 +125,16 @@ def bench_recipe(path: str | Path, cfg: BenchConfig, device: torch.device, overr
     if cfg.compile_batches:
         compiled = torch.compile(model, backend=cfg.compile_backend)  # shares the weights
         for batch in cfg.compile_batches:
-            result["train_tokens_per_s_compiled"][str(batch)] = speed = _train_tokens_per_s(compiled, batch, cfg, vocab, device)
+            result["train_tokens_per_s_compiled"][str(batch)] = speed = _train_tokens_per_s(
+                compiled, batch, cfg, vocab, device
+            )
             note(f"compiled train batch {batch}", speed, "tok/s")
         del compiled
     for context in cfg.decode_contexts:
         fits = limit is None or context + 2 + cfg.decode_tokens <= limit
-        result["decode_ms_per_token"][str(context)] = ms = _decode_ms_per_token(model, context, cfg, vocab, device) if fits else None
+        result["decode_ms_per_token"][str(context)] = ms = (
+            _decode_ms_per_token(model, context, cfg, vocab, device) if fits else None
+        )
         note(f"decode after {context} tokens", ms, "ms/token")
     del model
     return result
@@ -143,11 +149,16 @@ def bench(recipes: list[str | Path], baseline: str | Path, cfg: BenchConfig | No
     models = []
     for path in recipes:
         r = bench_recipe(path, cfg, device, overrides, log)
-        r["train_step_ratio"] = {b: base["train_tokens_per_s"][b] / r["train_tokens_per_s"][b] for b in r["train_tokens_per_s"]}
-        r["train_step_ratio_compiled"] = {
-            b: base["train_tokens_per_s_compiled"][b] / r["train_tokens_per_s_compiled"][b] for b in r["train_tokens_per_s_compiled"]
+        r["train_step_ratio"] = {
+            b: base["train_tokens_per_s"][b] / r["train_tokens_per_s"][b] for b in r["train_tokens_per_s"]
         }
-        r["infer_speed_ratio"] = {b: r["infer_tokens_per_s"][b] / base["infer_tokens_per_s"][b] for b in r["infer_tokens_per_s"]}
+        r["train_step_ratio_compiled"] = {
+            b: base["train_tokens_per_s_compiled"][b] / r["train_tokens_per_s_compiled"][b]
+            for b in r["train_tokens_per_s_compiled"]
+        }
+        r["infer_speed_ratio"] = {
+            b: r["infer_tokens_per_s"][b] / base["infer_tokens_per_s"][b] for b in r["infer_tokens_per_s"]
+        }
         models.append(r)
     for r in [base, *models]:
         decode = [v for v in r["decode_ms_per_token"].values() if v is not None]
@@ -160,10 +171,15 @@ def bench(recipes: list[str | Path], baseline: str | Path, cfg: BenchConfig | No
 def table(result: dict) -> list[str]:
     """Markdown rows: model, batch, train tok/s, step-time ratio, inference tok/s, speed ratio;
     then the compiled training rows, if any, and the decode cost per token."""
-    lines = ["| model | batch | train tok/s | step time / baseline | infer tok/s | infer speed / baseline |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| model | batch | train tok/s | step time / baseline | infer tok/s | infer speed / baseline |",
+        "|---|---|---|---|---|---|",
+    ]
     base = result["baseline"]
     for b in base["train_tokens_per_s"]:
-        lines.append(f"| {Path(base['recipe']).stem} (baseline) | {b} | {base['train_tokens_per_s'][b]:,.0f} | 1.00 | {base['infer_tokens_per_s'][b]:,.0f} | 1.00 |")
+        lines.append(
+            f"| {Path(base['recipe']).stem} (baseline) | {b} | {base['train_tokens_per_s'][b]:,.0f} | 1.00 | {base['infer_tokens_per_s'][b]:,.0f} | 1.00 |"
+        )
     for r in result["models"]:
         for b in r["train_tokens_per_s"]:
             lines.append(
@@ -176,11 +192,19 @@ def table(result: dict) -> list[str]:
             lines.append(f"| {Path(base['recipe']).stem} (baseline) | {b} | {speed:,.0f} | 1.00 |")
         for r in result["models"]:
             for b, speed in r["train_tokens_per_s_compiled"].items():
-                lines.append(f"| {Path(r['recipe']).stem} | {b} | {speed:,.0f} | {r['train_step_ratio_compiled'][b]:.2f} |")
+                lines.append(
+                    f"| {Path(r['recipe']).stem} | {b} | {speed:,.0f} | {r['train_step_ratio_compiled'][b]:.2f} |"
+                )
     contexts = list(base["decode_ms_per_token"])
-    lines += ["", "| model | " + " | ".join(f"decode ms/token @ {c}" for c in contexts) + " | growth |", "|---" * (len(contexts) + 2) + "|"]
+    lines += [
+        "",
+        "| model | " + " | ".join(f"decode ms/token @ {c}" for c in contexts) + " | growth |",
+        "|---" * (len(contexts) + 2) + "|",
+    ]
     for r in [base, *result["models"]]:
         cells = ["—" if r["decode_ms_per_token"][c] is None else f"{r['decode_ms_per_token'][c]:.2f}" for c in contexts]
         growth = r.get("decode_growth")
-        lines.append(f"| {Path(r['recipe']).stem} | " + " | ".join(cells) + f" | {'—' if growth is None else f'{growth:.2f}'} |")
+        lines.append(
+            f"| {Path(r['recipe']).stem} | " + " | ".join(cells) + f" | {'—' if growth is None else f'{growth:.2f}'} |"
+        )
     return lines

@@ -17,6 +17,7 @@ from ..backbones import MambaSpec
 from ..run_directory import holds_run
 from ..training import TrainConfig
 from ..errors import PhaseLMError
+
 from .phase_mamba import BackboneConfig, PhaseMambaRecipe, PretrainRecipe, pretrain, train_core
 
 # Measured on a 2-core CPU: ~1 s per pretraining step and ~0.6 s per core step at these shapes
@@ -31,7 +32,11 @@ DEMO_CORE_TRAIN = TrainConfig(steps=120, batch_size=16, seq_len=64, lr=1e-2, min
 def demo_recipes(out: Path, quick: bool = False) -> tuple[PretrainRecipe, PhaseMambaRecipe]:
     pre, core_train = DEMO_PRETRAIN, DEMO_CORE_TRAIN
     if quick:  # a smoke test of the whole pipeline in seconds
-        pre = replace(pre, model=MambaSpec(hidden_size=16, n_layers=2), train=replace(pre.train, steps=6, batch_size=4, seq_len=32, log_every=2, eval_batches=2))
+        pre = replace(
+            pre,
+            model=MambaSpec(hidden_size=16, n_layers=2),
+            train=replace(pre.train, steps=6, batch_size=4, seq_len=32, log_every=2, eval_batches=2),
+        )
         core_train = replace(core_train, steps=6, batch_size=4, seq_len=32, log_every=2, eval_batches=2)
     core = PhaseMambaRecipe(backbone=BackboneConfig(name=str(out / "backbone" / "model")), train=core_train)
     if quick:

@@ -55,8 +55,14 @@ class LMRecipe:
         if self.arch not in ARCHES:
             raise PhaseLMError(f"arch must be one of {', '.join(ARCHES)}, got {self.arch!r}")
         if self.arch == "gpt2" and self.train.seq_len > self.gpt.n_positions:
-            raise PhaseLMError(f"train.seq_len {self.train.seq_len} is longer than gpt.n_positions {self.gpt.n_positions}; shorten it or raise n_positions")
-        if self.arch == "kssm" and self.kssm.position_embedding and self.train.seq_len > self.kssm.max_position_embeddings:
+            raise PhaseLMError(
+                f"train.seq_len {self.train.seq_len} is longer than gpt.n_positions {self.gpt.n_positions}; shorten it or raise n_positions"
+            )
+        if (
+            self.arch == "kssm"
+            and self.kssm.position_embedding
+            and self.train.seq_len > self.kssm.max_position_embeddings
+        ):
             raise PhaseLMError(
                 f"train.seq_len {self.train.seq_len} is longer than kssm.max_position_embeddings {self.kssm.max_position_embeddings}"
             )
@@ -92,11 +98,21 @@ def build_lm(recipe: LMRecipe, vocab_size: int):
     return build_gpt(config)
 
 
-def train_lm(recipe: LMRecipe, run_dir: str | os.PathLike, resume: bool = False, progress: bool = True, command: str | None = None) -> dict:
+def train_lm(
+    recipe: LMRecipe,
+    run_dir: str | os.PathLike,
+    resume: bool = False,
+    progress: bool = True,
+    command: str | None = None,
+) -> dict:
     run_dir = Path(run_dir)
     text = load_text(recipe.data.corpus)
     tokenizer = learn_tokenizer(
-        recipe.tokenizer.kind, text, recipe.data.val_fraction, recipe.tokenizer.vocab_size, recipe.tokenizer.pretrained or None
+        recipe.tokenizer.kind,
+        text,
+        recipe.data.val_fraction,
+        recipe.tokenizer.vocab_size,
+        recipe.tokenizer.pretrained or None,
     )
     train_ids, val_ids = encode_split(tokenizer, text, recipe.data.val_fraction)
     torch.manual_seed(recipe.train.seed)

@@ -33,7 +33,6 @@ from ..objectives import LanguageModelObjective, PhaseCoreObjective
 from ..training import TrainConfig, train
 
 
-
 @dataclass
 class CorpusConfig:
     corpus: str = "tinyshakespeare"  # embedded corpus, a file, a folder, or "hf:NAME"
@@ -70,7 +69,9 @@ class BackboneConfig:
         from ..backbones import MAMBA_SHAPES
 
         if self.shape and self.shape not in MAMBA_SHAPES:
-            raise PhaseLMError(f"backbone.shape must be one of {', '.join(MAMBA_SHAPES)} (or empty), got {self.shape!r}")
+            raise PhaseLMError(
+                f"backbone.shape must be one of {', '.join(MAMBA_SHAPES)} (or empty), got {self.shape!r}"
+            )
 
 
 @dataclass
@@ -101,14 +102,22 @@ class PhaseMambaRecipe:
 
 
 def pretrain(
-    recipe: PretrainRecipe, run_dir: str | os.PathLike, resume: bool = False, progress: bool = True, command: str | None = None
+    recipe: PretrainRecipe,
+    run_dir: str | os.PathLike,
+    resume: bool = False,
+    progress: bool = True,
+    command: str | None = None,
 ) -> Path:
     """Train a small HF Mamba on the corpus; returns the ``save_pretrained`` folder."""
     run_dir = Path(run_dir)
     model_dir = run_dir / MODEL_FOLDER
     text = load_text(recipe.data.corpus)
     tokenizer = learn_tokenizer(
-        recipe.tokenizer.kind, text, recipe.data.val_fraction, recipe.tokenizer.vocab_size, recipe.tokenizer.pretrained or None
+        recipe.tokenizer.kind,
+        text,
+        recipe.data.val_fraction,
+        recipe.tokenizer.vocab_size,
+        recipe.tokenizer.pretrained or None,
     )
     train_ids, val_ids = encode_split(tokenizer, text, recipe.data.val_fraction)
     torch.manual_seed(recipe.train.seed)
@@ -159,7 +168,9 @@ def build_grafted(recipe: PhaseMambaRecipe, device: str = "cpu"):
             model.to(torch.bfloat16)
     core = recipe.core
     if core.hidden_size not in (0, hidden_size_of(model)):
-        raise PhaseLMError(f"core.hidden_size {core.hidden_size} does not match the backbone's {hidden_size_of(model)}; leave it at 0")
+        raise PhaseLMError(
+            f"core.hidden_size {core.hidden_size} does not match the backbone's {hidden_size_of(model)}; leave it at 0"
+        )
     handle = graft(model, replace(core, hidden_size=hidden_size_of(model)), layer=recipe.backbone.layer)
     return model, tokenizer, handle
 
@@ -186,7 +197,11 @@ def loadable_backbone(recipe: PhaseMambaRecipe, run_dir: str | os.PathLike) -> P
 
 
 def train_core(
-    recipe: PhaseMambaRecipe, run_dir: str | os.PathLike, resume: bool = False, progress: bool = True, command: str | None = None
+    recipe: PhaseMambaRecipe,
+    run_dir: str | os.PathLike,
+    resume: bool = False,
+    progress: bool = True,
+    command: str | None = None,
 ) -> dict:
     """Graft, train the core, then observe it on validation text and write summary + report."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -232,7 +247,9 @@ def observe(model, tokenizer, handle: Graft, val_ids: torch.Tensor, recipe: Phas
         uncertainties.append(normalized_entropy(logits).flatten().cpu())
     summary = summarize(torch.cat(orders), torch.cat(uncertainties))
     s = recipe.sample
-    args = dict(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_k=s.top_k or None, seed=s.seed, handle=handle)
+    args = dict(
+        max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_k=s.top_k or None, seed=s.seed, handle=handle
+    )
     blind = generate(model, tokenizer, s.prompt, measured=False, **args)
     measured = generate(model, tokenizer, s.prompt, measured=True, **args)
     summary["samples"] = {
@@ -257,7 +274,9 @@ def load_run(run_dir: str | os.PathLike, device: str = "cpu"):
         raise PhaseLMError(f"{run_dir} is not a PhaseLM run (no config.toml); pass a run directory or a model folder")
     from ..config import tomllib
 
-    recipe = loadable_backbone(from_dict(PhaseMambaRecipe, tomllib.loads(config_file.read_text(encoding="utf-8"))), run_dir)
+    recipe = loadable_backbone(
+        from_dict(PhaseMambaRecipe, tomllib.loads(config_file.read_text(encoding="utf-8"))), run_dir
+    )
     latest = ckpt.latest_checkpoint(run_dir)
     if latest is None:
         raise PhaseLMError(f"{run_dir} holds no complete checkpoint; train it first (phaselm train)")

@@ -9,7 +9,7 @@ parameter |sin(N·s/2) / (N·sin(s/2))| (a Dirichlet kernel), which falls monoto
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn

@@ -52,7 +52,10 @@ class Mamba2Mixer(nn.Module):
         self.in_proj = nn.Linear(d, 2 * self.d_inner + 2 * n + self.heads, bias=False)
         self.conv = nn.Conv1d(self.conv_channels, self.conv_channels, conv_kernel, groups=self.conv_channels)
         # Mamba-2 initialisation: Δ between 1e-3 and 1e-1, A in [1, 16].
-        dt = torch.exp(torch.rand(self.heads) * (torch.log(torch.tensor(0.1)) - torch.log(torch.tensor(1e-3))) + torch.log(torch.tensor(1e-3)))
+        dt = torch.exp(
+            torch.rand(self.heads) * (torch.log(torch.tensor(0.1)) - torch.log(torch.tensor(1e-3)))
+            + torch.log(torch.tensor(1e-3))
+        )
         self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
         self.A_log = nn.Parameter(torch.log(torch.empty(self.heads).uniform_(1, 16)))
         self.D = nn.Parameter(torch.ones(self.heads))
@@ -95,6 +98,8 @@ class Mamba2Mixer(nn.Module):
                 y, ssm = ssd_step(ssm, x_dt[:, 0], log_decay[:, 0], b[:, 0], c[:, 0])
                 y = y[:, None]
             else:  # every scan, the reference included, goes through the one resolver (logged, recorded)
-                y, ssm = ssd(x_dt, log_decay, b, c, ssm, backend=self.scan, chunk_size=self.chunk_size, matmul_dtype=matmul_dtype)
+                y, ssm = ssd(
+                    x_dt, log_decay, b, c, ssm, backend=self.scan, chunk_size=self.chunk_size, matmul_dtype=matmul_dtype
+                )
         y = (y + x.float() * self.D[:, None]).to(hidden.dtype).reshape(batch, length, self.d_inner)
         return self.out_proj(self.norm(y * F.silu(z))), (new_window, ssm)

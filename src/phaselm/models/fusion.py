@@ -1,6 +1,6 @@
-"""Fusion hybrids (seed 004, SPEC.md §4): RWKV-6 and Mamba-2 side by side in every block, as one
-Hugging Face model family — and the pure RWKV-6 and pure Mamba-2 models, which are the same
-model with one branch.
+"""Fusion hybrids (seed 004; departures in docs/seeds-vs-phaselm.md): RWKV-6 and Mamba-2 side
+by side in every block, as one Hugging Face model family — and the pure RWKV-6 and pure
+Mamba-2 models, which are the same model with one branch.
 
     token → embedding → n_layers × Block → RMSNorm → tied LM head
 
@@ -48,8 +48,8 @@ from transformers.modeling_outputs import CausalLMOutput
 from ..errors import PhaseLMError
 from ..interventions.sites import Intervenable, SiteMap
 from ..layers.mamba2 import Mamba2Mixer
-from .recurrent import RecurrentLM, register_auto_classes
 from ..layers.rwkv6 import RWKV6TimeMix
+from .recurrent import RecurrentLM, register_auto_classes
 
 MIXERS = ("hybrid", "rwkv6", "mamba2")
 FUSIONS = ("WS", "HY", "GF", "HGF", "CP", "RF")
@@ -62,7 +62,13 @@ GATE_INITS = {  # the seed's GF initialisations: the RWKV share γ at the start
     "extreme-mamba": 0.03,
     "extreme-rwkv": 0.97,
 }
-GATE_INIT_ALIASES = {"gf": "balanced", "gf-rh": "rwkv-heavy", "gf-mh": "mamba-heavy", "gf-xm": "extreme-mamba", "gf-xr": "extreme-rwkv"}
+GATE_INIT_ALIASES = {
+    "gf": "balanced",
+    "gf-rh": "rwkv-heavy",
+    "gf-mh": "mamba-heavy",
+    "gf-xm": "extreme-mamba",
+    "gf-xr": "extreme-rwkv",
+}
 
 
 def resolve_gate_init(value) -> float:
@@ -75,7 +81,9 @@ def resolve_gate_init(value) -> float:
             raise PhaseLMError(f"unknown gate_init {value!r}; use a number in (0, 1) or one of {names}")
         return GATE_INITS[key]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) < 1.0:
-        raise PhaseLMError(f"gate_init must lie strictly between 0 and 1 (a sigmoid gate never reaches 0 or 1), got {value!r}")
+        raise PhaseLMError(
+            f"gate_init must lie strictly between 0 and 1 (a sigmoid gate never reaches 0 or 1), got {value!r}"
+        )
     return float(value)
 
 
@@ -267,7 +275,9 @@ class FusionBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(d, config.mlp_ratio * d), nn.GELU(), nn.Linear(config.mlp_ratio * d, d))
         self.drop = nn.Dropout(config.dropout)
 
-    def forward(self, h: torch.Tensor, state: dict | None = None, ablate: str | None = None, mask: torch.Tensor | None = None):
+    def forward(
+        self, h: torch.Tensor, state: dict | None = None, ablate: str | None = None, mask: torch.Tensor | None = None
+    ):
         x = self.norm(h)
         state = state or {}
         r = m = gate = None

@@ -35,7 +35,9 @@ class GPTConfig(GPT2Config):
         # lie outside a small vocabulary.
         kwargs.setdefault("bos_token_id", None)
         kwargs.setdefault("eos_token_id", None)
-        super().__init__(vocab_size=vocab_size, n_embd=n_embd, n_layer=n_layer, n_head=n_head, n_positions=n_positions, **kwargs)
+        super().__init__(
+            vocab_size=vocab_size, n_embd=n_embd, n_layer=n_layer, n_head=n_head, n_positions=n_positions, **kwargs
+        )
 
     @property
     def dropout(self) -> float:

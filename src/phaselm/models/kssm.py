@@ -1,5 +1,6 @@
 """K-SSM: a language model whose blocks couple a selective state-space mixer with a bistable
-Kuramoto bank (seed 003, SPEC.md §3), as a Hugging Face model.
+Kuramoto bank (seed 003; docs/seeds-vs-phaselm.md lists where we depart from it), as a
+Hugging Face model.
 
     token → embedding → n_layers × Block → RMSNorm → tied LM head
 
@@ -128,7 +129,9 @@ class KSSMCache:
         self.seen = 0
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        self.layers = {i: (c.index_select(0, beam_idx), s.index_select(0, beam_idx)) for i, (c, s) in self.layers.items()}
+        self.layers = {
+            i: (c.index_select(0, beam_idx), s.index_select(0, beam_idx)) for i, (c, s) in self.layers.items()
+        }
 
 
 class Block(nn.Module):
@@ -175,7 +178,9 @@ class KSSMForCausalLM(RecurrentLM, Intervenable):
     def __init__(self, config: KSSMConfig):
         super().__init__(config)
         self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.pos_embed = nn.Embedding(config.max_position_embeddings, config.hidden_size) if config.position_embedding else None
+        self.pos_embed = (
+            nn.Embedding(config.max_position_embeddings, config.hidden_size) if config.position_embedding else None
+        )
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.norm = nn.RMSNorm(config.hidden_size)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
@@ -191,7 +196,7 @@ class KSSMForCausalLM(RecurrentLM, Intervenable):
         attention_mask: torch.Tensor | None = None,  # (B, T) or (B, past + T); 0 at padding
         **kwargs,
     ) -> KSSMOutput:
-        batch, length = input_ids.shape
+        _batch, length = input_ids.shape
         self.check_ids(input_ids)
         offset = past_key_values.seen if past_key_values is not None else 0
         mask = self.padding_mask(attention_mask, length)

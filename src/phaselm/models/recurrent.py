@@ -18,7 +18,7 @@ from ..errors import PhaseLMError
 
 
 class RecurrentLM(PreTrainedModel, GenerationMixin):
-    _tied_weights_keys = {"lm_head.weight": "embed.weight"}
+    _tied_weights_keys = {"lm_head.weight": "embed.weight"}  # noqa: RUF012  (transformers' own convention)
 
     def _init_weights(self, module):
         if isinstance(module, (nn.Linear, nn.Embedding)) and not getattr(module, "_phaselm_initialised", False):
@@ -58,10 +58,17 @@ class RecurrentLM(PreTrainedModel, GenerationMixin):
             return None
         return F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten())
 
-    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, use_cache=True, attention_mask=None, **kwargs):
+    def prepare_inputs_for_generation(
+        self, input_ids, past_key_values=None, use_cache=True, attention_mask=None, **kwargs
+    ):
         if past_key_values is not None:
             input_ids = input_ids[:, past_key_values.seen :]
-        return {"input_ids": input_ids, "past_key_values": past_key_values, "use_cache": use_cache, "attention_mask": attention_mask}
+        return {
+            "input_ids": input_ids,
+            "past_key_values": past_key_values,
+            "use_cache": use_cache,
+            "attention_mask": attention_mask,
+        }
 
     @staticmethod
     def padding_mask(attention_mask: torch.Tensor | None, length: int) -> torch.Tensor | None:

@@ -189,7 +189,7 @@ if triton is not None:
         cols = tl.arange(0, BLOCK_N)
         row_ok = rows < M
         mask = row_ok[:, None] & (cols[None, :] < N)
-        delta, u, u_raw, den, guarded, num, a, b, c, d, e, f, g, h = _map(params_ptr, rows, row_ok, u_min, u_max, den_eps, BISTABLE)
+        delta, u, _u_raw, _den, _guarded, _num, _a, _b, _c, _d, _e, _f, _g, _h = _map(params_ptr, rows, row_ok, u_min, u_max, den_eps, BISTABLE)
         tl.store(delta_ptr + rows, delta, mask=row_ok)
         tl.store(u_ptr + rows, u, mask=row_ok)
         coupling = 2.0 * tl.sigmoid(u)
@@ -220,7 +220,7 @@ if triton is not None:
         cols = tl.arange(0, BLOCK_N)
         row_ok = rows < M
         mask = row_ok[:, None] & (cols[None, :] < N)
-        delta, u, u_raw, den, guarded, num, a, b, c, d, e, f, g, h = _map(params_ptr, rows, row_ok, u_min, u_max, den_eps, BISTABLE)
+        _delta, u, u_raw, den, guarded, num, a, b, c, d, e, f, g, h = _map(params_ptr, rows, row_ok, u_min, u_max, den_eps, BISTABLE)
         sig = tl.sigmoid(u)
         coupling = 2.0 * sig
         cos0, sin0, mean_cos, mean_sin, theta = _phases(

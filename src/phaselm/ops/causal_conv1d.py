@@ -29,8 +29,6 @@ Shapes: x (B, T, D), its last dimension of stride 1 but any batch and time strid
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 
@@ -55,7 +53,7 @@ def _act(pre: torch.Tensor, silu: bool) -> torch.Tensor:
     return F.silu(pre) if silu else pre
 
 
-def _check(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
+def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
     if x.dim() != 3:
         raise ValueError(f"x must be (B, T, D), got shape {tuple(x.shape)}")
     if weight.dim() != 2 or weight.shape[0] != x.shape[-1] or weight.shape[1] < 1:
@@ -185,7 +183,7 @@ def _unit_stride(t: torch.Tensor) -> torch.Tensor:
 
 
 @torch.library.custom_op("phaselm::causal_conv1d_fwd", mutates_args=())
-def _causal_conv1d_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], silu: bool) -> torch.Tensor:
+def _causal_conv1d_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, silu: bool) -> torch.Tensor:
     """x (B, T, D) → (B, T, D) contiguous in x's dtype, through :func:`_conv_fwd_kernel`."""
     if triton is None:
         raise RuntimeError("causal_conv1d: the Triton kernels need Triton; use backend='reference'")
@@ -212,7 +210,7 @@ def _(x, weight, bias, silu):
 
 @torch.library.custom_op("phaselm::causal_conv1d_bwd", mutates_args=())
 def _causal_conv1d_bwd(
-    dout: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], silu: bool
+    dout: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, silu: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of :func:`_causal_conv1d_fwd`: dout (B, T, D) → dx (B, T, D) in x's dtype,
     dweight (D, K) in weight's dtype and dbias (D,) in bias's dtype (weight's when bias is None,
@@ -265,7 +263,7 @@ _causal_conv1d_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 @torch.library.custom_op("phaselm::causal_conv1d_update", mutates_args=("conv_state",))
 def _causal_conv1d_update(
-    x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], silu: bool
+    x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, silu: bool
 ) -> torch.Tensor:
     """x (B, D), conv_state (B, D, K) updated in place → (B, D) in x's dtype, through
     :func:`_conv_step_kernel`. Every tensor is passed with its strides: nothing is copied."""
@@ -393,7 +391,7 @@ if triton is not None:
             x_win = x_win[1:]
             g_win = g_win[1:]
         dw = ()
-        for k in tl.static_range(K):
+        for _ in tl.static_range(K):
             dw = dw + (zero,)
         db = zero
         for blk in range(BLOCK_T // ROWS):  # a constexpr bound: see the module docstring

@@ -50,7 +50,6 @@ Shapes: θ (..., N); kick (B, T, N); ω (N,); K a 0-dim tensor; mask (B, T); sta
 # No ``from __future__ import annotations``: torch.library.custom_op reads the ops' schemas from
 # the annotations themselves.
 import math
-from typing import Optional, Union
 
 import torch
 
@@ -77,7 +76,7 @@ KURAMOTO_RECURRENT = Op("kuramoto_recurrent", ("reference", "triton"), auto=trit
 def kuramoto_integrate(
     theta: torch.Tensor,
     omega: torch.Tensor,
-    coupling: Union[torch.Tensor, float],
+    coupling: torch.Tensor | float,
     dt: float,
     steps: int,
     backend: str = "auto",
@@ -97,11 +96,11 @@ def kuramoto_integrate(
 def kuramoto_recurrent(
     kick: torch.Tensor,
     omega: torch.Tensor,
-    coupling: Union[torch.Tensor, float],
+    coupling: torch.Tensor | float,
     dt: float,
     steps: int,
-    mask: Optional[torch.Tensor] = None,
-    initial_state: Optional[torch.Tensor] = None,
+    mask: torch.Tensor | None = None,
+    initial_state: torch.Tensor | None = None,
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The Phase Core's recurrent dynamics over a whole sequence → (phases (B, T, N), final state (B, N)).
@@ -131,11 +130,11 @@ def kuramoto_recurrent(
 def kuramoto_recurrent_reference(
     kick: torch.Tensor,
     omega: torch.Tensor,
-    coupling: Union[torch.Tensor, float],
+    coupling: torch.Tensor | float,
     dt: float,
     steps: int,
-    mask: Optional[torch.Tensor] = None,
-    initial_state: Optional[torch.Tensor] = None,
+    mask: torch.Tensor | None = None,
+    initial_state: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The recurrent loop position by position, built on :func:`phaselm.oscillators.integrate`."""
     with oscillators.full_precision(kick.device.type):
@@ -161,7 +160,7 @@ def _check_steps(steps: int) -> None:
         raise ValueError(f"the Kuramoto kernels unroll 0..64 Euler steps, got steps={steps}")
 
 
-def _coupling_tensor(coupling: Union[torch.Tensor, float], like: torch.Tensor) -> torch.Tensor:
+def _coupling_tensor(coupling: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
     if not isinstance(coupling, torch.Tensor):
         return torch.tensor(float(coupling), dtype=torch.float32, device=like.device)
     if coupling.numel() != 1:
@@ -269,8 +268,8 @@ def _recurrent_fwd(
     kick: torch.Tensor,
     omega: torch.Tensor,
     coupling: torch.Tensor,
-    mask: Optional[torch.Tensor],
-    initial_state: Optional[torch.Tensor],
+    mask: torch.Tensor | None,
+    initial_state: torch.Tensor | None,
     dt: float,
     steps: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -305,8 +304,8 @@ def _recurrent_bwd(
     kick: torch.Tensor,
     omega: torch.Tensor,
     coupling: torch.Tensor,
-    mask: Optional[torch.Tensor],
-    initial_state: Optional[torch.Tensor],
+    mask: torch.Tensor | None,
+    initial_state: torch.Tensor | None,
     dt: float,
     steps: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -361,7 +360,7 @@ def _recurrent_backward(ctx, grad_out, grad_final):
 _recurrent_fwd.register_autograd(_recurrent_backward, setup_context=_recurrent_setup_context)
 
 
-def _contiguous_or_unused(tensor: Optional[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+def _contiguous_or_unused(tensor: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     """The tensor for the kernel, or a fresh 1-element stand-in its constexpr flags never read
     (fresh rather than another argument, so torch.compile cannot mistake an alias)."""
     return like.new_empty(1) if tensor is None else tensor.contiguous()
@@ -441,7 +440,7 @@ if triton is not None:
         omega = tl.load(omega_ptr + cols, mask=col_ok, other=0.0)
         k = tl.load(k_ptr)
         for _ in tl.static_range(STEPS):
-            theta, c, s, mean_c, mean_s = _euler_step(theta, omega, k, dt, col_ok, N)
+            theta, _c, _s, _mean_c, _mean_s = _euler_step(theta, omega, k, dt, col_ok, N)
         tl.store(out_ptr + offsets, theta, mask=tile_ok)
 
     @triton.jit
@@ -491,7 +490,7 @@ if triton is not None:
             offsets = first + t * N
             theta = prev + tl.load(kick_ptr + offsets, mask=tile_ok, other=0.0)
             for _ in tl.static_range(STEPS):
-                theta, c, s, mean_c, mean_s = _euler_step(theta, omega, k, dt, col_ok, N)
+                theta, _c, _s, _mean_c, _mean_s = _euler_step(theta, omega, k, dt, col_ok, N)
             if HAS_MASK:
                 keep = tl.load(mask_ptr + rows * T + t, mask=row_ok, other=0) != 0
                 theta = tl.where(keep[:, None], theta, prev)  # padding keeps the carried phases

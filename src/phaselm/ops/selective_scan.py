@@ -239,7 +239,7 @@ if triton is not None:
 
     @_scan_bwd_op.register_fake
     def _(x, dt, A, B, C, D, z, dt_bias, entering, d_out, d_final, dt_softplus, want_initial):
-        batch, length, channels = x.shape
+        batch, _length, channels = x.shape
         n = A.shape[-1]
         f32 = dict(dtype=torch.float32)
         return (

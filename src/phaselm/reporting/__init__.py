@@ -7,6 +7,9 @@ self-contained page alone (protocol runs call it with their results) and
 ``rebuild_html_report`` (``phaselm report RUN_DIR``) rebuilds it from a run directory's files.
 Every key is optional: a pretraining run has no R, U or tones, so each plot and section is
 drawn only when its data is there.
+
+The modules are layered, each importing only those below it: common (constants, formatting),
+reading and provenance; plots and html_common; markdown and results; page on top.
 """
 
 import matplotlib
@@ -15,44 +18,60 @@ import matplotlib
 # submodule imports pyplot, so pyplot never tries to open a display.
 matplotlib.use("Agg")
 
-from .common import AUX_LOSS_KEYS, DPI, MAIN_LOSS_KEYS, MEASURED_TOKENS, PLOT_FILES, STAT_ROWS, TONE_COLOURS, TONE_GLYPH_BY_NAME, TONE_NAME_BY_GLYPH
-from .reading import read_metrics
+from .common import (
+    AUX_LOSS_KEYS,
+    DPI,
+    HTML_REPORT,
+    MAIN_LOSS_KEYS,
+    MAX_DETAIL_CHARS,
+    MEASURED_TOKENS,
+    PLOT_FILES,
+    PROTOCOL_FILE,
+    PROVENANCE,
+    RESULT_GLOBS,
+    SAMPLE_TOKENS_HTML,
+    STAT_ROWS,
+    TONE_COLOURS,
+    TONE_GLYPH_BY_NAME,
+    TONE_NAME_BY_GLYPH,
+    VERSION_PACKAGES,
+)
+from .html_common import markdown_to_html
+from .page import rebuild_html_report, write_html_report, write_report
 from .plots import plot_loss, plot_order, plot_tones, tone_counts
-from .markdown import machine_description, write_report
-from .html_common import HTML_REPORT, MAX_DETAIL_CHARS, PROTOCOL_FILE, PROVENANCE, RESULT_GLOBS, SAMPLE_TOKENS_HTML, VERSION_PACKAGES, markdown_to_html
-from .provenance import git_commit, software_versions
+from .provenance import git_commit, machine_description, software_versions
+from .reading import read_metrics
 from .results import discover_results, result_distributions
-from .page import rebuild_html_report, write_html_report
 
 __all__ = [
     "AUX_LOSS_KEYS",
     "DPI",
+    "HTML_REPORT",
     "MAIN_LOSS_KEYS",
+    "MAX_DETAIL_CHARS",
     "MEASURED_TOKENS",
     "PLOT_FILES",
-    "STAT_ROWS",
-    "TONE_COLOURS",
-    "TONE_GLYPH_BY_NAME",
-    "TONE_NAME_BY_GLYPH",
-    "read_metrics",
-    "plot_loss",
-    "plot_order",
-    "plot_tones",
-    "tone_counts",
-    "machine_description",
-    "write_report",
-    "HTML_REPORT",
-    "MAX_DETAIL_CHARS",
     "PROTOCOL_FILE",
     "PROVENANCE",
     "RESULT_GLOBS",
     "SAMPLE_TOKENS_HTML",
+    "STAT_ROWS",
+    "TONE_COLOURS",
+    "TONE_GLYPH_BY_NAME",
+    "TONE_NAME_BY_GLYPH",
     "VERSION_PACKAGES",
-    "markdown_to_html",
-    "git_commit",
-    "software_versions",
     "discover_results",
-    "result_distributions",
+    "git_commit",
+    "machine_description",
+    "markdown_to_html",
+    "plot_loss",
+    "plot_order",
+    "plot_tones",
+    "read_metrics",
     "rebuild_html_report",
+    "result_distributions",
+    "software_versions",
+    "tone_counts",
     "write_html_report",
+    "write_report",
 ]

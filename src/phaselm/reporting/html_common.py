@@ -7,10 +7,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 
-from .common import DPI
-from .markdown import _fmt
-from .reading import _is_number
-
+from .common import DPI, format_value, is_number
 
 # report.html: one self-contained page (plots embedded as base64 PNG, no external references)
 #
@@ -29,15 +26,7 @@ from .reading import _is_number
 #   files.png                 a plot of its own, embedded (NAME.png beside NAME.json is found too)
 #   other scalar fields       (n, alpha, seeds, created, …) listed as details
 
-HTML_REPORT = "report.html"
-PROVENANCE = "provenance.json"
-PROTOCOL_FILE = "protocol.toml"
-RESULT_GLOBS = ("results.json", "*/results.json", "evals/*.json")
-VERSION_PACKAGES = ("phaselm", "torch", "transformers", "accelerate", "numpy", "scipy", "matplotlib")
-SAMPLE_TOKENS_HTML = 400  # measured-sample tokens shown in report.html
-MAX_DETAIL_CHARS = 300  # longer scalar fields of a result are cut in its details table
-
-_CSS = """
+PAGE_CSS = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0 auto; max-width: 1060px;
        padding: 0 1.2em 3em; color: #1d2330; background: #fff; }
 h1 { margin: 1em 0 0.2em; } h2 { border-bottom: 1px solid #d8dde6; padding-bottom: 0.2em; margin-top: 2em; }
@@ -52,25 +41,27 @@ figcaption { font-size: 0.88em; color: #555; }
 .tokens { white-space: pre-wrap; font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 0.9em;
           line-height: 1.9; border: 1px solid #e1e4e8; padding: 0.6em; }
 .tok { border-bottom: 3px solid transparent; border-radius: 2px; }
-.swatch { display: inline-block; width: 0.9em; height: 0.9em; border-radius: 2px; vertical-align: middle; margin-right: 0.3em; }
+.swatch { display: inline-block; width: 0.9em; height: 0.9em; border-radius: 2px; vertical-align: middle;
+          margin-right: 0.3em; }
 """
 
 
-def _esc(value: Any) -> str:
+def escape_html(value: Any) -> str:
     """Text content: &, < and > escaped (quotes stay readable, e.g. in a TOML config)."""
     import html
 
     return html.escape(str(value), quote=False)
 
 
-def _attr(value: Any) -> str:
+def escape_attribute(value: Any) -> str:
     """An attribute value inside double quotes."""
     import html
 
     return html.escape(str(value), quote=True)
 
 
-def _fig_png(fig) -> bytes:
+def figure_png(fig) -> bytes:
+    """A matplotlib figure as PNG bytes (the figure is closed)."""
     import io
 
     buffer = io.BytesIO()
@@ -80,27 +71,30 @@ def _fig_png(fig) -> bytes:
     return buffer.getvalue()
 
 
-def _img(png: bytes, alt: str, caption: str | None = None) -> str:
+def figure_html(png: bytes, alt: str, caption: str | None = None) -> str:
+    """A ``<figure>`` with the PNG embedded as base64, and an optional caption."""
     import base64
 
     data = base64.b64encode(png).decode("ascii")
-    cap = f"<figcaption>{_esc(caption)}</figcaption>" if caption else ""
-    return f'<figure><img alt="{_attr(alt)}" src="data:image/png;base64,{data}">{cap}</figure>'
+    cap = f"<figcaption>{escape_html(caption)}</figcaption>" if caption else ""
+    return f'<figure><img alt="{escape_attribute(alt)}" src="data:image/png;base64,{data}">{cap}</figure>'
 
 
-def _html_table(header: list[str], rows: list[list[Any]], caption: str | None = None) -> str:
+def html_table(header: list[str], rows: list[list[Any]], caption: str | None = None) -> str:
+    """An HTML table; numeric cells are formatted and right-aligned, text is escaped."""
     def cell(tag: str, value: Any) -> str:
-        number = _is_number(value) or (isinstance(value, str) and re.fullmatch(r"[-+]?[\d.]+(e[-+]?\d+)?( ?%)?", value) is not None)
-        if isinstance(value, (list, tuple)) and all(_is_number(v) or v is None for v in value):
-            text = "[" + ", ".join(_fmt(v) for v in value) + "]"  # e.g. a confidence interval
+        numeric_text = isinstance(value, str) and re.fullmatch(r"[-+]?[\d.]+(e[-+]?\d+)?( ?%)?", value) is not None
+        number = is_number(value) or numeric_text
+        if isinstance(value, (list, tuple)) and all(is_number(v) or v is None for v in value):
+            text = "[" + ", ".join(format_value(v) for v in value) + "]"  # e.g. a confidence interval
         else:
-            text = _fmt(value) if not isinstance(value, str) else value
+            text = format_value(value) if not isinstance(value, str) else value
         cls = ' class="num"' if number and tag == "td" else ""
-        return f"<{tag}{cls}>{_esc(text)}</{tag}>"
+        return f"<{tag}{cls}>{escape_html(text)}</{tag}>"
 
     parts = ["<table>"]
     if caption:
-        parts.append(f"<caption>{_esc(caption)}</caption>")
+        parts.append(f"<caption>{escape_html(caption)}</caption>")
     parts.append("<tr>" + "".join(cell("th", h) for h in header) + "</tr>")
     parts += ["<tr>" + "".join(cell("td", c) for c in row) + "</tr>" for row in rows]
     parts.append("</table>")
@@ -131,12 +125,12 @@ def markdown_to_html(text: str) -> str:
                 block.append(_md_cells(lines[i]))
                 i += 1
             body = [r for r in block[1:] if not all(re.fullmatch(r":?-{1,}:?", c) for c in r if c)]
-            out.append(_html_table(block[0], body))
+            out.append(html_table(block[0], body))
             continue
         stripped = line.strip()
         if stripped.startswith("#"):
-            out.append(f"<h4>{_esc(stripped.lstrip('#').strip())}</h4>")
+            out.append(f"<h4>{escape_html(stripped.lstrip('#').strip())}</h4>")
         elif stripped:
-            out.append(f"<p>{_esc(stripped)}</p>")
+            out.append(f"<p>{escape_html(stripped)}</p>")
         i += 1
     return "\n".join(out)

@@ -1,10 +1,8 @@
-"""report.md: the Markdown summary of a run, and write_report (Markdown + plots + HTML)."""
+"""report.md: the Markdown summary of a run, with its plots."""
 
 from __future__ import annotations
 
-import math
 import os
-import platform
 import re
 from datetime import datetime, timezone
 from pathlib import Path
@@ -12,23 +10,14 @@ from typing import Any
 
 from ..errors import PhaseLMError
 from ..observables import ACTIONS
-from .common import MEASURED_TOKENS, PLOT_FILES, STAT_ROWS, TONE_GLYPH_BY_NAME, TONE_NAME_BY_GLYPH
-from .plots import _ordered_tones, plot_loss, plot_order, plot_tones, tone_counts
-from .reading import _is_number, read_metrics
-
-
-def _fmt(value: Any, digits: int = 4) -> str:
-    if not _is_number(value):
-        return "—" if value is None else str(value)
-    if isinstance(value, int):
-        return str(value)
-    if not math.isfinite(value):
-        return str(value)
-    return f"{value:.{digits}g}"
+from .common import MEASURED_TOKENS, PLOT_FILES, STAT_ROWS, format_value, is_number, tone_label
+from .plots import ordered_tones, plot_loss, plot_order, plot_tones, tone_counts
+from .provenance import machine_description
+from .reading import read_metrics
 
 
 def _percent(value: Any) -> str:
-    return f"{100.0 * value:.1f} %" if _is_number(value) else _fmt(value)
+    return f"{100.0 * value:.1f} %" if is_number(value) else format_value(value)
 
 
 def _cell(text: Any) -> str:
@@ -36,7 +25,8 @@ def _cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+def markdown_table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    """A GFM table as lines; a '|' or newline inside a cell is escaped."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
     return lines
@@ -56,48 +46,23 @@ def _code_block(text: str, lang: str = "") -> list[str]:
     return [fence + lang, text.rstrip("\n"), fence]
 
 
-def _tone_label(tone: Any) -> str:
-    """'⚖ balance' from a glyph or a name; anything else as given."""
-    if tone in TONE_NAME_BY_GLYPH:
-        return f"{tone} {TONE_NAME_BY_GLYPH[tone]}"
-    if tone in TONE_GLYPH_BY_NAME:
-        return f"{TONE_GLYPH_BY_NAME[tone]} {tone}"
-    return _fmt(tone)
-
-
-def machine_description() -> str:
-    """Platform, CPU count, Python and torch versions, and the CUDA device if there is one."""
-    parts = [platform.platform(), f"{os.cpu_count()} CPUs", f"Python {platform.python_version()}"]
-    try:
-        import torch
-
-        parts.append(f"torch {torch.__version__}")
-        if torch.cuda.is_available():
-            parts.append(f"CUDA device: {torch.cuda.get_device_name(0)}")
-        else:
-            parts.append("no CUDA device")
-    except ImportError:
-        parts.append("torch not installed")
-    return ", ".join(parts)
-
-
-def _statistics_tables(summary: dict) -> list[tuple[list[str], list[list[str]]]]:
+def statistics_tables(summary: dict) -> list[tuple[list[str], list[list[str]]]]:
     """The key statistics as (header, rows) tables: R/U/R·U, then Goldilocks and perplexity."""
     rows = []
     for key, label in STAT_ROWS:
         stats = summary.get(key)
         if isinstance(stats, dict):
-            rows.append([label] + [_fmt(stats.get(s)) for s in ("mean", "std", "min", "max")])
+            rows.append([label] + [format_value(stats.get(s)) for s in ("mean", "std", "min", "max")])
     scalars = []
     if "goldilocks_residence" in summary:
         scalars.append(["Goldilocks residence", _percent(summary["goldilocks_residence"])])
     with_core = summary.get("val_ppl_with_core")
     without_core = summary.get("val_ppl_without_core")
     if with_core is not None:
-        scalars.append(["validation perplexity, with core", _fmt(with_core)])
+        scalars.append(["validation perplexity, with core", format_value(with_core)])
     if without_core is not None:
-        scalars.append(["validation perplexity, without core", _fmt(without_core)])
-    if _is_number(with_core) and _is_number(without_core) and without_core:
+        scalars.append(["validation perplexity, without core", format_value(without_core)])
+    if is_number(with_core) and is_number(without_core) and without_core:
         change = with_core - without_core
         scalars.append(["change from the core", f"{change:+.4g} ({100 * change / without_core:+.2f} %)"])
     tables = []
@@ -109,20 +74,20 @@ def _statistics_tables(summary: dict) -> list[tuple[list[str], list[list[str]]]]
 
 
 def _statistics_section(summary: dict) -> list[str]:
-    tables = _statistics_tables(summary)
+    tables = statistics_tables(summary)
     if not tables:
         return []
     lines = ["## Key statistics", ""]
     for header, rows in tables:
-        lines += _table(header, rows) + [""]
+        lines += markdown_table(header, rows) + [""]
     return lines
 
 
-def _tone_rows(tone_shares: Any) -> list[tuple[str, float]]:
+def tone_rows(tone_shares: Any) -> list[tuple[str, float]]:
     """(tone name, percent) in the canonical order; empty when there are no usable shares."""
     if not isinstance(tone_shares, dict) or not tone_shares:
         return []
-    items = [(k, v) for k, v in _ordered_tones(tone_shares) if _is_number(v)]
+    items = [(k, v) for k, v in ordered_tones(tone_shares) if is_number(v)]
     total = sum(v for _, v in items)
     if not items or total <= 0:
         return []
@@ -131,18 +96,18 @@ def _tone_rows(tone_shares: Any) -> list[tuple[str, float]]:
 
 
 def _tones_section(tone_shares: Any) -> list[str]:
-    rows = [[_tone_label(k), f"{share:.1f} %"] for k, share in _tone_rows(tone_shares)]
+    rows = [[tone_label(k), f"{share:.1f} %"] for k, share in tone_rows(tone_shares)]
     if not rows:
         return []
-    return ["## Tone distribution", ""] + _table(["tone", "share"], rows) + [""]
+    return ["## Tone distribution", ""] + markdown_table(["tone", "share"], rows) + [""]
 
 
 def _drift_section(actions: Any) -> list[str]:
     if not isinstance(actions, dict) or not actions:
         return []
     ordered = [a for a in ACTIONS if a in actions] + [a for a in actions if a not in ACTIONS]
-    rows = [[a, _fmt(actions[a])] for a in ordered]
-    return ["## Drift actions", ""] + _table(["action", "count"], rows) + [""]
+    rows = [[a, format_value(actions[a])] for a in ordered]
+    return ["## Drift actions", ""] + markdown_table(["action", "count"], rows) + [""]
 
 
 def _samples_section(samples: Any) -> list[str]:
@@ -162,17 +127,17 @@ def _samples_section(samples: Any) -> list[str]:
         rows = [
             [
                 _code_span(repr(m.get("token", ""))),
-                _fmt(m.get("r"), 3),
-                _fmt(m.get("u"), 3),
-                _tone_label(m.get("tone")),
+                format_value(m.get("r"), 3),
+                format_value(m.get("u"), 3),
+                tone_label(m.get("tone")),
             ]
             for m in shown
         ]
-        lines += _table(["token", "R", "U", "tone"], rows) + [""]
+        lines += markdown_table(["token", "R", "U", "tone"], rows) + [""]
     return ["## Samples", ""] + lines if lines else []
 
 
-def write_report(
+def write_markdown_report(
     run_dir: str | os.PathLike,
     title: str,
     summary: dict,
@@ -181,12 +146,10 @@ def write_report(
 ) -> Path:
     """Draw the plots into ``run_dir/plots/`` and write ``run_dir/report.md``; returns its path.
 
-    Also writes ``run_dir/report.html`` (``write_html_report``) and ``provenance.json``.
     Plots and sections whose data is absent are left out. A run without ``metrics.jsonl``
-    still gets a report (statistics, samples, config), noted as having no plots.
+    still gets a report (statistics, samples, config), noted as having no plots. The whole
+    report (this and report.html) is ``phaselm.reporting.write_report``.
     """
-    from .page import write_html_report  # page builds on this module's formatting
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise PhaseLMError(f"{run_dir}: no such run directory")
@@ -225,6 +188,10 @@ def write_report(
 
     report = run_dir / "report.md"
     report.write_text("\n".join(lines).rstrip("\n") + "\n", encoding="utf-8")
-    # The same run as one self-contained page (plots embedded), beside report.md.
-    write_html_report(run_dir, title, summary, config_text, commands)
     return report
+
+
+# TEMPORARY: the old private names, still imported by evals/ and protocols/ (being rewritten);
+# the lead removes these after merging and points those imports at the public names.
+_fmt = format_value
+_table = markdown_table

@@ -10,21 +10,51 @@ from typing import Any
 
 from ..errors import PhaseLMError
 from ..observables import ACTIONS, TONES
-from .common import TONE_COLOURS, TONE_GLYPH_BY_NAME, TONE_NAME_BY_GLYPH
-from .html_common import HTML_REPORT, MAX_DETAIL_CHARS, PROTOCOL_FILE, PROVENANCE, SAMPLE_TOKENS_HTML, VERSION_PACKAGES, _CSS, _attr, _esc, _fig_png, _html_table, _img, markdown_to_html
-from .markdown import _fmt, _statistics_tables, _tone_label, _tone_rows, machine_description
-from .plots import _fig_loss, _fig_order, _fig_tones, tone_counts
-from .provenance import _provenance, _read_optional_json, git_commit, software_versions
-from .reading import _is_number, _is_train, read_metrics
-from .results import _distribution_rows, _fig_distributions, _fig_scatter, _numbers, _result_title, _scatter_points, discover_results, result_distributions
+from .common import (
+    HTML_REPORT,
+    MAX_DETAIL_CHARS,
+    PROTOCOL_FILE,
+    PROVENANCE,
+    SAMPLE_TOKENS_HTML,
+    TONE_COLOURS,
+    TONE_GLYPH_BY_NAME,
+    TONE_NAME_BY_GLYPH,
+    VERSION_PACKAGES,
+    format_value,
+    is_number,
+    tone_label,
+)
+from .html_common import (
+    PAGE_CSS,
+    escape_attribute,
+    escape_html,
+    figure_html,
+    figure_png,
+    html_table,
+    markdown_to_html,
+)
+from .markdown import statistics_tables, tone_rows, write_markdown_report
+from .plots import loss_figure, order_figure, tone_counts, tones_figure
+from .provenance import git_commit, machine_description, provenance_record, read_optional_json, software_versions
+from .reading import is_train_record, read_metrics
+from .results import (
+    discover_results,
+    distribution_rows,
+    distributions_figure,
+    finite_numbers,
+    result_distributions,
+    result_title,
+    scatter_figure,
+    scatter_points,
+)
 
 
 def _section(anchor: str, title: str, body: str) -> str:
-    return f'<section id="{anchor}">\n<h2>{_esc(title)}</h2>\n{body}\n</section>'
+    return f'<section id="{anchor}">\n<h2>{escape_html(title)}</h2>\n{body}\n</section>'
 
 
 def _pre(text: str) -> str:
-    return f"<pre>{_esc(text.rstrip())}</pre>"
+    return f"<pre>{escape_html(text.rstrip())}</pre>"
 
 
 def _tone_span(reading: dict) -> str:
@@ -32,19 +62,28 @@ def _tone_span(reading: dict) -> str:
     name = TONE_NAME_BY_GLYPH.get(tone, tone)
     colour = TONE_COLOURS.get(name)
     style = f' style="background:{colour}40;border-bottom-color:{colour}"' if colour else ""
-    tip = f"R {_fmt(reading.get('r'), 3)} · U {_fmt(reading.get('u'), 3)} · R·U {_fmt(reading.get('ru'), 3)} · {_tone_label(tone)}"
-    return f'<span class="tok"{style} title="{_attr(tip)}">{_esc(reading.get("token", ""))}</span>'
+    r, u, ru = (format_value(reading.get(key), 3) for key in ("r", "u", "ru"))
+    tip = f"R {r} · U {u} · R·U {ru} · {tone_label(tone)}"
+    return f'<span class="tok"{style} title="{escape_attribute(tip)}">{escape_html(reading.get("token", ""))}</span>'
 
 
 def _legend() -> str:
-    items = [f'<span class="swatch" style="background:{TONE_COLOURS[t.name]}"></span>{_esc(t.glyph)} {_esc(t.name)}'
-             f' <span class="muted">(R ≥ {max(t.low, 0.0):.2f})</span>' for t in TONES]
+    items = [
+        f'<span class="swatch" style="background:{TONE_COLOURS[t.name]}"></span>'
+        f"{escape_html(t.glyph)} {escape_html(t.name)}"
+        f' <span class="muted">(R ≥ {max(t.low, 0.0):.2f})</span>'
+        for t in TONES
+    ]
     return '<p class="note">' + " &nbsp; ".join(items) + "</p>"
 
 
 def _summary_scalars(summary: dict) -> list[list[Any]]:
     skip = {"goldilocks_residence", "val_ppl_with_core", "val_ppl_without_core"}
-    return [[k, v] for k, v in summary.items() if k not in skip and (isinstance(v, str) or _is_number(v)) and len(str(v)) <= MAX_DETAIL_CHARS]
+    return [
+        [k, v]
+        for k, v in summary.items()
+        if k not in skip and (isinstance(v, str) or is_number(v)) and len(str(v)) <= MAX_DETAIL_CHARS
+    ]
 
 
 def _cut(text: str, limit: int = MAX_DETAIL_CHARS) -> str:
@@ -58,10 +97,14 @@ def _result_details(result: dict) -> list[list[Any]]:
     for key, value in result.items():
         if key in ("markdown", "title", "command", "machine"):
             continue
-        if isinstance(value, bool) or _is_number(value) or isinstance(value, str):
+        if isinstance(value, bool) or is_number(value) or isinstance(value, str):
             rows.append([key, _cut(str(value))])
         elif isinstance(value, dict) and value:
-            flat = [(k, v) for k, v in value.items() if k != "text" and (v is None or isinstance(v, (str, int, float, bool)))]
+            flat = [
+                (k, v)
+                for k, v in value.items()
+                if k != "text" and (v is None or isinstance(v, (str, int, float, bool)))
+            ]
             if flat:
                 rows.append([key, _cut(", ".join(f"{k}={_cut(str(v), 80)}" for k, v in flat))])
     return rows
@@ -84,50 +127,60 @@ def _results_html(results: list[tuple[Path | None, dict]], problems: list[str], 
     """(results section body, distributions section body, extra scatter series)."""
     parts, dist_parts, scatter = [], [], {}
     for index, (path, result) in enumerate(results):
-        title = _result_title(result, path)
+        title = result_title(result, path)
         anchor = f"result-{index + 1}"
         where = ""
         if path is not None and path.is_file():
             try:
-                where = f' <span class="muted">({_esc(path.relative_to(run_dir).as_posix())})</span>'
+                where = f' <span class="muted">({escape_html(path.relative_to(run_dir).as_posix())})</span>'
             except ValueError:
-                where = f' <span class="muted">({_esc(path)})</span>'
-        block = [f'<h3 id="{anchor}">{_esc(title)}{where}</h3>']
+                where = f' <span class="muted">({escape_html(path)})</span>'
+        block = [f'<h3 id="{anchor}">{escape_html(title)}{where}</h3>']
         if isinstance(result.get("command"), str) and result["command"]:
             block.append(_pre(result["command"]))
         details = _result_details(result)
         if details:
-            block.append(_html_table(["field", "value"], details))
+            block.append(html_table(["field", "value"], details))
         tables = result.get("tables")
         if isinstance(tables, list) and tables:
             for table in tables:
                 if not isinstance(table, dict) or not isinstance(table.get("header"), list):
                     continue
                 if table.get("title"):
-                    block.append(f"<h4>{_esc(table['title'])}</h4>")
-                block.append(_html_table([str(h) for h in table["header"]], [list(r) for r in table.get("rows", []) if isinstance(r, (list, tuple))]))
+                    block.append(f"<h4>{escape_html(table['title'])}</h4>")
+                block.append(
+                    html_table(
+                        [str(h) for h in table["header"]],
+                        [list(r) for r in table.get("rows", []) if isinstance(r, (list, tuple))],
+                    )
+                )
                 if table.get("note"):
-                    block.append(f'<p class="note">{_esc(table["note"])}</p>')
+                    block.append(f'<p class="note">{escape_html(table["note"])}</p>')
         elif isinstance(result.get("markdown"), str) and result["markdown"].strip():
             block.append(markdown_to_html(result["markdown"]))
         png = _result_png(result, path)
         if png is not None:
-            block.append(_img(png.read_bytes(), f"{title} plot", f"{title}: {png.name}"))
+            block.append(figure_html(png.read_bytes(), f"{title} plot", f"{title}: {png.name}"))
         parts.append("\n".join(block))
 
         distributions = result_distributions(result)
         if distributions:
-            fig = _fig_distributions(distributions, title)
-            dist_parts.append(f"<h3>{_esc(title)}</h3>")
-            dist_parts.append(_img(_fig_png(fig), f"{title}: per-condition distributions"))
-            dist_parts.append(_html_table(["metric", "condition", "n", "mean", "std", "median", "min", "max"], _distribution_rows(distributions)))
+            fig = distributions_figure(distributions, title)
+            dist_parts.append(f"<h3>{escape_html(title)}</h3>")
+            dist_parts.append(figure_html(figure_png(fig), f"{title}: per-condition distributions"))
+            dist_parts.append(
+                html_table(
+                    ["metric", "condition", "n", "mean", "std", "median", "min", "max"],
+                    distribution_rows(distributions),
+                )
+            )
         points = result.get("scatter")
         if isinstance(points, dict):
             for condition, values in points.items():
-                if _scatter_points(values):
-                    scatter[f"{title}: {condition}"] = _scatter_points(values)
+                if scatter_points(values):
+                    scatter[f"{title}: {condition}"] = scatter_points(values)
     if problems:
-        parts.append('<p class="note">Not included: ' + "; ".join(_esc(p) for p in problems) + "</p>")
+        parts.append('<p class="note">Not included: ' + "; ".join(escape_html(p) for p in problems) + "</p>")
     return "\n".join(parts), "\n".join(dist_parts), scatter
 
 
@@ -146,16 +199,22 @@ def _software_html(recorded: dict | None, rebuilt: bool) -> str:
     if base.get("machine"):
         rows.append(["machine", base["machine"]])
     when = base.get("written")
-    intro = (f'<p class="note">Recorded when the run wrote its report ({_esc(when)}).</p>' if recorded and when
+    intro = (f'<p class="note">Recorded when the run wrote its report ({escape_html(when)}).</p>' if recorded and when
              else '<p class="note">Recorded when this report was written.</p>')
-    body = intro + _html_table(["software", "version"], rows)
+    body = intro + html_table(["software", "version"], rows)
     if rebuilt and recorded and isinstance(recorded.get("software"), dict):
-        changed = [[k, recorded["software"].get(k, "—"), v] for k, v in current["software"].items() if recorded["software"].get(k) != v]
+        changed = [
+            [k, recorded["software"].get(k, "—"), v]
+            for k, v in current["software"].items()
+            if recorded["software"].get(k) != v
+        ]
         now_git = (current["git"] or {}).get("commit")
         if now_git != (recorded.get("git") or {}).get("commit"):
             changed.append(["git commit", (recorded.get("git") or {}).get("commit") or "—", now_git or "—"])
         if changed:
-            body += '<p class="note">This page was rebuilt with other versions:</p>' + _html_table(["software", "run", "rebuild"], changed)
+            body += '<p class="note">This page was rebuilt with other versions:</p>' + html_table(
+                ["software", "run", "rebuild"], changed
+            )
     return body
 
 
@@ -200,16 +259,16 @@ def write_html_report(
     provenance_path = run_dir / PROVENANCE
     if rebuild:
         try:
-            provenance = _read_optional_json(provenance_path)
+            provenance = read_optional_json(provenance_path)
         except PhaseLMError:
             provenance = None
     else:
-        provenance = _provenance(title, commands)
+        provenance = provenance_record(title, commands)
         tmp = provenance_path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(provenance, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         os.replace(tmp, provenance_path)
     if summary is None:
-        summary = _read_optional_json(run_dir / "summary.json") or {}
+        summary = read_optional_json(run_dir / "summary.json") or {}
     if config_text is None and (run_dir / "config.toml").is_file():
         config_text = (run_dir / "config.toml").read_text(encoding="utf-8")
     if protocol_text is None and (run_dir / PROTOCOL_FILE).is_file():
@@ -230,52 +289,62 @@ def write_html_report(
     sections: list[tuple[str, str, str]] = []  # (anchor, title, body)
 
     # Run
-    run_body = [f"<p>Run directory: <code>{_esc(run_dir.resolve())}</code></p>"]
+    run_body = [f"<p>Run directory: <code>{escape_html(run_dir.resolve())}</code></p>"]
     if commands:
         run_body.append("<p>Command:</p>" + _pre("\n".join(commands)))
-    run_body.append(f"<p>Machine: {_esc(machine_description() if not (provenance and provenance.get('machine')) else provenance['machine'])}</p>")
+    machine = provenance["machine"] if provenance and provenance.get("machine") else machine_description()
+    run_body.append(f"<p>Machine: {escape_html(machine)}</p>")
     sections.append(("run", "Run", "\n".join(run_body)))
 
     # Key statistics
-    stat_parts = [_html_table(h, r) for h, r in _statistics_tables(summary)]
+    stat_parts = [html_table(h, r) for h, r in statistics_tables(summary)]
     scalars = _summary_scalars(summary)
     if scalars:
-        stat_parts.append(_html_table(["summary", "value"], scalars))
+        stat_parts.append(html_table(["summary", "value"], scalars))
     if stat_parts:
         sections.append(("statistics", "Key statistics", "\n".join(stat_parts)))
 
     # Results of evals / protocols (before the plots are drawn: they may add scatter series)
     results_body, dist_body, result_scatter = _results_html(found, problems, run_dir)
     if distributions:
-        cleaned = {m: {c: _numbers(v) for c, v in conds.items() if _numbers(v)} for m, conds in distributions.items() if isinstance(conds, dict)}
+        cleaned = {
+            m: {c: finite_numbers(v) for c, v in conds.items() if finite_numbers(v)}
+            for m, conds in distributions.items()
+            if isinstance(conds, dict)
+        }
         cleaned = {m: c for m, c in cleaned.items() if c}
         if cleaned:
-            dist_body = (_img(_fig_png(_fig_distributions(cleaned, title)), "per-condition distributions")
-                         + _html_table(["metric", "condition", "n", "mean", "std", "median", "min", "max"], _distribution_rows(cleaned))
-                         + "\n" + dist_body)
+            dist_body = (
+                figure_html(figure_png(distributions_figure(cleaned, title)), "per-condition distributions")
+                + html_table(
+                    ["metric", "condition", "n", "mean", "std", "median", "min", "max"], distribution_rows(cleaned)
+                )
+                + "\n"
+                + dist_body
+            )
 
     # Plots
     tone_shares = summary.get("tones") if isinstance(summary.get("tones"), dict) else tone_counts(records)
     series: dict[str, list[tuple[float, float]]] = {}
     samples = summary.get("samples") if isinstance(summary.get("samples"), dict) else {}
     measured = samples.get("measured") if isinstance(samples.get("measured"), list) else []
-    if _scatter_points(measured):
-        series["measured sample, per token"] = _scatter_points(measured)
+    if scatter_points(measured):
+        series["measured sample, per token"] = scatter_points(measured)
     steps = [(r["r_mean"], r["u_mean"]) for r in records
-             if _is_train(r) and _is_number(r.get("r_mean")) and _is_number(r.get("u_mean"))]
+             if is_train_record(r) and is_number(r.get("r_mean")) and is_number(r.get("u_mean"))]
     if steps:
         series["training steps, batch means"] = steps
     series.update(result_scatter)
     for label, values in (scatter or {}).items():
-        if _scatter_points(values):
-            series[str(label)] = _scatter_points(values)
+        if scatter_points(values):
+            series[str(label)] = scatter_points(values)
     figures = [
-        ("Loss over steps", _fig_loss(records)),
-        ("R over steps", _fig_order(records)),
-        ("Tone distribution", _fig_tones(tone_shares) if isinstance(tone_shares, dict) else None),
-        ("R–U scatter with the Goldilocks box", _fig_scatter(series)),
+        ("Loss over steps", loss_figure(records)),
+        ("R over steps", order_figure(records)),
+        ("Tone distribution", tones_figure(tone_shares) if isinstance(tone_shares, dict) else None),
+        ("R–U scatter with the Goldilocks box", scatter_figure(series)),
     ]
-    drawn = [_img(_fig_png(fig), alt, alt) for alt, fig in figures if fig is not None]
+    drawn = [figure_html(figure_png(fig), alt, alt) for alt, fig in figures if fig is not None]
     if drawn:
         plots_body = "\n".join(drawn)
     elif not records:
@@ -285,14 +354,14 @@ def write_html_report(
     sections.append(("plots", "Plots", plots_body))
 
     # Tones and drift
-    tone_rows = _tone_rows(tone_shares)
-    if tone_rows:
-        rows = [[f"{TONE_GLYPH_BY_NAME.get(k, '')} {k}".strip(), f"{share:.1f} %"] for k, share in tone_rows]
-        sections.append(("tones", "Tone distribution", _html_table(["tone", "share"], rows) + _legend()))
+    shares = tone_rows(tone_shares)
+    if shares:
+        rows = [[f"{TONE_GLYPH_BY_NAME.get(k, '')} {k}".strip(), f"{share:.1f} %"] for k, share in shares]
+        sections.append(("tones", "Tone distribution", html_table(["tone", "share"], rows) + _legend()))
     actions = summary.get("drift_actions")
     if isinstance(actions, dict) and actions:
         ordered = [a for a in ACTIONS if a in actions] + [a for a in actions if a not in ACTIONS]
-        sections.append(("drift", "Drift actions", _html_table(["action", "count"], [[a, actions[a]] for a in ordered])))
+        sections.append(("drift", "Drift actions", html_table(["action", "count"], [[a, actions[a]] for a in ordered])))
 
     if results_body:
         sections.append(("results", "Protocol and evaluation results", results_body))
@@ -306,7 +375,11 @@ def write_html_report(
         sample_parts.append("<h3>Blind sample</h3>" + _pre(prompt + samples["blind"]))
     shown = [m for m in measured[:SAMPLE_TOKENS_HTML] if isinstance(m, dict)]
     if shown:
-        cut = f' <span class="muted">(first {SAMPLE_TOKENS_HTML} of {len(measured)} tokens)</span>' if len(measured) > SAMPLE_TOKENS_HTML else ""
+        cut = (
+            f' <span class="muted">(first {SAMPLE_TOKENS_HTML} of {len(measured)} tokens)</span>'
+            if len(measured) > SAMPLE_TOKENS_HTML
+            else ""
+        )
         sample_parts.append(f"<h3>Measured sample{cut}</h3>"
                             '<p class="note">Each token is coloured by its tone; hover for R, U and R·U.</p>'
                             '<div class="tokens">' + "".join(_tone_span(m) for m in shown) + "</div>" + _legend())
@@ -314,32 +387,47 @@ def write_html_report(
         sections.append(("samples", "Samples", "\n".join(sample_parts)))
 
     # Config, protocol, software
-    sections.append(("config", "Config", _pre(config_text) if config_text else '<p class="note">No config.toml in this run directory.</p>'))
+    sections.append(
+        (
+            "config",
+            "Config",
+            _pre(config_text) if config_text else '<p class="note">No config.toml in this run directory.</p>',
+        )
+    )
     if protocol_text:
         import hashlib
 
         digest = hashlib.sha256(protocol_text.encode("utf-8")).hexdigest()
-        sections.append(("protocol", "Protocol", f'<p class="note">SHA-256 of the protocol text: <code>{digest}</code></p>' + _pre(protocol_text)))
+        sections.append(
+            (
+                "protocol",
+                "Protocol",
+                f'<p class="note">SHA-256 of the protocol text: <code>{digest}</code></p>' + _pre(protocol_text),
+            )
+        )
     sections.append(("software", "Software", _software_html(provenance, rebuild)))
 
     written = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    nav = "<nav>" + "".join(f'<a href="#{a}">{_esc(t)}</a>' for a, t, _ in sections) + "</nav>"
-    page = "\n".join([
-        "<!DOCTYPE html>",
-        '<html lang="en">',
-        "<head>",
-        '<meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{_esc(title)}</title>",
-        f"<style>{_CSS}</style>",
-        "</head>",
-        "<body>",
-        f"<header><h1>{_esc(title)}</h1><p class=\"note\">Report written {written}{' (rebuilt from the run directory)' if rebuild else ''}.</p></header>",
-        nav,
-        *(_section(a, t, b) for a, t, b in sections),
-        "</body>",
-        "</html>",
-    ])
+    nav = "<nav>" + "".join(f'<a href="#{a}">{escape_html(t)}</a>' for a, t, _ in sections) + "</nav>"
+    page = "\n".join(
+        [
+            "<!DOCTYPE html>",
+            '<html lang="en">',
+            "<head>",
+            '<meta charset="utf-8">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            f"<title>{escape_html(title)}</title>",
+            f"<style>{PAGE_CSS}</style>",
+            "</head>",
+            "<body>",
+            f'<header><h1>{escape_html(title)}</h1><p class="note">Report written {written}'
+            f'{" (rebuilt from the run directory)" if rebuild else ""}.</p></header>',
+            nav,
+            *(_section(a, t, b) for a, t, b in sections),
+            "</body>",
+            "</html>",
+        ]
+    )
     target = Path(out) if out is not None else run_dir / HTML_REPORT
     tmp = target.with_name(target.name + ".tmp")
     tmp.write_text(page + "\n", encoding="utf-8")
@@ -351,12 +439,33 @@ def rebuild_html_report(run_dir: str | os.PathLike, out: str | os.PathLike | Non
     """``phaselm report RUN_DIR``: rebuild report.html from the files of a run directory."""
     run_dir = Path(run_dir)
     if not run_dir.exists():
-        raise PhaseLMError(f"{run_dir} does not exist; pass a run directory (from train, train-lm, demo or a protocol run)")
+        raise PhaseLMError(
+            f"{run_dir} does not exist; pass a run directory (from train, train-lm, demo or a protocol run)"
+        )
     if not run_dir.is_dir():
         raise PhaseLMError(f"{run_dir} is not a directory; pass a run directory")
     markers = ("config.toml", "metrics.jsonl", "summary.json", PROTOCOL_FILE, PROVENANCE)
     if not any((run_dir / m).is_file() for m in markers) and not discover_results(run_dir)[0]:
         raise PhaseLMError(
-            f"{run_dir} is not a run directory: it holds none of {', '.join(markers)} and no results.json or evals/*.json"
+            f"{run_dir} is not a run directory: it holds none of {', '.join(markers)} "
+            "and no results.json or evals/*.json"
         )
     return write_html_report(run_dir, rebuild=True, out=out)
+
+
+def write_report(
+    run_dir: str | os.PathLike,
+    title: str,
+    summary: dict,
+    config_text: str | None = None,
+    commands: list[str] | None = None,
+) -> Path:
+    """Write a run's report: plots, ``report.md``, ``report.html`` and ``provenance.json``.
+
+    Returns the path of ``report.md``. Plots and sections whose data is absent are left out; a
+    run without ``metrics.jsonl`` still gets a report (statistics, samples, config).
+    """
+    report = write_markdown_report(run_dir, title, summary, config_text, commands)
+    # The same run as one self-contained page (plots embedded), beside report.md.
+    write_html_report(run_dir, title, summary, config_text, commands)
+    return report

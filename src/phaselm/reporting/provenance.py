@@ -10,8 +10,23 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PhaseLMError
-from .html_common import VERSION_PACKAGES
-from .markdown import machine_description
+from .common import VERSION_PACKAGES
+
+
+def machine_description() -> str:
+    """Platform, CPU count, Python and torch versions, and the CUDA device if there is one."""
+    parts = [platform.platform(), f"{os.cpu_count()} CPUs", f"Python {platform.python_version()}"]
+    try:
+        import torch
+
+        parts.append(f"torch {torch.__version__}")
+        if torch.cuda.is_available():
+            parts.append(f"CUDA device: {torch.cuda.get_device_name(0)}")
+        else:
+            parts.append("no CUDA device")
+    except ImportError:
+        parts.append("torch not installed")
+    return ", ".join(parts)
 
 
 def software_versions() -> dict[str, str]:
@@ -54,7 +69,8 @@ def git_commit(where: str | os.PathLike | None = None) -> dict | None:
     return {"commit": commit, "dirty": None if status is None else bool(status)}
 
 
-def _provenance(title: str | None, commands: list[str] | None) -> dict:
+def provenance_record(title: str | None, commands: list[str] | None) -> dict:
+    """What provenance.json holds: title, commands, time written, machine, software, git commit."""
     return {
         "title": title,
         "commands": list(commands or []),
@@ -65,15 +81,17 @@ def _provenance(title: str | None, commands: list[str] | None) -> dict:
     }
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
+    """The JSON value in a UTF-8 file."""
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _read_optional_json(path: Path) -> dict | None:
+def read_optional_json(path: Path) -> dict | None:
+    """The JSON object in ``path``, None when there is no file; PhaseLMError when it is not an object."""
     if not path.is_file():
         return None
     try:
-        data = _read_json(path)
+        data = read_json(path)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise PhaseLMError(f"{path}: not valid JSON ({err}); fix or delete it") from None
     if not isinstance(data, dict):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
 
 from ..errors import PhaseLMError
+from .common import is_number
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
@@ -34,21 +35,17 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
     return records
 
 
-def _is_number(value: Any) -> bool:
-    # bool is an int subclass, but a True in a metric column is not a measurement.
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _is_train(record: dict) -> bool:
+def is_train_record(record: dict) -> bool:
+    """Whether a metrics record is a training step (records without a split are)."""
     return record.get("split", "train") == "train"
 
 
-def _series(records: Iterable[dict], key: str, train: bool = True) -> tuple[list, list]:
+def metric_series(records: Iterable[dict], key: str, train: bool = True) -> tuple[list, list]:
     """(steps, values) of ``key`` over the train (or evaluation) records that have it, by step."""
     points = [
         (r["step"], r[key])
         for r in records
-        if _is_train(r) == train and _is_number(r.get("step")) and _is_number(r.get(key))
+        if is_train_record(r) == train and is_number(r.get("step")) and is_number(r.get(key))
     ]
     # A resumed run may log a step range twice; sorting keeps the line from doubling back.
     points.sort(key=lambda p: p[0])

@@ -10,10 +10,8 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 
-from .common import TONE_COLOURS
-from .html_common import RESULT_GLOBS
-from .provenance import _read_json
-from .reading import _is_number
+from .common import RESULT_GLOBS, TONE_COLOURS, is_number
+from .provenance import read_json
 
 
 def discover_results(run_dir: str | os.PathLike) -> tuple[list[tuple[Path, dict]], list[str]]:
@@ -25,7 +23,7 @@ def discover_results(run_dir: str | os.PathLike) -> tuple[list[tuple[Path, dict]
     paths = sorted({p for pattern in RESULT_GLOBS for p in run_dir.glob(pattern) if p.is_file()})
     for path in paths:
         try:
-            data = _read_json(path)
+            data = read_json(path)
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             problems.append(f"{path.relative_to(run_dir).as_posix()}: not readable as JSON ({err})")
             continue
@@ -36,17 +34,19 @@ def discover_results(run_dir: str | os.PathLike) -> tuple[list[tuple[Path, dict]
     return found, problems
 
 
-def _result_title(result: dict, path: Path | None) -> str:
+def result_title(result: dict, path: Path | None) -> str:
+    """A result's name: its title, protocol, eval or name field, else its file's stem."""
     for key in ("title", "protocol", "eval", "name"):
         if isinstance(result.get(key), str) and result[key].strip():
             return result[key]
     return path.stem if path is not None else "result"
 
 
-def _numbers(values: Any) -> list[float]:
+def finite_numbers(values: Any) -> list[float]:
+    """The finite numbers of a list (anything else dropped); [] for a non-list."""
     if not isinstance(values, (list, tuple)):
         return []
-    return [float(v) for v in values if _is_number(v) and math.isfinite(v)]
+    return [float(v) for v in values if is_number(v) and math.isfinite(v)]
 
 
 def result_distributions(result: dict) -> dict[str, dict[str, list[float]]]:
@@ -57,7 +57,7 @@ def result_distributions(result: dict) -> dict[str, dict[str, list[float]]]:
     if isinstance(given, dict):
         for metric, conditions in given.items():
             if isinstance(conditions, dict):
-                cleaned = {str(c): _numbers(v) for c, v in conditions.items()}
+                cleaned = {str(c): finite_numbers(v) for c, v in conditions.items()}
                 cleaned = {c: v for c, v in cleaned.items() if v}
                 if cleaned:
                     out[str(metric)] = cleaned
@@ -72,15 +72,16 @@ def result_distributions(result: dict) -> dict[str, dict[str, list[float]]]:
                 continue
             for metric, series in values.items():
                 bucket = out.setdefault(str(metric), {})
-                if metric in unforced and "unforced" not in bucket and _numbers(unforced[metric]):
-                    bucket["unforced"] = _numbers(unforced[metric])
-                if _numbers(series):
-                    bucket[str(label)] = _numbers(series)
+                if metric in unforced and "unforced" not in bucket and finite_numbers(unforced[metric]):
+                    bucket["unforced"] = finite_numbers(unforced[metric])
+                if finite_numbers(series):
+                    bucket[str(label)] = finite_numbers(series)
         out = {m: c for m, c in out.items() if c}
     return out
 
 
-def _fig_distributions(distributions: dict[str, dict[str, list[float]]], title: str):
+def distributions_figure(distributions: dict[str, dict[str, list[float]]], title: str):
+    """Box plots, one panel per metric and one box per condition."""
     import numpy as np
 
     metrics = list(distributions)
@@ -105,7 +106,8 @@ def _fig_distributions(distributions: dict[str, dict[str, list[float]]], title: 
     return fig
 
 
-def _distribution_rows(distributions: dict[str, dict[str, list[float]]]) -> list[list[Any]]:
+def distribution_rows(distributions: dict[str, dict[str, list[float]]]) -> list[list[Any]]:
+    """Rows (metric, condition, n, mean, std, median, min, max) of per-condition distributions."""
     import numpy as np
 
     rows = []
@@ -117,17 +119,18 @@ def _distribution_rows(distributions: dict[str, dict[str, list[float]]]) -> list
     return rows
 
 
-def _scatter_points(values: Any) -> list[tuple[float, float]]:
+def scatter_points(values: Any) -> list[tuple[float, float]]:
+    """The finite (R, U) pairs of a list of pairs; anything else dropped."""
     points = []
     for item in values if isinstance(values, (list, tuple)) else []:
-        if isinstance(item, (list, tuple)) and len(item) == 2 and all(_is_number(v) for v in item):
+        if isinstance(item, (list, tuple)) and len(item) == 2 and all(is_number(v) for v in item):
             points.append((float(item[0]), float(item[1])))
-        elif isinstance(item, dict) and _is_number(item.get("r")) and _is_number(item.get("u")):
+        elif isinstance(item, dict) and is_number(item.get("r")) and is_number(item.get("u")):
             points.append((float(item["r"]), float(item["u"])))
     return points
 
 
-def _fig_scatter(series: dict[str, list[tuple[float, float]]]):
+def scatter_figure(series: dict[str, list[tuple[float, float]]]):
     """R (x) against U (y) with the Goldilocks box (R 0.80–0.95, U 0.40–0.60) and the R·U = 0.40
     and 0.60 curves that bound the zone's third condition."""
     import numpy as np

@@ -1,0 +1,1 @@
+"""Package data: the embedded Tiny Shakespeare and the live view's page."""

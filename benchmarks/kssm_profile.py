@@ -33,8 +33,8 @@ import torch
 
 from phaselm.config import load_recipe
 from phaselm.experiments.language_model import LMRecipe, build_lm
-from phaselm.ops.backend import chosen, triton_runs_on
 from phaselm.objectives import LanguageModelObjective
+from phaselm.ops.backend import chosen, triton_runs_on
 
 VOCAB = 65
 SSD_BACKENDS = ("chunked", "triton")

@@ -32,8 +32,8 @@ import torch
 import phaselm.oscillators as oscillators
 from phaselm.config import load_recipe, parse_override
 from phaselm.experiments.language_model import LMRecipe, build_lm
-from phaselm.ops import harmonics as harmonics_ops
 from phaselm.objectives import LanguageModelObjective
+from phaselm.ops import harmonics as harmonics_ops
 
 VOCAB = 65
 

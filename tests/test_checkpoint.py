@@ -172,9 +172,8 @@ def test_missing_directory_and_wrong_format(tmp_path: Path) -> None:
     path = save_checkpoint(tmp_path / "ck", make_model(), CONFIG)
     (path / "config.json").write_text('{"format": "other-v9", "n_oscillators": 1.0}')
     # Keep the manifest consistent so the format check is what fails.
-    import json
-
     import hashlib
+    import json
 
     manifest = json.loads((path / "COMPLETE").read_text())
     manifest["files"]["config.json"] = (path / "config.json").stat().st_size

@@ -17,7 +17,6 @@ from phaselm.tokenizers import (
     load_tokenizer,
 )
 
-
 UNICODE = "héllo wörld — ∮ E⋅da = Q 🐍🚀 日本語\t tabs\r\n  leading spaces\x00 nul ﬁ e\u0301 <|endoftext|>"
 SAMPLE = (
     "To be, or not to be, that is the question:\n"

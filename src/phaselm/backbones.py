@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from .atomic import replace_directory, temporary_sibling
-from .tokenizers import PretrainedTokenizer, Tokenizer, load_tokenizer, looks_like_path
 from .errors import PhaseLMError
 from .fast_mamba import fast_mamba
+from .tokenizers import PretrainedTokenizer, Tokenizer, load_tokenizer, looks_like_path
 
 
 @dataclass

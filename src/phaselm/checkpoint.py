@@ -27,8 +27,9 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -37,6 +38,7 @@ from torch import nn
 from .atomic import fsync_dir, fsync_file, replace_directory, temporary_sibling, write_text
 from .errors import PhaseLMError
 from .training_state import FORMAT, decode, encode_training_state, json_text, prepare_tensors, restore_rng_states
+
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 STATE_TENSORS_FILE = "training_state.safetensors"

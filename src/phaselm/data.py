@@ -13,12 +13,9 @@ from collections.abc import Iterator
 
 import torch
 
-from .corpora import split_text
-from .errors import PhaseLMError
-from .tokenizers import Tokenizer
-
 # Corpora and tokenizers used to live here; scripts and notebooks import them from phaselm.data.
-from .corpora import EMBEDDED_CORPUS, load_text, strip_gutenberg  # noqa: F401  (re-exported)
+from .corpora import EMBEDDED_CORPUS, load_text, split_text, strip_gutenberg  # noqa: F401  (re-exported)
+from .errors import PhaseLMError
 from .tokenizers import (  # noqa: F401  (re-exported)
     HF_TOKENIZER_FILE,
     META_FILE,
@@ -26,6 +23,7 @@ from .tokenizers import (  # noqa: F401  (re-exported)
     BPETokenizer,
     CharTokenizer,
     PretrainedTokenizer,
+    Tokenizer,
     build_tokenizer,
     learn_tokenizer,
     load_tokenizer,

@@ -11,8 +11,6 @@ from pathlib import Path
 
 from .errors import PhaseLMError
 
-
-
 # Files that make a directory a run; a new run refuses a directory holding any of them. Other
 # content (a backbone folder the demo pretrains beside, a user's notes) is left alone.
 RUN_MARKERS = ("config.toml", "metrics.jsonl", "checkpoints", "summary.json", "report.md")

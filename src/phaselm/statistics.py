@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -214,7 +214,7 @@ def describe(values, level: float = 0.95, n_resamples: int = 2_000, seed: int = 
     if len(values) == 0:
         raise PhaseLMError("cannot describe an empty sample")
     out = {
-        "n": int(len(values)),
+        "n": len(values),
         "mean": float(np.mean(values)),
         "std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
         "median": float(np.median(values)),

@@ -37,11 +37,10 @@ from . import distributed
 from .data import check_length, random_batch
 from .errors import PhaseLMError
 from .guard import check_finite_weights, nonfinite_report, step_is_finite
-from .objectives import Objective, step_metrics
-from .run_directory import prepare_run_dir, truncate_metrics
 
 # The objectives used to live here; scripts and notebooks import them from phaselm.training.
-from .objectives import LanguageModelObjective, PhaseCoreObjective, StepOutput  # noqa: F401  (re-exported)
+from .objectives import LanguageModelObjective, Objective, PhaseCoreObjective, StepOutput, step_metrics  # noqa: F401  (re-exported)
+from .run_directory import prepare_run_dir, truncate_metrics
 
 
 @dataclass
@@ -78,7 +77,7 @@ class TrainConfig:
         for name in ("warmup_steps", "eval_every", "checkpoint_every"):
             if getattr(self, name) < 0:
                 raise PhaseLMError(f"train.{name} must be ≥ 0, got {getattr(self, name)}")
-        if not 0 < self.lr or not 0 <= self.min_lr <= self.lr:
+        if not self.lr > 0 or not 0 <= self.min_lr <= self.lr:
             raise PhaseLMError(f"train.lr must be > 0 and 0 ≤ train.min_lr ≤ lr, got lr={self.lr}, min_lr={self.min_lr}")
         if self.on_nonfinite not in ("stop", "skip"):
             raise PhaseLMError(f"train.on_nonfinite must be 'stop' or 'skip', got {self.on_nonfinite!r}")

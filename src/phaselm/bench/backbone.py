@@ -101,8 +101,8 @@ def _forward_seconds(model, ids, cfg, device) -> float:
 def _train_step(handle, ids):
     """One Phase-Mamba training step on ids (B, T): forward, losses, backward, AdamW on the core, drift."""
     from ..losses import LossConfig
-    from ..observables import DriftConfig
     from ..objectives import PhaseCoreObjective
+    from ..observables import DriftConfig
 
     objective = PhaseCoreObjective(handle, LossConfig(), DriftConfig(enabled=True))
     optimizer = torch.optim.AdamW([p for p in handle.core.parameters() if p.requires_grad], lr=1e-4)

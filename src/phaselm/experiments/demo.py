@@ -14,10 +14,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..backbones import MambaSpec
+from ..errors import PhaseLMError
 from ..run_directory import holds_run
 from ..training import TrainConfig
-from ..errors import PhaseLMError
-
 from .phase_mamba import BackboneConfig, PhaseMambaRecipe, PretrainRecipe, pretrain, train_core
 
 # Measured on a 2-core CPU: ~1 s per pretraining step and ~0.6 s per core step at these shapes

@@ -17,6 +17,7 @@ from typing import ClassVar
 
 import torch
 
+from ..atomic import replace_json
 from ..backbones import save_backbone
 from ..config import recipe_table, to_dict, with_kind
 from ..corpora import load_text
@@ -25,11 +26,10 @@ from ..errors import PhaseLMError
 from ..models.fusion import FusionConfig, FusionForCausalLM
 from ..models.gpt import GPTConfig, build_gpt
 from ..models.kssm import KSSMConfig, KSSMForCausalLM
+from ..objectives import LanguageModelObjective
 from ..reporting import write_report
 from ..tokenizers import learn_tokenizer
-from ..objectives import LanguageModelObjective
 from ..training import TrainConfig, train
-from ..atomic import replace_json
 from .phase_mamba import MODEL_FOLDER, CorpusConfig, TokenizerConfig, count_parameters
 
 ARCHES = ("kssm", "fusion", "gpt2")

@@ -24,12 +24,12 @@ from ..fast_mamba import scan_path
 from ..generation import generate
 from ..graft import Graft, graft, hidden_size_of
 from ..losses import LossConfig
+from ..objectives import LanguageModelObjective, PhaseCoreObjective
 from ..observables import DriftConfig, normalized_entropy, summarize
 from ..ops.backend import chosen
 from ..phase_core import PhaseCoreConfig
 from ..reporting import write_report
 from ..tokenizers import learn_tokenizer
-from ..objectives import LanguageModelObjective, PhaseCoreObjective
 from ..training import TrainConfig, train
 
 

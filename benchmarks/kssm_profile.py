@@ -60,7 +60,7 @@ SMOKE = {
 }
 
 
-def build(recipe_path: str, device: str, smoke: bool):
+def build(recipe_path: str, device: str, smoke: bool, fused_adamw: bool = False):
     overrides = dict(SMOKE["train"]) if smoke else {}
     recipe = load_recipe(LMRecipe, recipe_path, overrides)
     if smoke:
@@ -68,7 +68,8 @@ def build(recipe_path: str, device: str, smoke: bool):
     torch.manual_seed(0)
     model = build_lm(recipe, VOCAB).to(device)
     objective = LanguageModelObjective(model, recipe.kssm.reg_weight if recipe.arch == "kssm" else 0.0)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1,
+                                  **({"fused": True} if fused_adamw else {}))
     return recipe, objective, optimizer
 
 
@@ -111,9 +112,11 @@ def top_kernels(forward, objective, optimizer, x, y, device: str, count: int) ->
     }
 
 
-def tokens_per_s(recipe_path: str, device: str, steps: int, warmup: int, smoke: bool, kernels: int = 0) -> dict:
-    recipe, objective, optimizer = build(recipe_path, device, smoke)
-    forward = torch.compile(objective, backend="eager" if smoke else "inductor", fullgraph=smoke)
+def tokens_per_s(recipe_path: str, device: str, steps: int, warmup: int, smoke: bool, kernels: int = 0,
+                 mode: str = "default", fused_adamw: bool = False) -> dict:
+    recipe, objective, optimizer = build(recipe_path, device, smoke, fused_adamw)
+    options = {} if smoke or mode == "default" else {"mode": mode}
+    forward = torch.compile(objective, backend="eager" if smoke else "inductor", fullgraph=smoke, **options)
     x, y = batch(recipe, device)
     start = time.perf_counter()
     for _ in range(warmup):
@@ -229,7 +232,11 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny shapes, Dynamo-only compile")
     parser.add_argument("--kernels", type=int, default=12, help="list the N longest kernels of a compiled step (GPT, and K-SSM with auto's backends)")
     parser.add_argument("--pairs", default="chunked:reference,triton:reference,chunked:triton,triton:triton",
-                        help="SSD:bank backend pairs to time, comma-separated")
+                        help="SSD:bank[:harmonics] backend triples to time, comma-separated")
+    parser.add_argument("--settings", default="default:foreach",
+                        help="compile mode:optimizer pairs, comma-separated; each times GPT and K-SSM with auto's backends "
+                             "(mode: default, reduce-overhead, max-autotune-no-cudagraphs; optimizer: foreach, fused)")
+    parser.add_argument("--no-breakdown", action="store_true", help="skip the eager per-group breakdown")
     args = parser.parse_args()
     device = "cpu" if args.smoke else "cuda"
     if device == "cuda" and not torch.cuda.is_available():
@@ -237,13 +244,25 @@ def main() -> None:
     steps, warmup = (2, 1) if args.smoke else (args.steps, args.warmup)
 
     speeds: dict[str, dict] = {}
-    variants = [("gpt", args.gpt, {})]
-    for pair in args.pairs.split(","):
-        ssd, bank = pair.split(":")
-        if ssd not in SSD_BACKENDS or bank not in BANK_BACKENDS:
-            parser.error(f"--pairs: {pair!r} is not SSD:bank with SSD in {SSD_BACKENDS} and bank in {BANK_BACKENDS}")
-        variants.append((f"kssm ssd={ssd} bank={bank}", args.kssm, {"PHASELM_BACKEND_SSD": ssd, "PHASELM_BACKEND_BISTABLE_BANK": bank}))
-    for name, path, env in variants:
+    variants = [("gpt", args.gpt, {}, {})]
+    for pair in filter(None, args.pairs.split(",")):
+        ssd, bank, *harmonics = pair.split(":")
+        if ssd not in SSD_BACKENDS or bank not in BANK_BACKENDS or harmonics not in ([], ["reference"], ["triton"]):
+            parser.error(f"--pairs: {pair!r} is not SSD:bank[:harmonics] with SSD in {SSD_BACKENDS}, bank in {BANK_BACKENDS}")
+        env = {"PHASELM_BACKEND_SSD": ssd, "PHASELM_BACKEND_BISTABLE_BANK": bank}
+        if harmonics:
+            env["PHASELM_BACKEND_HARMONICS"] = harmonics[0]
+        variants.append((f"kssm ssd={ssd} bank={bank}" + (f" harmonics={harmonics[0]}" if harmonics else ""), args.kssm, env, {}))
+    for setting in filter(None, args.settings.split(",")):
+        mode, optimizer = setting.split(":")
+        if optimizer not in ("foreach", "fused"):
+            parser.error(f"--settings: optimizer must be foreach or fused, got {optimizer!r}")
+        if setting == "default:foreach":
+            continue  # the rows above
+        options = {"mode": mode, "fused_adamw": optimizer == "fused"}
+        variants += [(f"gpt {mode} {optimizer}-adamw", args.gpt, {}, options),
+                     (f"kssm auto {mode} {optimizer}-adamw", args.kssm, {}, options)]
+    for name, path, env, options in variants:
         if "triton" in env.values() and not triton_runs_on(device):
             speeds[name] = {"skipped": "Triton cannot run on this device"}
             continue
@@ -251,16 +270,18 @@ def main() -> None:
         torch._dynamo.reset()  # a variant must not reuse a graph traced under other backends
         try:
             listed = name == "gpt" or env == {"PHASELM_BACKEND_SSD": "chunked", "PHASELM_BACKEND_BISTABLE_BANK": "reference"}
-            speeds[name] = tokens_per_s(path, device, steps, warmup, args.smoke, args.kernels if listed else 0)
+            speeds[name] = tokens_per_s(path, device, steps, warmup, args.smoke, args.kernels if listed else 0, **options)
         except Exception as error:  # one failing pair must not hide the others
             speeds[name] = {"error": f"{type(error).__name__}: {error}"[:500]}
         for key in env:
             os.environ.pop(key, None)
         print(name, speeds[name], flush=True)
-    gpt_speed = speeds["gpt"].get("tokens_per_s")
     rows = []
     for name, s in speeds.items():
         if "tokens_per_s" in s:
+            # Each K-SSM row against the GPT row timed with the same compile mode and optimizer.
+            baseline = speeds.get("gpt" + name.split(" auto", 1)[1] if " auto " in name else "gpt", {})
+            gpt_speed = baseline.get("tokens_per_s")
             ratio = f"{s['tokens_per_s'] / gpt_speed:.2f}" if gpt_speed else "–"
             rows.append([name, f"{s['tokens_per_s']:,.0f}", f"{s['median_step_ms']:.2f}", ratio, f"{s['setup_s']:.1f}"])
         else:
@@ -273,6 +294,10 @@ def main() -> None:
             print(f"\n## {name}: one compiled step, {k['launches']} kernel launches, {k['device_ms']:.2f} ms of kernel time\n")
             print(markdown(["kernel", "calls", "ms"], [[t["name"], t["calls"], f"{t['ms']:.3f}"] for t in k["top"]]))
 
+    profiles = {}
+    if args.no_breakdown:
+        save(device, args, speeds, profiles)
+        return
     torch._dynamo.reset()
     profiles = {"kssm": breakdown(args.kssm, device, args.smoke), "gpt": breakdown(args.gpt, device, args.smoke)}
     unit = "ms (device)" if device == "cuda" else "ms (CPU)"
@@ -284,12 +309,16 @@ def main() -> None:
         )
     )
 
+    save(device, args, speeds, profiles)
+
+
+def save(device: str, args, speeds: dict, profiles: dict) -> None:
     out = os.environ.get("OUT")
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
         result = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "smoke": args.smoke,
                   "speeds": speeds, "breakdown_ms": profiles}
-        (Path(out) / "kssm_profile.json").write_text(json.dumps(result, indent=2))
+        (Path(out) / f"kssm_profile{os.environ.get('PROFILE_TAG', '')}.json").write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

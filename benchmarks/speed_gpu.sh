@@ -27,7 +27,7 @@ for stage in $STAGES; do
     tests) python3 -m pytest -q -p no:cacheprovider tests/test_ssd.py tests/test_bistable_bank.py \
              > "$OUT/tests.log" 2>&1; echo "pytest exit $?"; tail -n 15 "$OUT/tests.log" ;;
     check-rwkv6) python3 benchmarks/check_fast_paths.py --only rwkv6 --out "$OUT" ;;
-    kssm) python3 benchmarks/kssm_profile.py ;;
+    kssm) python3 benchmarks/kssm_profile.py ${KSSM_ARGS:-} ;;  # e.g. KSSM_ARGS="--settings default:foreach,reduce-overhead:fused --no-breakdown"
     fusion) python3 -m phaselm bench recipes/fusion-gf-mh.toml recipes/rwkv6.toml recipes/mamba2.toml \
               --baseline recipes/gpt2-fusion-baseline.toml --batches 16 --compile-batches 16 --contexts 64 \
               --set gpt.n_positions=4160 --out "$OUT/bench-fusion" ;;

@@ -292,7 +292,7 @@ eval_app = typer.Typer(
 )
 app.add_typer(eval_app, name="eval")
 
-RUN_HELP = "A `phaselm train-lm` or `pretrain` run directory, or a saved model folder."
+RUN_HELP = "A run directory (train, train-lm, pretrain, demo) or a saved model folder."
 EVAL_OUT_HELP = "Directory for NAME.json and NAME.png (default: RUN_DIR/evals); an existing result there is never overwritten."
 PROMPTS_HELP = "Number of prompts, drawn evenly from the validation split (the last val_fraction of the corpus); ≥ 2, 50+ for real statistics."
 
@@ -343,12 +343,12 @@ def eval_intervention(
     the unforced text, distinct-1/2/3, repetition (1 − distinct-4), perplexity of the generated
     text under the unforced model and mean R per layer — each compared with the unforced run by
     a paired t-test and a Wilcoxon signed-rank test (Holm-corrected over metrics × interventions),
-    with Cohen's d_z, rank-biserial r and a bootstrap CI. Needs a K-SSM run (GPT has no phases).
+    with Cohen's d_z, rank-biserial r and a bootstrap CI. Needs oscillators: K-SSM or a grafted Phase Core.
 
     Example: `phaselm eval intervention runs/kssm --kind sync --kind disorder --kind pin=0.3 --layers 2,3 --json`
     """
     from .evals import load_subject, prepare_outputs, r_intervention_eval, validation_prompts
-    from .interventions import Intervention, parse_layers, require_oscillators
+    from .interventions import Intervention, parse_layers, require_oscillator_sites
 
     layer_spec = parse_layers(layers)
     items = [Intervention.parse(k, layer_spec, value) for spec in (kind or ["sync"]) for k in spec.split(",") if k.strip()]
@@ -359,7 +359,7 @@ def eval_intervention(
     out_dir = _eval_out(run_dir, out)
     prepare_outputs(out_dir, "intervention")  # refuse before the slow part
     subject = load_subject(run_dir)
-    require_oscillators(subject.model, "an R intervention eval")
+    require_oscillator_sites(subject.model, "an R intervention eval")
     result = r_intervention_eval(
         subject.model, subject.tokenizer, validation_prompts(subject.validation_ids(), prompts, prompt_tokens), items,
         max_new_tokens=max_new_tokens, seed=seed, temperature=temperature, top_k=top_k or None, batch_size=batch_size,
@@ -385,7 +385,7 @@ def eval_temperature(
 
     Per temperature, over the same prompts: distinct-1/2/3, repetition (1 − distinct-4),
     perplexity of the generated text under the model at temperature 1, and mean R per layer for
-    K-SSM (— for GPT). Mean with a bootstrap 95% CI.
+    K-SSM and grafted runs (— for models without oscillators). Mean with a bootstrap 95% CI.
 
     Example: `phaselm eval temperature runs/kssm --temperatures 0,0.8,1.0,1.5 --prompts 50`
     """
@@ -463,12 +463,12 @@ def eval_correlation(
     Example: `phaselm eval correlation runs/kssm --batches 20 --json`
     """
     from .evals import load_subject, order_loss_correlation, prepare_outputs
-    from .interventions import require_oscillators
+    from .interventions import require_oscillator_sites
 
     out_dir = _eval_out(run_dir, out)
     prepare_outputs(out_dir, "correlation")
     subject = load_subject(run_dir)
-    require_oscillators(subject.model, "an R–loss correlation")
+    require_oscillator_sites(subject.model, "an R–loss correlation")
     result = order_loss_correlation(
         subject.model, subject.validation_ids(), batch_size=batch_size, seq_len=_val_shape(subject, seq_len), max_batches=batches,
         out_dir=out_dir, model_name=str(run_dir), command=_command_line(),

@@ -50,7 +50,7 @@ import torch
 from torch import nn
 
 from .errors import PhaseLMError
-from .observables import GOLDILOCKS, TONES, normalized_entropy, tone_of
+from .observables import GOLDILOCKS, TONES, tone_of
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -248,75 +248,40 @@ class LiveModel:
 
     # ----- generation
 
-    @torch.no_grad()
     def stream(self, request: GenerationRequest, emit: Callable[[dict], None]) -> dict:
         """Generate token by token, calling ``emit`` with each event; returns the final event.
 
-        The caller holds ``lock``. The model's own cached ``generate`` runs (as in measured
-        generation); a forward hook reads the logits (and K-SSM's R per layer) of each step
-        and a streamer hands each token over as soon as it is chosen.
+        The caller holds ``lock``. The one sampling loop (:func:`phaselm.generation.sample_tokens`)
+        runs the model's cached ``generate`` and hands each token over as soon as it is chosen,
+        with U and the R of every oscillator site (K-SSM's banks, the grafted core).
         """
-        from transformers.generation.streamers import BaseStreamer
+        from .generation import sample_tokens
 
         model, tokenizer = self.model, self.tokenizer
         device = next(model.parameters()).device
-        input_ids = torch.tensor([request.ids], device=device)
-        core_on = self.handle is not None and not (request.intervention and request.intervention["kind"] == CORE_OFF)
-        step: dict = {}
-
-        def hook(module, args, output):
-            logits = output.logits if hasattr(output, "logits") else output[0]
-            step["logits"] = logits[0, -1].detach().float().cpu()
-            orders = getattr(output, "orders", None)
-            step["orders"] = orders[0, :, -1].detach().float().cpu() if isinstance(orders, torch.Tensor) else None
-            step["core"] = float(self.handle.last.order[0, -1]) if core_on and self.handle.last is not None else None
-
         readings: list[dict] = []
         started = time.perf_counter()
 
-        class Streamer(BaseStreamer):
-            prompt_seen = False
+        def on_step(step) -> None:
+            token_id = int(step.ids[0])
+            r_sites = step.r[0].tolist() if step.r is not None else None
+            r = float(sum(r_sites) / len(r_sites)) if r_sites else None
+            u = float(step.u[0])
+            reading = {
+                "event": "token",
+                "index": len(readings),
+                "token": tokenizer.decode([token_id]),
+                "id": token_id,
+                "r": _finite(r),
+                "u": _finite(u),
+                "ru": _finite(r * u) if r is not None else None,
+                "tone": tone_of(r).name if r is not None and math.isfinite(r) else None,
+            }
+            if r_sites is not None and self.handle is None:  # K-SSM: R per layer too
+                reading["r_layers"] = [_finite(x) for x in r_sites]
+            readings.append(reading)
+            emit(reading)
 
-            def put(self, value):
-                if not self.prompt_seen:  # generate() first hands over the prompt
-                    self.prompt_seen = True
-                    return
-                token_id = int(value.reshape(-1)[0])
-                u = float(normalized_entropy(step["logits"]))
-                r_layers = step["orders"].tolist() if step.get("orders") is not None else None
-                r = float(sum(r_layers) / len(r_layers)) if r_layers else step.get("core")
-                reading = {
-                    "event": "token",
-                    "index": len(readings),
-                    "token": tokenizer.decode([token_id]),
-                    "id": token_id,
-                    "r": _finite(r),
-                    "u": _finite(u),
-                    "ru": _finite(r * u) if r is not None else None,
-                    "tone": tone_of(r).name if r is not None and math.isfinite(r) else None,
-                }
-                if r_layers is not None:
-                    reading["r_layers"] = [_finite(x) for x in r_layers]
-                readings.append(reading)
-                emit(reading)
-
-            def end(self):
-                pass
-
-        kwargs = dict(
-            max_new_tokens=request.max_new_tokens,
-            do_sample=request.temperature > 0,
-            attention_mask=torch.ones_like(input_ids),
-            pad_token_id=0,
-            eos_token_id=getattr(tokenizer, "eos_token_id", None),
-            streamer=Streamer(),
-        )
-        if request.temperature > 0:
-            kwargs.update(temperature=request.temperature, top_k=request.top_k or 0)
-        model.eval()
-        if self.handle is not None:
-            self.handle.last = None
-        handle = model.register_forward_hook(hook)
         stopped = "length"
         try:
             with self._applied(request.intervention) as applied:
@@ -328,14 +293,13 @@ class LiveModel:
                     "settings": {"max_new_tokens": request.max_new_tokens, "temperature": request.temperature,
                                  "top_k": request.top_k, "seed": request.seed},
                 })
-                devices = [device] if device.type == "cuda" else []
-                with torch.random.fork_rng(devices=devices):
-                    torch.manual_seed(request.seed)
-                    model.generate(input_ids, **kwargs)
+                sample_tokens(
+                    model, torch.tensor([request.ids], device=device), max_new_tokens=request.max_new_tokens,
+                    temperature=request.temperature, top_k=request.top_k, seed=request.seed,
+                    eos_token_id=getattr(tokenizer, "eos_token_id", None), vocab_limit=tokenizer.vocab_size, on_step=on_step,
+                )
         except ClientGone:
             stopped = "client"
-        finally:
-            handle.remove()
         if stopped != "client" and len(readings) < request.max_new_tokens:
             stopped = "eos"
         done = {

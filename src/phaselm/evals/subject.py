@@ -44,14 +44,8 @@ def load_subject(
     a run uses its run's); ``corpus`` / ``val_fraction`` override them, and a bare model folder
     without a run defaults to the embedded Tiny Shakespeare with val_fraction 0.1.
     """
-    from ..runs import PHASE_MAMBA, locate_run, open_run
+    from ..runs import open_run
 
-    location = locate_run(path)
-    if location.kind == PHASE_MAMBA:
-        raise PhaseLMError(
-            f"{path} is a phase-mamba run (a core grafted onto a backbone); `phaselm eval` takes runs with a saved model "
-            "(train-lm, pretrain); run a protocol on it instead (phaselm protocol run)"
-        )
     subject = subject_of(open_run(path, device), corpus, val_fraction)
     if not 0.0 < subject.val_fraction < 1.0:
         raise PhaseLMError(f"val_fraction must be in (0, 1) for evaluation, got {subject.val_fraction}")

@@ -14,7 +14,7 @@ from torch import nn
 from .. import statistics as st
 from ..errors import PhaseLMError
 from .outputs import _device
-from .subject import TEXT_METRICS
+from ..metrics import TEXT_METRICS, distinct_n, text_metrics  # noqa: F401  (re-exported: phaselm.evals)
 
 
 def validation_prompts(val_ids: torch.Tensor, n: int = 50, prompt_tokens: int = 32) -> list[list[int]]:
@@ -85,22 +85,6 @@ def _nll(logprobs: torch.Tensor, continuation: torch.Tensor) -> torch.Tensor:
 def kl_divergence(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
     """KL(p ‖ q) over the last axis from log-probabilities; exactly 0 when they are equal."""
     return (logp.exp() * (logp - logq)).sum(-1).clamp_min(0.0)
-
-
-def distinct_n(ids: Sequence[int], n: int) -> float | None:
-    grams = [tuple(ids[i : i + n]) for i in range(len(ids) - n + 1)]
-    return len(set(grams)) / len(grams) if grams else None
-
-
-def text_metrics(ids: Sequence[int]) -> dict[str, float | None]:
-    """distinct-1/2/3 and repetition (1 − distinct-4) of one continuation."""
-    d4 = distinct_n(ids, 4)
-    return {
-        "distinct_1": distinct_n(ids, 1),
-        "distinct_2": distinct_n(ids, 2),
-        "distinct_3": distinct_n(ids, 3),
-        "repetition": None if d4 is None else 1.0 - d4,
-    }
 
 
 def _check_decoding(max_new_tokens: int, temperature: float, top_k: int | None) -> None:

@@ -7,21 +7,13 @@ import os
 from pathlib import Path
 
 from ..errors import PhaseLMError
+from ..metrics import TEXT_METRICS, metric_labels  # noqa: F401  (TEXT_METRICS re-exported: phaselm.evals)
 from ..runs import default_device  # noqa: F401  (re-exported: phaselm.evals.default_device)
 from ..subject import Subject, subject_of
 
 
 METRICS = ("kl", "distinct_1", "distinct_2", "distinct_3", "repetition", "perplexity", "mean_r")
-TEXT_METRICS = ("distinct_1", "distinct_2", "distinct_3", "repetition")
-METRIC_LABELS = {
-    "kl": "KL(unforced ‖ forced)",
-    "distinct_1": "distinct-1",
-    "distinct_2": "distinct-2",
-    "distinct_3": "distinct-3",
-    "repetition": "repetition (1 − distinct-4)",
-    "perplexity": "perplexity (unforced model)",
-    "mean_r": "mean R",
-}
+METRIC_LABELS = metric_labels(METRICS, "unforced model")  # the evals score perplexity under the unforced model
 DEFAULT_TEMPERATURES = (0.0, 0.5, 0.8, 1.0, 1.2, 1.5)
 DEFAULT_BOUNDS = ((0.1, 10.0), (0.05, 20.0), (0.5, 2.0), (0.1, 1.0), (1.0, 10.0))
 SAMPLES_SHOWN = 3

@@ -35,7 +35,7 @@ def validate_conditions(subject: Subject, conditions: Sequence[Condition], calib
 
 
 def run_intervention(protocol: Protocol, subject: Subject, reference: Subject | None = None, progress=None) -> dict:
-    from ..evals import text_metrics
+    from ..metrics import text_metrics
 
     info = structure(subject.target)
     if "mean_r" in protocol.metrics and not info.sites:

@@ -283,7 +283,7 @@ def test_eval_ablation_on_a_trained_run(eval_runs, tmp_path, capsys):
     "args, match",
     [
         (["intervention", "{tmp}/missing"], "{tmp}/missing does not exist; pass a run directory"),
-        (["intervention", "{gpt}"], "needs a model with oscillators (K-SSM); this is a gpt2 model"),
+        (["intervention", "{gpt}"], "needs a model with oscillators (K-SSM or a grafted Phase Core); this gpt2 model has none"),
         (["correlation", "{gpt}"], "needs a model with oscillators"),
         (["clamp", "{gpt}"], "needs a model with oscillators"),
         (["intervention", "{kssm}", "--kind", "pin", "--value", "1.5"], "pinned R must be in [0, 1], got 1.5"),

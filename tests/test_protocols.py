@@ -194,14 +194,16 @@ def test_observation_r_is_the_r_of_the_producing_positions(observation, runs):
 
 def test_a_planted_observer_effect_is_flagged(runs, tmp_path, monkeypatch):
     """Sabotage measured mode so that measuring pins R: the protocol says the computation changed."""
-    real_measure = P.subject.measure
+    import phaselm.generation
+
+    real_measure = phaselm.generation.measure
 
     @contextlib.contextmanager
     def meddling(model):
         with intervene(model, Intervention("pin", 0.99)), real_measure(model) as m:
             yield m
 
-    monkeypatch.setattr(P.subject, "measure", meddling)  # where generate_sample looks it up
+    monkeypatch.setattr(phaselm.generation, "measure", meddling)  # where the sampling loop looks it up
     file = write(tmp_path / "obs.toml", spec("observation", runs["kssm"]))
     result = P.run_protocol(file, tmp_path / "out", progress=False)
     assert result["agreement"]["computation_changed"]

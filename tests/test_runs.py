@@ -124,8 +124,8 @@ def test_generate(runs, name, capsys):
     assert code == 0, err
     readings = json.loads(out)["tokens"]
     assert len(readings) == 4
-    # `phaselm generate --measured` reads R from a grafted core (K-SSM's banks: not yet, see phaselm.generation)
-    assert all((r["r"] is not None) == (KINDS[name] == PHASE_MAMBA) for r in readings)
+    # `phaselm generate --measured` reads R wherever the model has oscillators: a grafted core or K-SSM's banks
+    assert all((r["r"] is not None) == (KINDS[name] == PHASE_MAMBA or name in KSSM) for r in readings)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -134,7 +134,7 @@ def test_serve_opens(runs, name):
     assert live.kind == ("grafted" if KINDS[name] == PHASE_MAMBA else "kssm" if name in KSSM else "plain")
 
 
-EVAL_REFUSED = {"phase-mamba": "is a phase-mamba run", "old-phase-mamba": "is a phase-mamba run", "loose-model": NOT_ENCODABLE}
+EVAL_REFUSED = {"loose-model": NOT_ENCODABLE}
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -146,6 +146,34 @@ def test_eval_temperature(runs, name, capsys, tmp_path):
     else:
         assert code == 0, err
         assert (tmp_path / "temperature.json").is_file()
+
+
+NO_OSCILLATORS = "needs a model with oscillators (K-SSM or a grafted Phase Core)"
+# What each oscillator eval says where it cannot apply: the backbone and the fusion model have
+# no oscillators; a grafted Phase Core has R but no u, so there is nothing to clamp.
+OSCILLATOR_EVALS = {
+    "intervention": (["--kind", "sync", "--prompts", "2", "--prompt-tokens", "4", "--max-new-tokens", "4"], {}),
+    "correlation": (["--batches", "1", "--batch-size", "2", "--seq-len", "16"], {}),
+    "clamp": (["--bounds", "0.5:2", "--batches", "1", "--batch-size", "2", "--seq-len", "16"],
+              {"phase-mamba": "a grafted Phase Core, which has no u to clamp"}),
+}
+
+
+@pytest.mark.parametrize("name", ["phase-mamba", "kssm", "fusion", "backbone"])
+@pytest.mark.parametrize("command", list(OSCILLATOR_EVALS))
+def test_oscillator_evals(runs, name, command, capsys, tmp_path):
+    flags, refused = OSCILLATOR_EVALS[command]
+    code, out, err = run_cli(capsys, "eval", command, str(runs[name]), *flags, "--out", str(tmp_path), "--json")
+    if name in ("fusion", "backbone"):
+        expected = "a clamp sweep needs a model with oscillators (K-SSM)" if command == "clamp" else NO_OSCILLATORS
+        assert_one_line_error(code, err, expected)
+    elif name in refused:
+        assert_one_line_error(code, err, refused[name])
+    else:
+        assert code == 0, err
+        result = json.loads((tmp_path / f"{command}.json").read_text(encoding="utf-8"))
+        if command == "intervention":  # R is read from the grafted core too, and sync forces it to 1
+            assert result["unforced"]["r_per_layer"] and result["results"][0]["forced"]["r_per_layer"][0] == pytest.approx(1.0, abs=1e-3)
 
 
 def _observation(path: Path, model: Path) -> Path:

@@ -1,15 +1,22 @@
-"""Blind and measured generation.
+"""The one sampling loop (:func:`sample_tokens`) and single-prompt generation on it.
 
-"Measured" only records what the model computes anyway: R of the position that produced each
-token (from the graft's recording), U of the distribution the token was drawn from, and its
-tone. The forward computation is identical in both modes, so with the same seed the same text
-comes out; any blind-vs-measured difference in the seeds came from differing code paths.
+Every path that samples text — :meth:`phaselm.subject.Subject.generate`, ``phaselm generate``,
+the evals, the protocols and the live view — runs :func:`sample_tokens`: the model's own cached
+``generate`` (so every cache a model keeps, KV, recurrent state or a grafted core's phases,
+works as it does in Hugging Face), seeded under ``torch.random.fork_rng``, with a forward hook
+that reads what the model computes anyway and a streamer that hands each token over as soon
+as it is chosen. "Measured" only records: R of the position that produced each token (from the
+model's oscillator sites: K-SSM's banks or a grafted Phase Core), U of the distribution the token
+was drawn from (before temperature), and its tone. The forward computation is identical in
+both modes, so with the same seed the same text comes out.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -17,6 +24,7 @@ from torch import nn
 from .tokenizers import Tokenizer
 from .errors import PhaseLMError
 from .graft import Graft
+from .interventions import measure, oscillator_sites
 from .observables import normalized_entropy, tone_of
 
 
@@ -28,6 +36,15 @@ class TokenReading:
     u: float
     ru: float | None
     tone: str | None
+
+
+def token_reading(tokenizer: Tokenizer, token_id: int, r: float | None, u: float) -> TokenReading:
+    """One token's reading: R (None without oscillators), U, R·U and R's tone."""
+    r = r if r is None or math.isfinite(r) else None
+    return TokenReading(
+        token=tokenizer.decode([token_id]), id=token_id, r=r, u=u,
+        ru=r * u if r is not None else None, tone=tone_of(r).name if r is not None else None,
+    )
 
 
 @dataclass
@@ -67,7 +84,9 @@ def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None) -
         raise PhaseLMError(f"top_k must be ≥ 0 (0 keeps every token), got {top_k}")
 
 
-def _position_limit(model: nn.Module) -> int | None:
+def position_limit(model: nn.Module) -> int | None:
+    """Positions the model can take, where it has a limit (GPT-2's n_positions, K-SSM with a
+    position embedding); recurrent models (Mamba, K-SSM without one) have none."""
     config = getattr(model, "config", None)
     for name in ("n_positions", "max_position_embeddings"):
         value = getattr(config, name, None)
@@ -76,7 +95,126 @@ def _position_limit(model: nn.Module) -> int | None:
     return None
 
 
+@dataclass
+class Step:
+    """One generated token of every row, handed to ``on_step`` as soon as it is chosen."""
+
+    index: int  # 0 for the first generated token
+    ids: torch.Tensor  # (B,) the chosen tokens, CPU
+    u: torch.Tensor  # (B,) normalised entropy of the distribution they were drawn from, CPU
+    r: torch.Tensor | None  # (B, sites) R of the producing position per oscillator site, CPU; None without
+
+
+@dataclass
+class Sampled:
+    """What :func:`sample_tokens` returns (CPU tensors). Rows that met EOS before the others
+    continue with the pad id, as in Hugging Face's ``generate``."""
+
+    ids: torch.Tensor  # (B, M) the continuations
+    u: torch.Tensor  # (B, M)
+    orders: torch.Tensor | None  # (B, sites, M) R of the producing positions; None without oscillators (or with them off)
+
+
+class _Readings:
+    """After each model call, the last position's U and the R its oscillator sites computed
+    (recorded by :func:`phaselm.interventions.measure`, which only reads)."""
+
+    def __init__(self, model: nn.Module, read_r: bool):
+        self._stack = contextlib.ExitStack()
+        self.measurement = self._stack.enter_context(measure(model)) if read_r and oscillator_sites(model) else None
+        self.u: torch.Tensor | None = None
+        self.r: torch.Tensor | None = None
+        self._seen: dict[int, int] = {}
+        self._stack.callback(model.register_forward_hook(self._model_hook).remove)
+
+    def _model_hook(self, module, args, output):
+        logits = output.logits if hasattr(output, "logits") else output[0]
+        self.u = normalized_entropy(logits[:, -1].detach()).cpu()
+        self.r = None
+        if self.measurement is None:
+            return
+        calls = self.measurement.orders
+        # A site that did not run (a grafted core switched off) leaves no R for this step.
+        if all(len(c) > self._seen.get(layer, 0) for layer, c in calls.items()):
+            self.r = torch.stack([calls[layer][-1][:, -1] for layer in sorted(calls)], 1)
+        self._seen = {layer: len(c) for layer, c in calls.items()}
+
+    def remove(self) -> None:
+        self._stack.close()
+
+
 @torch.no_grad()
+def sample_tokens(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    seed: int = 0,
+    eos_token_id: int | None = None,
+    vocab_limit: int | None = None,
+    read_r: bool = True,
+    on_step: Callable[[Step], None] | None = None,
+) -> Sampled:
+    """Continue a batch of prompts ``input_ids`` (B, P), left-padded where ``attention_mask``
+    (B, P) has zeros, with the model's cached ``generate``: the one sampling loop.
+
+    ``temperature = 0`` decodes greedily; ``top_k`` 0 or None keeps every token. The global RNG
+    is seeded with ``seed`` inside ``fork_rng`` (the caller's stream is untouched), so sampling
+    and any noise inside the model are reproducible. Without ``eos_token_id`` exactly
+    ``max_new_tokens`` come out. ``vocab_limit`` forbids ids at or past it (a model wider than
+    its tokenizer). ``on_step`` receives each :class:`Step` as it is chosen (an exception it
+    raises stops the generation and propagates).
+    """
+    from transformers.generation.streamers import BaseStreamer
+
+    device = input_ids.device
+    mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+    kwargs = dict(max_new_tokens=max_new_tokens, do_sample=temperature > 0, attention_mask=mask, pad_token_id=0,
+                  eos_token_id=eos_token_id)
+    if temperature > 0:
+        kwargs.update(temperature=temperature, top_k=top_k or 0)
+    vocab = model.get_input_embeddings().num_embeddings
+    if vocab_limit is not None and vocab_limit < vocab:
+        from transformers import LogitsProcessorList
+
+        kwargs["logits_processor"] = LogitsProcessorList([_Decodable(vocab_limit)])
+    ids, us, orders = [], [], []
+    readings = _Readings(model, read_r)
+
+    class Streamer(BaseStreamer):
+        prompt_seen = False
+
+        def put(self, value):
+            if not self.prompt_seen:  # generate() first hands over the prompt
+                self.prompt_seen = True
+                return
+            step = Step(len(ids), value.reshape(-1).cpu(), readings.u, readings.r)
+            ids.append(step.ids)
+            us.append(step.u)
+            orders.append(step.r)
+            if on_step is not None:
+                on_step(step)
+
+        def end(self):
+            pass
+
+    model.eval()
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            model.generate(input_ids, streamer=Streamer(), **kwargs)
+    finally:
+        readings.remove()
+    batch = input_ids.shape[0]
+    if not ids:
+        return Sampled(torch.zeros(batch, 0, dtype=torch.long), torch.zeros(batch, 0), None)
+    have_r = all(r is not None for r in orders)
+    return Sampled(torch.stack(ids, 1), torch.stack(us, 1), torch.stack(orders, -1) if have_r else None)
+
+
 def generate(
     model: nn.Module,
     tokenizer: Tokenizer,
@@ -88,70 +226,37 @@ def generate(
     handle: Graft | None = None,
     measured: bool = False,
 ) -> Generation:
-    """Sample a continuation of ``prompt`` with the model's cached ``generate``.
-
-    ``temperature = 0`` decodes greedily. Sampling uses its own RNG stream seeded by ``seed``
-    so blind and measured runs with one seed are comparable token for token.
-    """
+    """Sample a continuation of ``prompt`` (one text) with :func:`sample_tokens`, stopping at
+    the tokenizer's EOS. ``temperature = 0`` decodes greedily. Measured mode reads R from every
+    oscillator site the model has (K-SSM's banks, a grafted core; ``handle`` is accepted for
+    callers that hold one, the core is found on the model either way) as the mean over sites."""
     check_sampling(max_new_tokens, temperature, top_k)
     ids = tokenizer.encode(prompt)
     if not ids:
         raise PhaseLMError("the prompt encodes to no tokens; pass a non-empty prompt")
+    check_prompt_fits(model, ids, max_new_tokens)
+    device = next(model.parameters()).device
+    sampled = sample_tokens(
+        model, torch.tensor([ids], device=device), max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+        seed=seed, eos_token_id=getattr(tokenizer, "eos_token_id", None), vocab_limit=tokenizer.vocab_size, read_r=measured,
+    )
+    new_ids = sampled.ids[0].tolist()
+    text = tokenizer.decode(new_ids)
+    if not measured:
+        return Generation(prompt, text, None)
+    r = sampled.orders[0].mean(0).tolist() if sampled.orders is not None else [None] * len(new_ids)
+    readings = [token_reading(tokenizer, t, r[i], float(sampled.u[0, i])) for i, t in enumerate(new_ids)]
+    return Generation(prompt, text, readings)
+
+
+def check_prompt_fits(model: nn.Module, ids: list[int], max_new_tokens: int) -> None:
+    """One-line errors for a prompt (token ids) the model cannot take or continue that far."""
     vocab = model.get_input_embeddings().num_embeddings
     if max(ids) >= vocab:
         raise PhaseLMError(f"the prompt has token id {max(ids)} but the model's vocabulary has {vocab}; use the model's own tokenizer")
-    limit = _position_limit(model)
+    limit = position_limit(model)
     if limit is not None and len(ids) + max_new_tokens > limit:
         raise PhaseLMError(
             f"the prompt ({len(ids)} tokens) plus max_new_tokens ({max_new_tokens}) exceeds the model's {limit} positions; "
             "ask for fewer tokens or a shorter prompt"
         )
-    device = next(model.parameters()).device
-    input_ids = torch.tensor([ids], device=device)
-    kwargs = dict(
-        max_new_tokens=max_new_tokens,
-        do_sample=temperature > 0,
-        attention_mask=torch.ones_like(input_ids),
-        pad_token_id=0,
-        eos_token_id=getattr(tokenizer, "eos_token_id", None),
-        return_dict_in_generate=True,
-        output_logits=True,
-    )
-    if temperature > 0:
-        kwargs.update(temperature=temperature, top_k=top_k or 0)
-    if tokenizer.vocab_size < vocab:
-        # A model wider than its tokenizer (random weights of a published shape under a char
-        # tokenizer) must not emit ids the tokenizer cannot decode.
-        from transformers import LogitsProcessorList
-
-        kwargs["logits_processor"] = LogitsProcessorList([_Decodable(tokenizer.vocab_size)])
-    model.eval()
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        if measured and handle is not None:
-            with handle.record() as recording:
-                out = model.generate(input_ids, **kwargs)
-            orders = recording.sequence()[0]
-        else:
-            out = model.generate(input_ids, **kwargs)
-    new_ids = out.sequences[0, len(ids) :].tolist()
-    text = tokenizer.decode(new_ids)
-    if not measured:
-        return Generation(prompt, text, None)
-    readings = []
-    for i, (token_id, logits) in enumerate(zip(new_ids, out.logits)):
-        u = float(normalized_entropy(logits[0]))
-        # Token i was drawn from the prediction at position len(ids) - 1 + i.
-        r = float(orders[len(ids) - 1 + i]) if handle is not None else None
-        readings.append(
-            TokenReading(
-                token=tokenizer.decode([token_id]),
-                id=token_id,
-                r=r,
-                u=u,
-                ru=r * u if r is not None else None,
-                tone=tone_of(r).name if r is not None else None,
-            )
-        )
-    return Generation(prompt, text, readings)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import PhaseLMError
-from ..interventions import check_clamp_bounds, override_clamp, require_oscillators
+from ..interventions import check_clamp_bounds, has_oscillators, oscillator_sites, override_clamp, require_oscillators
 from .intervention import _md_table
 from .outputs import _device, _eval_mode, _progress, _write_outputs, prepare_outputs
 from .subject import CLAMP_NOTE, DEFAULT_BOUNDS
@@ -39,6 +39,9 @@ def clamp_sweep(
     or upper bound. Bounds need u_min < u_max, and u_min > 0 for a bistable model.
     Writes clamp.json and clamp.png.
     """
+    if not has_oscillators(model) and oscillator_sites(model):
+        raise PhaseLMError("a clamp sweep clamps u of K-SSM's bistable banks; this model's oscillators are a grafted Phase Core, "
+                           "which has no u to clamp")
     banks = require_oscillators(model, "a clamp sweep")
     if getattr(getattr(model, "config", None), "model_type", "") != "kssm":
         raise PhaseLMError("a clamp sweep needs a K-SSM model (bounds of its bistable u)")

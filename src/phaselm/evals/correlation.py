@@ -11,7 +11,7 @@ from torch import nn
 
 from .. import statistics as st
 from ..errors import PhaseLMError
-from ..interventions import require_oscillators
+from ..interventions import require_oscillator_sites
 from .intervention import _fmt, _md_table
 from .outputs import _device, _eval_mode, _progress, _write_outputs, prepare_outputs
 from .subject import CORRELATION_NOTE
@@ -35,7 +35,7 @@ def order_loss_correlation(
     Pearson and Spearman with p-values, plus the mean CE in each R decile. R at position t is
     paired with the loss of predicting token t+1 from position t. Writes correlation.json/.png.
     """
-    require_oscillators(model, "an R–loss correlation")
+    require_oscillator_sites(model, "an R–loss correlation")
     _check_eval_shape(model, val_ids, batch_size, seq_len, max_batches)
     files = prepare_outputs(out_dir, "correlation")
     with _eval_mode(model), _progress(progress) as bar:

@@ -12,7 +12,7 @@ from torch import nn
 
 from .. import statistics as st
 from ..errors import PhaseLMError
-from ..interventions import Intervention, intervene, require_oscillators
+from ..interventions import Intervention, intervene, require_oscillator_sites
 from .outputs import _check_positions, _device, _eval_mode, _progress, _write_outputs, prepare_outputs
 from .sampling import _batches, _check_decoding, _continuation_logprobs, _describe_metrics, _generate_all, _nll, _per_prompt_metrics, _prompt_ids, _r_per_layer, kl_divergence
 from .subject import METRICS, METRIC_LABELS, SAMPLES_SHOWN
@@ -54,7 +54,7 @@ def r_intervention_eval(
     prompts = _prompt_ids(tokenizer, prompts)
     if len(prompts) < st.MIN_N:
         raise PhaseLMError(f"paired statistics need at least {st.MIN_N} prompts, got {len(prompts)}; use 50 or more")
-    require_oscillators(model, "an R intervention eval")
+    require_oscillator_sites(model, "an R intervention eval")
     files = prepare_outputs(out_dir, "intervention")
     _check_positions(model, max(len(p) for p in prompts) + max_new_tokens, "prompt + generation")
     with intervene(model, *interventions) as applied:  # validates every layer before any work

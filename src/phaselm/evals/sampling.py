@@ -14,7 +14,7 @@ from torch import nn
 from .. import statistics as st
 from ..errors import PhaseLMError
 from .outputs import _device
-from .subject import TEXT_METRICS
+from ..metrics import TEXT_METRICS, distinct_n, text_metrics  # noqa: F401  (re-exported: phaselm.evals)
 
 
 def validation_prompts(val_ids: torch.Tensor, n: int = 50, prompt_tokens: int = 32) -> list[list[int]]:
@@ -53,45 +53,20 @@ def _batches(prompts: list[list[int]], batch_size: int) -> list[list[int]]:
     return [idx[s : s + batch_size] for idx in by_length.values() for s in range(0, len(idx), batch_size)]
 
 
-def _pick(logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator) -> torch.Tensor:
-    if temperature == 0:
-        return logits.argmax(-1)
-    logits = logits / temperature
-    if top_k:
-        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    return torch.multinomial(torch.softmax(logits, -1), 1, generator=generator).squeeze(1)
-
-
-@torch.no_grad()
 def sample(
     model: nn.Module, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Continue a batch of equal-length prompts (B, P) with the recurrent/KV cache.
+    """Continue a batch of equal-length prompts (B, P) with the model's cache
+    (:func:`phaselm.generation.sample_tokens`, exactly ``max_new_tokens`` each).
 
-    Returns the new tokens (B, M) and, for models with oscillators, R of the positions that
-    produced them (B, n_layers, M); both on the CPU. ``temperature = 0`` decodes greedily.
+    Returns the new tokens (B, M) and, for models with oscillators (K-SSM's banks, a grafted
+    core), R of the positions that produced them (B, sites, M); both on the CPU.
+    ``temperature = 0`` decodes greedily.
     """
-    device = prompt.device
-    generator = torch.Generator(device=device)
-    generator.manual_seed(seed)
-    tokens, orders = [], []
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)  # any noise inside the model (noise_in_eval) is seeded too
-        out = model(input_ids=prompt, use_cache=True)
-        for i in range(max_new_tokens):
-            order = getattr(out, "orders", None)
-            if order is not None:
-                orders.append(order[:, :, -1].float())
-            nxt = _pick(out.logits[:, -1].float(), temperature, top_k, generator)
-            tokens.append(nxt)
-            if i + 1 < max_new_tokens:
-                if getattr(out, "past_key_values", None) is not None:
-                    out = model(input_ids=nxt[:, None], past_key_values=out.past_key_values, use_cache=True)
-                else:  # a model whose cache is not past_key_values (HF Mamba's cache_params): run the whole prefix again
-                    out = model(input_ids=torch.cat([prompt, torch.stack(tokens, 1)], 1), use_cache=True)
-    new = torch.stack(tokens, 1).cpu()
-    return new, (torch.stack(orders, -1).cpu() if orders else None)
+    from ..generation import sample_tokens
+
+    sampled = sample_tokens(model, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, seed=seed)
+    return sampled.ids, sampled.orders
 
 
 @torch.no_grad()
@@ -110,22 +85,6 @@ def _nll(logprobs: torch.Tensor, continuation: torch.Tensor) -> torch.Tensor:
 def kl_divergence(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
     """KL(p ‖ q) over the last axis from log-probabilities; exactly 0 when they are equal."""
     return (logp.exp() * (logp - logq)).sum(-1).clamp_min(0.0)
-
-
-def distinct_n(ids: Sequence[int], n: int) -> float | None:
-    grams = [tuple(ids[i : i + n]) for i in range(len(ids) - n + 1)]
-    return len(set(grams)) / len(grams) if grams else None
-
-
-def text_metrics(ids: Sequence[int]) -> dict[str, float | None]:
-    """distinct-1/2/3 and repetition (1 − distinct-4) of one continuation."""
-    d4 = distinct_n(ids, 4)
-    return {
-        "distinct_1": distinct_n(ids, 1),
-        "distinct_2": distinct_n(ids, 2),
-        "distinct_3": distinct_n(ids, 3),
-        "repetition": None if d4 is None else 1.0 - d4,
-    }
 
 
 def _check_decoding(max_new_tokens: int, temperature: float, top_k: int | None) -> None:

@@ -7,21 +7,13 @@ import os
 from pathlib import Path
 
 from ..errors import PhaseLMError
+from ..metrics import TEXT_METRICS, metric_labels  # noqa: F401  (TEXT_METRICS re-exported: phaselm.evals)
 from ..runs import default_device  # noqa: F401  (re-exported: phaselm.evals.default_device)
 from ..subject import Subject, subject_of
 
 
 METRICS = ("kl", "distinct_1", "distinct_2", "distinct_3", "repetition", "perplexity", "mean_r")
-TEXT_METRICS = ("distinct_1", "distinct_2", "distinct_3", "repetition")
-METRIC_LABELS = {
-    "kl": "KL(unforced ‖ forced)",
-    "distinct_1": "distinct-1",
-    "distinct_2": "distinct-2",
-    "distinct_3": "distinct-3",
-    "repetition": "repetition (1 − distinct-4)",
-    "perplexity": "perplexity (unforced model)",
-    "mean_r": "mean R",
-}
+METRIC_LABELS = metric_labels(METRICS, "unforced model")  # the evals score perplexity under the unforced model
 DEFAULT_TEMPERATURES = (0.0, 0.5, 0.8, 1.0, 1.2, 1.5)
 DEFAULT_BOUNDS = ((0.1, 10.0), (0.05, 20.0), (0.5, 2.0), (0.1, 1.0), (1.0, 10.0))
 SAMPLES_SHOWN = 3
@@ -44,14 +36,8 @@ def load_subject(
     a run uses its run's); ``corpus`` / ``val_fraction`` override them, and a bare model folder
     without a run defaults to the embedded Tiny Shakespeare with val_fraction 0.1.
     """
-    from ..runs import PHASE_MAMBA, locate_run, open_run
+    from ..runs import open_run
 
-    location = locate_run(path)
-    if location.kind == PHASE_MAMBA:
-        raise PhaseLMError(
-            f"{path} is a phase-mamba run (a core grafted onto a backbone); `phaselm eval` takes runs with a saved model "
-            "(train-lm, pretrain); run a protocol on it instead (phaselm protocol run)"
-        )
     subject = subject_of(open_run(path, device), corpus, val_fraction)
     if not 0.0 < subject.val_fraction < 1.0:
         raise PhaseLMError(f"val_fraction must be in (0, 1) for evaluation, got {subject.val_fraction}")

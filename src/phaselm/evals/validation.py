@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import PhaseLMError
-from ..interventions import has_oscillators
+from ..interventions import has_oscillators, measure, oscillator_sites
 from .outputs import _check_positions, _device
 
 
@@ -39,11 +39,17 @@ def _token_stats(model, val_ids, batch_size: int, seq_len: int, max_batches: int
 
     device = _device(model)
     oscillators = has_oscillators(model)
+    grafted = not oscillators and bool(oscillator_sites(model))  # a grafted core: R (read by measure), no bank u
     ce, orders, us = [], [], []
     for i, (x, y) in enumerate(sequential_batches(val_ids, batch_size, seq_len)):
         if i >= max_batches:
             break
-        out = model(input_ids=x.to(device), output_orders=True) if oscillators else model(input_ids=x.to(device))
+        if grafted:
+            with measure(model) as m:
+                out = model(input_ids=x.to(device))
+            orders.append(torch.stack([m.orders[k][0] for k in sorted(m.orders)], 0).flatten(1))  # (sites, B·T)
+        else:
+            out = model(input_ids=x.to(device), output_orders=True) if oscillators else model(input_ids=x.to(device))
         loss = F.cross_entropy(out.logits.float().flatten(0, 1), y.to(device).flatten(), reduction="none")
         ce.append(loss.cpu())
         if oscillators:

@@ -161,6 +161,18 @@ def require_oscillators(model: nn.Module, what: str = "this eval") -> list[nn.Mo
     return sites
 
 
+def require_oscillator_sites(model: nn.Module, what: str = "this eval") -> list[Site]:
+    """The oscillator sites of ``model`` (K-SSM's banks or grafted Phase Cores); none is a
+    one-line error naming ``what`` needed them."""
+    sites = oscillator_sites(model)
+    if not sites:
+        raise PhaseLMError(
+            f"{what} needs a model with oscillators (K-SSM or a grafted Phase Core); this {model_name(model)} model has none, "
+            "so it has no R to read or force"
+        )
+    return sites
+
+
 def require_sites(info: Structure, kind: str) -> list[Site]:
     """The oscillator sites of ``info``; none is the one-line "has no oscillators" error."""
     if not info.sites:

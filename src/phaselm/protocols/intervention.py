@@ -35,7 +35,7 @@ def validate_conditions(subject: Subject, conditions: Sequence[Condition], calib
 
 
 def run_intervention(protocol: Protocol, subject: Subject, reference: Subject | None = None, progress=None) -> dict:
-    from ..evals import text_metrics
+    from ..metrics import text_metrics
 
     info = structure(subject.target)
     if "mean_r" in protocol.metrics and not info.sites:
@@ -74,7 +74,7 @@ def run_intervention(protocol: Protocol, subject: Subject, reference: Subject | 
                 values[m][k] = text[m]
 
     for seed in protocol.seeds:
-        unforced = generate_many(subject, prompts, seed, protocol, texts)
+        unforced = generate_many(subject, prompts, seed, protocol)
         full_u = [p + ids for p, ids in zip(prompts, unforced)]
         scored_u = forward_many(subject, full_u)
         ppl_u = perplexity_many(judge, prompts, unforced)
@@ -84,7 +84,7 @@ def run_intervention(protocol: Protocol, subject: Subject, reference: Subject | 
         del scored_u
         for j, condition in enumerate(protocol.conditions):
             with intervene(subject.target, *condition.interventions, calibration=calibration, seed=seed):
-                ids_c = generate_many(subject, prompts, seed, protocol, texts)
+                ids_c = generate_many(subject, prompts, seed, protocol)
                 along_u = forward_many(subject, full_u)
                 scored_c = forward_many(subject, [p + ids for p, ids in zip(prompts, ids_c)])
             ppl_c = perplexity_many(judge, prompts, ids_c)

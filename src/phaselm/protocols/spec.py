@@ -14,6 +14,7 @@ from pathlib import Path
 from .. import statistics as st
 from ..errors import PhaseLMError
 from ..interventions import ALL_LAYERS, Intervention
+from ..metrics import metric_labels
 
 KINDS = ("observation", "intervention", "ablation_grid")
 TESTS = {"t": "paired t-test", "paired_t": "paired t-test", "wilcoxon": "Wilcoxon signed-rank test",
@@ -24,13 +25,8 @@ METRICS = {
     "intervention": ("kl", "perplexity", "distinct_1", "distinct_2", "distinct_3", "repetition", "mean_r"),
     "ablation_grid": ("loss", "r_mean"),
 }
-METRIC_LABELS = {
-    "r_mean": "R mean", "r_std": "R std (within sample)", "r_range": "R range (max − min within sample)", "u_mean": "U mean",
-    "kl": "KL(unforced ‖ forced)", "perplexity": "perplexity (reference model)", "distinct_1": "distinct-1",
-    "distinct_2": "distinct-2", "distinct_3": "distinct-3", "repetition": "repetition (1 − distinct-4)", "mean_r": "mean R",
-    "loss": "loss (CE, nats)",
-}
-OSCILLATOR_METRICS = ("r_mean", "r_std", "r_range", "mean_r")
+# an intervention protocol scores perplexity under its reference model
+METRIC_LABELS = metric_labels(sorted({m for names in METRICS.values() for m in names}), "reference model")
 RESULTS = "results.json"
 PROTOCOL_COPY = "protocol.toml"
 MAX_SCATTER = 5000

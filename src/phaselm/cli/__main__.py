@@ -1,0 +1,5 @@
+"""`python -m phaselm.cli` (and `accelerate launch -m phaselm.cli …`)."""
+
+from . import main
+
+main()

@@ -73,7 +73,7 @@ def _finite(value) -> float | None:
 
 @dataclass
 class PairedResult:
-    """What :func:`paired` finds for pairs (x, y): means, a bootstrap CI of mean(x − y), t and Wilcoxon, effect sizes."""
+    """What :func:`paired` finds for pairs (x, y): means, a bootstrap CI of mean(x − y), t, Wilcoxon, effect sizes."""
 
     n: int
     mean_x: float

@@ -93,7 +93,8 @@ def main() -> None:
             print(f"| {r['tile']} | {r['error']} | | | |")
         else:
             print(
-                f"| {r['tile']} | {r['forward_ms']:.3f} | {r['forward_backward_ms']:.3f} | {r['forward_gb_s']:.0f} | {r['backward_gb_s']:.0f} |"
+                f"| {r['tile']} | {r['forward_ms']:.3f} | {r['forward_backward_ms']:.3f} | "
+                f"{r['forward_gb_s']:.0f} | {r['backward_gb_s']:.0f} |"
             )
 
 

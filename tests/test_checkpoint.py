@@ -97,7 +97,8 @@ def test_resume_is_bit_identical(tmp_path: Path) -> None:
     random.seed(5)
     np.random.seed(6)
     extra = {"step": 3, "drift_scale": 0.9, "data_generator_state": {"epoch": 1, "offset": [1, 2]}}
-    save_checkpoint(tmp_path / "ck", model, CONFIG, opt, sched, extra=extra, extra_tensors={"data_gen": gen.get_state()})
+    extra_tensors = {"data_gen": gen.get_state()}
+    save_checkpoint(tmp_path / "ck", model, CONFIG, opt, sched, extra=extra, extra_tensors=extra_tensors)
 
     sched_state = sched.state_dict()
     # Uninterrupted run: draws right after the save, then one more step.
@@ -151,7 +152,7 @@ def test_corrupt_model_file_same_size(tmp_path: Path) -> None:
     path = save_checkpoint(tmp_path / "ck", make_model(), CONFIG)
     f = path / "model.safetensors"
     f.write_bytes(b"\xff" * f.stat().st_size)
-    with pytest.raises(PhaseLMError, match="model.safetensors") as exc:
+    with pytest.raises(PhaseLMError, match=r"model\.safetensors") as exc:
         load_module_state(path, make_model())
     assert_one_line(exc)
 
@@ -202,7 +203,7 @@ def test_shape_mismatch_and_key_mismatch(tmp_path: Path) -> None:
     msg = assert_one_line(exc)
     assert "0.weight" in msg and "(16, 8)" in msg and "(32, 8)" in msg
 
-    with pytest.raises(PhaseLMError, match="missing tensors 4.weight") as exc:
+    with pytest.raises(PhaseLMError, match=r"missing tensors 4\.weight") as exc:
         load_module_state(path, nn.Sequential(*make_model(), nn.Linear(4, 4)))
     assert_one_line(exc)
 
@@ -237,7 +238,7 @@ def test_failed_save_keeps_previous(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_refuses_to_overwrite_foreign_directory(tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "notes.txt").write_text("keep me")
-    with pytest.raises(PhaseLMError, match="notes.txt") as exc:
+    with pytest.raises(PhaseLMError, match=r"notes\.txt") as exc:
         save_checkpoint(tmp_path / "data", make_model(), CONFIG)
     assert_one_line(exc)
     assert (tmp_path / "data" / "notes.txt").read_text() == "keep me"
@@ -286,7 +287,7 @@ def test_a_same_size_edit_is_caught_by_the_content_hash(tmp_path: Path) -> None:
     assert b'"F32"' in data
     (path / "model.safetensors").write_bytes(data.replace(b'"F32"', b'"I32"', 1))
     assert is_checkpoint(path)  # listing checks sizes only: still looks complete
-    with pytest.raises(PhaseLMError, match="model.safetensors changed after it was written") as exc:
+    with pytest.raises(PhaseLMError, match=r"model\.safetensors changed after it was written") as exc:
         load_module_state(path, make_model(), expected_config=CONFIG)
     assert_one_line(exc)
 

@@ -1,4 +1,5 @@
-"""Corpora (phaselm.corpora): the embedded corpus, files, folders, Gutenberg stripping, hf: datasets, one-line errors."""
+"""Corpora (phaselm.corpora): the embedded corpus, files, folders, Gutenberg stripping, hf: datasets,
+one-line errors."""
 
 from __future__ import annotations
 
@@ -88,7 +89,7 @@ def test_hf_train_text_column(monkeypatch, raises_phaselm):
     calls = []
 
     class FakeSplit(dict):
-        column_names = ["text"]
+        column_names = ("text",)
 
     def load_dataset(name, config, split):
         calls.append((name, config, split))

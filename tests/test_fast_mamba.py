@@ -53,7 +53,9 @@ def test_logits_and_every_gradient_equal_transformers(tiny_model, ids, backend):
         model(input_ids=ids, labels=ids).loss.backward()
     torch.testing.assert_close(fast(input_ids=ids).logits, reference(input_ids=ids).logits, rtol=1e-4, atol=1e-5)
     for (name, p_ref), (_, p_fast) in zip(reference.named_parameters(), fast.named_parameters()):
-        torch.testing.assert_close(p_fast.grad, p_ref.grad, rtol=1e-3, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(
+            p_fast.grad, p_ref.grad, rtol=1e-3, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}"
+        )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -136,7 +138,9 @@ def test_mamba2_logits_gradients_and_generation_equal_transformers(ids, backend)
     with torch.no_grad():
         torch.testing.assert_close(fast(input_ids=ids).logits, reference(input_ids=ids).logits, rtol=1e-4, atol=1e-5)
     for (name, p_ref), (_, p_fast) in zip(reference.named_parameters(), fast.named_parameters()):
-        torch.testing.assert_close(p_fast.grad, p_ref.grad, rtol=1e-3, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(
+            p_fast.grad, p_ref.grad, rtol=1e-3, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}"
+        )
     kwargs = dict(max_new_tokens=5, do_sample=False, pad_token_id=0)
     assert torch.equal(fast.generate(ids, **kwargs), reference.generate(ids, **kwargs))
 

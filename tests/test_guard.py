@@ -1,4 +1,5 @@
-"""The numerical guard: a non-finite loss, gradient or R stops (or skips) the step, naming the module; no NaN checkpoint."""
+"""The numerical guard: a non-finite loss, gradient or R stops (or skips) the step, naming the module;
+no NaN checkpoint."""
 
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ def poisoned_gpt2(tiny_model, calls):
 
 
 def test_first_nonfinite_module_names_the_innermost_culprit():
-    net = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Sequential(torch.nn.Identity(), PoisonAt({1})), torch.nn.Linear(3, 1))
+    inner = torch.nn.Sequential(torch.nn.Identity(), PoisonAt({1}))
+    net = torch.nn.Sequential(torch.nn.Linear(3, 3), inner, torch.nn.Linear(3, 1))
     assert first_nonfinite_module(net, lambda: net(torch.ones(2, 3))) == "1.1"
     assert first_nonfinite_module(net, lambda: net(torch.ones(2, 3))) is None  # the fault was one call only
 
@@ -47,11 +49,14 @@ def test_first_nonfinite_module_names_the_innermost_culprit():
 def test_a_nonfinite_loss_stops_the_run_naming_the_module(tmp_path, tiny_model, ids, raises_phaselm):
     model = poisoned_gpt2(tiny_model, calls={3, 4})  # step 3 and the guard's second run of it
     cfg = TrainConfig(**{**CFG.__dict__, "checkpoint_every": 2})
-    with raises_phaselm(r"step 3: the loss is not finite \(first produced by module lm\.transformer\.h\.1\.mlp\.act\.1\)"):
+    with raises_phaselm(
+        r"step 3: the loss is not finite \(first produced by module lm\.transformer\.h\.1\.mlp\.act\.1\)"
+    ):
         train(LanguageModelObjective(model), *ids, cfg, tmp_path / "run", "x = 1\n", progress=False)
     assert ckpt.latest_checkpoint(tmp_path / "run").name == "step-000002"  # the last good state, nothing after
     record = read_jsonl(tmp_path / "run" / "metrics.jsonl")[-1]
-    assert record == {"step": 3, "nonfinite": "the loss", "source": "module lm.transformer.h.1.mlp.act.1", "action": "stop"}
+    source = "module lm.transformer.h.1.mlp.act.1"
+    assert record == {"step": 3, "nonfinite": "the loss", "source": source, "action": "stop"}
     assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
@@ -60,7 +65,8 @@ def test_skip_mode_skips_the_bad_step_and_finishes(tmp_path, tiny_model, ids):
     cfg = TrainConfig(**{**CFG.__dict__, "on_nonfinite": "skip"})
     train(LanguageModelObjective(model), *ids, cfg, tmp_path / "run", "x = 1\n", progress=False)
     records = read_jsonl(tmp_path / "run" / "metrics.jsonl")
-    assert {"step": 3, "nonfinite": "the loss", "source": "module lm.transformer.h.1.mlp.act.1", "action": "skip"} in records
+    source = "module lm.transformer.h.1.mlp.act.1"
+    assert {"step": 3, "nonfinite": "the loss", "source": source, "action": "skip"} in records
     assert records[-1]["split"] == "val" and math.isfinite(records[-1]["val_ce"])
     assert ckpt.latest_checkpoint(tmp_path / "run").name == "step-000006"
 

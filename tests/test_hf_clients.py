@@ -48,7 +48,10 @@ def test_pipeline_generates_with_our_ids(model_folders, family):
 
 def test_import_phaselm_registers_the_auto_classes():
     """A fresh interpreter: `import phaselm` alone makes AutoConfig know our model types."""
-    code = "import phaselm\nfrom transformers import AutoConfig\nprint(AutoConfig.for_model('kssm').model_type, AutoConfig.for_model('phaselm_fusion').model_type)"
+    code = (
+        "import phaselm\nfrom transformers import AutoConfig\n"
+        "print(AutoConfig.for_model('kssm').model_type, AutoConfig.for_model('phaselm_fusion').model_type)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["kssm", "phaselm_fusion"]

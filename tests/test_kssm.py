@@ -115,7 +115,10 @@ def test_a_fresh_process_loads_a_saved_kssm_folder(tmp_path):
 
     tokenizer = CharTokenizer("abcdefghijklmnopqrstuvwxyz .,;:!?'\n")
     save_backbone(tiny(vocab_size=tokenizer.vocab_size), tokenizer, tmp_path / "model")
-    code = f"from phaselm.backbones import load_backbone; m, t = load_backbone({str(tmp_path / 'model')!r}); print(type(m).__name__)"
+    code = (
+        "from phaselm.backbones import load_backbone; "
+        f"m, t = load_backbone({str(tmp_path / 'model')!r}); print(type(m).__name__)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "KSSMForCausalLM"

@@ -45,5 +45,6 @@ def test_core_training_moves_only_the_core_and_logs_observables(tmp_path, tiny_m
 
 def test_drift_off_leaves_coupling_alone(tmp_path, tiny_model, ids):
     handle = graft(tiny_model("mamba"), PhaseCoreConfig())
-    result = train(PhaseCoreObjective(handle, LossConfig(), DriftConfig()), *ids, CFG, tmp_path / "run", "", progress=False)
+    objective = PhaseCoreObjective(handle, LossConfig(), DriftConfig())
+    result = train(objective, *ids, CFG, tmp_path / "run", "", progress=False)
     assert result.drift_actions == {} and float(handle.core.coupling_scale) == 1.0

@@ -1,4 +1,5 @@
-"""Kuramoto core (dθ_i/dt = ω_i + K·R·sin(ψ − θ_i), R e^{iψ} = mean of e^{iθ_j}) against independent float64 references."""
+"""Kuramoto core (dθ_i/dt = ω_i + K·R·sin(ψ − θ_i), R e^{iψ} = mean of e^{iθ_j}) against independent
+float64 references."""
 
 from __future__ import annotations
 

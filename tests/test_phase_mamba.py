@@ -37,12 +37,18 @@ def test_pretrain_then_train_extend_when_resumed_with_more_steps(tmp_path, capsy
     assert any(not torch.equal(weights[k], weights_at_2[k]) for k in shared)
     assert not [p.name for p in pre_run.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
 
-    core = [f"backbone.name={pre_run / 'model'}", f"data.corpus={corpus}", "core.n_oscillators=8", "sample.max_new_tokens=2", *TINY]
+    core = [
+        f"backbone.name={pre_run / 'model'}",
+        f"data.corpus={corpus}",
+        "core.n_oscillators=8",
+        "sample.max_new_tokens=2",
+        *TINY,
+    ]
     run = tmp_path / "pm"
-    code, _, err = run_cli(capsys, "train", str(RECIPES / "phase-mamba.toml"), "--out", str(run), *set_args([*core, "train.steps=2"]))
+    train_cmd = ["train", str(RECIPES / "phase-mamba.toml"), "--out", str(run)]
+    code, _, err = run_cli(capsys, *train_cmd, *set_args([*core, "train.steps=2"]))
     assert code == 0, err
-    code, out, err = run_cli(capsys, "train", str(RECIPES / "phase-mamba.toml"), "--out", str(run), "--resume", "--json",
-                             *set_args([*core, "train.steps=4"]))
+    code, out, err = run_cli(capsys, *train_cmd, "--resume", "--json", *set_args([*core, "train.steps=4"]))
     assert code == 0, err
     assert json.loads(out)["steps"] == 4 and json.loads((run / "summary.json").read_text())["steps"] == 4
     assert train_steps(run) == [1, 2, 3, 4]

@@ -41,9 +41,11 @@ SECTIONS = (
 def train_record(step: int) -> dict:
     r = 0.5 + 0.04 * step / 10
     return {
-        "step": step, "loss": 3.2 - 0.01 * step, "ce": 3.1 - 0.01 * step, "uncertainty_reg": 0.02, "presence": 0.8, "tonal": 0.01,
+        "step": step, "loss": 3.2 - 0.01 * step, "ce": 3.1 - 0.01 * step,
+        "uncertainty_reg": 0.02, "presence": 0.8, "tonal": 0.01,
         "r_mean": r, "r_min": r - 0.3, "r_max": min(r + 0.2, 1.0), "u_mean": 0.45, "ru_mean": 0.32, "tones": TONES,
-        "goldilocks_residence": 0.12, "drift_action": "COAST", "coupling_scale": 1.0, "lr": 1e-3, "tokens_per_s": 1234.5,
+        "goldilocks_residence": 0.12, "drift_action": "COAST", "coupling_scale": 1.0, "lr": 1e-3,
+        "tokens_per_s": 1234.5,
     }  # fmt: skip
 
 
@@ -60,7 +62,10 @@ SUMMARY = {
     "samples": {
         "prompt": "ROMEO:",
         "blind": " To be, or not to be",
-        "measured": [{"token": f"<w{i}>", "r": 0.5 + i / 200, "u": 0.45, "ru": (0.5 + i / 200) * 0.45, "tone": "goldilocks"} for i in range(40)],
+        "measured": [
+            {"token": f"<w{i}>", "r": 0.5 + i / 200, "u": 0.45, "ru": (0.5 + i / 200) * 0.45, "tone": "goldilocks"}
+            for i in range(40)
+        ],
     },
 }  # fmt: skip
 
@@ -107,9 +112,15 @@ def full_run(tmp_path):
     (evals / "intervention.png").write_bytes((tmp_path / "plots" / "loss.png").read_bytes())
     eval_result = {
         "eval": "r_intervention", "command": "phaselm eval intervention RUN --kind sync", "n_prompts": 3,
-        "markdown": "| intervention | metric | n | p (t, Holm) |\n|---|---|---|---|\n| sync @ layers all | mean R | 3 | 0.01 |\n| pin \\| odd | KL | 3 | 0.5 |",
+        "markdown": (
+            "| intervention | metric | n | p (t, Holm) |\n|---|---|---|---|\n"
+            "| sync @ layers all | mean R | 3 | 0.01 |\n| pin \\| odd | KL | 3 | 0.5 |"
+        ),
         "results": [{"label": "sync @ layers all"}],
-        "per_prompt": {"unforced": {"mean_r": [0.5, 0.6, 0.55]}, "forced": [{"mean_r": [1.0, 1.0, 1.0], "kl": [0.1, 0.2, 0.3]}]},
+        "per_prompt": {
+            "unforced": {"mean_r": [0.5, 0.6, 0.55]},
+            "forced": [{"mean_r": [1.0, 1.0, 1.0], "kl": [0.1, 0.2, 0.3]}],
+        },
         "files": {"json": str(evals / "intervention.json"), "png": str(evals / "intervention.png")},
     }  # fmt: skip
     (evals / "intervention.json").write_text(json.dumps(eval_result), encoding="utf-8")
@@ -196,7 +207,8 @@ def test_markdown_tables():
     html = markdown_to_html("# Title\n\nSome text\n| a | b |\n|:--|--:|\n| `x \\| y` | 2 |\n")
     assert (
         html
-        == '<h4>Title</h4>\n<p>Some text</p>\n<table><tr><th>a</th><th>b</th></tr><tr><td>x | y</td><td class="num">2</td></tr></table>'
+        == "<h4>Title</h4>\n<p>Some text</p>\n"
+        '<table><tr><th>a</th><th>b</th></tr><tr><td>x | y</td><td class="num">2</td></tr></table>'
     )
 
 

@@ -1,4 +1,5 @@
-"""Run directories: never overwritten, resumed only with the same recipe (a longer train.steps extends it), a torn metrics line tolerated."""
+"""Run directories: never overwritten, resumed only with the same recipe (a longer train.steps extends it),
+a torn metrics line tolerated."""
 
 from __future__ import annotations
 
@@ -47,8 +48,14 @@ def test_resume_may_extend_train_steps_and_nothing_else(tmp_path, tiny_model, id
     train(LanguageModelObjective(tiny_model("gpt2")), *ids, CFG, run, "[train]\nsteps = 6\n", progress=False)
     longer = TrainConfig(**{**CFG.__dict__, "steps": 10})
     with raises_phaselm("differs from this recipe in more than train.steps"):
-        train(LanguageModelObjective(tiny_model("gpt2")), *ids, longer, run, "[train]\nsteps = 10\nlr = 0.5\n", resume=True, progress=False)
-    train(LanguageModelObjective(tiny_model("gpt2")), *ids, longer, run, "[train]\nsteps = 10\n", resume=True, progress=False)
+        train(
+            LanguageModelObjective(tiny_model("gpt2")), *ids, longer, run, "[train]\nsteps = 10\nlr = 0.5\n",
+            resume=True, progress=False,
+        )
+    train(
+        LanguageModelObjective(tiny_model("gpt2")), *ids, longer, run, "[train]\nsteps = 10\n",
+        resume=True, progress=False,
+    )
     assert (run / "config.toml").read_text() == "[train]\nsteps = 10\n"
     assert ckpt.latest_checkpoint(run).name == "step-000010"
     steps = [r["step"] for r in read_jsonl(run / "metrics.jsonl") if r.get("split") != "val"]
@@ -58,9 +65,12 @@ def test_resume_may_extend_train_steps_and_nothing_else(tmp_path, tiny_model, id
 def test_a_metrics_line_torn_by_a_kill_does_not_stop_resume(tmp_path, tiny_model, ids):
     run = tmp_path / "run"
     cfg = TrainConfig(**{**CFG.__dict__, "checkpoint_every": 2})
-    train(LanguageModelObjective(tiny_model("gpt2")), *ids, TrainConfig(**{**cfg.__dict__, "steps": 4}), run, "[train]\nsteps = 4\n", progress=False)
+    first = TrainConfig(**{**cfg.__dict__, "steps": 4})
+    train(LanguageModelObjective(tiny_model("gpt2")), *ids, first, run, "[train]\nsteps = 4\n", progress=False)
     with (run / "metrics.jsonl").open("a") as f:
         f.write('{"step": 5, "loss": 1.2')  # the process died mid-write
-    train(LanguageModelObjective(tiny_model("gpt2")), *ids, cfg, run, "[train]\nsteps = 6\n", resume=True, progress=False)
+    train(
+        LanguageModelObjective(tiny_model("gpt2")), *ids, cfg, run, "[train]\nsteps = 6\n", resume=True, progress=False
+    )
     records = read_jsonl(run / "metrics.jsonl")
     assert [r["step"] for r in records if r.get("split") != "val"] == [2, 4, 6]

@@ -38,7 +38,8 @@ def inputs(batch=2, length=13, heads=3, key_dim=4, value_dim=5, dtype=torch.floa
 
 
 def naive(r, k, v, w, u, s0):
-    """Element by element: y_t[j] = Σ_i r_t[i]·(S[i, j] + u[i]·k_t[i]·v_t[j]); S[i, j] ← e^{w_t[i]}·S[i, j] + k_t[i]·v_t[j]."""
+    """Element by element: y_t[j] = Σ_i r_t[i]·(S[i, j] + u[i]·k_t[i]·v_t[j]);
+    S[i, j] ← e^{w_t[i]}·S[i, j] + k_t[i]·v_t[j]."""
     batch, length, heads, key_dim = r.shape
     value_dim = v.shape[-1]
     y = torch.zeros(batch, length, heads, value_dim, dtype=torch.float64)

@@ -1,4 +1,5 @@
-"""Tokenizers (phaselm.tokenizers): round trips, save/load, pretrained folders, learning from the training part, one-line errors."""
+"""Tokenizers (phaselm.tokenizers): round trips, save/load, pretrained folders, learning from the training part,
+one-line errors."""
 
 from __future__ import annotations
 

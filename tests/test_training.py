@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -22,7 +23,7 @@ def test_lr_schedule_warms_up_then_decays_to_min_lr():
     cfg = TrainConfig(steps=100, lr=1.0, min_lr=0.1, warmup_steps=10)
     factors = [lr_factor(s, cfg) for s in range(100)]
     assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
+    assert all(a >= b for a, b in itertools.pairwise(factors[10:]))
     assert lr_factor(100, cfg) == pytest.approx(0.1)
 
 
@@ -36,7 +37,8 @@ def test_pretraining_writes_metrics_checkpoint_and_learns(tmp_path, tiny_model, 
     for key in ("loss", "ce", "u_mean", "lr", "tokens_per_s"):
         assert all(math.isfinite(r[key]) for r in train_records), key
     assert train_records[-1]["ce"] < train_records[0]["ce"]
-    assert records[-1]["split"] == "val" and result.evaluation["val_ppl"] == pytest.approx(math.exp(records[-1]["val_ce"]))
+    assert records[-1]["split"] == "val"
+    assert result.evaluation["val_ppl"] == pytest.approx(math.exp(records[-1]["val_ce"]))
     assert ckpt.latest_checkpoint(tmp_path / "run").name == "step-000030"
     assert (tmp_path / "run" / "config.toml").read_text() == "x = 1\n"
 

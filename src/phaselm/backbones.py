@@ -40,6 +40,7 @@ class MambaSpec:
 
 
 def build_mamba(spec: MambaSpec, vocab_size: int) -> nn.Module:
+    """A freshly initialised transformers ``MambaForCausalLM`` of ``spec``'s shape over ``vocab_size`` tokens."""
     from transformers import MambaConfig, MambaForCausalLM
 
     config = MambaConfig(

@@ -1,4 +1,5 @@
-"""The bistable Kuramoto bank of K-SSM (seed 003; docs/seeds-vs-phaselm.md lists where we depart from it), per position and guarded.
+"""The bistable Kuramoto bank of K-SSM (seed 003; docs/seeds-vs-phaselm.md lists where we depart from it),
+per position and guarded.
 
 Per position, a 10-parameter projection p = (a, b, c, d, e, f, g, h, i, j) of the hidden state
 gives
@@ -67,6 +68,8 @@ class BankConfig:
 
 @dataclass
 class BankOutput:
+    """What :class:`BistableBank` returns for hidden states (B, T, D): its output and per-position readings."""
+
     out: torch.Tensor  # (B, T, D) the bank's contribution to the residual stream
     order: torch.Tensor  # (B, T) R = |Z_1|
     u: torch.Tensor  # (B, T) after the clamp
@@ -93,8 +96,11 @@ def regulariser(delta: torch.Tensor, u: torch.Tensor, cfg: BankConfig) -> torch.
 
 
 class BistableBank(nn.Module, Intervenable):
+    """K-SSM's bistable Kuramoto bank: hidden (B, T, D) → a residual contribution, R, u, Δ and the regulariser."""
+
     # Which implementation of forward's per-position work runs (phaselm.ops.backend): "auto"
-    # ("reference": it measured faster in a compiled step), "triton" (the fused kernel) or "reference" (the PyTorch code below).
+    # ("reference": it measured faster in a compiled step), "triton" (the fused kernel) or
+    # "reference" (the PyTorch code below).
     backend: str = "auto"
 
     def __init__(self, hidden_size: int, cfg: BankConfig):

@@ -112,9 +112,15 @@ def save_checkpoint(
 
     # Encode everything before touching the disk, so bad input never leaves debris behind.
     if not isinstance(config, dict):
-        raise PhaseLMError(f"checkpoint config for {target} must be a dict, got {type(config).__name__}; pass the model config as a dict")
+        raise PhaseLMError(
+            f"checkpoint config for {target} must be a dict, got {type(config).__name__}; "
+            "pass the model config as a dict"
+        )
     if "format" in config:
-        raise PhaseLMError(f"checkpoint config for {target} must not contain the reserved key 'format'; rename that key")
+        raise PhaseLMError(
+            f"checkpoint config for {target} must not contain the reserved key 'format'; "
+            "rename that key"
+        )
     config_text = json_text({"format": FORMAT, **config}, f"config for {target}")
     model_tensors = prepare_tensors(module_state if module_state is not None else module.state_dict())
 
@@ -208,7 +214,8 @@ def load_module_state(
         if tuple(saved[name].shape) != tuple(tensor.shape):
             raise PhaseLMError(
                 f"checkpoint {path} stores tensor {name} with shape {tuple(saved[name].shape)} but the model "
-                f"expects {tuple(tensor.shape)}; build the model from the checkpoint's config or use a new output directory"
+                f"expects {tuple(tensor.shape)}; "
+                "build the model from the checkpoint's config or use a new output directory"
             )
     module.load_state_dict(saved, strict=True)
     return config
@@ -250,7 +257,10 @@ def load_training_state(
 
     if optimizer is not None:
         if decoded.get("optimizer") is None:
-            raise PhaseLMError(f"checkpoint {path} was saved without optimizer state; resume without an optimizer or from another checkpoint")
+            raise PhaseLMError(
+                f"checkpoint {path} was saved without optimizer state; "
+                "resume without an optimizer or from another checkpoint"
+            )
         saved_state = decoded["optimizer"]
         try:
             optimizer.load_state_dict(adapt_optimizer_state(saved_state) if adapt_optimizer_state else saved_state)
@@ -261,7 +271,10 @@ def load_training_state(
             ) from None
     if scheduler is not None:
         if decoded.get("scheduler") is None:
-            raise PhaseLMError(f"checkpoint {path} was saved without scheduler state; resume without a scheduler or from another checkpoint")
+            raise PhaseLMError(
+                f"checkpoint {path} was saved without scheduler state; "
+                "resume without a scheduler or from another checkpoint"
+            )
         scheduler.load_state_dict(decoded["scheduler"])
     if restore_rng:
         restore_rng_states(decoded.get("rng") or {})
@@ -292,7 +305,10 @@ def _check_target(target: Path) -> None:
 
 
 def _incomplete(path: Path, file: str) -> PhaseLMError:
-    return PhaseLMError(f"checkpoint {path} is incomplete or truncated ({file}): re-save it or pick an earlier checkpoint")
+    return PhaseLMError(
+        f"checkpoint {path} is incomplete or truncated ({file}): "
+        "re-save it or pick an earlier checkpoint"
+    )
 
 
 def _sha256(path: Path) -> str:
@@ -330,7 +346,10 @@ def _require_complete(path: Path) -> dict:
     if not path.exists():
         raise PhaseLMError(f"no checkpoint at {path}; check the path or train a model first")
     if not path.is_dir():
-        raise PhaseLMError(f"no checkpoint at {path}: it is a file, not a checkpoint directory; pass the checkpoint directory")
+        raise PhaseLMError(
+            f"no checkpoint at {path}: it is a file, not a checkpoint directory; "
+            "pass the checkpoint directory"
+        )
     for file, size in _read_manifest(path).items():
         actual = path / file
         if not actual.is_file() or actual.stat().st_size != size:

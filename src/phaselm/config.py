@@ -149,7 +149,8 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
         # A run's own config.toml read back as a recipe: its kind must be this recipe's.
         if data[KIND_KEY] != declared:
             raise PhaseLMError(
-                f"this is the config of a {data[KIND_KEY]!r} run, not a {declared!r} recipe; use the command that writes {data[KIND_KEY]!r} runs"
+                f"this is the config of a {data[KIND_KEY]!r} run, not a {declared!r} recipe; "
+                f"use the command that writes {data[KIND_KEY]!r} runs"
             )
         data = {k: v for k, v in data.items() if k != KIND_KEY}
     for key, value in data.items():
@@ -189,7 +190,8 @@ def load_recipe(cls: type[T], path: str | os.PathLike, overrides: dict | None = 
     path = Path(path)
     if path.is_dir():
         raise PhaseLMError(
-            f"recipe {path} is a directory; pass a TOML file (see recipes/), or the run directory to a command that opens runs"
+            f"recipe {path} is a directory; pass a TOML file (see recipes/), "
+            "or the run directory to a command that opens runs"
         )
     if not path.is_file():
         raise PhaseLMError(f"recipe {path} does not exist; pass a TOML file (see recipes/)")

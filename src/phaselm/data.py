@@ -66,7 +66,10 @@ def encode_split(tokenizer: Tokenizer, text: str, val_fraction: float = 0.1) -> 
     """
     train_text, val_text = split_text(text, val_fraction)
     train_ids = encode_corpus(tokenizer, train_text)
-    val_ids = torch.tensor(tokenizer.encode(val_text), dtype=torch.long) if val_text else torch.zeros(0, dtype=torch.long)
+    if val_text:
+        val_ids = torch.tensor(tokenizer.encode(val_text), dtype=torch.long)
+    else:
+        val_ids = torch.zeros(0, dtype=torch.long)
     return train_ids, val_ids
 
 

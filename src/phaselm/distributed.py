@@ -202,7 +202,9 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def resumed_data_generator(tensors: dict, seed: int, rank: int, processes: int, step: int, main: bool) -> torch.Generator:
+def resumed_data_generator(
+    tensors: dict, seed: int, rank: int, processes: int, step: int, main: bool
+) -> torch.Generator:
     """This process's data generator as the checkpoint left it.
 
     A checkpoint holds every process's stream (``data_generators``, one row per process; older
@@ -221,7 +223,11 @@ def resumed_data_generator(tensors: dict, seed: int, rank: int, processes: int, 
     if main and saved != processes:
         logger.info(
             f"resuming {saved}-process data streams on {processes} processes: "
-            + ("the extra processes start fresh ones" if processes > saved else "the streams of the missing processes are dropped")
+            + (
+                "the extra processes start fresh ones"
+                if processes > saved
+                else "the streams of the missing processes are dropped"
+            )
         )
     return generator
 
@@ -229,8 +235,14 @@ def resumed_data_generator(tensors: dict, seed: int, rank: int, processes: int, 
 def log_distribution(choice: str, processes: int) -> None:
     """Say once which multi-process path runs (never silently)."""
     if choice == "fsdp" and processes == 1:
-        logger.info("train.distributed = 'fsdp' on one process: nothing to shard, so training runs unsharded as with 'ddp'")
+        logger.info(
+            "train.distributed = 'fsdp' on one process: "
+            "nothing to shard, so training runs unsharded as with 'ddp'"
+        )
     elif choice == "fsdp":
-        logger.info(f"FSDP: parameters, gradients and optimizer state sharded over {processes} processes (torch fully_shard)")
+        logger.info(
+            f"FSDP: parameters, gradients and optimizer state sharded over {processes} processes "
+            "(torch fully_shard)"
+        )
     elif processes > 1:
         logger.info(f"DDP over {processes} processes (Accelerate)")

@@ -216,6 +216,7 @@ class Graft(Intervenable):
 
 
 def hidden_size_of(model: nn.Module) -> int:
+    """The residual-stream width of a transformers model, read from its config (hidden_size, n_embd or d_model)."""
     config = getattr(model, "config", None)
     for name in ("hidden_size", "n_embd", "d_model"):
         value = getattr(config, name, None)

@@ -70,10 +70,19 @@ def nonfinite_report(objective: Objective, out: StepOutput, x, y, params, autoca
                 objective(x, y)
 
         where = first_nonfinite_module(objective, forward)
-        return what, f"module {where}" if where else "the loss terms, or a fault that did not repeat (every module's output was finite when the step ran again)"
+        if where:
+            return what, f"module {where}"
+        return what, (
+            "the loss terms, or a fault that did not repeat "
+            "(every module's output was finite when the step ran again)"
+        )
     names = {id(p): n for n, p in objective.named_parameters()}
     bad = next(
-        (names.get(id(p), "?") for p in params if p.grad is not None and not bool(torch.isfinite(distributed.local_part(p.grad)).all())),
+        (
+            names.get(id(p), "?")
+            for p in params
+            if p.grad is not None and not bool(torch.isfinite(distributed.local_part(p.grad)).all())
+        ),
         None,
     )
     return "a gradient", f"parameter {bad}" if bad else "the gradient norm"

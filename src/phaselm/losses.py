@@ -18,6 +18,8 @@ from .observables import normalized_entropy
 
 @dataclass
 class LossConfig:
+    """Weights and targets of the Phase-Mamba objective's terms (λ_U, U*, presence, tonal penalty)."""
+
     uncertainty_weight: float = 0.1  # λ_U (paper §2.3)
     uncertainty_target: float = 0.5  # U*
     presence_weight: float = 0.05  # reward on 1 − Σp² (training log, seed 001)

@@ -24,6 +24,8 @@ from .observables import GOLDILOCKS, DriftConfig, DriftController, normalized_en
 
 @dataclass
 class StepOutput:
+    """What an objective returns for a batch: the named losses, logits (B, T, V) and optionally R and gates."""
+
     losses: dict[str, torch.Tensor]  # "loss" is what is minimised; the rest are logged
     logits: torch.Tensor  # (B, T, V)
     order: torch.Tensor | None = None  # (B, T) R per position, when the model has oscillators
@@ -40,13 +42,15 @@ class Objective(nn.Module):
         return {}
 
     def extra_state(self) -> dict:
+        """State outside the module's parameters that a checkpoint must keep (none here)."""
         return {}
 
     def load_extra_state(self, state: dict) -> None:
-        pass
+        """Restore what :meth:`extra_state` returned (nothing here)."""
 
     @torch.no_grad()
     def evaluate(self, val_ids: torch.Tensor, batch_size: int, seq_len: int, max_batches: int) -> dict:
+        """``{"val_ce": ...}``: mean cross-entropy over the first batches of the 1-D id stream ``val_ids``."""
         return {"val_ce": mean_ce(self, val_ids, batch_size, seq_len, max_batches)}
 
 
@@ -80,6 +84,7 @@ class LanguageModelObjective(Objective):
         self.reg_weight = reg_weight
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
+        """x, y (B, T) ids and next ids → CE (+ reg_weight·reg where the model has one), logits, R (B, T) if any."""
         out = self.lm(input_ids=x)
         ce = F.cross_entropy(out.logits.float().flatten(0, 1), y.flatten())
         losses = {"loss": ce, "ce": ce}
@@ -87,7 +92,8 @@ class LanguageModelObjective(Objective):
         if reg is not None:
             losses.update(loss=ce + self.reg_weight * reg, bank_reg=reg)
         orders = getattr(out, "orders", None)
-        return StepOutput(losses, out.logits, orders.mean(1) if orders is not None else None, getattr(out, "gate_means", None))
+        order = orders.mean(1) if orders is not None else None
+        return StepOutput(losses, out.logits, order, getattr(out, "gate_means", None))
 
 
 class PhaseCoreObjective(Objective):
@@ -107,11 +113,13 @@ class PhaseCoreObjective(Objective):
         self.drift = DriftController(drift) if drift.enabled else None
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
+        """x, y (B, T) ids and next ids → the Phase-Mamba losses, logits (B, T, V) and the core's R (B, T)."""
         logits = self.backbone(input_ids=x).logits
         order = self.handle.last.order
         return StepOutput(phase_lm_losses(logits, y, order, self.loss_config), logits, order)
 
     def after_step(self, out: StepOutput) -> dict:
+        """Let the drift controller act on this step's mean R; the coupling scale (and the action) to log."""
         metrics = {"coupling_scale": float(self.core.coupling_scale)}
         if self.drift is not None:
             action = self.drift.step(float(out.order.detach().mean()))
@@ -121,14 +129,17 @@ class PhaseCoreObjective(Objective):
         return metrics
 
     def extra_state(self) -> dict:
+        """The drift controller's scale on K, which a resumed run must continue from."""
         return {"drift_scale": self.drift.scale if self.drift else 1.0}
 
     def load_extra_state(self, state: dict) -> None:
+        """Restore the drift scale that :meth:`extra_state` saved (1 where it is missing)."""
         if self.drift is not None:
             self.drift.scale = float(state.get("drift_scale", 1.0))
 
     @torch.no_grad()
     def evaluate(self, val_ids, batch_size, seq_len, max_batches) -> dict:
+        """Validation CE with the core, and CE and perplexity without it, over the 1-D id stream ``val_ids``."""
         with_core = mean_ce(self, val_ids, batch_size, seq_len, max_batches)
         with self.handle.disabled():
             without_core = mean_ce(self, val_ids, batch_size, seq_len, max_batches)

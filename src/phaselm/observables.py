@@ -18,6 +18,8 @@ from .errors import PhaseLMError
 
 @dataclass(frozen=True)
 class Tone:
+    """A named band of R (the paper's tones), its lower bound and the drift action it pairs with."""
+
     glyph: str
     name: str
     low: float  # inclusive lower bound of R
@@ -45,10 +47,12 @@ def tone_index(order: torch.Tensor) -> torch.Tensor:
 
 
 def tone_of(r: float) -> Tone:
+    """The tone a single R value falls in."""
     return TONES[int(tone_index(torch.tensor(float(r), dtype=torch.float64)))]
 
 
 def tone_histogram(order: torch.Tensor) -> dict[str, int]:
+    """Positions per tone name for R values of any shape, every tone listed (0 where none)."""
     counts = torch.bincount(tone_index(order).flatten(), minlength=len(TONES))
     return {t.name: int(c) for t, c in zip(TONES, counts.tolist())}
 
@@ -69,6 +73,7 @@ class GoldilocksZone:
     ru: tuple[float, float] = (0.40, 0.60)
 
     def contains(self, order: torch.Tensor, uncertainty: torch.Tensor) -> torch.Tensor:
+        """Bool mask, R's shape: where R, U and R·U all fall inside the zone (R and U one shape)."""
         def inside(x, bounds):
             return (x >= bounds[0]) & (x <= bounds[1])
 
@@ -86,6 +91,8 @@ ACTIONS = ("BRAKE", "COAST", "BOOST")
 
 @dataclass
 class DriftConfig:
+    """The drift controller's thresholds on mean R, its factors on K and the bounds of their product."""
+
     enabled: bool = False
     brake_above: float = 0.95
     boost_below: float = 0.50
@@ -116,6 +123,7 @@ class DriftController:
     scale: float = 1.0
 
     def decide(self, mean_order: float) -> str:
+        """BRAKE above ``brake_above``, BOOST below ``boost_below``, COAST between."""
         if mean_order > self.config.brake_above:
             return "BRAKE"
         if mean_order < self.config.boost_below:
@@ -123,6 +131,7 @@ class DriftController:
         return "COAST"
 
     def step(self, mean_order: float) -> str:
+        """Decide on this step's mean R, move ``scale`` by the action's factor (within bounds); the action."""
         action = self.decide(mean_order)
         factor = {"BRAKE": self.config.brake_factor, "BOOST": self.config.boost_factor}.get(action, 1.0)
         self.scale = min(max(self.scale * factor, self.config.min_scale), self.config.max_scale)
@@ -147,7 +156,8 @@ def summarize(order: torch.Tensor, uncertainty: torch.Tensor, zone: GoldilocksZo
     """
     if order.shape != uncertainty.shape or order.numel() == 0:
         raise PhaseLMError(
-            f"summarize needs R and U of the same non-empty shape, got {tuple(order.shape)} and {tuple(uncertainty.shape)}"
+            "summarize needs R and U of the same non-empty shape, "
+            f"got {tuple(order.shape)} and {tuple(uncertainty.shape)}"
         )
     counts = tone_histogram(order)
     total = sum(counts.values())

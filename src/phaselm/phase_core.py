@@ -71,6 +71,8 @@ class PhaseCoreConfig:
 
 @dataclass
 class PhaseCoreOutput:
+    """What :class:`PhaseCore` returns for hidden states (B, T, D): modulated hidden, R, phases, carried state."""
+
     hidden: torch.Tensor  # (B, T, D) modulated hidden state, same dtype as the input
     order: torch.Tensor  # (B, T) order parameter R per position, float32
     phases: torch.Tensor  # (B, T, N) final phases per position, float32, unwrapped
@@ -78,6 +80,8 @@ class PhaseCoreOutput:
 
 
 class PhaseCore(nn.Module):
+    """Hidden (B, T, D) → phases (B, T, N) → Kuramoto dynamics → R (B, T) → hidden modulated by R or the phases."""
+
     def __init__(self, config: PhaseCoreConfig):
         super().__init__()
         if config.hidden_size <= 0:
@@ -133,6 +137,10 @@ class PhaseCore(nn.Module):
             return kuramoto_recurrent(kick, self.omega, k, cfg.dt, cfg.steps, mask, state)
 
     def modulate(self, hidden: torch.Tensor, order: torch.Tensor, phases: torch.Tensor) -> torch.Tensor:
+        """hidden (B, T, D) scaled by 1 + α·R (order (B, T)) or by a learned gain of the phases (B, T, N).
+
+        Computed in float32, returned in hidden's dtype.
+        """
         if self.config.modulation == "order":
             gain = 1.0 + self.alpha * order.unsqueeze(-1)
         else:
@@ -143,6 +151,7 @@ class PhaseCore(nn.Module):
     def forward(
         self, hidden: torch.Tensor, state: torch.Tensor | None = None, mask: torch.Tensor | None = None
     ) -> PhaseCoreOutput:
+        """hidden (B, T, D), state None or (B, N), mask None or (B, T) → PhaseCoreOutput (hidden, R, phases, state)."""
         if hidden.dim() != 3 or hidden.shape[-1] != self.config.hidden_size:
             raise PhaseLMError(
                 f"Phase Core expects hidden states (batch, seq, {self.config.hidden_size}), "

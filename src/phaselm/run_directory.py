@@ -17,6 +17,7 @@ RUN_MARKERS = ("config.toml", "metrics.jsonl", "checkpoints", "summary.json", "r
 
 
 def holds_run(directory: Path) -> bool:
+    """Does ``directory`` hold any file or folder a run writes (config.toml, metrics, checkpoints, ...)?"""
     return any((directory / name).exists() for name in RUN_MARKERS)
 
 
@@ -57,18 +58,25 @@ def prepare_run_dir(run_dir: str | os.PathLike, config_text: str, resume: bool) 
         if stored != config_text:
             if not _differ_only_in_resumable_keys(stored, config_text):
                 raise PhaseLMError(
-                    f"cannot resume {run_dir}: its config.toml differs from this recipe in more than train.steps and "
-                    "train.distributed; resume with the same recipe (those two may change) or start a new run in another directory"
+                    f"cannot resume {run_dir}: its config.toml differs from this recipe in more than "
+                    "train.steps and train.distributed; resume with the same recipe (those two may change) "
+                    "or start a new run in another directory"
                 )
             config_file.write_text(config_text, encoding="utf-8")
         return run_dir
     if run_dir.exists() and (not run_dir.is_dir() or holds_run(run_dir)):
-        raise PhaseLMError(f"run directory {run_dir} already holds a run; pass --resume to continue it or choose another --out")
+        raise PhaseLMError(
+            f"run directory {run_dir} already holds a run; "
+            "pass --resume to continue it or choose another --out"
+        )
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         config_file.write_text(config_text, encoding="utf-8")
     except OSError as exc:
-        raise PhaseLMError(f"cannot create run directory {run_dir}: {exc.strerror or exc}; choose another --out") from None
+        raise PhaseLMError(
+            f"cannot create run directory {run_dir}: {exc.strerror or exc}; "
+            "choose another --out"
+        ) from None
     return run_dir
 
 

@@ -43,7 +43,10 @@ def as_array(values, name: str = "values") -> np.ndarray:
     except (TypeError, ValueError):
         raise PhaseLMError(f"{name} must be numbers") from None
     if not np.all(np.isfinite(array)):
-        raise PhaseLMError(f"{name} hold {int(np.sum(~np.isfinite(array)))} non-finite values (NaN or Inf); drop or fix them first")
+        raise PhaseLMError(
+            f"{name} hold {int(np.sum(~np.isfinite(array)))} non-finite values (NaN or Inf); "
+            "drop or fix them first"
+        )
     return array
 
 
@@ -70,6 +73,8 @@ def _finite(value) -> float | None:
 
 @dataclass
 class PairedResult:
+    """What :func:`paired` finds for pairs (x, y): means, a bootstrap CI of mean(x − y), t, Wilcoxon, effect sizes."""
+
     n: int
     mean_x: float
     mean_y: float
@@ -87,6 +92,7 @@ class PairedResult:
     n_nonzero: int  # pairs with d ≠ 0 (what Wilcoxon uses)
 
     def to_dict(self) -> dict:
+        """The fields as a JSON-ready dict (NaN and ±Inf become None)."""
         return {k: (_finite(v) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
@@ -184,6 +190,8 @@ def holm(pvalues: Sequence[float | None]) -> list[float | None]:
 
 @dataclass
 class CorrelationResult:
+    """What :func:`correlation` finds: Pearson r and Spearman ρ with their p-values (None where undefined)."""
+
     n: int
     pearson_r: float | None
     pearson_p: float | None
@@ -191,6 +199,7 @@ class CorrelationResult:
     spearman_p: float | None
 
     def to_dict(self) -> dict:
+        """The fields as a JSON-ready dict (NaN and ±Inf become None)."""
         return {k: (_finite(v) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
@@ -205,7 +214,9 @@ def correlation(x, y) -> CorrelationResult:
         warnings.simplefilter("ignore")
         pr = stats.pearsonr(x, y)
         sr = stats.spearmanr(x, y)
-    return CorrelationResult(len(x), _finite(pr.statistic), _finite(pr.pvalue), _finite(sr.statistic), _finite(sr.pvalue))
+    return CorrelationResult(
+        len(x), _finite(pr.statistic), _finite(pr.pvalue), _finite(sr.statistic), _finite(sr.pvalue)
+    )
 
 
 def describe(values, level: float = 0.95, n_resamples: int = 2_000, seed: int = 0) -> dict:
@@ -235,6 +246,8 @@ CENTERS = ("median", "mean")
 
 @dataclass
 class SpreadResult:
+    """What :func:`spread_test` finds: per-group sizes and variances, the test statistic and p."""
+
     test: str  # "Brown–Forsythe" (centre = median) or "Levene" (centre = mean)
     center: str
     n: list[int]  # per group
@@ -244,6 +257,7 @@ class SpreadResult:
     p: float | None
 
     def to_dict(self) -> dict:
+        """The fields as a JSON-ready dict (NaN and ±Inf become None)."""
         return {k: (_finite(v) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
@@ -262,7 +276,10 @@ def spread_test(*samples, center: str = "median") -> SpreadResult:
     groups = [as_array(s, f"group {i + 1}") for i, s in enumerate(samples)]
     for i, g in enumerate(groups):
         if len(g) < MIN_N:
-            raise PhaseLMError(f"a spread test needs at least {MIN_N} values per group, got n = {len(g)} in group {i + 1}")
+            raise PhaseLMError(
+                f"a spread test needs at least {MIN_N} values per group, "
+                f"got n = {len(g)} in group {i + 1}"
+            )
     centre = np.median if center == "median" else np.mean
     z = [np.abs(g - centre(g)) for g in groups]
     k, total = len(z), sum(len(g) for g in z)
@@ -278,8 +295,9 @@ def spread_test(*samples, center: str = "median") -> SpreadResult:
     ratio = None
     if k == 2:
         ratio = variances[0] / variances[1] if variances[1] > 0 else (1.0 if variances[0] == 0 else None)
-    return SpreadResult("Brown–Forsythe" if center == "median" else "Levene", center, [len(g) for g in groups], variances,
-                        _finite(ratio), _finite(statistic), _finite(p))
+    test = "Brown–Forsythe" if center == "median" else "Levene"
+    sizes = [len(g) for g in groups]
+    return SpreadResult(test, center, sizes, variances, _finite(ratio), _finite(statistic), _finite(p))
 
 
 # --------------------------------------------------------------------------------------------
@@ -292,6 +310,8 @@ ALTERNATIVES = ("two-sided", "greater", "less")
 
 @dataclass
 class PermutationResult:
+    """What :func:`permutation_test` finds: the observed statistic, its p and how many permutations gave it."""
+
     statistic_name: str  # "mean" (of x − y, or mean x − mean y) or "log_variance_ratio" (log var x / var y)
     paired: bool
     n: int  # pairs (paired) or total observations
@@ -302,6 +322,7 @@ class PermutationResult:
     exact: bool
 
     def to_dict(self) -> dict:
+        """The fields as a JSON-ready dict (NaN and ±Inf become None)."""
         return {k: (_finite(v) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
@@ -324,7 +345,13 @@ def _p_from_null(null: np.ndarray, observed: float, alternative: str, adjustment
 
 
 def permutation_test(
-    x, y, paired: bool = True, statistic: str = "mean", n_resamples: int = 10_000, seed: int = 0, alternative: str = "two-sided"
+    x,
+    y,
+    paired: bool = True,
+    statistic: str = "mean",
+    n_resamples: int = 10_000,
+    seed: int = 0,
+    alternative: str = "two-sided",
 ) -> PermutationResult:
     """Permutation test of x against y.
 
@@ -336,7 +363,10 @@ def permutation_test(
     p = (count + 1)/(n_resamples + 1), as scipy.stats.permutation_test.
     """
     if statistic not in PERMUTATION_STATISTICS:
-        raise PhaseLMError(f"permutation statistic must be one of {', '.join(PERMUTATION_STATISTICS)}, got {statistic!r}")
+        raise PhaseLMError(
+            f"permutation statistic must be one of {', '.join(PERMUTATION_STATISTICS)}, "
+            f"got {statistic!r}"
+        )
     if alternative not in ALTERNATIVES:
         raise PhaseLMError(f"alternative must be one of {', '.join(ALTERNATIVES)}, got {alternative!r}")
     if n_resamples < 1:
@@ -359,7 +389,10 @@ def permutation_test(
         return PermutationResult(statistic, True, n, observed, p, alternative, len(null), exact)
     x, y = as_array(x, "first sample"), as_array(y, "second sample")
     if min(len(x), len(y)) < MIN_N:
-        raise PhaseLMError(f"a permutation test needs at least {MIN_N} values per sample, got n = {len(x)} and {len(y)}")
+        raise PhaseLMError(
+            f"a permutation test needs at least {MIN_N} values per sample, "
+            f"got n = {len(x)} and {len(y)}"
+        )
     pooled = np.concatenate([x, y])
     nx = len(x)
 
@@ -402,7 +435,10 @@ def bootstrap_ci(
             x, y = _check_pairs(x, y, "a paired bootstrap")
     for name, sample in (("first", x), ("second", y)):
         if sample is not None and len(sample) < MIN_N:
-            raise PhaseLMError(f"a bootstrap interval needs at least {MIN_N} values, got n = {len(sample)} in the {name} sample")
+            raise PhaseLMError(
+                f"a bootstrap interval needs at least {MIN_N} values, "
+                f"got n = {len(sample)} in the {name} sample"
+            )
     if statistic is None:
         if y is None:
             statistic = lambda a: a.mean(axis=-1)  # noqa: E731
@@ -432,7 +468,9 @@ def bootstrap_ci(
     return float(low), float(high)
 
 
-def variance_ratio_ci(x, y, level: float = 0.95, n_resamples: int = 10_000, seed: int = 0) -> tuple[float, float] | None:
+def variance_ratio_ci(
+    x, y, level: float = 0.95, n_resamples: int = 10_000, seed: int = 0
+) -> tuple[float, float] | None:
     """Bootstrap interval of var(x)/var(y) (two independent resamplings); None when undefined."""
     try:
         low, high = bootstrap_ci(x, y, lambda a, b: _log_variance_ratio(a, b), False, level, n_resamples, seed)

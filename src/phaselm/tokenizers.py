@@ -29,13 +29,17 @@ class Tokenizer(Protocol):
     kind: str
 
     @property
-    def vocab_size(self) -> int: ...
+    def vocab_size(self) -> int:
+        """Number of ids: every id the tokenizer produces is in 0..vocab_size − 1."""
 
-    def encode(self, text: str) -> list[int]: ...
+    def encode(self, text: str) -> list[int]:
+        """Ids of ``text``, with no special tokens added."""
 
-    def decode(self, ids: Iterable[int]) -> str: ...
+    def decode(self, ids: Iterable[int]) -> str:
+        """The text of ``ids`` (a list, or a tensor of any shape, read flat)."""
 
-    def save(self, directory: str | os.PathLike) -> None: ...
+    def save(self, directory: str | os.PathLike) -> None:
+        """Write the tokenizer into ``directory`` as JSON (ours plus Hugging Face's files)."""
 
 
 def _as_int_list(ids: Iterable[int] | torch.Tensor) -> list[int]:
@@ -56,7 +60,11 @@ def _write_hf_tokenizer(directory: Path, tokenizer) -> None:
     """``tokenizer.json`` + ``tokenizer_config.json``: the folder opens with Hugging Face's
     ``AutoTokenizer`` (a ``PreTrainedTokenizerFast``) and ``pipeline``, with the same ids as ours."""
     tokenizer.save(str(directory / HF_TOKENIZER_FILE))
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False, "model_max_length": 1_000_000}
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": 1_000_000,
+    }
     (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 
@@ -73,15 +81,18 @@ class CharTokenizer:
 
     @classmethod
     def from_text(cls, text: str) -> CharTokenizer:
+        """One id per distinct character of ``text``, in sorted order."""
         if not text:
             raise PhaseLMError("cannot build a char tokenizer from empty text; pass a non-empty corpus")
         return cls(sorted(set(text)))
 
     @property
     def vocab_size(self) -> int:
+        """Number of distinct characters."""
         return len(self.chars)
 
     def encode(self, text: str) -> list[int]:
+        """One id per character of ``text``; a character outside the vocabulary is a PhaseLMError."""
         stoi = self._stoi
         try:
             return [stoi[c] for c in text]
@@ -93,14 +104,19 @@ class CharTokenizer:
             ) from None
 
     def decode(self, ids: Iterable[int]) -> str:
+        """The characters of ``ids`` (a list, or a tensor of any shape, read flat)."""
         chars, n = self.chars, len(self.chars)
         ids = _as_int_list(ids)
         bad = next((i for i in ids if not 0 <= i < n), None)
         if bad is not None:
-            raise PhaseLMError(f"token id {bad} is outside the char vocabulary (0..{n - 1}); decode ids from this tokenizer")
+            raise PhaseLMError(
+                f"token id {bad} is outside the char vocabulary (0..{n - 1}); "
+                "decode ids from this tokenizer"
+            )
         return "".join(chars[i] for i in ids)
 
     def save(self, directory: str | os.PathLike) -> None:
+        """Write the character list and an equivalent Hugging Face ``tokenizer.json`` into ``directory``."""
         directory = _write_meta(directory, {"kind": self.kind, "vocab_size": self.vocab_size, "chars": self.chars})
         _write_hf_tokenizer(directory, self.as_hf())
 
@@ -146,6 +162,7 @@ class BPETokenizer:
 
     @classmethod
     def train(cls, text: str, vocab_size: int = 16000) -> BPETokenizer:
+        """A byte-level BPE of ``vocab_size`` ids (at least 257) learned from ``text``."""
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
         if vocab_size < 257:
@@ -168,38 +185,50 @@ class BPETokenizer:
 
     @property
     def vocab_size(self) -> int:
+        """Number of ids: 256 bytes plus the learned merges."""
         return self._tok.get_vocab_size()
 
     def encode(self, text: str) -> list[int]:
+        """Ids of ``text``; a long text is encoded in chunks cut after newlines."""
         if len(text) <= _BPE_CHUNK_CHARS:
             return self._tok.encode(text, add_special_tokens=False).ids
         encodings = self._tok.encode_batch(_newline_chunks(text, _BPE_CHUNK_CHARS), add_special_tokens=False)
         return [i for enc in encodings for i in enc.ids]
 
     def decode(self, ids: Iterable[int]) -> str:
+        """The text of ``ids`` (a list, or a tensor of any shape, read flat); exact inverse of encode."""
         ids = _as_int_list(ids)
         n = self.vocab_size
         bad = next((i for i in ids if not 0 <= i < n), None)
         if bad is not None:
-            raise PhaseLMError(f"token id {bad} is outside the BPE vocabulary (0..{n - 1}); decode ids from this tokenizer")
+            raise PhaseLMError(
+                f"token id {bad} is outside the BPE vocabulary (0..{n - 1}); "
+                "decode ids from this tokenizer"
+            )
         return self._tok.decode(ids, skip_special_tokens=False)
 
     def save(self, directory: str | os.PathLike) -> None:
+        """Write ``tokenizer.json`` (and its Hugging Face config) into ``directory``."""
         directory = _write_meta(directory, {"kind": self.kind, "vocab_size": self.vocab_size})
         _write_hf_tokenizer(directory, self._tok)
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> BPETokenizer:
+        """The BPE tokenizer :meth:`save` wrote into ``directory``."""
         from tokenizers import Tokenizer
 
         path = Path(directory) / cls.FILE
         try:
             return cls(Tokenizer.from_file(str(path)))
         except Exception as exc:
-            raise PhaseLMError(f"cannot read BPE tokenizer {path}: {one_line_reason(exc)}; save the tokenizer again") from None
+            raise PhaseLMError(
+                f"cannot read BPE tokenizer {path}: {one_line_reason(exc)}; "
+                "save the tokenizer again"
+            ) from None
 
 
 def looks_like_path(name: str) -> bool:
+    """Is ``name`` meant as a folder rather than a hub id ("name" or "owner/name")?"""
     # Hub ids are "name" or "owner/name"; anything else with path syntax is meant as a folder.
     return name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1
 
@@ -218,7 +247,8 @@ class PretrainedTokenizer:
         # with a confusing repo-id error.
         if not local.exists() and (isinstance(path_or_name, os.PathLike) or looks_like_path(self.name)):
             raise PhaseLMError(
-                f"tokenizer folder not found: {self.name}; pass a folder written by save_pretrained or a hub name like 'gpt2'"
+                f"tokenizer folder not found: {self.name}; "
+                "pass a folder written by save_pretrained or a hub name like 'gpt2'"
             )
         try:
             self._tok = AutoTokenizer.from_pretrained(str(local) if local.exists() else self.name)
@@ -230,17 +260,21 @@ class PretrainedTokenizer:
 
     @property
     def vocab_size(self) -> int:
+        """Number of ids, added tokens included."""
         return len(self._tok)  # includes added tokens, unlike tokenizer.vocab_size
 
     def encode(self, text: str) -> list[int]:
+        """Ids of ``text`` without BOS/EOS."""
         # No BOS/EOS: the corpus is one continuous stream; verbose=False silences the
         # "longer than model_max_length" warning, which does not apply to a whole corpus.
         return self._tok.encode(text, add_special_tokens=False, verbose=False)
 
     def decode(self, ids: Iterable[int]) -> str:
+        """The text of ``ids`` (a list, or a tensor of any shape, read flat), special tokens kept."""
         return self._tok.decode(_as_int_list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
     def save(self, directory: str | os.PathLike) -> None:
+        """Write our metadata and the Hugging Face files (``save_pretrained``) into ``directory``."""
         directory = _write_meta(directory, {"kind": self.kind, "vocab_size": self.vocab_size, "name": self.name})
         self._tok.save_pretrained(str(directory))
 
@@ -255,7 +289,10 @@ def load_tokenizer(directory: str | os.PathLike) -> CharTokenizer | BPETokenizer
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         kind = meta["kind"]
     except (ValueError, KeyError, TypeError) as exc:
-        raise PhaseLMError(f"{meta_path} is not valid tokenizer metadata ({one_line_reason(exc)}); save the tokenizer again") from None
+        raise PhaseLMError(
+            f"{meta_path} is not valid tokenizer metadata ({one_line_reason(exc)}); "
+            "save the tokenizer again"
+        ) from None
     if kind == "char":
         if not isinstance(meta.get("chars"), list):
             raise PhaseLMError(f"{meta_path} has no 'chars' list; save the char tokenizer again")

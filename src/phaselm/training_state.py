@@ -26,7 +26,9 @@ _INT_KEYS = "__int_keys__"  # dicts keyed by int (optimizer state is keyed by pa
 _DROP = object()  # values JSON cannot hold (callables): left out, as torch itself does
 
 
-def encode_training_state(target, optimizer_state, scheduler, extra, extra_tensors) -> tuple[dict, dict[str, torch.Tensor]]:
+def encode_training_state(
+    target, optimizer_state, scheduler, extra, extra_tensors
+) -> tuple[dict, dict[str, torch.Tensor]]:
     """Split optimizer / scheduler / RNG / caller state into a JSON tree and named tensors."""
     tensors: dict[str, torch.Tensor] = {}
     state: dict[str, Any] = {"format": FORMAT}
@@ -35,7 +37,10 @@ def encode_training_state(target, optimizer_state, scheduler, extra, extra_tenso
     state["rng"] = encode(capture_rng_states(), "rng", tensors)
 
     if extra is not None and not isinstance(extra, dict):
-        raise PhaseLMError(f"checkpoint extra for {target} must be a dict, got {type(extra).__name__}; pass a JSON dict")
+        raise PhaseLMError(
+            f"checkpoint extra for {target} must be a dict, got {type(extra).__name__}; "
+            "pass a JSON dict"
+        )
     json_text(extra or {}, f"checkpoint extra for {target} (pass tensors via extra_tensors)")
     state["extra"] = extra or {}
 
@@ -94,7 +99,13 @@ def restore_rng_states(rng: dict) -> None:
             return
         st = rng["numpy"]
         np.random.set_state(
-            (st["bit_generator"], np.array(st["keys"], dtype=np.uint32), st["pos"], st["has_gauss"], st["cached_gaussian"])
+            (
+                st["bit_generator"],
+                np.array(st["keys"], dtype=np.uint32),
+                st["pos"],
+                st["has_gauss"],
+                st["cached_gaussian"],
+            )
         )
 
 
@@ -162,7 +173,11 @@ def decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 
 def json_text(obj: Any, what: str) -> str:
+    """``obj`` as indented JSON; a one-line PhaseLMError naming ``what`` if it holds anything JSON cannot."""
     try:
         return json.dumps(obj, indent=2)
     except (TypeError, ValueError) as exc:
-        raise PhaseLMError(f"{what} is not JSON-serialisable ({' '.join(str(exc).split())}); use plain numbers, strings, lists and dicts") from None
+        raise PhaseLMError(
+            f"{what} is not JSON-serialisable ({' '.join(str(exc).split())}); "
+            "use plain numbers, strings, lists and dicts"
+        ) from None

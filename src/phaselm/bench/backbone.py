@@ -37,6 +37,8 @@ MODES = ("token", "recurrent")
 
 @dataclass
 class BackboneBenchConfig:
+    """What ``phaselm bench backbone`` times: batch × seq_len, the core's layer and size, the modes, repetitions."""
+
     batch: int = 4
     seq_len: int = 512
     layer: int | str = "middle"
@@ -238,7 +240,8 @@ def bench_backbone(name: str, cfg: BackboneBenchConfig | None = None, device: st
             "speedup": slow / fast,
         }
         note(
-            f"transformers' own path at 1 × {cfg.reference_seq}: {slow:.2f} s vs {fast * 1000:.1f} ms ({slow / fast:,.0f}×)"
+            f"transformers' own path at 1 × {cfg.reference_seq}: {slow:.2f} s vs {fast * 1000:.1f} ms "
+            f"({slow / fast:,.0f}×)"
         )
     result["ops"] = chosen()
     result["seconds"] = time.perf_counter() - started
@@ -257,7 +260,8 @@ def backbone_table(result: dict) -> list[str]:
         ("device", result["device"]),
         (
             "backbone",
-            f"{result['backbone']}{' (quick, toy size)' if result['quick'] else ''}: {result['parameters'] / 1e6:,.1f}M parameters, "
+            f"{result['backbone']}{' (quick, toy size)' if result['quick'] else ''}: "
+            f"{result['parameters'] / 1e6:,.1f}M parameters, "
             f"{result['n_layers']} layers, {result['dtype']}; core at layer {result['layer']}",
         ),
         ("scan path", result["scan_path"]),

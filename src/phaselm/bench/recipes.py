@@ -31,6 +31,8 @@ from .timing import autocast, decode_ms_per_token, median_seconds
 
 @dataclass
 class BenchConfig:
+    """What ``phaselm bench`` times per recipe: training and inference batches, repetitions, decode contexts."""
+
     batches: tuple[int, ...] = (1, 4, 16, 64)
     seq_len: int = 512
     steps: int = 10
@@ -178,12 +180,14 @@ def table(result: dict) -> list[str]:
     base = result["baseline"]
     for b in base["train_tokens_per_s"]:
         lines.append(
-            f"| {Path(base['recipe']).stem} (baseline) | {b} | {base['train_tokens_per_s'][b]:,.0f} | 1.00 | {base['infer_tokens_per_s'][b]:,.0f} | 1.00 |"
+            f"| {Path(base['recipe']).stem} (baseline) | {b} | {base['train_tokens_per_s'][b]:,.0f} | 1.00 | "
+            f"{base['infer_tokens_per_s'][b]:,.0f} | 1.00 |"
         )
     for r in result["models"]:
         for b in r["train_tokens_per_s"]:
             lines.append(
-                f"| {Path(r['recipe']).stem} | {b} | {r['train_tokens_per_s'][b]:,.0f} | {r['train_step_ratio'][b]:.2f} | "
+                f"| {Path(r['recipe']).stem} | {b} | {r['train_tokens_per_s'][b]:,.0f} | "
+                f"{r['train_step_ratio'][b]:.2f} | "
                 f"{r['infer_tokens_per_s'][b]:,.0f} | {r['infer_speed_ratio'][b]:.2f} |"
             )
     if base.get("train_tokens_per_s_compiled"):

@@ -29,6 +29,7 @@ DEMO_CORE_TRAIN = TrainConfig(steps=120, batch_size=16, seq_len=64, lr=1e-2, min
 
 
 def demo_recipes(out: Path, quick: bool = False) -> tuple[PretrainRecipe, PhaseMambaRecipe]:
+    """The demo's two recipes (pretrain a small Mamba, train a core on it under ``out``); toy-sized if ``quick``."""
     pre, core_train = DEMO_PRETRAIN, DEMO_CORE_TRAIN
     if quick:  # a smoke test of the whole pipeline in seconds
         pre = replace(
@@ -44,6 +45,7 @@ def demo_recipes(out: Path, quick: bool = False) -> tuple[PretrainRecipe, PhaseM
 
 
 def run_demo(out: str | os.PathLike = "runs/demo", quick: bool = False, progress: bool = True) -> dict:
+    """Pretrain the demo backbone into ``out/backbone``, train a core on it into ``out``; the core run's summary."""
     out = Path(out)
     if out.exists() and (holds_run(out) or (out / "backbone").exists()):
         raise PhaseLMError(f"{out} already holds a demo run; remove it (rm -r {out}) or pass --out to another folder")

@@ -56,7 +56,8 @@ class LMRecipe:
             raise PhaseLMError(f"arch must be one of {', '.join(ARCHES)}, got {self.arch!r}")
         if self.arch == "gpt2" and self.train.seq_len > self.gpt.n_positions:
             raise PhaseLMError(
-                f"train.seq_len {self.train.seq_len} is longer than gpt.n_positions {self.gpt.n_positions}; shorten it or raise n_positions"
+                f"train.seq_len {self.train.seq_len} is longer than gpt.n_positions {self.gpt.n_positions}; "
+                "shorten it or raise n_positions"
             )
         if (
             self.arch == "kssm"
@@ -64,7 +65,8 @@ class LMRecipe:
             and self.train.seq_len > self.kssm.max_position_embeddings
         ):
             raise PhaseLMError(
-                f"train.seq_len {self.train.seq_len} is longer than kssm.max_position_embeddings {self.kssm.max_position_embeddings}"
+                f"train.seq_len {self.train.seq_len} is longer than "
+                f"kssm.max_position_embeddings {self.kssm.max_position_embeddings}"
             )
 
     @property
@@ -105,6 +107,7 @@ def train_lm(
     progress: bool = True,
     command: str | None = None,
 ) -> dict:
+    """Train the recipe's language model from scratch into ``run_dir`` (model, summary, report); the summary."""
     run_dir = Path(run_dir)
     text = load_text(recipe.data.corpus)
     tokenizer = learn_tokenizer(
@@ -139,5 +142,11 @@ def train_lm(
         "device": "cuda" if torch.cuda.is_available() else "cpu",
     }
     replace_json(run_dir / "summary.json", summary)
-    write_report(run_dir, f"PhaseLM language model ({recipe.arch})", summary, recipe_text(recipe), [command or f"phaselm train-lm RECIPE --out {run_dir}"])
+    write_report(
+        run_dir,
+        f"PhaseLM language model ({recipe.arch})",
+        summary,
+        recipe_text(recipe),
+        [command or f"phaselm train-lm RECIPE --out {run_dir}"],
+    )
     return summary

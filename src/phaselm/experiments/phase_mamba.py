@@ -35,12 +35,16 @@ from ..training import TrainConfig, train
 
 @dataclass
 class CorpusConfig:
+    """Where the text comes from and how much of its end validates."""
+
     corpus: str = "tinyshakespeare"  # embedded corpus, a file, a folder, or "hf:NAME"
     val_fraction: float = 0.1  # the last 10 % of the text validates
 
 
 @dataclass
 class TokenizerConfig:
+    """Which tokenizer a pretraining run learns (char, BPE) or loads (pretrained)."""
+
     kind: str = "char"  # "char", "bpe" or "pretrained"
     vocab_size: int = 16000  # bpe only
     pretrained: str = ""  # hub name or folder, kind = "pretrained" only
@@ -48,6 +52,8 @@ class TokenizerConfig:
 
 @dataclass
 class PretrainRecipe:
+    """A recipe for ``phaselm pretrain``: a small Mamba trained from scratch as a backbone to graft onto."""
+
     KIND: ClassVar[str] = "backbone"  # config.toml's kind: a small Mamba pretrained to graft onto
 
     model: MambaSpec = field(default_factory=MambaSpec)
@@ -58,6 +64,8 @@ class PretrainRecipe:
 
 @dataclass
 class BackboneConfig:
+    """The backbone a core is grafted onto (a hub name, a folder, or a published shape) and the layer."""
+
     name: str = ""  # hub name or local folder (e.g. runs/demo/backbone/model)
     layer: int | str = "middle"
     # A published Mamba's shape (mamba-130m … mamba-2.8b) with random weights instead of `name`:
@@ -76,6 +84,8 @@ class BackboneConfig:
 
 @dataclass
 class SampleConfig:
+    """The sample a Phase-Mamba run writes into its report: prompt and sampling settings."""
+
     prompt: str = "ROMEO:"
     max_new_tokens: int = 200
     temperature: float = 0.8
@@ -85,6 +95,8 @@ class SampleConfig:
 
 @dataclass
 class PhaseMambaRecipe:
+    """A recipe for ``phaselm train``: a Phase Core grafted onto a frozen backbone, its loss, drift and training."""
+
     KIND: ClassVar[str] = "phase-mamba"  # config.toml's kind: a Phase Core grafted onto a backbone
 
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -138,9 +150,20 @@ def pretrain(
         return model_dir
     # A resumed run that extended train.steps replaces the model it wrote when it first finished.
     save_backbone(model.cpu(), tokenizer, model_dir, replace=resume)
-    summary = {"steps": result.step, "val_ppl": result.evaluation["val_ppl"], "val_ce": result.evaluation["val_ce"], "parameters": count_parameters(model)}
+    summary = {
+        "steps": result.step,
+        "val_ppl": result.evaluation["val_ppl"],
+        "val_ce": result.evaluation["val_ce"],
+        "parameters": count_parameters(model),
+    }
     replace_json(run_dir / "summary.json", summary)
-    write_report(run_dir, "PhaseLM pretraining", summary, dump_recipe(recipe), [command or f"phaselm pretrain RECIPE --out {run_dir}"])
+    write_report(
+        run_dir,
+        "PhaseLM pretraining",
+        summary,
+        dump_recipe(recipe),
+        [command or f"phaselm pretrain RECIPE --out {run_dir}"],
+    )
     return model_dir
 
 
@@ -229,7 +252,9 @@ def train_core(
         kernels={"mamba_mixers": scan_path(model), "ops": chosen()},
     )
     replace_json(Path(run_dir) / "summary.json", summary)
-    write_report(run_dir, "Phase-Mamba run", summary, dump_recipe(stored), [command or f"phaselm train RECIPE --out {run_dir}"])
+    write_report(
+        run_dir, "Phase-Mamba run", summary, dump_recipe(stored), [command or f"phaselm train RECIPE --out {run_dir}"]
+    )
     return summary
 
 

@@ -196,11 +196,13 @@ class Intervention:
 
     @property
     def target_order(self) -> float | None:
+        """The R this intervention forces (sync: 1, pin: its value), or None where it sets no R."""
         target = KINDS[self.kind].target
         return None if target is None else target(self.value)
 
     @property
     def label(self) -> str:
+        """A reader's name for tables and plots: ``"pin 0.3 @ layers all"``, ``"k_scale ×2 @ layers 1,3"``."""
         where = "all" if self.layers == ALL_LAYERS else ",".join(map(str, self.layers)) or "none"
         if self.value is None:
             what = self.kind
@@ -220,6 +222,7 @@ class Intervention:
         return f"{self.kind}={self.value:g}" if isinstance(self.value, float) else f"{self.kind}={self.value}"
 
     def to_dict(self) -> dict:
+        """A JSON-ready form (kind, value, layers) that :meth:`from_dict` reads back."""
         return {
             "kind": self.kind,
             "value": self.value,
@@ -228,6 +231,7 @@ class Intervention:
 
     @classmethod
     def from_dict(cls, data: dict) -> Intervention:
+        """The intervention :meth:`to_dict` wrote; layers default to all."""
         return cls(data["kind"], data.get("value"), data.get("layers", ALL_LAYERS))
 
     @classmethod

@@ -33,6 +33,8 @@ MIX_NAMES = ("w", "k", "v", "r", "g")  # order of the five lerps (mix_w … mix_
 
 
 class RWKV6TimeMix(nn.Module):
+    """RWKV-6 time-mix layer: hidden (B, T, d) → (B, T, d), carrying (last token (B, d), wkv (B, H, K, V))."""
+
     def __init__(
         self,
         hidden_size: int,

@@ -122,7 +122,8 @@ class FusionConfig(PretrainedConfig):
         mamba_head_dim: int = 64,
         mamba_conv_kernel: int = 4,
         mamba_chunk_size: int = 64,
-        scan: str = "auto",  # "auto" (= "chunked" for now), "kernels" (fla's RWKV-6 and our fused SSD on CUDA), "chunked", "reference"
+        # "auto" (= "chunked" for now), "kernels" (fla's RWKV-6 and our fused SSD on CUDA), "chunked", "reference"
+        scan: str = "auto",
         mlp_ratio: int = 4,
         dropout: float = 0.2,
         tie_word_embeddings: bool = True,
@@ -141,7 +142,8 @@ class FusionConfig(PretrainedConfig):
             )
         if mixer != "rwkv6" and (mamba_head_dim <= 0 or (mamba_expand * hidden_size) % mamba_head_dim):
             raise PhaseLMError(
-                f"mamba_head_dim {mamba_head_dim} does not divide mamba_expand·hidden_size = {mamba_expand * hidden_size}; "
+                f"mamba_head_dim {mamba_head_dim} does not divide "
+                f"mamba_expand·hidden_size = {mamba_expand * hidden_size}; "
                 "Mamba-2 needs a whole number of heads"
             )
         self.vocab_size = vocab_size
@@ -166,10 +168,12 @@ class FusionConfig(PretrainedConfig):
 
     @property
     def has_rwkv(self) -> bool:
+        """Does the mixer have an RWKV-6 branch (hybrid or rwkv6)?"""
         return self.mixer in ("hybrid", "rwkv6")
 
     @property
     def has_mamba(self) -> bool:
+        """Does the mixer have a Mamba-2 branch (hybrid or mamba2)?"""
         return self.mixer in ("hybrid", "mamba2")
 
 
@@ -201,6 +205,7 @@ class Fusion(nn.Module):
             self.proj = nn.Linear(d, d)
 
     def forward(self, r: torch.Tensor, m: torch.Tensor):
+        """r, m (B, T, d) → (fused (B, T, d), gate values or None: see the module docstring)."""
         if self.kind == "WS":
             alpha = torch.sigmoid(self.alpha_logit)
             return alpha * r + (1 - alpha) * m, alpha
@@ -232,6 +237,8 @@ class Fusion(nn.Module):
 
 @dataclass
 class BlockOutput:
+    """One block's branch outputs, fusion gate and carried states, kept for ``output_branches``."""
+
     rwkv: torch.Tensor | None  # branch outputs (B, T, d)
     mamba: torch.Tensor | None
     gate: torch.Tensor | None
@@ -239,6 +246,8 @@ class BlockOutput:
 
 
 class FusionBlock(nn.Module):
+    """One fusion block: the branches on RMSNorm(h), their fusion and an MLP, each added to h (B, T, d)."""
+
     def __init__(self, config: FusionConfig, layer_id: int):
         super().__init__()
         d = config.hidden_size
@@ -278,6 +287,10 @@ class FusionBlock(nn.Module):
     def forward(
         self, h: torch.Tensor, state: dict | None = None, ablate: str | None = None, mask: torch.Tensor | None = None
     ):
+        """h (B, T, d), state None or the branches' dict, mask None or (B, T) → (h (B, T, d), BlockOutput).
+
+        ``ablate`` ("rwkv" or "mamba") zeroes that branch's output before the fusion.
+        """
         x = self.norm(h)
         state = state or {}
         r = m = gate = None
@@ -307,6 +320,7 @@ class FusionCache:
         self.seen = 0
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        """Reorder every state's batch rows by ``beam_idx`` (B,), for beam search."""
         self.layers = {
             i: {name: tuple(t.index_select(0, beam_idx) for t in pair) for name, pair in branches.items()}
             for i, branches in self.layers.items()
@@ -318,6 +332,8 @@ SHARE_FUSIONS = ("WS", "GF", "HGF")  # fusions whose gate is the RWKV share of t
 
 @dataclass
 class FusionOutput(CausalLMOutput):
+    """A fusion model's CausalLMOutput plus its cache, branch outputs, gates and states (see the module docstring)."""
+
     past_key_values: FusionCache | None = None
     rwkv_outputs: tuple | None = None  # per layer (B, T, d), or None for a model without the branch
     mamba_outputs: tuple | None = None
@@ -329,6 +345,8 @@ class FusionOutput(CausalLMOutput):
 
 
 class FusionForCausalLM(RecurrentLM, Intervenable):
+    """The fusion family as a Hugging Face causal LM: hybrid RWKV-6 + Mamba-2, or either alone."""
+
     config_class = FusionConfig
     base_model_prefix = "fusion"
 
@@ -352,6 +370,10 @@ class FusionForCausalLM(RecurrentLM, Intervenable):
         attention_mask: torch.Tensor | None = None,  # (B, T) or (B, past + T); 0 at padding
         **kwargs,
     ) -> FusionOutput:
+        """input_ids (B, T) → FusionOutput: logits (B, T, V), loss if ``labels``, cache if ``use_cache``.
+
+        ``output_branches`` adds the per-layer branch outputs, gates and states; ``ablate`` zeroes a branch.
+        """
         if ablate not in (None, "rwkv", "mamba"):
             raise PhaseLMError(f"ablate must be 'rwkv', 'mamba' or None, got {ablate!r}")
         self.check_ids(input_ids)

@@ -67,7 +67,8 @@ class KSSMConfig(PretrainedConfig):
         bank_steps: int = BankConfig.steps,
         spread_init: float = BankConfig.spread_init,
         reg_weight: float = 0.5,
-        reg_through_hidden: bool = BankConfig.reg_through_hidden,  # True: the regulariser also trains the hidden state (stalls learning)
+        # True: the regulariser also trains the hidden state (stalls learning)
+        reg_through_hidden: bool = BankConfig.reg_through_hidden,
         mlp_ratio: int = 4,
         dropout: float = 0.2,
         position_embedding: bool = False,
@@ -129,12 +130,15 @@ class KSSMCache:
         self.seen = 0
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        """Reorder every state's batch rows by ``beam_idx`` (B,), for beam search."""
         self.layers = {
             i: (c.index_select(0, beam_idx), s.index_select(0, beam_idx)) for i, (c, s) in self.layers.items()
         }
 
 
 class Block(nn.Module):
+    """One K-SSM block: an optional Mamba-2 mixer, the bistable bank and an MLP, each added to h (B, T, d)."""
+
     def __init__(self, config: KSSMConfig):
         super().__init__()
         d = config.hidden_size
@@ -153,6 +157,7 @@ class Block(nn.Module):
         self.drop = nn.Dropout(config.dropout)
 
     def forward(self, h: torch.Tensor, state=None, mask: torch.Tensor | None = None):
+        """h (B, T, d), mixer state or None, mask None or (B, T) → (h (B, T, d), BankOutput, new mixer state)."""
         new_state = None
         if self.mixer is not None:
             mixed, new_state = self.mixer(self.mixer_norm(h), state, mask)
@@ -165,6 +170,8 @@ class Block(nn.Module):
 
 @dataclass
 class KSSMOutput(CausalLMOutput):
+    """K-SSM's CausalLMOutput plus its cache, R and u per layer and the bank regulariser."""
+
     past_key_values: KSSMCache | None = None
     orders: torch.Tensor | None = None  # (B, n_layers, T) R per layer and position
     reg: torch.Tensor | None = None  # scalar: mean bank regulariser over layers and positions
@@ -172,6 +179,8 @@ class KSSMOutput(CausalLMOutput):
 
 
 class KSSMForCausalLM(RecurrentLM, Intervenable):
+    """K-SSM as a Hugging Face causal LM: blocks of an optional Mamba-2 mixer and the bistable bank."""
+
     config_class = KSSMConfig
     base_model_prefix = "kssm"
 
@@ -196,6 +205,10 @@ class KSSMForCausalLM(RecurrentLM, Intervenable):
         attention_mask: torch.Tensor | None = None,  # (B, T) or (B, past + T); 0 at padding
         **kwargs,
     ) -> KSSMOutput:
+        """input_ids (B, T) → KSSMOutput: logits (B, T, V), orders (B, n_layers, T), reg, loss if ``labels``.
+
+        ``output_orders`` adds u (B, n_layers, T); ``use_cache`` returns the cache to continue from.
+        """
         _batch, length = input_ids.shape
         self.check_ids(input_ids)
         offset = past_key_values.seen if past_key_values is not None else 0

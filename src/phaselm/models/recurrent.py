@@ -18,6 +18,8 @@ from ..errors import PhaseLMError
 
 
 class RecurrentLM(PreTrainedModel, GenerationMixin):
+    """Base of PhaseLM's recurrent causal LMs: init, tied embeddings, id check, shifted loss, cached generation."""
+
     _tied_weights_keys = {"lm_head.weight": "embed.weight"}  # noqa: RUF012  (transformers' own convention)
 
     def _init_weights(self, module):
@@ -28,9 +30,11 @@ class RecurrentLM(PreTrainedModel, GenerationMixin):
             module._phaselm_initialised = True
 
     def get_input_embeddings(self):
+        """The token embedding (``embed``), for transformers' tying and resizing."""
         return self.embed
 
     def get_output_embeddings(self):
+        """The LM head (``lm_head``), tied to the embedding."""
         return self.lm_head
 
     @classmethod
@@ -61,6 +65,7 @@ class RecurrentLM(PreTrainedModel, GenerationMixin):
     def prepare_inputs_for_generation(
         self, input_ids, past_key_values=None, use_cache=True, attention_mask=None, **kwargs
     ):
+        """The model's inputs for one generation step: only the ids (B, T) the cache has not seen yet."""
         if past_key_values is not None:
             input_ids = input_ids[:, past_key_values.seen :]
         return {

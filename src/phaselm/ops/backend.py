@@ -50,6 +50,7 @@ class Op:
 
     @property
     def env_var(self) -> str:
+        """The environment variable that refines this op's ``"auto"``: ``PHASELM_BACKEND_<NAME>``."""
         return "PHASELM_BACKEND_" + self.name.upper()
 
 
@@ -69,6 +70,7 @@ def triton_on_cuda(device: torch.device) -> str:
 
 
 def interpreting() -> bool:
+    """Is Triton running its CPU interpreter (``TRITON_INTERPRET=1``) instead of compiling?"""
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 

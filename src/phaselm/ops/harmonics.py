@@ -47,6 +47,7 @@ def harmonics_reference(theta: torch.Tensor, n_harmonics: int) -> tuple[torch.Te
 
 
 def fused_available(theta: torch.Tensor) -> bool:
+    """Can the Triton kernel run on ``theta``'s device (CUDA, or any under ``TRITON_INTERPRET=1``)?"""
     if triton is None:
         return False
     return theta.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
@@ -61,6 +62,7 @@ def harmonics(theta: torch.Tensor, n_harmonics: int, backend: str = "auto") -> t
 
 
 def harmonics_fused(theta: torch.Tensor, n_harmonics: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Re Z_n, Im Z_n), each ``(..., H)``, from phases θ ``(..., N)`` by the Triton kernel (differentiable)."""
     if triton is None:
         raise RuntimeError("the fused harmonics kernel needs Triton; use backend='reference'")
     return _FusedHarmonics.apply(theta.float(), n_harmonics)

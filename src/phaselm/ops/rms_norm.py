@@ -43,6 +43,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, backend: str = "
 
 
 def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm of x (..., H) with weight (H,) by the Triton kernel, in weight's dtype; inference only."""
     if triton is None:
         raise RuntimeError("the Triton RMSNorm needs Triton; use backend='reference'")
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):

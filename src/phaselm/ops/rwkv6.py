@@ -152,6 +152,7 @@ def _fla_chunk_rwkv6():
 
 
 def fla_available() -> bool:
+    """Is fla's ``chunk_rwkv6`` importable here (the "external" backend)?"""
     return _fla_chunk_rwkv6() is not None
 
 

@@ -128,6 +128,7 @@ def ssd_chunked(x, a, b, c, initial_state=None, chunk_size: int = 64, matmul_dty
 
 
 def fused_available(x: torch.Tensor) -> bool:
+    """Can the fused Triton kernels run on ``x``'s device (CUDA, or any under ``TRITON_INTERPRET=1``)?"""
     if triton is None:
         return False
     return x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from cli_helpers import assert_one_line_error, run_cli
 from phaselm.cli import main
 from phaselm.observables import TONE_NAMES
-from cli_helpers import assert_one_line_error, run_cli
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
@@ -204,9 +204,8 @@ def test_generate_refuses_a_checkpoint_from_another_config(demo_run, tmp_path, c
 @pytest.fixture(scope="module")
 def eval_runs(tmp_path_factory):
     """Tiny K-SSM and GPT run directories (the layout train-lm writes) on a small corpus."""
-    from test_evals import make_run
-
     from phaselm.data import load_text
+    from test_evals import make_run
 
     root = tmp_path_factory.mktemp("eval_runs")
     corpus = root / "small.txt"

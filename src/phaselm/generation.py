@@ -15,17 +15,17 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import torch
 from torch import nn
 
-from .tokenizers import Tokenizer
 from .errors import PhaseLMError
 from .graft import Graft
 from .interventions import measure, oscillator_sites
 from .observables import normalized_entropy, tone_of
+from .tokenizers import Tokenizer
 
 
 @dataclass

@@ -4,7 +4,7 @@ generated token ids."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 # name → label. Perplexity names its judge where it is shown (see :func:`metric_labels`).
 LABELS = {

@@ -4,9 +4,10 @@ validation split), built from :func:`phaselm.runs.open_run` by :func:`subject_of
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F

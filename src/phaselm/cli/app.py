@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from typing import List, Optional
 
 import typer
 
@@ -28,7 +27,7 @@ app = typer.Typer(
 OVERRIDE_HELP = "Override a recipe value, e.g. `--set train.steps=50 --set core.mode=recurrent` (repeatable)."
 
 
-def recipe_overrides(items: Optional[List[str]]) -> dict:
+def recipe_overrides(items: list[str] | None) -> dict:
     """``--set key=value`` items → a dict of recipe overrides."""
     from ..config import parse_override
 
@@ -86,7 +85,7 @@ def _show_notes() -> None:
         log.propagate = False
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     """Entry point: PhaseLMError → one line on stderr, exit code 2."""
     _quiet_libraries()
     _show_notes()

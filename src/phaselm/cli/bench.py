@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -25,10 +24,10 @@ def _int_list(text: str, what: str) -> tuple[int, ...]:
 @app.command()
 def diagnose(
     path: Path = typer.Argument(..., help="A fusion-family train-lm run directory (or its model/ folder)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Directory for diagnostics.json and plots (default: PATH/diagnostics)."),
-    corpus: Optional[str] = typer.Option(None, "--corpus", help="Text to measure on (default: the run's own validation split)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Directory for diagnostics.json and plots (default: PATH/diagnostics)."),
+    corpus: str | None = typer.Option(None, "--corpus", help="Text to measure on (default: the run's own validation split)."),
     windows: int = typer.Option(8, "--windows", help="Validation windows per measurement."),
-    device: Optional[str] = typer.Option(None, "--device", help="cuda or cpu (default: cuda when available)."),
+    device: str | None = typer.Option(None, "--device", help="cuda or cpu (default: cuda when available)."),
     as_json: bool = typer.Option(False, "--json", help="Print diagnostics.json to stdout."),
 ) -> None:
     """Diagnose an RWKV-6 / Mamba-2 fusion model: D1–D4, long context, state norms, gates, V5 metrics.
@@ -57,20 +56,20 @@ def diagnose(
 
 @app.command()
 def bench(
-    recipes: Optional[List[Path]] = typer.Argument(None, help="Language-model recipes to measure (e.g. recipes/fusion-gf-mh.toml); not with --backbone."),
+    recipes: list[Path] | None = typer.Argument(None, help="Language-model recipes to measure (e.g. recipes/fusion-gf-mh.toml); not with --backbone."),
     baseline: Path = typer.Option(Path("recipes/gpt2-fusion-baseline.toml"), "--baseline", help="The recipe every ratio is against."),
-    backbone: Optional[str] = typer.Option(None, "--backbone", help="Measure a Phase Core grafted onto this Hugging Face backbone instead: a shape with random weights (mamba-130m, mamba-370m, mamba-790m, mamba-1.4b, mamba-2.8b), a local model folder or a hub id."),
+    backbone: str | None = typer.Option(None, "--backbone", help="Measure a Phase Core grafted onto this Hugging Face backbone instead: a shape with random weights (mamba-130m, mamba-370m, mamba-790m, mamba-1.4b, mamba-2.8b), a local model folder or a hub id."),
     quick: bool = typer.Option(False, "--quick", help="With --backbone: a toy-sized Mamba on the CPU, in seconds (checks the command, measures nothing)."),
     layer: str = typer.Option("middle", "--layer", help="With --backbone: the layer the core sits at (an index or 'middle')."),
     modes: str = typer.Option("token,recurrent", "--modes", help="With --backbone: core modes to time, comma-separated."),
     reference_seq: int = typer.Option(0, "--reference-seq", help="With --backbone: also time one forward of 1 × this many tokens on transformers' own path (slow without mamba_ssm), for the speed-up."),
-    batches: Optional[str] = typer.Option(None, "--batches", help="Batch sizes, comma-separated (default 1,4,16,64; with --backbone one batch size, default 4)."),
+    batches: str | None = typer.Option(None, "--batches", help="Batch sizes, comma-separated (default 1,4,16,64; with --backbone one batch size, default 4)."),
     seq_len: int = typer.Option(512, "--seq-len", help="Tokens per sequence for the training and inference timings."),
     steps: int = typer.Option(10, "--steps", help="Timed steps per measurement (after warm-up)."),
     contexts: str = typer.Option("64,256,1024,4096", "--contexts", help="Context lengths for the decode cost per token (with --backbone: the first is the prompt)."),
     compile_batches: str = typer.Option("", "--compile-batches", help="Batch sizes also timed with the training step under torch.compile (what training does on CUDA), e.g. 16."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write bench.json and bench.md here (refused if they exist)."),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a value in every recipe, e.g. `--set fusion.n_layers=2` (repeatable)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write bench.json and bench.md here (refused if they exist)."),
+    set_: list[str] | None = typer.Option(None, "--set", help="Override a value in every recipe, e.g. `--set fusion.n_layers=2` (repeatable)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Speed profile measured in one run on one device.

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
 from ..errors import PhaseLMError
 from .app import app, command_line, print_json
-
 
 # --------------------------------------------------------------------------------------------
 # phaselm eval …: thin wrappers over phaselm.evals (each prints JSON with --json and writes
@@ -32,7 +30,7 @@ EVAL_OUT_HELP = "Directory for NAME.json and NAME.png (default: RUN_DIR/evals); 
 PROMPTS_HELP = "Number of prompts, drawn evenly from the validation split (the last val_fraction of the corpus); ≥ 2, 50+ for real statistics."
 
 
-def _eval_out(run_dir: Path, out: Optional[Path]) -> Path:
+def _eval_out(run_dir: Path, out: Path | None) -> Path:
     from ..evals import default_out_dir
 
     return out if out is not None else default_out_dir(run_dir)
@@ -46,19 +44,19 @@ def _eval_done(result: dict, as_json: bool, headline: str) -> None:
     typer.echo(f"{headline}; plot: {result['files']['png']}, JSON: {result['files']['json']}")
 
 
-def _val_shape(subject, seq_len: Optional[int]) -> int:
+def _val_shape(subject, seq_len: int | None) -> int:
     return seq_len or subject.train_seq_len or 256
 
 
 @eval_app.command("intervention")
 def eval_intervention(
     run_dir: Path = typer.Argument(..., help=RUN_HELP),
-    kind: Optional[List[str]] = typer.Option(
+    kind: list[str] | None = typer.Option(
         None, "--kind", "-k",
         help="What to force (repeatable): `sync` (all phases at the mean phase, R = 1), `disorder` (evenly spread, R = 0), "
         "`pin` (an arc with R = --value exactly) or `pin=0.3`. Default: sync.",
     ),
-    value: Optional[float] = typer.Option(None, "--value", "-r", help="The R that `--kind pin` pins, in [0, 1]."),
+    value: float | None = typer.Option(None, "--value", "-r", help="The R that `--kind pin` pins, in [0, 1]."),
     layers: str = typer.Option("all", "--layers", "-l", help="Layers to force: `all` or indices like `0,1` (0-based)."),
     prompts: int = typer.Option(50, "--prompts", "-n", help=PROMPTS_HELP),
     prompt_tokens: int = typer.Option(32, "--prompt-tokens", help="Tokens per prompt."),
@@ -67,7 +65,7 @@ def eval_intervention(
     top_k: int = typer.Option(0, "--top-k", help="Keep the k most likely tokens; 0 keeps all."),
     seed: int = typer.Option(0, help="Sampling seed."),
     batch_size: int = typer.Option(16, "--batch-size", help="Prompts generated together."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help=EVAL_OUT_HELP),
+    out: Path | None = typer.Option(None, "--out", "-o", help=EVAL_OUT_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Force the oscillator phases at chosen layers and measure what changes, paired by prompt.
@@ -113,7 +111,7 @@ def eval_temperature(
     top_k: int = typer.Option(0, "--top-k", help="Keep the k most likely tokens; 0 keeps all."),
     seed: int = typer.Option(0, help="Sampling seed (the same for every temperature)."),
     batch_size: int = typer.Option(16, "--batch-size", help="Prompts generated together."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help=EVAL_OUT_HELP),
+    out: Path | None = typer.Option(None, "--out", "-o", help=EVAL_OUT_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Sample at several temperatures and measure text quality per temperature.
@@ -143,15 +141,15 @@ def eval_temperature(
 @eval_app.command("clamp")
 def eval_clamp(
     run_dir: Path = typer.Argument(..., help=RUN_HELP),
-    bounds: Optional[List[str]] = typer.Option(
+    bounds: list[str] | None = typer.Option(
         None, "--bounds", "-b",
         help="u_min:u_max pairs, repeatable or comma-separated, e.g. `--bounds 0.1:10,0.5:2`. Need u_min < u_max, and u_min > 0 "
         "for a bistable model. Default: 0.1:10, 0.05:20, 0.5:2, 0.1:1, 1:10.",
     ),
     batch_size: int = typer.Option(16, "--batch-size", help="Validation windows per batch."),
-    seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Tokens per window (default: the run's training seq_len)."),
+    seq_len: int | None = typer.Option(None, "--seq-len", help="Tokens per window (default: the run's training seq_len)."),
     batches: int = typer.Option(20, "--batches", help="Validation batches per condition (the same batches every time)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help=EVAL_OUT_HELP),
+    out: Path | None = typer.Option(None, "--out", "-o", help=EVAL_OUT_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Evaluate a trained K-SSM with u clamped to other bounds — at evaluation time, not retraining.
@@ -183,9 +181,9 @@ def eval_clamp(
 def eval_correlation(
     run_dir: Path = typer.Argument(..., help=RUN_HELP),
     batch_size: int = typer.Option(16, "--batch-size", help="Validation windows per batch."),
-    seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Tokens per window (default: the run's training seq_len)."),
+    seq_len: int | None = typer.Option(None, "--seq-len", help="Tokens per window (default: the run's training seq_len)."),
     batches: int = typer.Option(20, "--batches", help="Validation batches."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help=EVAL_OUT_HELP),
+    out: Path | None = typer.Option(None, "--out", "-o", help=EVAL_OUT_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Correlate R with the per-token loss on validation text, per layer.
@@ -213,9 +211,9 @@ def eval_correlation(
 
 @eval_app.command("ablation")
 def eval_ablation(
-    run_dirs: List[Path] = typer.Argument(..., help="Run directories to compare (K-SSM bistable, monostable, no-mixer, GPT baseline, …)."),
+    run_dirs: list[Path] = typer.Argument(..., help="Run directories to compare (K-SSM bistable, monostable, no-mixer, GPT baseline, …)."),
     batch_size: int = typer.Option(16, "--batch-size", help="Validation windows per batch."),
-    seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Tokens per window (default: the shortest training seq_len of the runs)."),
+    seq_len: int | None = typer.Option(None, "--seq-len", help="Tokens per window (default: the shortest training seq_len of the runs)."),
     batches: int = typer.Option(20, "--batches", help="Validation batches per run (the same windows for every run)."),
     out: Path = typer.Option(Path("runs/ablation"), "--out", "-o", help="Directory for ablation.json, ablation.md and ablation.png."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
@@ -238,10 +236,10 @@ def eval_ablation(
 @app.command()
 def diagnose(
     path: Path = typer.Argument(..., help="A fusion-family train-lm run directory (or its model/ folder)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Directory for diagnostics.json and plots (default: PATH/diagnostics)."),
-    corpus: Optional[str] = typer.Option(None, "--corpus", help="Text to measure on (default: the run's own validation split)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Directory for diagnostics.json and plots (default: PATH/diagnostics)."),
+    corpus: str | None = typer.Option(None, "--corpus", help="Text to measure on (default: the run's own validation split)."),
     windows: int = typer.Option(8, "--windows", help="Validation windows per measurement."),
-    device: Optional[str] = typer.Option(None, "--device", help="cuda or cpu (default: cuda when available)."),
+    device: str | None = typer.Option(None, "--device", help="cuda or cpu (default: cuda when available)."),
     as_json: bool = typer.Option(False, "--json", help="Print diagnostics.json to stdout."),
 ) -> None:
     """Diagnose an RWKV-6 / Mamba-2 fusion model: D1–D4, long context, state norms, gates, V5 metrics.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -62,7 +61,7 @@ def _num(value) -> str:
 @app.command()
 def report(
     run_dir: Path = typer.Argument(..., help="A run directory (train, train-lm, pretrain, demo or a protocol run) or its model/ folder."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write the page (default: RUN_DIR/report.html, replaced)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Where to write the page (default: RUN_DIR/report.html, replaced)."),
     as_json: bool = typer.Option(False, "--json", help="Print the written path as JSON."),
 ) -> None:
     """Rebuild RUN_DIR/report.html, one self-contained page, from the run directory's files.

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from .app import app, command_line, print_json
-
 
 # --------------------------------------------------------------------------------------------
 # phaselm protocol …: experiment protocols declared in TOML (phaselm.protocols)
@@ -29,7 +27,7 @@ app.add_typer(protocol_app, name="protocol")
 @protocol_app.command("run")
 def protocol_run(
     file: Path = typer.Argument(..., help="The protocol TOML file ([protocol] [model] [prompts] [decoding] [design] [metrics] [statistics] …)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Out directory (default: runs/protocols/<file name>); refused if it holds another protocol's results."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Out directory (default: runs/protocols/<file name>); refused if it holds another protocol's results."),
     as_json: bool = typer.Option(False, "--json", help="Print results.json to stdout."),
 ) -> None:
     """Run a protocol and write results.json, results.md, results.png and protocol.toml into --out.

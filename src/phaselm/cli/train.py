@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -12,9 +11,9 @@ from .app import OVERRIDE_HELP, app, command_line, is_main, print_json, recipe_o
 
 @app.command()
 def pretrain(
-    recipe: Optional[Path] = typer.Argument(None, help="TOML recipe (sections [model] [data] [tokenizer] [train]); defaults if omitted."),
+    recipe: Path | None = typer.Argument(None, help="TOML recipe (sections [model] [data] [tokenizer] [train]); defaults if omitted."),
     out: Path = typer.Option(Path("runs/pretrain"), "--out", "-o", help="Run directory to create."),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help=OVERRIDE_HELP),
+    set_: list[str] | None = typer.Option(None, "--set", help=OVERRIDE_HELP),
     resume: bool = typer.Option(False, help="Continue the run in --out from its latest checkpoint (same recipe; a larger train.steps extends it)."),
     as_json: bool = typer.Option(False, "--json", help="Print the saved model folder as JSON."),
 ) -> None:
@@ -26,7 +25,8 @@ def pretrain(
     Example: `phaselm pretrain recipes/pretrain-mamba.toml --out runs/mamba --set train.steps=500`
     """
     from ..config import from_dict, load_recipe
-    from ..experiments.phase_mamba import PretrainRecipe, pretrain as run_pretrain
+    from ..experiments.phase_mamba import PretrainRecipe
+    from ..experiments.phase_mamba import pretrain as run_pretrain
 
     cfg = load_recipe(PretrainRecipe, recipe, recipe_overrides(set_)) if recipe else from_dict(PretrainRecipe, _apply(recipe_overrides(set_)))
     model_dir = run_pretrain(cfg, out, resume=resume, command=command_line())
@@ -47,8 +47,8 @@ def _apply(overrides: dict) -> dict:
 @app.command()
 def train(
     recipe: Path = typer.Argument(..., help="Phase-Mamba TOML recipe ([backbone] [core] [drift] [loss] [data] [train] [sample])."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory to create (default: runs/<recipe name>)."),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help=OVERRIDE_HELP),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Run directory to create (default: runs/<recipe name>)."),
+    set_: list[str] | None = typer.Option(None, "--set", help=OVERRIDE_HELP),
     resume: bool = typer.Option(False, help="Continue the run in --out from its latest checkpoint (same recipe; a larger train.steps extends it)."),
     as_json: bool = typer.Option(False, "--json", help="Print summary.json to stdout."),
 ) -> None:
@@ -79,8 +79,8 @@ def train(
 @app.command("train-lm")
 def train_lm(
     recipe: Path = typer.Argument(..., help="Language-model TOML recipe: top-level arch, then [kssm], [fusion] or [gpt] (the keywords of KSSMConfig, FusionConfig or GPTConfig), [data] [tokenizer] [train]."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory to create (default: runs/<recipe name>)."),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help=OVERRIDE_HELP),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Run directory to create (default: runs/<recipe name>)."),
+    set_: list[str] | None = typer.Option(None, "--set", help=OVERRIDE_HELP),
     resume: bool = typer.Option(False, help="Continue the run in --out from its latest checkpoint (same recipe; a larger train.steps extends it)."),
     as_json: bool = typer.Option(False, "--json", help="Print summary.json to stdout."),
 ) -> None:
@@ -92,7 +92,8 @@ def train_lm(
     Example: `phaselm train-lm recipes/kssm-v3.toml --out runs/kssm --set train.steps=200`
     """
     from ..config import load_recipe
-    from ..experiments.language_model import LMRecipe, train_lm as run_train_lm
+    from ..experiments.language_model import LMRecipe
+    from ..experiments.language_model import train_lm as run_train_lm
 
     cfg = load_recipe(LMRecipe, recipe, recipe_overrides(set_))
     run_dir = out or Path("runs") / recipe.stem

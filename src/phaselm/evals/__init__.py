@@ -26,14 +26,26 @@ batched with the model's recurrent cache; sampling uses its own seeded generator
 forced run reuses the unforced run's seed, so both draw the same random numbers.
 """
 
-from .subject import CLAMP_NOTE, CORRELATION_NOTE, DEFAULT_BOUNDS, DEFAULT_TEMPERATURES, METRICS, METRIC_LABELS, SAMPLES_SHOWN, TEXT_METRICS, default_device, default_out_dir, load_subject
-from .outputs import prepare_outputs
-from .sampling import distinct_n, kl_divergence, sample, text_metrics, validation_prompts
-from .intervention import r_intervention_eval
-from .temperature import parse_floats, temperature_sweep
+from .ablation import ablation_table
 from .clamp import clamp_sweep, iter_bounds, parse_bounds
 from .correlation import order_loss_correlation
-from .ablation import ablation_table
+from .intervention import r_intervention_eval
+from .outputs import prepare_outputs
+from .sampling import distinct_n, kl_divergence, sample, text_metrics, validation_prompts
+from .subject import (
+    CLAMP_NOTE,
+    CORRELATION_NOTE,
+    DEFAULT_BOUNDS,
+    DEFAULT_TEMPERATURES,
+    METRIC_LABELS,
+    METRICS,
+    SAMPLES_SHOWN,
+    TEXT_METRICS,
+    default_device,
+    default_out_dir,
+    load_subject,
+)
+from .temperature import parse_floats, temperature_sweep
 
 __all__ = [
     "CLAMP_NOTE",
@@ -44,21 +56,21 @@ __all__ = [
     "METRIC_LABELS",
     "SAMPLES_SHOWN",
     "TEXT_METRICS",
+    "ablation_table",
+    "clamp_sweep",
     "default_device",
     "default_out_dir",
-    "load_subject",
-    "prepare_outputs",
     "distinct_n",
+    "iter_bounds",
     "kl_divergence",
+    "load_subject",
+    "order_loss_correlation",
+    "parse_bounds",
+    "parse_floats",
+    "prepare_outputs",
+    "r_intervention_eval",
     "sample",
+    "temperature_sweep",
     "text_metrics",
     "validation_prompts",
-    "r_intervention_eval",
-    "temperature_sweep",
-    "clamp_sweep",
-    "parse_bounds",
-    "order_loss_correlation",
-    "ablation_table",
-    "iter_bounds",
-    "parse_floats",
 ]

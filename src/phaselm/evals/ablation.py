@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from ..errors import PhaseLMError
+from ..subject import Subject
 from .intervention import _md_table
 from .outputs import _device, _eval_mode, _progress, _write_outputs, prepare_outputs
-from ..subject import Subject
 from .subject import load_subject
 from .validation import _check_eval_shape, _n_batches, _r_summary, _token_stats, _trained_bounds, _u_summary
 

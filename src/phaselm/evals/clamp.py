@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch

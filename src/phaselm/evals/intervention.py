@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -14,8 +14,19 @@ from .. import statistics as st
 from ..errors import PhaseLMError
 from ..interventions import Intervention, intervene, require_oscillator_sites
 from .outputs import _check_positions, _device, _eval_mode, _progress, _write_outputs, prepare_outputs
-from .sampling import _batches, _check_decoding, _continuation_logprobs, _describe_metrics, _generate_all, _nll, _per_prompt_metrics, _prompt_ids, _r_per_layer, kl_divergence
-from .subject import METRICS, METRIC_LABELS, SAMPLES_SHOWN
+from .sampling import (
+    _batches,
+    _check_decoding,
+    _continuation_logprobs,
+    _describe_metrics,
+    _generate_all,
+    _nll,
+    _per_prompt_metrics,
+    _prompt_ids,
+    _r_per_layer,
+    kl_divergence,
+)
+from .subject import METRIC_LABELS, METRICS, SAMPLES_SHOWN
 
 
 def r_intervention_eval(

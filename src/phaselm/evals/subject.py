@@ -11,7 +11,6 @@ from ..metrics import TEXT_METRICS, metric_labels  # noqa: F401  (TEXT_METRICS r
 from ..runs import default_device  # noqa: F401  (re-exported: phaselm.evals.default_device)
 from ..subject import Subject, subject_of
 
-
 METRICS = ("kl", "distinct_1", "distinct_2", "distinct_3", "repetition", "perplexity", "mean_r")
 METRIC_LABELS = metric_labels(METRICS, "unforced model")  # the evals score perplexity under the unforced model
 DEFAULT_TEMPERATURES = (0.0, 0.5, 0.8, 1.0, 1.2, 1.5)

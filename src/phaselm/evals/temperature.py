@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -14,7 +14,17 @@ from .. import statistics as st
 from ..errors import PhaseLMError
 from .intervention import _md_table
 from .outputs import _check_positions, _device, _eval_mode, _progress, _write_outputs, prepare_outputs
-from .sampling import _batches, _check_decoding, _continuation_logprobs, _describe_metrics, _generate_all, _nll, _per_prompt_metrics, _prompt_ids, _r_per_layer
+from .sampling import (
+    _batches,
+    _check_decoding,
+    _continuation_logprobs,
+    _describe_metrics,
+    _generate_all,
+    _nll,
+    _per_prompt_metrics,
+    _prompt_ids,
+    _r_per_layer,
+)
 from .subject import DEFAULT_TEMPERATURES, METRIC_LABELS
 
 

@@ -55,10 +55,10 @@ states n. ``run_protocol`` writes ``results.json``, ``results.md``, ``results.pn
 is the hook the HTML report builds on.
 """
 
-from .spec import KINDS, METRICS, Condition, Protocol, check_out_dir, default_out_dir, load_protocol, sha256_of
-from .subject import Subject, generate_many, generate_sample, load_subject
 from .grid import grid_cells
 from .run import run_protocol, write_protocol_report
+from .spec import KINDS, METRICS, Condition, Protocol, check_out_dir, default_out_dir, load_protocol, sha256_of
+from .subject import Subject, generate_many, generate_sample, load_subject
 
 __all__ = [
     "KINDS", "METRICS", "Condition", "Protocol", "Subject", "check_out_dir", "default_out_dir", "generate_many",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from ..errors import PhaseLMError
 from ..interventions import intervene, structure
 from .scoring import _count, _per_token_r, compare, holm_family, power_statement
-from .spec import Condition, METRIC_LABELS, Protocol
+from .spec import METRIC_LABELS, Condition, Protocol
 from .subject import Subject, _check_prompts, _producing, _prompts, _units, forward_many, generate_many, perplexity_many
 
 

@@ -8,7 +8,7 @@ from .. import statistics as st
 from ..errors import PhaseLMError
 from ..interventions import structure
 from .scoring import _clean_pairs, _count, _per_token_r, compare, power_statement
-from .spec import MAX_SCATTER, METRIC_LABELS, Protocol, RECORDED_TOLERANCE, TESTS
+from .spec import MAX_SCATTER, METRIC_LABELS, RECORDED_TOLERANCE, TESTS, Protocol
 from .subject import Subject, _check_prompts, _producing, _prompts, _units, forward, generate_sample
 
 

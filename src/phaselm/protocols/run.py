@@ -13,7 +13,17 @@ import numpy as np
 from .grid import grid_cells, run_ablation_grid
 from .intervention import run_intervention
 from .observation import run_observation
-from .spec import PROTOCOL_COPY, Protocol, RESULTS, TESTS, _resolve_path, check_out_dir, default_out_dir, load_protocol, sha256_of
+from .spec import (
+    PROTOCOL_COPY,
+    RESULTS,
+    TESTS,
+    Protocol,
+    _resolve_path,
+    check_out_dir,
+    default_out_dir,
+    load_protocol,
+    sha256_of,
+)
 from .subject import Subject, load_subject
 
 

@@ -10,7 +10,6 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from .. import statistics as st
 from ..errors import PhaseLMError
 from ..interventions import ALL_LAYERS, Intervention

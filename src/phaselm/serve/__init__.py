@@ -29,11 +29,24 @@ over layers of K-SSM's order parameters, or the grafted core's R; U is the norma
 of the distribution the token was drawn from (before temperature), as in measured generation.
 """
 
-from .server import Handler, LiveServer, make_server, page_html, serve, start_in_thread
 from .live import (
-    CORE_OFF, DEFAULT_HOST, DEFAULT_PORT, DEFAULTS, MAX_BODY_BYTES, MAX_NEW_TOKENS, MAX_PROMPT_CHARS, MAX_TEMPERATURE, PHASE_KINDS,
-    REQUEST_FIELDS, ClientGone, GenerationRequest, LiveModel, RequestError, load_live_model,
+    CORE_OFF,
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    DEFAULTS,
+    MAX_BODY_BYTES,
+    MAX_NEW_TOKENS,
+    MAX_PROMPT_CHARS,
+    MAX_TEMPERATURE,
+    PHASE_KINDS,
+    REQUEST_FIELDS,
+    ClientGone,
+    GenerationRequest,
+    LiveModel,
+    RequestError,
+    load_live_model,
 )
+from .server import Handler, LiveServer, make_server, page_html, serve, start_in_thread
 
 __all__ = [
     "CORE_OFF", "DEFAULTS", "DEFAULT_HOST", "DEFAULT_PORT", "MAX_BODY_BYTES", "MAX_NEW_TOKENS", "MAX_PROMPT_CHARS", "MAX_TEMPERATURE",

@@ -8,16 +8,16 @@ import math
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..errors import PhaseLMError
-from ..observables import GOLDILOCKS, TONES, tone_of
-
 from ..generation import position_limit
+from ..observables import GOLDILOCKS, TONES, tone_of
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000

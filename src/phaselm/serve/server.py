@@ -10,16 +10,24 @@ import os
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
-
+from typing import Any
 
 from ..errors import PhaseLMError
-
 from .live import (
-    BUSY_WAIT_S, DEFAULT_HOST, DEFAULT_PORT, MAX_BODY_BYTES, MAX_NEW_TOKENS, READ_TIMEOUT_S, ClientGone, GenerationRequest, LiveModel,
-    RequestError, load_live_model,
+    BUSY_WAIT_S,
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    MAX_BODY_BYTES,
+    MAX_NEW_TOKENS,
+    READ_TIMEOUT_S,
+    ClientGone,
+    GenerationRequest,
+    LiveModel,
+    RequestError,
+    load_live_model,
 )
 
 # --------------------------------------------------------------------------------------------
@@ -78,7 +86,7 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.0"  # one request per connection; a stream ends when the connection closes
     timeout = READ_TIMEOUT_S  # socket timeout: a lying Content-Length cannot hold a thread forever
 
-    def log_message(self, format, *args):  # noqa: A002 - BaseHTTPRequestHandler's signature
+    def log_message(self, format, *args):
         if self.server.log:
             sys.stderr.write(f"{self.address_string()} {format % args}\n")
 
@@ -114,7 +122,7 @@ class Handler(BaseHTTPRequestHandler):
 
     # ----- routes
 
-    def do_GET(self):  # noqa: N802 - http.server's naming
+    def do_GET(self):
         if not self._host_ok():
             return
         path = self.path.split("?", 1)[0]
@@ -130,10 +138,10 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self._error(404, f"no such page: {path}")
 
-    def do_HEAD(self):  # noqa: N802
+    def do_HEAD(self):
         self.do_GET()
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         if not self._host_ok():
             return
         path = self.path.split("?", 1)[0]
@@ -160,7 +168,7 @@ class Handler(BaseHTTPRequestHandler):
     def _method_not_allowed(self):
         self._error(405, f"method {self.command} is not allowed; GET / or /api/info, POST /api/generate")
 
-    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _method_not_allowed  # noqa: N815
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _method_not_allowed
 
     def _read_json(self) -> Any:
         content_type = (self.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()

@@ -28,9 +28,14 @@ for stage in $STAGES; do
              > "$OUT/tests.log" 2>&1; echo "pytest exit $?"; tail -n 15 "$OUT/tests.log" ;;
     check-rwkv6) python3 benchmarks/check_fast_paths.py --only rwkv6 --out "$OUT" ;;
     kssm) python3 benchmarks/kssm_profile.py ${KSSM_ARGS:-} ;;  # e.g. KSSM_ARGS="--settings default:foreach,reduce-overhead:fused --no-breakdown"
-    fusion) python3 -m phaselm bench recipes/fusion-gf-mh.toml recipes/rwkv6.toml recipes/mamba2.toml \
-              --baseline recipes/gpt2-fusion-baseline.toml --batches 16 --compile-batches 16 --contexts 64 \
-              --set gpt.n_positions=4160 --out "$OUT/bench-fusion" ;;
+    fusion) # GF-MH first (the headline target), then the pure models; each bench bounded so
+            # that the first one's table survives a short call
+            for models in "recipes/fusion-gf-mh.toml" "recipes/rwkv6.toml recipes/mamba2.toml"; do
+              name=$(basename "${models%% *}" .toml)
+              timeout "${BENCH_LIMIT:-330}" python3 -m phaselm bench $models --baseline recipes/gpt2-fusion-baseline.toml \
+                --batches 16 --compile-batches 16 --contexts 64 --set gpt.n_positions=4160 --out "$OUT/bench-$name"
+              cat "$OUT/bench-$name/bench.md" 2>/dev/null
+            done ;;
     *) echo "unknown stage $stage" ;;
   esac
 done

@@ -215,7 +215,8 @@ def test_report(runs, name, capsys, tmp_path):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_diagnose(runs, name, capsys, tmp_path):
-    code, out, err = run_cli(capsys, "diagnose", str(runs[name]), "--out", str(tmp_path), "--windows", "1", "--device", "cpu", "--json")
+    code, out, err = run_cli(capsys, "diagnose", str(runs[name]), "--out", str(tmp_path), "--windows", "1", "--device",
+                             "cpu", "--json")
     if name == "fusion":
         assert code == 0, err
         assert (tmp_path / "diagnostics.json").is_file()

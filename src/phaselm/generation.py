@@ -90,7 +90,9 @@ def position_limit(model: nn.Module) -> int | None:
     config = getattr(model, "config", None)
     for name in ("n_positions", "max_position_embeddings"):
         value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0 and (name != "max_position_embeddings" or getattr(config, "position_embedding", True)):
+        if isinstance(value, int) and value > 0 and (name != "max_position_embeddings" or getattr(config,
+                                                                                                  "position_embedding",
+                                                                                                  True)):
             return value
     return None
 
@@ -238,7 +240,8 @@ def generate(
     device = next(model.parameters()).device
     sampled = sample_tokens(
         model, torch.tensor([ids], device=device), max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-        seed=seed, eos_token_id=getattr(tokenizer, "eos_token_id", None), vocab_limit=tokenizer.vocab_size, read_r=measured,
+        seed=seed, eos_token_id=getattr(tokenizer, "eos_token_id", None), vocab_limit=tokenizer.vocab_size,
+        read_r=measured,
     )
     new_ids = sampled.ids[0].tolist()
     text = tokenizer.decode(new_ids)
@@ -253,10 +256,11 @@ def check_prompt_fits(model: nn.Module, ids: list[int], max_new_tokens: int) -> 
     """One-line errors for a prompt (token ids) the model cannot take or continue that far."""
     vocab = model.get_input_embeddings().num_embeddings
     if max(ids) >= vocab:
-        raise PhaseLMError(f"the prompt has token id {max(ids)} but the model's vocabulary has {vocab}; use the model's own tokenizer")
+        raise PhaseLMError(f"the prompt has token id {max(ids)} but the model's vocabulary has {vocab}; use the "
+                           "model's own tokenizer")
     limit = position_limit(model)
     if limit is not None and len(ids) + max_new_tokens > limit:
         raise PhaseLMError(
-            f"the prompt ({len(ids)} tokens) plus max_new_tokens ({max_new_tokens}) exceeds the model's {limit} positions; "
-            "ask for fewer tokens or a shorter prompt"
+            f"the prompt ({len(ids)} tokens) plus max_new_tokens ({max_new_tokens}) exceeds the model's {limit} "
+            "positions; ask for fewer tokens or a shorter prompt"
         )

@@ -132,7 +132,8 @@ class Subject:
             from .data import encode_split
 
             if self.corpus is None:
-                raise PhaseLMError("this model has no corpus to draw validation windows from; give prompts as a file or list")
+                raise PhaseLMError("this model has no corpus to draw validation windows from; give prompts as a file "
+                                   "or list")
             _, self._val_ids = encode_split(self.tokenizer, load_text(self.corpus), self.val_fraction)
         return self._val_ids
 
@@ -144,7 +145,8 @@ class Subject:
         """Texts or token-id sequences → token ids; an empty prompt is a one-line error."""
         out = []
         for p in prompts:
-            ids = self.tokenizer.encode(p) if isinstance(p, str) else [int(i) for i in (p.tolist() if isinstance(p, torch.Tensor) else p)]
+            ids = self.tokenizer.encode(p) if isinstance(p, str) else [int(i)
+                                                                       for i in (p.tolist() if isinstance(p, torch.Tensor) else p)]
             if not ids:
                 raise PhaseLMError("a prompt encodes to no tokens; pass non-empty prompts")
             out.append(ids)
@@ -191,7 +193,8 @@ class Subject:
             step_hook = (lambda step, group=group: on_step(group, step)) if on_step is not None else None
             sampled = sample_tokens(
                 self.model, input_ids, mask, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                seed=seed + group[0], eos_token_id=eos, vocab_limit=self.tokenizer.vocab_size, read_r=measured, on_step=step_hook,
+                seed=seed + group[0], eos_token_id=eos, vocab_limit=self.tokenizer.vocab_size, read_r=measured,
+                on_step=step_hook,
             )
             for row, i in enumerate(group):
                 new = sampled.ids[row].tolist()
@@ -226,11 +229,13 @@ class Subject:
                 out[i] = Readings(logits[row], u[row], orders[row] if orders is not None else None)
         return out
 
-    def score(self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]], batch_size: int = 32) -> list[Score]:
+    def score(self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]],
+              batch_size: int = 32) -> list[Score]:
         """log p of each continuation token given its prompt and the tokens before it (token
         ids; temperature 1): one :class:`Score` (logprobs (M,), perplexity) per pair."""
         if len(prompts) != len(continuations):
-            raise PhaseLMError(f"score needs one continuation per prompt, got {len(prompts)} prompts and {len(continuations)} continuations")
+            raise PhaseLMError(f"score needs one continuation per prompt, got {len(prompts)} prompts and "
+                               f"{len(continuations)} continuations")
         read = self.readings([list(p) + list(c) for p, c in zip(prompts, continuations)], batch_size)
         out = []
         for reading, p, c in zip(read, prompts, continuations):

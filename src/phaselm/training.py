@@ -179,7 +179,8 @@ def train(
             damaged = sorted((run_dir / "checkpoints").glob("step-*"))
             if damaged:
                 ckpt.load_config(damaged[-1])  # raises the precise one-line reason
-            raise PhaseLMError(f"cannot resume {run_dir}: it holds no complete checkpoint; start a new run in another directory")
+            raise PhaseLMError(f"cannot resume {run_dir}: it holds no complete checkpoint; start a new run in another "
+                               "directory")
         # The full weights go in before sharding, which then cuts them like fresh ones.
         ckpt.load_module_state(latest, objective.saved, expected_config=checkpoint_config)
     replicated = distributed.shard(objective, accelerator.device) if sharded else []
@@ -195,7 +196,8 @@ def train(
             raise PhaseLMError(f"{run_dir} already finished all {cfg.steps} steps; nothing to resume")
         drift_totals.update(extra.get("drift_actions", {}))
         objective.load_extra_state(extra)
-        generator = distributed.resumed_data_generator(tensors, cfg.seed, accelerator.process_index, accelerator.num_processes, start, main)
+        generator = distributed.resumed_data_generator(tensors, cfg.seed, accelerator.process_index,
+                                                       accelerator.num_processes, start, main)
         if main:
             truncate_metrics(metrics_path, start)
 
@@ -269,8 +271,10 @@ def train(
                     accelerator.backward(out.losses["loss"] / cfg.grad_accum)
             distributed.average_gradients(replicated)  # the few parameters FSDP leaves whole (none under DDP)
             # With clipping off, the norm is still computed (max_norm = inf) for the finiteness check.
-            grad_norm = distributed.full_tensor(accelerator.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf")))
-            finite = step_is_finite(out.losses["loss"], torch.as_tensor(grad_norm, device=accelerator.device), out.order)
+            grad_norm = distributed.full_tensor(accelerator.clip_grad_norm_(params,
+                                                                            cfg.grad_clip if cfg.grad_clip > 0 else float("inf")))
+            finite = step_is_finite(out.losses["loss"], torch.as_tensor(grad_norm, device=accelerator.device),
+                                    out.order)
             # All processes stop or skip together: a lone one would leave the others waiting on it.
             if not distributed.all_agree(finite, accelerator.device):
                 what, where = nonfinite_report(objective, out, x, y, params, accelerator.autocast)
@@ -278,13 +282,14 @@ def train(
                 stop = cfg.on_nonfinite == "stop" or skipped_in_a_row >= 10
                 if main:
                     with metrics_path.open("a", encoding="utf-8") as f:
-                        f.write(json.dumps({"step": step, "nonfinite": what, "source": where, "action": "stop" if stop else "skip"}) + "\n")
+                        f.write(json.dumps({"step": step, "nonfinite": what, "source": where,
+                                            "action": "stop" if stop else "skip"}) + "\n")
                 if stop:
                     why = "" if cfg.on_nonfinite == "stop" else " in ten steps in a row"
                     raise PhaseLMError(
                         f"step {step}: {what} is not finite{why} (first produced by {where}); the run stopped before "
-                        "updating the weights and wrote no checkpoint from this state; lower train.lr or check the recipe, "
-                        "or set train.on_nonfinite = \"skip\" to skip such steps"
+                        "updating the weights and wrote no checkpoint from this state; lower train.lr or check the "
+                        "recipe, or set train.on_nonfinite = \"skip\" to skip such steps"
                     )
                 optimizer_acc.zero_grad(set_to_none=True)
                 with warnings.catch_warnings():  # no optimizer step on purpose: the schedule follows the step count
@@ -305,7 +310,8 @@ def train(
 
             if step % cfg.log_every == 0 or step == cfg.steps:
                 elapsed = time.perf_counter() - interval_start
-                record = {"step": step, **step_metrics(out), **extra, "lr": lr, "tokens_per_s": interval_tokens / max(elapsed, 1e-9)}
+                record = {"step": step, **step_metrics(out), **extra, "lr": lr,
+                          "tokens_per_s": interval_tokens / max(elapsed, 1e-9)}
                 if interval_actions:
                     record["drift_counts"] = dict(interval_actions)
                 if main:

@@ -56,7 +56,8 @@ def ablation_table(
         for name, s in zip(names, subjects):
             bar.update(task, status=name)
             with _eval_mode(s.model):
-                stats = _token_stats(s.model, s.validation_ids(), batch_size, seq_len, max_batches, lambda: bar.update(task, advance=1))
+                stats = _token_stats(s.model, s.validation_ids(), batch_size, seq_len, max_batches,
+                                     lambda: bar.update(task, advance=1))
             r = _r_summary(stats)
             rows.append({
                 "run": name,
@@ -76,10 +77,11 @@ def ablation_table(
                 "val_ce_at_training": _summary_val_ce(s),
             })
     header = ["run", "variant", "params", "val loss", "val ppl", "R mean", "R std", "u mean", "u std", "u at bounds"]
-    table = [[r["run"], r["variant"], f"{r['parameters']:,}", r["val_ce"], r["val_ppl"], r["r_mean"], r["r_std"], r["u_mean"], r["u_std"],
-              r["u_at_bounds"]] for r in rows]
-    notes = [f"Validation CE on up to {max_batches} batches of {batch_size} × {seq_len} tokens of each run's validation split; "
-             "— = not defined for that model (GPT has no R or u; a monostable K-SSM has no clamp bounds)."]
+    table = [[r["run"], r["variant"], f"{r['parameters']:,}", r["val_ce"], r["val_ppl"], r["r_mean"], r["r_std"],
+              r["u_mean"], r["u_std"], r["u_at_bounds"]] for r in rows]
+    notes = [f"Validation CE on up to {max_batches} batches of {batch_size} × {seq_len} tokens of each run's "
+             "validation split; — = not defined for that model (GPT has no R or u; a monostable K-SSM has no clamp "
+             "bounds)."]
     if len({(r["tokenizer"], r["corpus"]) for r in rows}) > 1:
         notes.append("The runs use different corpora or tokenizers: their losses are not directly comparable.")
     result = {

@@ -40,8 +40,8 @@ def clamp_sweep(
     Writes clamp.json and clamp.png.
     """
     if not has_oscillators(model) and oscillator_sites(model):
-        raise PhaseLMError("a clamp sweep clamps u of K-SSM's bistable banks; this model's oscillators are a grafted Phase Core, "
-                           "which has no u to clamp")
+        raise PhaseLMError("a clamp sweep clamps u of K-SSM's bistable banks; this model's oscillators are a grafted "
+                           "Phase Core, which has no u to clamp")
     banks = require_oscillators(model, "a clamp sweep")
     if getattr(getattr(model, "config", None), "model_type", "") != "kssm":
         raise PhaseLMError("a clamp sweep needs a K-SSM model (bounds of its bistable u)")
@@ -54,7 +54,8 @@ def clamp_sweep(
     per_pass = _n_batches(val_ids, batch_size, seq_len, max_batches)
     trained = _trained_bounds(model)
     first = "as trained" + (f" [{trained[0]:g}, {trained[1]:g}]" if trained else " (no clamp)")
-    conditions: list[tuple[str, tuple[float, float] | None]] = [(first, None)] + [(f"[{lo:g}, {hi:g}]", (lo, hi)) for lo, hi in bounds]
+    conditions: list[tuple[str, tuple[float, float] | None]] = [(first, None)] + [(f"[{lo:g}, {hi:g}]", (lo, hi))
+                                                                                  for lo, hi in bounds]
     rows = []
     with _eval_mode(model), _progress(progress) as bar:
         task = bar.add_task("clamp sweep", total=per_pass * len(conditions), status="")
@@ -62,7 +63,8 @@ def clamp_sweep(
             bar.update(task, status=label)
             ctx = override_clamp(model, *pair) if pair is not None else contextlib.nullcontext()
             with ctx:
-                stats = _token_stats(model, val_ids, batch_size, seq_len, max_batches, lambda: bar.update(task, advance=1))
+                stats = _token_stats(model, val_ids, batch_size, seq_len, max_batches,
+                                     lambda: bar.update(task, advance=1))
             active = pair if pair is not None else _trained_bounds(model)
             rows.append({
                 "bounds": label,
@@ -132,7 +134,8 @@ def _plot_clamp(result: dict, path: Path) -> None:
     axes[1].errorbar(x, [r["r_mean"] for r in rows], yerr=[r["r_std"] for r in rows], fmt="o", capsize=3)
     axes[1].set_ylim(-0.02, 1.02)
     axes[1].set_ylabel("R (mean ± std over layers and positions)")
-    axes[2].errorbar(x, [r["u_mean"] for r in rows], yerr=[r["u_std"] for r in rows], fmt="o", capsize=3, label="u mean ± std")
+    axes[2].errorbar(x, [r["u_mean"] for r in rows], yerr=[r["u_std"] for r in rows], fmt="o", capsize=3,
+                     label="u mean ± std")
     axes[2].set_ylabel("u (mean ± std)")
     share = axes[2].twinx()
     share.bar(x, [r["u_at_bounds"] or 0.0 for r in rows], alpha=0.25, color="tab:red")

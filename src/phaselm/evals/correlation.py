@@ -39,7 +39,8 @@ def order_loss_correlation(
     _check_eval_shape(model, val_ids, batch_size, seq_len, max_batches)
     files = prepare_outputs(out_dir, "correlation")
     with _eval_mode(model), _progress(progress) as bar:
-        task = bar.add_task("R–loss correlation", total=_n_batches(val_ids, batch_size, seq_len, max_batches), status="")
+        task = bar.add_task("R–loss correlation", total=_n_batches(val_ids, batch_size, seq_len, max_batches),
+                            status="")
         stats = _token_stats(model, val_ids, batch_size, seq_len, max_batches, lambda: bar.update(task, advance=1))
     if stats.ce.size < st.MIN_N:
         raise PhaseLMError(f"a correlation needs at least {st.MIN_N} tokens, got {stats.ce.size}")
@@ -47,9 +48,10 @@ def order_loss_correlation(
     series["mean over layers"] = stats.orders.mean(0)
     layers = []
     for name, r in series.items():
-        layers.append({"layer": name, **st.correlation(r, stats.ce).to_dict(), "r_mean": float(r.mean()), "r_std": float(r.std()),
-                       "binned": _binned(r, stats.ce, bins)})
-    table = [[row["layer"], row["n"], row["pearson_r"], row["pearson_p"], row["spearman_rho"], row["spearman_p"], row["r_mean"]] for row in layers]
+        layers.append({"layer": name, **st.correlation(r, stats.ce).to_dict(), "r_mean": float(r.mean()),
+                       "r_std": float(r.std()), "binned": _binned(r, stats.ce, bins)})
+    table = [[row["layer"], row["n"], row["pearson_r"], row["pearson_p"], row["spearman_rho"], row["spearman_p"],
+              row["r_mean"]] for row in layers]
     result = {
         "eval": "order_loss_correlation",
         "command": command,
@@ -74,7 +76,8 @@ def _binned(r: np.ndarray, ce: np.ndarray, bins: int) -> list[dict]:
     for b in range(len(edges) - 1):
         mask = which == b
         if mask.any():
-            out.append({"r_low": float(edges[b]), "r_high": float(edges[b + 1]), "n": int(mask.sum()), "ce_mean": float(ce[mask].mean())})
+            out.append({"r_low": float(edges[b]), "r_high": float(edges[b + 1]), "n": int(mask.sum()),
+                        "ce_mean": float(ce[mask].mean())})
     return out
 
 
@@ -93,7 +96,8 @@ def _plot_correlation(result: dict, series: dict, ce: np.ndarray, path: Path) ->
         else:
             ax.scatter(r, ce, s=2, alpha=0.3)
         centers = [(b["r_low"] + b["r_high"]) / 2 for b in info["binned"]]
-        ax.plot(centers, [b["ce_mean"] for b in info["binned"]], color="red", marker="o", ms=3, label="mean CE per R decile")
+        ax.plot(centers, [b["ce_mean"] for b in info["binned"]], color="red", marker="o", ms=3,
+                label="mean CE per R decile")
         ax.set_title(f"{name}: r = {_fmt(info['pearson_r'], 3)}, ρ = {_fmt(info['spearman_rho'], 3)}", fontsize=9)
         ax.set_xlabel("R")
         ax.set_ylabel("per-token CE (nats)")

@@ -100,7 +100,8 @@ def r_intervention_eval(
                 kl[j, batch] = kl_divergence(logp, logq).mean(-1).double().cpu().numpy()
                 advance()
                 cont_f = torch.tensor([forced[j].ids[i] for i in batch], device=device)
-                ppl_forced[j, batch] = torch.exp(_nll(_continuation_logprobs(model, prompt, cont_f), cont_f)).double().cpu().numpy()
+                ppl_forced[j, batch] = torch.exp(_nll(_continuation_logprobs(model, prompt, cont_f),
+                                                      cont_f)).double().cpu().numpy()
                 advance()
     base = _per_prompt_metrics(unforced, ppl_unforced)
     base["kl"] = [0.0] * len(prompts)
@@ -112,7 +113,8 @@ def r_intervention_eval(
 
     comparisons = []
     for j in range(k):
-        comparisons.append({m: st.paired(per_forced[j][m], base[m], n_resamples=n_resamples, seed=seed).to_dict() for m in METRICS})
+        comparisons.append({m: st.paired(per_forced[j][m], base[m], n_resamples=n_resamples, seed=seed).to_dict()
+                            for m in METRICS})
     for key in ("p_t", "p_wilcoxon"):
         flat = [comparisons[j][m][key] for j in range(k) for m in METRICS]
         adjusted = st.holm(flat)
@@ -131,7 +133,8 @@ def r_intervention_eval(
         results.append({
             "intervention": records[j],
             "label": item.label,
-            "forced": {"metrics": _describe_metrics({m: per_forced[j][m] for m in METRICS}, seed), "r_per_layer": _r_per_layer(forced[j])},
+            "forced": {"metrics": _describe_metrics({m: per_forced[j][m] for m in METRICS}, seed),
+                       "r_per_layer": _r_per_layer(forced[j])},
             "comparisons": comparisons[j],
         })
     result = {
@@ -143,16 +146,19 @@ def r_intervention_eval(
         "max_new_tokens": max_new_tokens,
         "decoding": {"temperature": temperature, "top_k": top_k, "seed": seed, "greedy": temperature == 0},
         "alpha": alpha,
-        "holm_family": f"{k} interventions × {len(METRICS)} metrics = {k * len(METRICS)} tests (t and Wilcoxon corrected separately)",
+        "holm_family": f"{k} interventions × {len(METRICS)} metrics = {k * len(METRICS)} tests (t and Wilcoxon "
+                       "corrected separately)",
         "definitions": {
             "difference": "forced − unforced, per prompt",
-            "kl": "mean over generated positions of KL(p_unforced ‖ p_forced) along the unforced continuation (compared with 0)",
+            "kl": "mean over generated positions of KL(p_unforced ‖ p_forced) along the unforced continuation "
+                  "(compared with 0)",
             "repetition": "1 − distinct-4 of the continuation",
             "perplexity": "of the continuation given its prompt, under the unforced model at temperature 1",
             "mean_r": "R of the positions that produced the generated tokens, mean over layers",
         },
         "interventions": records,
-        "unforced": {"metrics": _describe_metrics({m: base[m] for m in METRICS if m != "kl"}, seed), "r_per_layer": _r_per_layer(unforced)},
+        "unforced": {"metrics": _describe_metrics({m: base[m] for m in METRICS if m != "kl"}, seed),
+                     "r_per_layer": _r_per_layer(unforced)},
         "results": results,
         "per_prompt": {"unforced": {m: base[m] for m in METRICS if m != "kl"}, "forced": per_forced},
         "samples": {
@@ -184,8 +190,10 @@ def _intervention_markdown(result: dict) -> str:
         for m in METRICS:
             c = res["comparisons"][m]
             rows.append([res["label"], METRIC_LABELS[m], c["n"], c["mean_y"], c["mean_x"], c["mean_diff"],
-                         f"[{_fmt(c['ci_low'])}, {_fmt(c['ci_high'])}]", c["cohens_dz"], c["p_t_holm"], c["p_wilcoxon_holm"]])
-    header = ["intervention", "metric", "n", "unforced", "forced", "Δ mean", "95% CI", "d_z", "p (t, Holm)", "p (Wilcoxon, Holm)"]
+                         f"[{_fmt(c['ci_low'])}, {_fmt(c['ci_high'])}]", c["cohens_dz"], c["p_t_holm"],
+                         c["p_wilcoxon_holm"]])
+    header = ["intervention", "metric", "n", "unforced", "forced", "Δ mean", "95% CI", "d_z", "p (t, Holm)",
+              "p (Wilcoxon, Holm)"]
     return _md_table(header, rows)
 
 

@@ -17,7 +17,8 @@ from torch import nn
 from ..errors import PhaseLMError
 
 
-def prepare_outputs(out_dir: str | os.PathLike | None, name: str, suffixes: Sequence[str] = (".json", ".png")) -> dict[str, Path] | None:
+def prepare_outputs(out_dir: str | os.PathLike | None, name: str,
+                    suffixes: Sequence[str] = (".json", ".png")) -> dict[str, Path] | None:
     """The files an eval will write; refuses (before any work) to overwrite existing ones."""
     if out_dir is None:
         return None
@@ -27,7 +28,8 @@ def prepare_outputs(out_dir: str | os.PathLike | None, name: str, suffixes: Sequ
     files = {s.lstrip("."): out_dir / f"{name}{s}" for s in suffixes}
     existing = [p for p in files.values() if p.exists()]
     if existing:
-        raise PhaseLMError(f"{out_dir} already holds {existing[0].name} from an earlier `{name}` eval; choose another --out")
+        raise PhaseLMError(f"{out_dir} already holds {existing[0].name} from an earlier `{name}` eval; choose another "
+                           "--out")
     return files
 
 

@@ -26,8 +26,8 @@ def validation_prompts(val_ids: torch.Tensor, n: int = 50, prompt_tokens: int = 
     room = len(val_ids) - prompt_tokens
     if room + 1 < n:
         raise PhaseLMError(
-            f"the validation split has {len(val_ids)} tokens: too short for {n} distinct prompts of {prompt_tokens} tokens; "
-            "use fewer or shorter prompts"
+            f"the validation split has {len(val_ids)} tokens: too short for {n} distinct prompts of {prompt_tokens} "
+            "tokens; use fewer or shorter prompts"
         )
     starts = [(i * room) // (n - 1) for i in range(n)]
     return [val_ids[s : s + prompt_tokens].tolist() for s in starts]
@@ -36,7 +36,8 @@ def validation_prompts(val_ids: torch.Tensor, n: int = 50, prompt_tokens: int = 
 def _prompt_ids(tokenizer, prompts: Sequence) -> list[list[int]]:
     out = []
     for p in prompts:
-        ids = tokenizer.encode(p) if isinstance(p, str) else [int(i) for i in (p.tolist() if isinstance(p, torch.Tensor) else p)]
+        ids = tokenizer.encode(p) if isinstance(p, str) else [int(i)
+                                                              for i in (p.tolist() if isinstance(p, torch.Tensor) else p)]
         if not ids:
             raise PhaseLMError("a prompt encodes to no tokens; pass non-empty prompts")
         out.append(ids)
@@ -54,7 +55,8 @@ def _batches(prompts: list[list[int]], batch_size: int) -> list[list[int]]:
 
 
 def sample(
-    model: nn.Module, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None, seed: int = 0
+    model: nn.Module, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+    seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Continue a batch of equal-length prompts (B, P) with the model's cache
     (:func:`phaselm.generation.sample_tokens`, exactly ``max_new_tokens`` each).
@@ -65,7 +67,8 @@ def sample(
     """
     from ..generation import sample_tokens
 
-    sampled = sample_tokens(model, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, seed=seed)
+    sampled = sample_tokens(model, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                            seed=seed)
     return sampled.ids, sampled.orders
 
 

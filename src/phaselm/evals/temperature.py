@@ -125,7 +125,8 @@ def _plot_temperature(result: dict, path: Path) -> None:
         ax.set_xlabel("temperature (0 = greedy)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"Temperature sweep: n = {result['n_prompts']} prompts, {result['max_new_tokens']} new tokens, mean ± 95% CI")
+    fig.suptitle(f"Temperature sweep: n = {result['n_prompts']} prompts, {result['max_new_tokens']} new tokens, mean ± "
+                 "95% CI")
     _save(fig, path)
 
 

@@ -70,9 +70,11 @@ def _n_batches(val_ids, batch_size: int, seq_len: int, max_batches: int) -> int:
 
 def _u_summary(stats: _TokenStats, bounds: tuple[float, float] | None) -> dict:
     if stats.u is None:
-        return {"u_mean": None, "u_std": None, "u_observed_min": None, "u_observed_max": None, "u_at_lower": None, "u_at_upper": None, "u_at_bounds": None}
+        return {"u_mean": None, "u_std": None, "u_observed_min": None, "u_observed_max": None, "u_at_lower": None,
+                "u_at_upper": None, "u_at_bounds": None}
     u = stats.u
-    out = {"u_mean": float(u.mean()), "u_std": float(u.std()), "u_observed_min": float(u.min()), "u_observed_max": float(u.max())}
+    out = {"u_mean": float(u.mean()), "u_std": float(u.std()), "u_observed_min": float(u.min()),
+           "u_observed_max": float(u.max())}
     if bounds is None:
         out.update(u_at_lower=None, u_at_upper=None, u_at_bounds=None)
     else:
@@ -87,7 +89,8 @@ def _u_summary(stats: _TokenStats, bounds: tuple[float, float] | None) -> dict:
 def _r_summary(stats: _TokenStats) -> dict:
     if stats.orders is None:
         return {"r_mean": None, "r_std": None, "r_per_layer": None}
-    return {"r_mean": float(stats.orders.mean()), "r_std": float(stats.orders.std()), "r_per_layer": stats.orders.mean(1).tolist()}
+    return {"r_mean": float(stats.orders.mean()), "r_std": float(stats.orders.std()),
+            "r_per_layer": stats.orders.mean(1).tolist()}
 
 
 def _trained_bounds(model) -> tuple[float, float] | None:

@@ -47,19 +47,22 @@ class Cell:
 
     def to_dict(self) -> dict:
         return {"layers": self.layers if self.layers == ALL_LAYERS else list(self.layers), "k_scale": self.k_scale,
-                "oscillators": self.oscillators, "u_regulation": self.u_regulation, "ablate": self.ablate, "label": self.label}
+                "oscillators": self.oscillators, "u_regulation": self.u_regulation, "ablate": self.ablate,
+                "label": self.label}
 
 
 def grid_cells(protocol: Protocol) -> list[Cell]:
     g = protocol.grid
-    return [Cell(*values) for values in itertools.product(g["layers"], g["k_scale"], g["oscillators"], g["u_regulation"], g["ablate"])]
+    return [Cell(*values) for values in itertools.product(g["layers"], g["k_scale"], g["oscillators"],
+                                                          g["u_regulation"], g["ablate"])]
 
 
 def grid_windows(val_ids: torch.Tensor, protocol: Protocol) -> list[tuple[int, int]]:
     """(seed, start) of every evaluation window: ``windows`` random starts per seed."""
     room = len(val_ids) - protocol.seq_len - 1
     if room < 0:
-        raise PhaseLMError(f"the validation split has {len(val_ids)} tokens, too few for windows of {protocol.seq_len} + 1; lower [evaluation] seq_len")
+        raise PhaseLMError(f"the validation split has {len(val_ids)} tokens, too few for windows of {protocol.seq_len} "
+                           "+ 1; lower [evaluation] seq_len")
     out = []
     for seed in protocol.seeds:
         rng = np.random.default_rng(seed)
@@ -68,7 +71,8 @@ def grid_windows(val_ids: torch.Tensor, protocol: Protocol) -> list[tuple[int, i
 
 
 @torch.no_grad()
-def _window_stats(subject: Subject, val_ids: torch.Tensor, windows: list[tuple[int, int]], protocol: Protocol) -> tuple[list[float], list[float | None]]:
+def _window_stats(subject: Subject, val_ids: torch.Tensor, windows: list[tuple[int, int]],
+                  protocol: Protocol) -> tuple[list[float], list[float | None]]:
     device = next(subject.model.parameters()).device
     losses, orders = [], []
     for start in range(0, len(windows), protocol.batch_size):
@@ -96,8 +100,8 @@ def run_ablation_grid(protocol: Protocol, subject: Subject, progress=None) -> di
     info = structure(subject.target)
     cells = grid_cells(protocol)
     if not info.sites and any(c.k_scale != 1.0 or c.oscillators != ALL_LAYERS or not c.u_regulation for c in cells):
-        raise PhaseLMError(f"[grid] k_scale, oscillators and u_regulation change oscillators; this {info.name} model has none "
-                           "(its grid can vary layers and ablate)")
+        raise PhaseLMError(f"[grid] k_scale, oscillators and u_regulation change oscillators; this {info.name} model "
+                           "has none (its grid can vary layers and ablate)")
     if "r_mean" in protocol.metrics and not info.sites:
         raise PhaseLMError(f"[metrics] r_mean needs a model with oscillators; this {info.name} model has none")
     _check_positions(subject.model, protocol.seq_len, f"[evaluation] seq_len {protocol.seq_len}")
@@ -127,20 +131,22 @@ def run_ablation_grid(protocol: Protocol, subject: Subject, progress=None) -> di
         line = [cell.label, n]
         for m in protocol.metrics:
             c = row[m]
-            line += [c["mean_x"], c["mean_diff"], [c["ci_low"], c["ci_high"]], c["p_holm"]] if c else [_mean(per_cell[cells.index(cell)][m]), None, None, None]
+            line += [c["mean_x"], c["mean_diff"], [c["ci_low"], c["ci_high"]],
+                     c["p_holm"]] if c else [_mean(per_cell[cells.index(cell)][m]), None, None, None]
         rows.append(line)
     header = ["cell", "n"]
     for m in protocol.metrics:
         label = "loss" if m == "loss" else "R"
         header += [f"{label} mean", f"Δ{label} vs as trained", f"{protocol.ci_level:.0%} CI", "p Holm"]
-    evaluation_time = ("Every cell is an evaluation-time change of the trained weights, nothing is retrained: k_scale multiplies the "
-                       "coupling K; oscillators = m makes the readout and R use m of the N oscillators (the coupling step still runs "
-                       "all N); U off switches the clamp of u off (K-SSM); ablate zeroes a branch's output. A model trained with "
-                       "other settings is a separate run.")
+    evaluation_time = ("Every cell is an evaluation-time change of the trained weights, nothing is retrained: k_scale "
+                       "multiplies the coupling K; oscillators = m makes the readout and R use m of the N oscillators "
+                       "(the coupling step still runs all N); U off switches the clamp of u off (K-SSM); ablate zeroes "
+                       "a branch's output. A model trained with other settings is a separate run.")
     power = power_statement(n, protocol, family)
     return {
         "n": n,
-        "windows": {"per_seed": protocol.windows, "seeds": protocol.seeds, "seq_len": protocol.seq_len, "starts": windows},
+        "windows": {"per_seed": protocol.windows, "seeds": protocol.seeds, "seq_len": protocol.seq_len,
+                    "starts": windows},
         "cells": records,
         "conditions": ["as trained"] + [c.label for c in cells],
         "note": evaluation_time,
@@ -149,12 +155,15 @@ def run_ablation_grid(protocol: Protocol, subject: Subject, progress=None) -> di
         "holm_family_size": family,
         "power": power,
         "verdict": (f"{sum(1 for row in comparisons for c in row.values() if c and c['p_holm'] is not None and c['p_holm'] <= protocol.alpha)} "
-                    f"of {family} cell × metric comparisons differ from the model as trained (Holm, α = {protocol.alpha:g}, "
-                    f"n = {n} windows: {protocol.windows} per seed × {_count(len(protocol.seeds), 'seed')})."),
-        "tables": [{"title": f"Ablation grid: loss and R per cell (n = {n} windows of {protocol.seq_len} tokens, paired with the model as "
-                             f"trained; Holm over {family} tests)", "header": header, "rows": rows, "note": evaluation_time}],
+                    f"of {family} cell × metric comparisons differ from the model as trained (Holm, α = "
+                    f"{protocol.alpha:g}, n = {n} windows: {protocol.windows} per seed × "
+                    f"{_count(len(protocol.seeds), 'seed')})."),
+        "tables": [{"title": f"Ablation grid: loss and R per cell (n = {n} windows of {protocol.seq_len} tokens, "
+                             f"paired with the model as trained; Holm over {family} tests)", "header": header,
+                    "rows": rows, "note": evaluation_time}],
         "distributions": {METRIC_LABELS[m]: {"as trained": [v for v in base[m] if v is not None],
-                                             **{c.label: [v for v in per_cell[k][m] if v is not None] for k, c in enumerate(cells)}}
+                                             **{c.label: [v for v in per_cell[k][m] if v is not None]
+                                                for k, c in enumerate(cells)}}
                           for m in protocol.metrics},
         "per_window": {"as trained": base, **{c.label: per_cell[k] for k, c in enumerate(cells)}},
     }

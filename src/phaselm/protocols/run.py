@@ -85,7 +85,8 @@ def run_protocol(
     was_training = subject.model.training
     subject.model.eval()
     units = len(protocol.seeds) * protocol.n_prompts
-    total = {"observation": units, "intervention": units, "ablation_grid": len(grid_cells(protocol)) + 1 if protocol.grid else 1}[protocol.kind]
+    total = {"observation": units, "intervention": units,
+             "ablation_grid": len(grid_cells(protocol)) + 1 if protocol.grid else 1}[protocol.kind]
     bar = _Bar(progress, f"{protocol.kind} protocol", total, protocol.name)
     try:
         if protocol.kind == "observation":
@@ -104,14 +105,18 @@ def run_protocol(
                   "parameters": sum(p.numel() for p in subject.model.parameters()),
                   "device": str(next(subject.model.parameters()).device)},
         "design": {"seeds": protocol.seeds, "samples_per_condition": protocol.samples_per_condition,
-                   "prompts": {"source": protocol.prompt_source, "count": protocol.prompt_count, "tokens": protocol.prompt_tokens,
+                   "prompts": {"source": protocol.prompt_source, "count": protocol.prompt_count,
+                               "tokens": protocol.prompt_tokens,
                                "file": protocol.prompt_file} if protocol.kind != "ablation_grid" else None,
                    "pairing": "window × seed" if protocol.kind == "ablation_grid" else "prompt × seed"},
-        "decoding": {"max_new_tokens": protocol.max_new_tokens, "temperature": protocol.temperature, "top_k": protocol.top_k,
+        "decoding": {"max_new_tokens": protocol.max_new_tokens, "temperature": protocol.temperature,
+                     "top_k": protocol.top_k,
                      "greedy": protocol.temperature == 0} if protocol.kind != "ablation_grid" else None,
-        "statistics": {"test": TESTS[protocol.test], "alpha": protocol.alpha, "power": protocol.power, "ci_level": protocol.ci_level,
+        "statistics": {"test": TESTS[protocol.test], "alpha": protocol.alpha, "power": protocol.power,
+                       "ci_level": protocol.ci_level,
                        "correction": "Holm–Bonferroni over every p-value of the protocol's family",
-                       "bootstrap_resamples": protocol.bootstrap_resamples, "permutation_resamples": protocol.permutation_resamples},
+                       "bootstrap_resamples": protocol.bootstrap_resamples,
+                       "permutation_resamples": protocol.permutation_resamples},
         "metrics": protocol.metrics,
         **body,
         "command": command,
@@ -140,7 +145,8 @@ def _cell_text(value) -> str:
 
     if isinstance(value, bool):
         return "yes" if value else "no"
-    if isinstance(value, (list, tuple)) and len(value) == 2 and all(v is None or isinstance(v, (int, float)) for v in value):
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(v is None or isinstance(v, (int, float))
+                                                                    for v in value):
         return f"[{_fmt(value[0])}, {_fmt(value[1])}]"
     return _fmt(value)
 
@@ -153,10 +159,12 @@ def protocol_markdown(results: dict) -> str:
     lines = [f"# {results['title']}", "", f"Protocol file `{p['file']}`, SHA-256 `{p['sha256']}`."]
     if p.get("description"):
         lines += ["", p["description"]]
-    lines += ["", f"Model: `{results['model']['path']}` ({results['model']['type']}).", "", f"**{results['verdict']}**", ""]
+    lines += ["", f"Model: `{results['model']['path']}` ({results['model']['type']}).", "", f"**{results['verdict']}**",
+              ""]
     for table in results.get("tables", []):
         lines += [f"## {table['title']}", ""]
-        lines += _table(table["header"], [[_cell_text(c) if not isinstance(c, str) else c for c in row] for row in table["rows"]])
+        lines += _table(table["header"],
+                        [[_cell_text(c) if not isinstance(c, str) else c for c in row] for row in table["rows"]])
         if table.get("note"):
             lines += ["", table["note"]]
         lines.append("")
@@ -185,7 +193,8 @@ def write_protocol_report(out_dir: str | os.PathLike, results: dict) -> list[Pat
     if html_writer is not None:
         text = (results.get("protocol", {}).get("copy") or {}).get("text")
         written.append(html_writer(out, title=results.get("title"), protocol_text=text,
-                                   results=[results], commands=[results["command"]] if results.get("command") else None))
+                                   results=[results],
+                                   commands=[results["command"]] if results.get("command") else None))
     return written
 
 
@@ -218,7 +227,8 @@ def _plot_results(results: dict, path: Path) -> Path | None:
         for j, values in enumerate(data):
             jitter = np.random.default_rng(j).uniform(-0.15, 0.15, len(values))
             ax.scatter(np.full(len(values), j + 1) + jitter, values, s=8, alpha=0.5)
-        ax.set_xticks(range(1, len(data) + 1), [f"{c}\n(n={len(v)})" for c, v in conditions.items()], fontsize=6, rotation=15)
+        ax.set_xticks(range(1, len(data) + 1), [f"{c}\n(n={len(v)})" for c, v in conditions.items()], fontsize=6,
+                      rotation=15)
         ax.set_title(name, fontsize=9)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:

@@ -45,13 +45,15 @@ def power_statement(n: int, protocol: Protocol, family: int, variance: bool = Fa
         "power": protocol.power,
         "family": family,
         "min_detectable_dz": st.min_detectable_effect(n, protocol.alpha, protocol.power),
-        "min_detectable_dz_holm_strictest": st.min_detectable_effect(n, protocol.alpha / max(family, 1), protocol.power),
-        "note": f"paired t-test, two-sided; 'holm_strictest' is the level α/{max(family, 1)} Holm applies to the smallest p-value",
+        "min_detectable_dz_holm_strictest": st.min_detectable_effect(n, protocol.alpha / max(family, 1),
+                                                                     protocol.power),
+        "note": f"paired t-test, two-sided; 'holm_strictest' is the level α/{max(family, 1)} Holm applies to the "
+                "smallest p-value",
     }
     if variance:
         out["min_detectable_variance_ratio"] = st.min_detectable_variance_ratio(n, n, protocol.alpha, protocol.power)
-        out["variance_note"] = ("two-sided F-test of a variance ratio for normal data (an approximation for Brown–Forsythe); "
-                                "ratios below 1 are detectable at the reciprocal")
+        out["variance_note"] = ("two-sided F-test of a variance ratio for normal data (an approximation for "
+                                "Brown–Forsythe); ratios below 1 are detectable at the reciprocal")
     return out
 
 

@@ -46,7 +46,8 @@ def forward(subject: Subject, ids: Sequence[int]) -> tuple[torch.Tensor, torch.T
 BATCHED_TYPES = ("kssm", "phaselm_fusion")  # models whose prompts a protocol decodes in batches
 
 
-def generate_many(subject: Subject, prompts: list[list[int]], seed: int, protocol: Protocol, batch_size: int = 32) -> list[list[int]]:
+def generate_many(subject: Subject, prompts: list[list[int]], seed: int, protocol: Protocol,
+                  batch_size: int = 32) -> list[list[int]]:
     """Continuations of many prompts (token ids) with one seed, by :meth:`Subject.generate`.
     K-SSM and fusion models decode in batches of equal-length prompts (exactly
     ``max_new_tokens`` each, batch starting at prompt i seeded with seed + i); other models
@@ -56,11 +57,13 @@ def generate_many(subject: Subject, prompts: list[list[int]], seed: int, protoco
     model_type = getattr(getattr(subject.model, "config", None), "model_type", "")
     settings = (protocol.max_new_tokens, protocol.temperature, protocol.top_k or None)
     if subject.handle is not None or model_type not in BATCHED_TYPES:
-        return [subject.generate([p], *settings, seed, measured=False, batch_size=1, stop_at_eos=True)[0].ids for p in prompts]
+        return [subject.generate([p], *settings, seed, measured=False, batch_size=1, stop_at_eos=True)[0].ids
+                for p in prompts]
     return [c.ids for c in subject.generate(prompts, *settings, seed, measured=False, batch_size=batch_size)]
 
 
-def forward_many(subject: Subject, seqs: list[list[int]], batch_size: int = 32) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+def forward_many(subject: Subject, seqs: list[list[int]], batch_size: int = 32) -> list[tuple[torch.Tensor,
+                                                                                              torch.Tensor | None]]:
     """:func:`forward` of many sequences, batched by length: (logits (T, V), R (sites, T) or None) each."""
     return [(r.logits, r.r) for r in subject.readings(seqs, batch_size)]
 
@@ -79,7 +82,8 @@ def _prompts(protocol: Protocol, subject: Subject) -> list[str]:
     if protocol.prompt_source == "validation":
         from ..evals import validation_prompts
 
-        windows = validation_prompts(subject.validation_ids(), max(protocol.prompt_count, st.MIN_N), protocol.prompt_tokens)
+        windows = validation_prompts(subject.validation_ids(), max(protocol.prompt_count, st.MIN_N),
+                                     protocol.prompt_tokens)
         return [subject.tokenizer.decode(w) for w in windows[: protocol.prompt_count]]
     return list(protocol.prompt_texts)
 
@@ -93,7 +97,8 @@ def _check_prompts(subject: Subject, texts: list[str], extra: int) -> None:
         if not ids:
             raise PhaseLMError(f"the prompt {text!r} encodes to no tokens; use non-empty prompts")
         if max(ids) >= vocab:
-            raise PhaseLMError(f"the prompt {text[:30]!r} has token id {max(ids)} but the model's vocabulary has {vocab}")
+            raise PhaseLMError(f"the prompt {text[:30]!r} has token id {max(ids)} but the model's vocabulary has "
+                               f"{vocab}")
     longest = max(len(subject.tokenizer.encode(t)) for t in texts)
     _check_positions(subject.model, longest + extra, "prompt + generation")
 

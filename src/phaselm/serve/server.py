@@ -146,7 +146,8 @@ class Handler(BaseHTTPRequestHandler):
             return
         path = self.path.split("?", 1)[0]
         if path != "/api/generate":
-            self._error(404 if path not in ("/", "/index.html", "/api/info") else 405, f"cannot POST to {path}; POST to /api/generate")
+            self._error(404 if path not in ("/", "/index.html", "/api/info") else 405,
+                        f"cannot POST to {path}; POST to /api/generate")
             return
         try:
             body = self._read_json()
@@ -234,7 +235,8 @@ def _peer_closed(connection: socket.socket) -> bool:
         return True
 
 
-def make_server(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, live: LiveModel | None = None, log: bool = False) -> LiveServer:
+def make_server(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, live: LiveModel | None = None,
+                log: bool = False) -> LiveServer:
     """Bind (before the slow model load, so a busy port fails at once); ``port=0`` picks a free one."""
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise PhaseLMError(f"--port must be in 0..65535, got {port}")
@@ -270,7 +272,8 @@ def serve(
     if max_new_tokens < 1:
         raise PhaseLMError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
     if not Path(checkpoint).exists():
-        raise PhaseLMError(f"{checkpoint} does not exist; pass a run directory (train-lm, train, demo) or a model folder")
+        raise PhaseLMError(f"{checkpoint} does not exist; pass a run directory (train-lm, train, demo) or a model "
+                           "folder")
     server = make_server(host, port, None, log)
     try:
         server.live = load_live_model(checkpoint, max_new_tokens=max_new_tokens)
@@ -283,7 +286,8 @@ def serve(
             what = "no oscillators: U only"
         announce(f"serving {checkpoint} ({live.kind}, {what}) at {server.url} — Ctrl-C stops")
         if not server.loopback_only:
-            announce(f"warning: listening on {host}, reachable from other machines; the default --host 127.0.0.1 is local only")
+            announce(f"warning: listening on {host}, reachable from other machines; the default --host 127.0.0.1 is "
+                     "local only")
         try:
             server.serve_forever()
         except KeyboardInterrupt:

@@ -97,11 +97,14 @@ def batch(recipe, device: str):
 def top_kernels(forward, objective, optimizer, x, y, device: str, count: int) -> dict:
     """One more compiled step under the profiler: its kernels by device time (what bounds the step:
     a few long matmuls, or many short launches)."""
-    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device == "cuda" else [])
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
     with torch.profiler.profile(activities=activities) as prof:
         train_step(forward, objective, optimizer, x, y, device)
         synchronize(device)
-    kernels = [e for e in prof.key_averages() if (e.device_time_total if device == "cuda" else e.self_cpu_time_total) > 0
+    kernels = [e for e in prof.key_averages()
+               if (e.device_time_total if device == "cuda" else e.self_cpu_time_total) > 0
                and (device != "cuda" or e.device_type == torch.autograd.DeviceType.CUDA)]
     time_of = (lambda e: e.device_time_total) if device == "cuda" else (lambda e: e.self_cpu_time_total)
     kernels.sort(key=time_of, reverse=True)

@@ -375,7 +375,8 @@ def test_grid_ablates_fusion_branches_as_the_model_does(corpus, tmp_path):
     with torch.no_grad():
         own = F.cross_entropy(model(x, ablate="mamba").logits.transpose(1, 2), y, reduction="none").mean(-1)
     cells = {c["cell"]: c for c in result["comparisons"]}
-    assert cells["layers all · K×1 · oscillators all · U on · ablate mamba"]["loss"]["mean_x"] == pytest.approx(float(own.mean()), rel=1e-6)
+    ablated = cells["layers all · K×1 · oscillators all · U on · ablate mamba"]
+    assert ablated["loss"]["mean_x"] == pytest.approx(float(own.mean()), rel=1e-6)
     assert result["model"]["type"] == "phaselm_fusion" and len(result["cells"]) == 3
     with pytest.raises(PhaseLMError, match="no branch 'bank'; its branches are: rwkv, mamba, fusion_gate, mlp"):
         P.run_protocol(write(tmp_path / "g2.toml", {**data, "grid": {"ablate": ["bank"]}}), tmp_path / "out2",

@@ -173,7 +173,8 @@ def test_oscillator_evals(runs, name, command, capsys, tmp_path):
         assert code == 0, err
         result = json.loads((tmp_path / f"{command}.json").read_text(encoding="utf-8"))
         if command == "intervention":  # R is read from the grafted core too, and sync forces it to 1
-            assert result["unforced"]["r_per_layer"] and result["results"][0]["forced"]["r_per_layer"][0] == pytest.approx(1.0, abs=1e-3)
+            assert result["unforced"]["r_per_layer"]
+            assert result["results"][0]["forced"]["r_per_layer"][0] == pytest.approx(1.0, abs=1e-3)
 
 
 def _observation(path: Path, model: Path) -> Path:

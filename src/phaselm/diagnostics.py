@@ -583,8 +583,10 @@ def run_diagnostics(
     val_fraction = run.val_fraction if corpus is None else 0.1
     corpus = corpus if corpus is not None else run.corpus
     text = load_text(corpus)
-    _, val_ids = encode_split(tokenizer, text, val_fraction) if val_fraction > 0 else (None,
-                                                                                       encode_corpus(tokenizer, text))
+    if val_fraction > 0:
+        _, val_ids = encode_split(tokenizer, text, val_fraction)
+    else:
+        val_ids = encode_corpus(tokenizer, text)
     result = diagnose(model, val_ids, cfg)
     if run_dir is not None:
         windows = windows_from(val_ids, cfg.windows, cfg.short).to(_device(model))

@@ -90,9 +90,8 @@ def position_limit(model: nn.Module) -> int | None:
     config = getattr(model, "config", None)
     for name in ("n_positions", "max_position_embeddings"):
         value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0 and (name != "max_position_embeddings" or getattr(config,
-                                                                                                  "position_embedding",
-                                                                                                  True)):
+        counts_positions = name != "max_position_embeddings" or getattr(config, "position_embedding", True)
+        if isinstance(value, int) and value > 0 and counts_positions:
             return value
     return None
 
@@ -114,7 +113,8 @@ class Sampled:
 
     ids: torch.Tensor  # (B, M) the continuations
     u: torch.Tensor  # (B, M)
-    orders: torch.Tensor | None  # (B, sites, M) R of the producing positions; None without oscillators (or with them off)
+    # (B, sites, M) R of the producing positions; None without oscillators (or with them off)
+    orders: torch.Tensor | None
 
 
 class _Readings:

@@ -25,7 +25,8 @@ class Continuation:
     prompt_ids: list[int]
     ids: list[int]  # the continuation (ends at EOS where generation stopped there)
     u: list[float]  # U of the distribution each token was drawn from
-    r: torch.Tensor | None  # (sites, M) R of the positions that produced the tokens; None unless measured with oscillators
+    # (sites, M) R of the positions that produced the tokens; None unless measured with oscillators
+    r: torch.Tensor | None
 
     @property
     def mean_r(self) -> list[float] | None:
@@ -145,8 +146,10 @@ class Subject:
         """Texts or token-id sequences → token ids; an empty prompt is a one-line error."""
         out = []
         for p in prompts:
-            ids = self.tokenizer.encode(p) if isinstance(p, str) else [int(i)
-                                                                       for i in (p.tolist() if isinstance(p, torch.Tensor) else p)]
+            if isinstance(p, str):
+                ids = self.tokenizer.encode(p)
+            else:
+                ids = [int(i) for i in (p.tolist() if isinstance(p, torch.Tensor) else p)]
             if not ids:
                 raise PhaseLMError("a prompt encodes to no tokens; pass non-empty prompts")
             out.append(ids)

@@ -48,7 +48,8 @@ class TrainConfig:
     steps: int = 200
     batch_size: int = 16
     seq_len: int = 64
-    grad_accum: int = 1  # micro-batches of batch_size per optimizer step (the step sees batch_size × grad_accum sequences)
+    # micro-batches of batch_size per optimizer step (the step sees batch_size × grad_accum sequences)
+    grad_accum: int = 1
     lr: float = 1e-3
     min_lr: float = 1e-4  # the cosine ends here
     warmup_steps: int = 20
@@ -78,7 +79,8 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 raise PhaseLMError(f"train.{name} must be ≥ 0, got {getattr(self, name)}")
         if not self.lr > 0 or not 0 <= self.min_lr <= self.lr:
-            raise PhaseLMError(f"train.lr must be > 0 and 0 ≤ train.min_lr ≤ lr, got lr={self.lr}, min_lr={self.min_lr}")
+            raise PhaseLMError(f"train.lr must be > 0 and 0 ≤ train.min_lr ≤ lr, got lr={self.lr}, "
+                               f"min_lr={self.min_lr}")
         if self.on_nonfinite not in ("stop", "skip"):
             raise PhaseLMError(f"train.on_nonfinite must be 'stop' or 'skip', got {self.on_nonfinite!r}")
         if self.distributed not in distributed.DISTRIBUTED_CHOICES:
@@ -271,8 +273,8 @@ def train(
                     accelerator.backward(out.losses["loss"] / cfg.grad_accum)
             distributed.average_gradients(replicated)  # the few parameters FSDP leaves whole (none under DDP)
             # With clipping off, the norm is still computed (max_norm = inf) for the finiteness check.
-            grad_norm = distributed.full_tensor(accelerator.clip_grad_norm_(params,
-                                                                            cfg.grad_clip if cfg.grad_clip > 0 else float("inf")))
+            max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+            grad_norm = distributed.full_tensor(accelerator.clip_grad_norm_(params, max_norm))
             finite = step_is_finite(out.losses["loss"], torch.as_tensor(grad_norm, device=accelerator.device),
                                     out.order)
             # All processes stop or skip together: a lone one would leave the others waiting on it.

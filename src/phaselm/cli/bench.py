@@ -109,7 +109,8 @@ def bench(
     Timings are only meaningful on the machine they name; on a CPU they say little about a GPU.
 
     Examples: `phaselm bench recipes/fusion-gf-mh.toml recipes/rwkv6.toml --out runs/bench`;
-    `phaselm bench --backbone mamba-2.8b --layer 32 --out runs/bench-2.8b`; `phaselm bench --backbone mamba-130m --quick`
+    `phaselm bench --backbone mamba-2.8b --layer 32 --out runs/bench-2.8b`;
+    `phaselm bench --backbone mamba-130m --quick`
     """
     from ..bench import BackboneBenchConfig, BenchConfig, backbone_table, bench_backbone, table
     from ..bench import bench as run_bench
@@ -149,7 +150,8 @@ def bench(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "bench.json").write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
-        (out / "bench.md").write_text(f"Device: {result['device']}. Command: `{result['command']}`\n\n" + "\n".join(rows) + "\n", encoding="utf-8")
+        markdown = f"Device: {result['device']}. Command: `{result['command']}`\n\n" + "\n".join(rows) + "\n"
+        (out / "bench.md").write_text(markdown, encoding="utf-8")
     if as_json:
         print_json(result)
     else:

@@ -26,8 +26,10 @@ eval_app = typer.Typer(
 app.add_typer(eval_app, name="eval")
 
 RUN_HELP = "A run directory (train, train-lm, pretrain, demo) or a saved model folder."
-EVAL_OUT_HELP = "Directory for NAME.json and NAME.png (default: RUN_DIR/evals); an existing result there is never overwritten."
-PROMPTS_HELP = "Number of prompts, drawn evenly from the validation split (the last val_fraction of the corpus); ≥ 2, 50+ for real statistics."
+EVAL_OUT_HELP = ("Directory for NAME.json and NAME.png (default: RUN_DIR/evals); an existing result there is "
+                 "never overwritten.")
+PROMPTS_HELP = ("Number of prompts, drawn evenly from the validation split (the last val_fraction of the corpus); "
+                "≥ 2, 50+ for real statistics.")
 
 
 def _eval_out(run_dir: Path, out: Path | None) -> Path:

@@ -12,7 +12,8 @@ from .app import app, print_json
 
 @app.command()
 def generate(
-    model: Path = typer.Argument(..., help="A run directory (train, train-lm, pretrain, demo) or a saved model folder."),
+    model: Path = typer.Argument(...,
+                                 help="A run directory (train, train-lm, pretrain, demo) or a saved model folder."),
     prompt: str = typer.Option("ROMEO:", "--prompt", "-p", help="Text to continue."),
     max_new_tokens: int = typer.Option(200, "--max-new-tokens", "-n", help="Tokens to generate."),
     temperature: float = typer.Option(0.8, help="Sampling temperature; 0 decodes greedily."),

@@ -31,8 +31,8 @@ def pretrain(
     from ..experiments.phase_mamba import PretrainRecipe
     from ..experiments.phase_mamba import pretrain as run_pretrain
 
-    cfg = load_recipe(PretrainRecipe, recipe, recipe_overrides(set_)) if recipe else from_dict(PretrainRecipe,
-                                                                                               _apply(recipe_overrides(set_)))
+    overrides = recipe_overrides(set_)
+    cfg = load_recipe(PretrainRecipe, recipe, overrides) if recipe else from_dict(PretrainRecipe, _apply(overrides))
     model_dir = run_pretrain(cfg, out, resume=resume, command=command_line())
     if not is_main():  # multi-process runs: the first process reports
         return
@@ -93,7 +93,7 @@ def train_lm(
                                             "larger train.steps extends it)."),
     as_json: bool = typer.Option(False, "--json", help="Print summary.json to stdout."),
 ) -> None:
-    """Train a language model from scratch: K-SSM (bistable, monostable, no-mixer), the fusion family or the GPT-2 baseline.
+    """Train a language model from scratch: K-SSM (bistable, monostable, no-mixer), the fusion family or GPT-2.
 
     Writes config.toml, metrics.jsonl, checkpoints/, model/ (save_pretrained), summary.json,
     plots/ and report.md. The trained model/ folder works with `phaselm generate`.

@@ -54,8 +54,8 @@ def clamp_sweep(
     per_pass = _n_batches(val_ids, batch_size, seq_len, max_batches)
     trained = _trained_bounds(model)
     first = "as trained" + (f" [{trained[0]:g}, {trained[1]:g}]" if trained else " (no clamp)")
-    conditions: list[tuple[str, tuple[float, float] | None]] = [(first, None)] + [(f"[{lo:g}, {hi:g}]", (lo, hi))
-                                                                                  for lo, hi in bounds]
+    conditions: list[tuple[str, tuple[float, float] | None]] = [(first, None)]
+    conditions += [(f"[{lo:g}, {hi:g}]", (lo, hi)) for lo, hi in bounds]
     rows = []
     with _eval_mode(model), _progress(progress) as bar:
         task = bar.add_task("clamp sweep", total=per_pass * len(conditions), status="")

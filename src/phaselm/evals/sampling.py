@@ -36,8 +36,10 @@ def validation_prompts(val_ids: torch.Tensor, n: int = 50, prompt_tokens: int = 
 def _prompt_ids(tokenizer, prompts: Sequence) -> list[list[int]]:
     out = []
     for p in prompts:
-        ids = tokenizer.encode(p) if isinstance(p, str) else [int(i)
-                                                              for i in (p.tolist() if isinstance(p, torch.Tensor) else p)]
+        if isinstance(p, str):
+            ids = tokenizer.encode(p)
+        else:
+            ids = [int(i) for i in (p.tolist() if isinstance(p, torch.Tensor) else p)]
         if not ids:
             raise PhaseLMError("a prompt encodes to no tokens; pass non-empty prompts")
         out.append(ids)

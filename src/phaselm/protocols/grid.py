@@ -143,6 +143,8 @@ def run_ablation_grid(protocol: Protocol, subject: Subject, progress=None) -> di
                        "(the coupling step still runs all N); U off switches the clamp of u off (K-SSM); ablate zeroes "
                        "a branch's output. A model trained with other settings is a separate run.")
     power = power_statement(n, protocol, family)
+    significant = sum(1 for row in comparisons for c in row.values()
+                      if c and c["p_holm"] is not None and c["p_holm"] <= protocol.alpha)
     return {
         "n": n,
         "windows": {"per_seed": protocol.windows, "seeds": protocol.seeds, "seq_len": protocol.seq_len,
@@ -154,7 +156,7 @@ def run_ablation_grid(protocol: Protocol, subject: Subject, progress=None) -> di
         "as_trained": {m: _mean(base[m]) for m in protocol.metrics},
         "holm_family_size": family,
         "power": power,
-        "verdict": (f"{sum(1 for row in comparisons for c in row.values() if c and c['p_holm'] is not None and c['p_holm'] <= protocol.alpha)} "
+        "verdict": (f"{significant} "
                     f"of {family} cell × metric comparisons differ from the model as trained (Holm, α = "
                     f"{protocol.alpha:g}, n = {n} windows: {protocol.windows} per seed × "
                     f"{_count(len(protocol.seeds), 'seed')})."),

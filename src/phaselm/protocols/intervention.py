@@ -95,8 +95,9 @@ def run_intervention(protocol: Protocol, subject: Subject, reference: Subject | 
                 kl = _kl(logits_u[i], along_u[i][0][window]) if unforced[i] else None
                 score(forced[j], index[(i, seed)], ids, p, scored_c[i][1], kl, ppl_c[i])
                 if index[(i, seed)] < 3:
-                    shown.setdefault(index[(i, seed)], {"prompt": texts[i], "seed": seed,
-                                                        "unforced": subject.tokenizer.decode(unforced[i])})[condition.name] = subject.tokenizer.decode(ids)
+                    sample = shown.setdefault(index[(i, seed)], {"prompt": texts[i], "seed": seed,
+                                                                 "unforced": subject.tokenizer.decode(unforced[i])})
+                    sample[condition.name] = subject.tokenizer.decode(ids)
         advance(len(prompts))
     shown = [shown[k] for k in sorted(shown)]
     seed0 = protocol.seeds[0]
@@ -121,8 +122,8 @@ def run_intervention(protocol: Protocol, subject: Subject, reference: Subject | 
     detected = [(cond.name, m) for cond, row in zip(protocol.conditions, comparisons)
                 for m, c in row.items() if c and c["significant"]]
     verdict = (f"{len(detected)} of {family} condition × metric comparisons differ from the unforced model "
-               f"(Holm, α = {protocol.alpha:g}, n = {n} pairs)" + (": " + "; ".join(f"{c} — {METRIC_LABELS[m]}"
-                                                                                    for c, m in detected) if detected else "")
+               f"(Holm, α = {protocol.alpha:g}, n = {n} pairs)"
+               + (": " + "; ".join(f"{c} — {METRIC_LABELS[m]}" for c, m in detected) if detected else "")
                + f". At n = {n} a paired t-test detects |d_z| ≥ {power['min_detectable_dz']:.3g} with "
                  f"{protocol.power:.0%} power.")
     reference_name = protocol.reference or "the unforced model"
@@ -166,7 +167,8 @@ def run_intervention(protocol: Protocol, subject: Subject, reference: Subject | 
                                                 for j, c in enumerate(protocol.conditions)}}
                           for m in metrics if m != "kl"}
                          | ({METRIC_LABELS["kl"]: {c.name: [v for v in forced[j]["kl"] if v is not None]
-                                                    for j, c in enumerate(protocol.conditions)}} if "kl" in metrics else {}),
+                                                    for j, c in enumerate(protocol.conditions)}}
+                            if "kl" in metrics else {}),
         "per_sample": {"units": [{"prompt": i, "seed": s} for i, s in units], "none": base,
                        "conditions": {c.name: forced[j] for j, c in enumerate(protocol.conditions)}},
         "samples": shown,

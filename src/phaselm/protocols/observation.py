@@ -133,9 +133,8 @@ def run_observation(protocol: Protocol, subject: Subject, progress=None) -> dict
             "header": ["metric", "n", "blind mean", "measured mean", "Δ mean (measured − blind)",
                        f"{protocol.ci_level:.0%} CI", "d_z", "rank-biserial", f"p ({protocol.test})", "p Holm"],
             "rows": [[METRIC_LABELS[m], c["n"], c["mean_y"], c["mean_x"], c["mean_diff"], [c["ci_low"], c["ci_high"]],
-                      c["cohens_dz"],
-                      c["rank_biserial"], c["p"], c["p_holm"]] if (c := comparisons[m]) else [METRIC_LABELS[m],
-                                                                                              0] + [None] * 8
+                      c["cohens_dz"], c["rank_biserial"], c["p"], c["p_holm"]]
+                     if (c := comparisons[m]) else [METRIC_LABELS[m], 0] + [None] * 8
                      for m in protocol.metrics],
         },
         {
@@ -191,8 +190,9 @@ def run_observation(protocol: Protocol, subject: Subject, progress=None) -> dict
             "r_std, r_range": "standard deviation and max − min of R over the tokens of one sample",
             "u_mean": "mean normalised entropy U of the next-token distributions (temperature 1) at those positions",
             "agreement": "share of positions where blind and measured chose the same token (same prompt and seed)",
-            "recorded vs recomputed": "R recorded during measured generation against R recomputed on the same text; a "
-                                      f"difference above {RECORDED_TOLERANCE:g} means measuring changed the computation",
+            "recorded vs recomputed": "R recorded during measured generation against R recomputed on the same "
+                                      f"text; a difference above {RECORDED_TOLERANCE:g} means measuring changed the "
+                                      "computation",
             "order": "blind first for even-numbered samples, measured first for odd (counterbalanced)",
         },
         "agreement": {"mean": agreement, "identical_samples": identical, "n": n, "max_recorded_vs_recomputed_r": worst,

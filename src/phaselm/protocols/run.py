@@ -128,7 +128,8 @@ def run_protocol(
     results["markdown"] = protocol_markdown(results)
     results = _jsonable(results)
     out.mkdir(parents=True, exist_ok=True)
-    (out / PROTOCOL_COPY).write_bytes(protocol.file.read_bytes() if protocol.file.is_file() else protocol.text.encode("utf-8"))
+    copy = protocol.file.read_bytes() if protocol.file.is_file() else protocol.text.encode("utf-8")
+    (out / PROTOCOL_COPY).write_bytes(copy)
     if sha256_of(out / PROTOCOL_COPY) != protocol.sha256:  # the file changed while the protocol ran
         (out / PROTOCOL_COPY).write_text(protocol.text, encoding="utf-8")
     results["files"] = {"json": str(out / RESULTS), "md": str(out / "results.md"), "png": str(out / "results.png"),

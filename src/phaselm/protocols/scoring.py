@@ -13,7 +13,8 @@ from .spec import Protocol
 
 
 def _clean_pairs(x: Sequence, y: Sequence) -> tuple[np.ndarray, np.ndarray]:
-    keep = [i for i in range(len(x)) if x[i] is not None and y[i] is not None and math.isfinite(x[i]) and math.isfinite(y[i])]
+    keep = [i for i in range(len(x))
+            if x[i] is not None and y[i] is not None and math.isfinite(x[i]) and math.isfinite(y[i])]
     return np.asarray([x[i] for i in keep], dtype=float), np.asarray([y[i] for i in keep], dtype=float)
 
 

@@ -62,8 +62,8 @@ def generate_many(subject: Subject, prompts: list[list[int]], seed: int, protoco
     return [c.ids for c in subject.generate(prompts, *settings, seed, measured=False, batch_size=batch_size)]
 
 
-def forward_many(subject: Subject, seqs: list[list[int]], batch_size: int = 32) -> list[tuple[torch.Tensor,
-                                                                                              torch.Tensor | None]]:
+def forward_many(subject: Subject, seqs: list[list[int]],
+                 batch_size: int = 32) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
     """:func:`forward` of many sequences, batched by length: (logits (T, V), R (sites, T) or None) each."""
     return [(r.logits, r.r) for r in subject.readings(seqs, batch_size)]
 

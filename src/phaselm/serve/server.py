@@ -247,9 +247,11 @@ def make_server(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, live: LiveMo
         if exc.errno == errno.EADDRINUSE:
             raise PhaseLMError(f"port {port} is in use; pass --port") from None
         if exc.errno == errno.EACCES:
-            raise PhaseLMError(f"no permission to listen on port {port}; pass --port with a number above 1023") from None
+            raise PhaseLMError(f"no permission to listen on port {port}; pass --port with a number above "
+                               "1023") from None
         reason = exc.strerror or str(exc)
-        raise PhaseLMError(f"cannot listen on {host}:{port} ({reason}); pass --host 127.0.0.1 or another --port") from None
+        raise PhaseLMError(f"cannot listen on {host}:{port} ({reason}); pass --host 127.0.0.1 or another "
+                           "--port") from None
 
 
 def start_in_thread(live: LiveModel, host: str = DEFAULT_HOST, port: int = 0) -> tuple[LiveServer, threading.Thread]:

@@ -315,7 +315,7 @@ def test_eval_ablation_on_a_trained_run(eval_runs, tmp_path, capsys):
 def test_eval_bad_inputs_are_one_line_errors(eval_runs, tmp_path, capsys, args, match):
     values = {"tmp": tmp_path, **eval_runs}
     before = {name: snapshot(path) for name, path in eval_runs.items()}
-    code, stdout, err = run_cli(capsys, "eval", *[a.format(**values) for a in args], "--out", str(tmp_path / "out"))
+    code, _stdout, err = run_cli(capsys, "eval", *[a.format(**values) for a in args], "--out", str(tmp_path / "out"))
     assert_one_line_error(code, err, match.format(**values))
     assert not (tmp_path / "out").exists()
     assert {name: snapshot(path) for name, path in eval_runs.items()} == before
@@ -397,7 +397,7 @@ USAGE_CASES = [
 @pytest.mark.parametrize("args, match", USAGE_CASES, ids=[" ".join(a) for a, _ in USAGE_CASES])
 def test_usage_errors_and_value_ranges_are_one_line(tmp_path, capsys, monkeypatch, args, match):
     monkeypatch.chdir(tmp_path)
-    code, out, err = run_cli(capsys, *args)
+    code, _out, err = run_cli(capsys, *args)
     assert_one_line_error(code, err, match)
     assert list(tmp_path.iterdir()) == []
 

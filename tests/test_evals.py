@@ -319,8 +319,8 @@ def test_order_loss_correlation_against_scipy(subject, tmp_path):
             orders.append(out.orders.transpose(0, 1).flatten(1))
     ce, orders = torch.cat(ce).double().numpy(), torch.cat(orders, 1).double().numpy()
     layer1 = result["layers"][1]
-    assert result["tokens"] == 64 and [l["layer"] for l in result["layers"]] == ["layer 0", "layer 1",
-                                                                                 "mean over layers"]
+    assert result["tokens"] == 64
+    assert [layer["layer"] for layer in result["layers"]] == ["layer 0", "layer 1", "mean over layers"]
     assert layer1["pearson_r"] == pytest.approx(stats.pearsonr(orders[1], ce).statistic, abs=1e-5)
     assert layer1["spearman_rho"] == pytest.approx(stats.spearmanr(orders[1], ce).statistic, abs=1e-5)
     assert result["layers"][2]["pearson_r"] == pytest.approx(stats.pearsonr(orders.mean(0), ce).statistic, abs=1e-5)

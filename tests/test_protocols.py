@@ -158,7 +158,7 @@ def observation(runs, tmp_path_factory):
 
 
 def test_observation_on_a_tiny_kssm(observation):
-    file, out, result = observation
+    file, out, _result = observation
     for name in ("results.json", "results.md", "results.png", "protocol.toml"):
         assert (out / name).is_file(), name
     assert (out / "protocol.toml").read_bytes() == file.read_bytes()
@@ -468,5 +468,5 @@ def test_example_protocols_are_valid_and_say_how_to_run(name, capsys):
     assert protocol.samples_per_condition >= 50
     head = file.read_text(encoding="utf-8").split("\n[", 1)[0]
     assert f"phaselm protocol run protocols/{name}" in head
-    code, out, err = run_cli(capsys, "protocol", "check", str(file))
+    code, _out, err = run_cli(capsys, "protocol", "check", str(file))
     assert code == 0, err

@@ -15,6 +15,7 @@ import torch
 
 from live_helpers import events, get, make_grafted_run, make_kssm_run, post
 from phaselm.cli import main
+from phaselm.errors import PhaseLMError
 from phaselm.generation import generate
 from phaselm.observables import normalized_entropy, tone_of
 from phaselm.serve import MAX_BODY_BYTES, load_live_model, make_server, start_in_thread
@@ -67,7 +68,7 @@ def error(port, body=None, **kwargs):
 
 
 def test_page_and_info(kssm_server):
-    live, port = kssm_server
+    _live, port = kssm_server
     status, content_type, page = get(port, "/")
     assert status == 200 and content_type.startswith("text/html")
     html = page.decode("utf-8")
@@ -80,8 +81,7 @@ def test_page_and_info(kssm_server):
     info = json.loads(body)
     assert status == 200 and info["kind"] == "kssm" and info["oscillator_layers"] == 2 and info["has_r"]
     assert [i["kind"] for i in info["interventions"]] == ["sync", "disorder", "pin"]
-    assert [t["name"] for t in info["tones"]][0] == "over-sync" and all(t["colour"].startswith("#")
-                                                                        for t in info["tones"])
+    assert info["tones"][0]["name"] == "over-sync" and all(t["colour"].startswith("#") for t in info["tones"])
     assert info["limits"]["max_new_tokens"] == 64 and info["goldilocks"]["r"] == [0.8, 0.95]
 
     assert get(port, "/nope")[0] == 404
@@ -253,7 +253,7 @@ def test_serve_bad_arguments(tmp_path, capsys):
             main(args)
         err = capsys.readouterr().err
         assert exit_info.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1 and fragment in err, err
-    with pytest.raises(Exception):
+    with pytest.raises(PhaseLMError, match=r"--port must be in 0\.\.65535"):
         make_server("127.0.0.1", -1)
 
 

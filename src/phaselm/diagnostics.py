@@ -356,11 +356,8 @@ def state_persistence(model: FusionForCausalLM, ids: torch.Tensor, vocab_tokens:
             continue
         filler = windows_from(ids, cfg.sps_samples, filler_len)
         n = filler.shape[0]
-
-        def random_tokens():
-            return vocab_tokens[torch.randint(0, vocab_tokens.numel(), (n, cfg.fact_tokens), generator=generator)]
-
-        fact, decoy = random_tokens(), random_tokens()
+        fact, decoy = (vocab_tokens[torch.randint(0, vocab_tokens.numel(), (n, cfg.fact_tokens), generator=generator)]
+                       for _ in range(2))
         seen = torch.cat([fact, filler, fact], dim=1).to(device)
         unseen = torch.cat([decoy, filler, fact], dim=1).to(device)
         span = slice(-cfg.fact_tokens, None)  # CE of predicting fact tokens 2…K of the repeat
@@ -412,7 +409,7 @@ def diagnose(model: FusionForCausalLM, val_ids: torch.Tensor, cfg: DiagnosticsCo
         checks["D3_balance"] = _check("D3_balance", bal["ratio"], _below(bal["ratio"], 5, 10), dominant=bal["dominant"],
                                       rwkv_share=bal["rwkv_share"])
         ratios = [max(a / m, m / a) if min(a, m) > 0 else float("inf")
-                  for a, m in zip((l[-1] for l in norms["rwkv"]), (l[-1] for l in norms["mamba"]))]
+                  for a, m in zip((layer[-1] for layer in norms["rwkv"]), (layer[-1] for layer in norms["mamba"]))]
         checks["state_norm_ratio"] = _check("state_norm_ratio", max(ratios), _below(max(ratios), 3, 10),
                                             per_layer=ratios)
     else:

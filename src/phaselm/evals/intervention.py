@@ -80,7 +80,7 @@ def r_intervention_eval(
         bar.update(task, status="unforced")
         unforced = _generate_all(model, prompts, batches, *args)
         forced = []
-        for j, item in enumerate(interventions):
+        for item in interventions:
             bar.update(task, status=item.label)
             with intervene(model, item):
                 forced.append(_generate_all(model, prompts, batches, *args))
@@ -215,7 +215,7 @@ def _plot_intervention(result: dict, path: Path) -> None:
         for j, d in enumerate(data):
             jitter = np.random.default_rng(j).uniform(-0.15, 0.15, len(d))
             ax.scatter(np.full(len(d), j + 1) + jitter, d, s=8, alpha=0.5)
-        ax.set_xticks(range(1, len(labels) + 1), [l.replace(" @ ", "\n") for l in labels], fontsize=7)
+        ax.set_xticks(range(1, len(labels) + 1), [label.replace(" @ ", "\n") for label in labels], fontsize=7)
         p = [r["comparisons"][m]["p_t_holm"] for r in result["results"]]
         ax.set_title(f"{METRIC_LABELS[m]}\nHolm p: " + ", ".join(_fmt(x, 2) for x in p), fontsize=8)
         ax.set_ylabel("KL" if m == "kl" else "forced − unforced", fontsize=8)

@@ -126,7 +126,7 @@ def run_ablation_grid(protocol: Protocol, subject: Subject, progress=None) -> di
     comparisons = [{m: compare(values[m], base[m], protocol, seed0) for m in protocol.metrics} for values in per_cell]
     family = holm_family([c for row in comparisons for c in row.values()])
     n = len(windows)
-    rows = [["as trained", n] + sum(([_mean(base[m]), None, None, None] for m in protocol.metrics), [])]
+    rows = [["as trained", n] + [v for m in protocol.metrics for v in (_mean(base[m]), None, None, None)]]
     for cell, row in zip(cells, comparisons):
         line = [cell.label, n]
         for m in protocol.metrics:

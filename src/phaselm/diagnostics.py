@@ -79,6 +79,7 @@ THRESHOLDS = {
 
 @dataclass
 class DiagnosticsConfig:
+    """How much the diagnostics measure: window counts and lengths, positions read, seeds."""
     windows: int = 8  # validation windows per measurement
     short: int = 64
     long: int = 512
@@ -301,6 +302,7 @@ def long_context(model: FusionForCausalLM, ids: torch.Tensor, cfg: DiagnosticsCo
 
 @torch.no_grad()
 def output_entropy(model: FusionForCausalLM, windows: torch.Tensor) -> float:
+    """Mean entropy (nats) of the next-token distribution over windows (B, T)."""
     logp = F.log_softmax(model(windows).logits.float(), dim=-1)
     return float(-(logp.exp() * logp).sum(-1).mean())
 
@@ -325,6 +327,8 @@ def decode_speed(model: FusionForCausalLM, prompt: torch.Tensor, tokens: int) ->
 
 @torch.no_grad()
 def useful_context_window(model: FusionForCausalLM, ids: torch.Tensor, cfg: DiagnosticsConfig) -> dict:
+    """The longest length L whose loss at positions [L/2, L) stays within ``cfg.ucw_tolerance`` of the
+    loss at [short/2, short), with the curve it was read from; ids (N,) is the token stream."""
     lengths = [n for n in cfg.ucw_lengths if n <= ids.numel()]
     if not lengths:
         return {"value": None, "why": f"the text is shorter than {min(cfg.ucw_lengths)} tokens"}
@@ -346,6 +350,8 @@ def useful_context_window(model: FusionForCausalLM, ids: torch.Tensor, cfg: Diag
 @torch.no_grad()
 def state_persistence(model: FusionForCausalLM, ids: torch.Tensor, vocab_tokens: torch.Tensor,
                       cfg: DiagnosticsConfig) -> dict:
+    """Per number of filler turns: the loss on a random fact repeated after the turns, minus its loss at
+    first showing (nats/token; near 0 means the state kept nothing); ids (N,) is the filler stream."""
     generator = torch.Generator().manual_seed(cfg.seed + 1)
     device = _device(model)
     result = {}

@@ -30,6 +30,7 @@ from .tokenizers import Tokenizer
 
 @dataclass
 class TokenReading:
+    """One generated token with the readings of the step that drew it (R, U, R·U, tone)."""
     token: str
     id: int
     r: float | None  # None when the model has no oscillators
@@ -49,11 +50,13 @@ def token_reading(tokenizer: Tokenizer, token_id: int, r: float | None, u: float
 
 @dataclass
 class Generation:
+    """A prompt's continuation, with per-token readings when generated in measured mode."""
     prompt: str
     text: str  # the continuation only
     readings: list[TokenReading] | None  # per generated token, measured mode only
 
     def to_json(self) -> dict:
+        """The JSON form `phaselm generate --json` prints (mode: blind or measured)."""
         data = {"prompt": self.prompt, "text": self.text, "mode": "measured" if self.readings is not None else "blind"}
         if self.readings is not None:
             data["tokens"] = [asdict(r) for r in self.readings]

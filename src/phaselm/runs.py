@@ -73,15 +73,18 @@ class Run:
 
     @property
     def val_fraction(self) -> float:
+        """The share of the corpus held out for validation ([data] val_fraction, default 0.1)."""
         return float(_table(self.config, "data").get("val_fraction", 0.1))
 
     @property
     def train_seq_len(self) -> int | None:
+        """The training sequence length ([train] seq_len), or None if the run does not record one."""
         seq_len = _table(self.config, "train").get("seq_len")
         return seq_len if isinstance(seq_len, int) else None
 
 
 def default_device() -> str:
+    """"cuda" when a GPU is visible, else "cpu"."""
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 

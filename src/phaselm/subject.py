@@ -61,6 +61,7 @@ class Score:
 
     @property
     def perplexity(self) -> float | None:
+        """exp of the mean negative log-probability of the generated tokens (None if there are none)."""
         return float(torch.exp(-self.logprobs.mean())) if len(self.logprobs) else None
 
 
@@ -109,16 +110,19 @@ class Subject:
 
     @property
     def name(self) -> str:
+        """The model's family as the intervention API names it (e.g. kssm, fusion, grafted mamba)."""
         from .interventions import structure
 
         return structure(self.target).name
 
     @property
     def arch(self) -> str:
+        """The Hugging Face model_type (or class name)."""
         return str(getattr(self.model.config, "model_type", type(self.model).__name__))
 
     @property
     def variant(self) -> str:
+        """A readable name for tables: K-SSM bistable / monostable / no-mixer, GPT-2, or the arch."""
         cfg = self.model.config
         if self.arch == "kssm":
             if cfg.mixer == "none":
@@ -140,6 +144,7 @@ class Subject:
 
     @property
     def device(self) -> torch.device:
+        """The device the model's parameters are on."""
         return next(self.model.parameters()).device
 
     def encode(self, prompts: Sequence) -> list[list[int]]:

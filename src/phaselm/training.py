@@ -45,6 +45,7 @@ from .run_directory import prepare_run_dir, truncate_metrics
 
 @dataclass
 class TrainConfig:
+    """The `[train]` table: steps, batch, schedule, checkpoints, evaluation and the numerical guard."""
     steps: int = 200
     batch_size: int = 16
     seq_len: int = 64
@@ -112,6 +113,7 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 
 @dataclass
 class TrainResult:
+    """What a finished (or stopped) training run returns: its directory, last step, evaluation, drift actions."""
     run_dir: Path
     step: int
     evaluation: dict

@@ -115,6 +115,7 @@ def parse_bounds(text: str) -> tuple[float, float]:
 
 
 def iter_bounds(items: Iterable[str]) -> list[tuple[float, float]]:
+    """Parse repeatable, comma-separated ``u_min:u_max`` options into (u_min, u_max) pairs."""
     return [parse_bounds(t) for item in items for t in item.split(",") if t.strip()]
 
 

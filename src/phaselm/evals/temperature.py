@@ -131,6 +131,7 @@ def _plot_temperature(result: dict, path: Path) -> None:
 
 
 def parse_floats(text: str, what: str) -> list[float]:
+    """Comma-separated numbers → floats; ``what`` names the option in the one-line error."""
     try:
         return [float(p) for p in text.split(",") if p.strip()]
     except ValueError:

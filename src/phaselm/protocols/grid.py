@@ -19,6 +19,7 @@ from .subject import Subject
 
 @dataclass
 class Cell:
+    """One cell of an ablation grid: which layers, K scale, oscillators, U regulation and ablated branch."""
     layers: Any
     k_scale: float
     oscillators: Any
@@ -27,6 +28,7 @@ class Cell:
 
     @property
     def interventions(self) -> tuple[Intervention, ...]:
+        """The interventions that turn the model as trained into this cell (none for the identity cell)."""
         items = []
         if self.k_scale != 1.0:
             items.append(Intervention("k_scale", self.k_scale, self.layers))
@@ -40,18 +42,21 @@ class Cell:
 
     @property
     def label(self) -> str:
+        """The cell's name in tables and plots, e.g. ``layers all · K×0.5 · oscillators all · U on``."""
         where = "all" if self.layers == ALL_LAYERS else ",".join(map(str, self.layers))
         m = "all" if self.oscillators == ALL_LAYERS else str(self.oscillators)
         label = f"layers {where} · K×{self.k_scale:g} · oscillators {m} · U {'on' if self.u_regulation else 'off'}"
         return label + (f" · ablate {self.ablate}" if self.ablate != "none" else "")
 
     def to_dict(self) -> dict:
+        """The cell's settings and label, as recorded in results.json."""
         return {"layers": self.layers if self.layers == ALL_LAYERS else list(self.layers), "k_scale": self.k_scale,
                 "oscillators": self.oscillators, "u_regulation": self.u_regulation, "ablate": self.ablate,
                 "label": self.label}
 
 
 def grid_cells(protocol: Protocol) -> list[Cell]:
+    """Every combination of the protocol's [grid] values, in declaration order."""
     g = protocol.grid
     return [Cell(*values) for values in itertools.product(g["layers"], g["k_scale"], g["oscillators"],
                                                           g["u_regulation"], g["ablate"])]
@@ -95,6 +100,8 @@ def _window_stats(subject: Subject, val_ids: torch.Tensor, windows: list[tuple[i
 
 
 def run_ablation_grid(protocol: Protocol, subject: Subject, progress=None) -> dict:
+    """Validation loss and R of every grid cell against the model as trained, paired by window;
+    returns the results dict (tables, comparisons, verdict)."""
     from ..evals.outputs import _check_positions
 
     info = structure(subject.target)

@@ -35,6 +35,8 @@ def validate_conditions(subject: Subject, conditions: Sequence[Condition], calib
 
 
 def run_intervention(protocol: Protocol, subject: Subject, reference: Subject | None = None, progress=None) -> dict:
+    """Generate under each condition and under none with shared seeds, compare each metric paired
+    per sample (Holm over the family); returns the results dict (tables, comparisons, verdict)."""
     from ..metrics import text_metrics
 
     info = structure(subject.target)

@@ -13,6 +13,8 @@ from .subject import Subject, _check_prompts, _producing, _prompts, _units, forw
 
 
 def run_observation(protocol: Protocol, subject: Subject, progress=None) -> dict:
+    """Generate each sample blind and measured (counterbalanced order) and test whether measuring
+    changes the text or R; returns the results dict (tables, comparisons, verdict)."""
     from ..observables import normalized_entropy
 
     info = structure(subject.target)

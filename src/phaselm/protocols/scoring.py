@@ -40,6 +40,8 @@ def holm_family(entries: list[dict | None], keys: Sequence[str] = ("p", "p_t", "
 
 
 def power_statement(n: int, protocol: Protocol, family: int, variance: bool = False) -> dict:
+    """The smallest effects detectable at n pairs (d_z, at α and at Holm's strictest level; with
+    ``variance``, the variance ratio too), so a null result says what it could have found."""
     out = {
         "n": n,
         "alpha": protocol.alpha,

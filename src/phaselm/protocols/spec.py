@@ -67,11 +67,13 @@ class Condition:
     interventions: tuple[Intervention, ...]
 
     def to_dict(self) -> dict:
+        """The condition's name and interventions, as recorded in results.json."""
         return {"name": self.name, "interventions": [i.to_dict() for i in self.interventions]}
 
 
 @dataclass
 class Protocol:
+    """A parsed, checked protocol file: its kind, model, prompts, decoding, design, metrics and statistics."""
     file: Path
     text: str
     sha256: str
@@ -106,14 +108,17 @@ class Protocol:
 
     @property
     def n_prompts(self) -> int:
+        """Prompts per seed (evaluation windows per seed for an ablation grid)."""
         return self.windows if self.kind == "ablation_grid" else int(self.prompt_count or 0)
 
     def header(self) -> dict:
+        """What identifies the protocol in its results: kind, name, description, file and SHA-256."""
         return {"kind": self.kind, "name": self.name, "description": self.description, "file": str(self.file),
                 "sha256": self.sha256}
 
 
 def sha256_of(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
@@ -435,4 +440,5 @@ def check_out_dir(out_dir: str | os.PathLike, protocol: Protocol) -> Path:
 
 
 def default_out_dir(protocol: Protocol) -> Path:
+    """Where a protocol's results go without --out: runs/protocols/<file name>."""
     return Path("runs") / "protocols" / protocol.file.stem

@@ -23,6 +23,7 @@ def load_subject(path: str | os.PathLike, device: str | None = None) -> Subject:
 
 @dataclass
 class Sample:
+    """One generated continuation of a prompt, with R recorded during generation in measured mode."""
     prompt_ids: list[int]
     ids: list[int]  # the continuation
     recorded_r: list[float] | None = None  # measured mode: R recorded during generation, per token (mean over sites)

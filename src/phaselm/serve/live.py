@@ -53,6 +53,7 @@ class ClientGone(Exception):
 
 @dataclass
 class GenerationRequest:
+    """A checked /api/generate request: prompt (text and ids), decoding settings, optional intervention."""
     prompt: str
     ids: list[int]
     max_new_tokens: int
@@ -81,6 +82,7 @@ class LiveModel:
 
     @property
     def n_sites(self) -> int:
+        """Number of oscillator sites (layers with phases) in the model."""
         from ..interventions import phase_sites
 
         return len(phase_sites(self.model))
@@ -99,6 +101,7 @@ class LiveModel:
         return offered
 
     def info(self) -> dict:
+        """What the page shows before generating (/api/info): model, oscillator layers, tones, limits."""
         from ..reporting import TONE_COLOURS
 
         return {

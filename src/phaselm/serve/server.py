@@ -36,6 +36,7 @@ from .live import (
 
 
 def page_html() -> bytes:
+    """The live view's page (resources/live.html), as bytes."""
     from importlib import resources
 
     return resources.files("phaselm.resources").joinpath("live.html").read_bytes()
@@ -51,6 +52,7 @@ def _is_loopback(host: str) -> bool:
 
 
 class LiveServer(ThreadingHTTPServer):
+    """The live view's HTTP server (IPv4): one thread per request, serving one LiveModel."""
     daemon_threads = True
 
     def __init__(self, address, live: LiveModel | None = None, log: bool = False):
@@ -71,22 +73,26 @@ class LiveServer(ThreadingHTTPServer):
 
     @property
     def url(self) -> str:
+        """The address to open in a browser, e.g. ``http://127.0.0.1:8000/``."""
         host, port = self.server_address[:2]
         host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{port}/"
 
 
 class LiveServer6(LiveServer):
+    """LiveServer on an IPv6 address."""
     address_family = socket.AF_INET6
 
 
 class Handler(BaseHTTPRequestHandler):
+    """Serves the page, /api/info and the streamed /api/generate; other paths get a JSON error."""
     server: LiveServer
     server_version = "phaselm-live"
     protocol_version = "HTTP/1.0"  # one request per connection; a stream ends when the connection closes
     timeout = READ_TIMEOUT_S  # socket timeout: a lying Content-Length cannot hold a thread forever
 
     def log_message(self, format, *args):
+        """Log a request to stderr only when the server was started with logging on."""
         if self.server.log:
             sys.stderr.write(f"{self.address_string()} {format % args}\n")
 
@@ -123,6 +129,7 @@ class Handler(BaseHTTPRequestHandler):
     # ----- routes
 
     def do_GET(self):
+        """The page or /api/info."""
         if not self._host_ok():
             return
         path = self.path.split("?", 1)[0]
@@ -139,9 +146,11 @@ class Handler(BaseHTTPRequestHandler):
             self._error(404, f"no such page: {path}")
 
     def do_HEAD(self):
+        """As GET (the body is sent too; HTTP/1.0 clients close after the headers)."""
         self.do_GET()
 
     def do_POST(self):
+        """/api/generate: generate and stream one event per token."""
         if not self._host_ok():
             return
         path = self.path.split("?", 1)[0]

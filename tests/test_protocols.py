@@ -189,7 +189,7 @@ def test_observation_r_is_the_r_of_the_producing_positions(observation, runs):
     file, _, result = observation
     protocol = P.load_protocol(file)
     subject = P.load_subject(runs["kssm"], "cpu")
-    text = P.subject._prompts(protocol, subject)[0]
+    text = P.subject.protocol_prompts(protocol, subject)[0]
     sample = P.generate_sample(subject, text, 0, protocol)
     with torch.no_grad():
         out = subject.model(torch.tensor([sample.prompt_ids + sample.ids]))
@@ -289,7 +289,7 @@ def test_intervention_metrics_by_hand(intervention, runs):
     file, result = intervention
     protocol = P.load_protocol(file)
     subject, reference = P.load_subject(runs["kssm"], "cpu"), P.load_subject(runs["gpt"], "cpu")
-    prompts = [subject.tokenizer.encode(t) for t in P.subject._prompts(protocol, subject)]
+    prompts = [subject.tokenizer.encode(t) for t in P.subject.protocol_prompts(protocol, subject)]
     # K-SSM decodes the prompts of one seed as a batch, with the recurrent cache
     batch = torch.tensor(prompts)
     unforced = sample(subject.model, batch, 6, 1.0, None, 0)[0][0].tolist()

@@ -12,10 +12,10 @@ import numpy as np
 
 from ..errors import PhaseLMError
 from ..subject import Subject
-from .intervention import _md_table
-from .outputs import _device, _eval_mode, _progress, _write_outputs, prepare_outputs
+from .intervention import table_markdown
+from .outputs import eval_mode, eval_progress, model_device, prepare_outputs, write_outputs
 from .subject import load_subject
-from .validation import _check_eval_shape, _n_batches, _r_summary, _token_stats, _trained_bounds, _u_summary
+from .validation import check_eval_shape, count_batches, r_summary, token_stats, trained_bounds, u_summary
 
 
 def ablation_table(
@@ -48,17 +48,17 @@ def ablation_table(
         seq_len = min(known) if known else 256
     names = _unique_names(run_dirs)
     for s in subjects:
-        _check_eval_shape(s.model, s.validation_ids(), batch_size, seq_len, max_batches)
+        check_eval_shape(s.model, s.validation_ids(), batch_size, seq_len, max_batches)
     rows = []
-    with _progress(progress) as bar:
-        total = sum(_n_batches(s.validation_ids(), batch_size, seq_len, max_batches) for s in subjects)
+    with eval_progress(progress) as bar:
+        total = sum(count_batches(s.validation_ids(), batch_size, seq_len, max_batches) for s in subjects)
         task = bar.add_task("ablation", total=total, status="")
         for name, s in zip(names, subjects):
             bar.update(task, status=name)
-            with _eval_mode(s.model):
-                stats = _token_stats(s.model, s.validation_ids(), batch_size, seq_len, max_batches,
+            with eval_mode(s.model):
+                stats = token_stats(s.model, s.validation_ids(), batch_size, seq_len, max_batches,
                                      lambda: bar.update(task, advance=1))
-            r = _r_summary(stats)
+            r = r_summary(stats)
             rows.append({
                 "run": name,
                 "path": str(s.path),
@@ -72,7 +72,7 @@ def ablation_table(
                 "r_mean": r["r_mean"],
                 "r_std": r["r_std"],
                 "r_per_layer": r["r_per_layer"],
-                **_u_summary(stats, _trained_bounds(s.model)),
+                **u_summary(stats, trained_bounds(s.model)),
                 "tokens": int(stats.ce.size),
                 "val_ce_at_training": _summary_val_ce(s),
             })
@@ -90,10 +90,10 @@ def ablation_table(
         "batches": {"batch_size": batch_size, "seq_len": seq_len, "max_batches": max_batches},
         "rows": rows,
         "notes": notes,
-        "markdown": _md_table(header, table) + "\n\n" + "\n".join(notes),
-        "device": str(_device(subjects[0].model)),
+        "markdown": table_markdown(header, table) + "\n\n" + "\n".join(notes),
+        "device": str(model_device(subjects[0].model)),
     }
-    return _write_outputs(files, result, lambda path: _plot_ablation(result, path))
+    return write_outputs(files, result, lambda path: _plot_ablation(result, path))
 
 
 def _unique_names(paths: list[Path]) -> list[str]:
@@ -112,7 +112,7 @@ def _summary_val_ce(subject: Subject) -> float | None:
 def _plot_ablation(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    from ..reporting.plots import _save
+    from ..reporting.plots import save_figure
 
     rows = result["rows"]
     labels = [f"{r['run']}\n{r['variant']}" for r in rows]
@@ -135,4 +135,4 @@ def _plot_ablation(result: dict, path: Path) -> None:
         ax.set_xlim(-0.6, len(rows) - 0.4)
         ax.grid(alpha=0.3)
     fig.suptitle("Ablation: val loss, R and u per run (— = not defined)")
-    _save(fig, path)
+    save_figure(fig, path)

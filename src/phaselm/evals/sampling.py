@@ -14,7 +14,7 @@ from torch import nn
 from .. import statistics as st
 from ..errors import PhaseLMError
 from ..metrics import TEXT_METRICS, distinct_n, text_metrics  # noqa: F401  (re-exported: phaselm.evals)
-from .outputs import _device
+from .outputs import model_device
 
 
 def validation_prompts(val_ids: torch.Tensor, n: int = 50, prompt_tokens: int = 32) -> list[list[int]]:
@@ -33,7 +33,8 @@ def validation_prompts(val_ids: torch.Tensor, n: int = 50, prompt_tokens: int = 
     return [val_ids[s : s + prompt_tokens].tolist() for s in starts]
 
 
-def _prompt_ids(tokenizer, prompts: Sequence) -> list[list[int]]:
+def prompt_token_ids(tokenizer, prompts: Sequence) -> list[list[int]]:
+    """Texts or token-id sequences → token ids; an empty prompt is a one-line error."""
     out = []
     for p in prompts:
         if isinstance(p, str):
@@ -46,7 +47,7 @@ def _prompt_ids(tokenizer, prompts: Sequence) -> list[list[int]]:
     return out
 
 
-def _batches(prompts: list[list[int]], batch_size: int) -> list[list[int]]:
+def length_batches(prompts: list[list[int]], batch_size: int) -> list[list[int]]:
     """Indices grouped by prompt length (no padding needed), ``batch_size`` at a time, in order."""
     if batch_size < 1:
         raise PhaseLMError(f"batch size must be at least 1, got {batch_size}")
@@ -75,14 +76,14 @@ def sample(
 
 
 @torch.no_grad()
-def _continuation_logprobs(model: nn.Module, prompt: torch.Tensor, continuation: torch.Tensor) -> torch.Tensor:
+def continuation_logprobs(model: nn.Module, prompt: torch.Tensor, continuation: torch.Tensor) -> torch.Tensor:
     """log p(· | prefix) at the M positions that predict the continuation: (B, M, V), float32."""
     full = torch.cat([prompt, continuation.to(prompt.device)], 1)
     logits = model(input_ids=full).logits[:, prompt.shape[1] - 1 : -1]
     return F.log_softmax(logits.float(), -1)
 
 
-def _nll(logprobs: torch.Tensor, continuation: torch.Tensor) -> torch.Tensor:
+def mean_nll(logprobs: torch.Tensor, continuation: torch.Tensor) -> torch.Tensor:
     """Mean −log p of the continuation per sequence: (B,)."""
     return -logprobs.gather(-1, continuation.to(logprobs.device)[..., None]).squeeze(-1).mean(-1)
 
@@ -92,7 +93,8 @@ def kl_divergence(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
     return (logp.exp() * (logp - logq)).sum(-1).clamp_min(0.0)
 
 
-def _check_decoding(max_new_tokens: int, temperature: float, top_k: int | None) -> None:
+def check_decoding(max_new_tokens: int, temperature: float, top_k: int | None) -> None:
+    """One-line errors for decoding settings an eval cannot use (max_new_tokens < 4, temperature < 0, top_k < 0)."""
     if max_new_tokens < 4:
         raise PhaseLMError(f"max_new_tokens must be at least 4 (repetition counts 4-grams), got {max_new_tokens}")
     if not (temperature >= 0 and math.isfinite(temperature)):
@@ -107,8 +109,10 @@ class _Generated:
     orders: np.ndarray | None  # (n, L, M)
 
 
-def _generate_all(model, prompts, batches, max_new_tokens, temperature, top_k, seed, advance) -> _Generated:
-    device = _device(model)
+def generate_all(model, prompts, batches, max_new_tokens, temperature, top_k, seed, advance) -> _Generated:
+    """Continuations of every prompt, batch by batch (seed + the batch's first index), with R per
+    layer and token (n, L, M) when the model has oscillators."""
+    device = model_device(model)
     ids: list = [None] * len(prompts)
     orders = None
     for batch in batches:
@@ -124,7 +128,8 @@ def _generate_all(model, prompts, batches, max_new_tokens, temperature, top_k, s
     return _Generated(ids, orders)
 
 
-def _per_prompt_metrics(generated: _Generated, perplexity: np.ndarray) -> dict[str, list]:
+def per_prompt_metrics(generated: _Generated, perplexity: np.ndarray) -> dict[str, list]:
+    """Each text metric, perplexity and (with oscillators) mean R, one value per prompt."""
     rows = [text_metrics(c) for c in generated.ids]
     out = {m: [r[m] for r in rows] for m in TEXT_METRICS}
     out["perplexity"] = perplexity.tolist()
@@ -132,9 +137,11 @@ def _per_prompt_metrics(generated: _Generated, perplexity: np.ndarray) -> dict[s
     return out
 
 
-def _r_per_layer(generated: _Generated) -> list[float] | None:
+def r_per_layer(generated: _Generated) -> list[float] | None:
+    """Mean R per layer over prompts and tokens, or None without oscillators."""
     return generated.orders.mean(axis=(0, 2)).tolist() if generated.orders is not None else None
 
 
-def _describe_metrics(values: dict[str, list | None], seed: int) -> dict:
+def describe_metrics(values: dict[str, list | None], seed: int) -> dict:
+    """n, mean, spread and a bootstrap CI of each metric's per-prompt values (None stays None)."""
     return {m: (st.describe(v, seed=seed) if v is not None else None) for m, v in values.items()}

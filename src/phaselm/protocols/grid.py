@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from ..errors import PhaseLMError
 from ..interventions import ALL_LAYERS, Intervention, intervene, structure
-from .scoring import _count, _mean, compare, holm_family, power_statement
+from .scoring import compare, count_phrase, holm_family, mean_or_none, power_statement
 from .spec import METRIC_LABELS, Protocol
 from .subject import Subject
 
@@ -102,7 +102,7 @@ def _window_stats(subject: Subject, val_ids: torch.Tensor, windows: list[tuple[i
 def run_ablation_grid(protocol: Protocol, subject: Subject, progress=None) -> dict:
     """Validation loss and R of every grid cell against the model as trained, paired by window;
     returns the results dict (tables, comparisons, verdict)."""
-    from ..evals.outputs import _check_positions
+    from ..evals.outputs import check_positions
 
     info = structure(subject.target)
     cells = grid_cells(protocol)
@@ -111,7 +111,7 @@ def run_ablation_grid(protocol: Protocol, subject: Subject, progress=None) -> di
                            "has none (its grid can vary layers and ablate)")
     if "r_mean" in protocol.metrics and not info.sites:
         raise PhaseLMError(f"[metrics] r_mean needs a model with oscillators; this {info.name} model has none")
-    _check_positions(subject.model, protocol.seq_len, f"[evaluation] seq_len {protocol.seq_len}")
+    check_positions(subject.model, protocol.seq_len, f"[evaluation] seq_len {protocol.seq_len}")
     records = []
     for cell in cells:  # every cell validated (layers, divisors, clamps) before any work
         with intervene(subject.target, *cell.interventions) as applied:
@@ -133,13 +133,13 @@ def run_ablation_grid(protocol: Protocol, subject: Subject, progress=None) -> di
     comparisons = [{m: compare(values[m], base[m], protocol, seed0) for m in protocol.metrics} for values in per_cell]
     family = holm_family([c for row in comparisons for c in row.values()])
     n = len(windows)
-    rows = [["as trained", n] + [v for m in protocol.metrics for v in (_mean(base[m]), None, None, None)]]
+    rows = [["as trained", n] + [v for m in protocol.metrics for v in (mean_or_none(base[m]), None, None, None)]]
     for cell, row in zip(cells, comparisons):
         line = [cell.label, n]
         for m in protocol.metrics:
             c = row[m]
             line += [c["mean_x"], c["mean_diff"], [c["ci_low"], c["ci_high"]],
-                     c["p_holm"]] if c else [_mean(per_cell[cells.index(cell)][m]), None, None, None]
+                     c["p_holm"]] if c else [mean_or_none(per_cell[cells.index(cell)][m]), None, None, None]
         rows.append(line)
     header = ["cell", "n"]
     for m in protocol.metrics:
@@ -160,13 +160,13 @@ def run_ablation_grid(protocol: Protocol, subject: Subject, progress=None) -> di
         "conditions": ["as trained"] + [c.label for c in cells],
         "note": evaluation_time,
         "comparisons": [{"cell": c.label, **row} for c, row in zip(cells, comparisons)],
-        "as_trained": {m: _mean(base[m]) for m in protocol.metrics},
+        "as_trained": {m: mean_or_none(base[m]) for m in protocol.metrics},
         "holm_family_size": family,
         "power": power,
         "verdict": (f"{significant} "
                     f"of {family} cell × metric comparisons differ from the model as trained (Holm, α = "
                     f"{protocol.alpha:g}, n = {n} windows: {protocol.windows} per seed × "
-                    f"{_count(len(protocol.seeds), 'seed')})."),
+                    f"{count_phrase(len(protocol.seeds), 'seed')})."),
         "tables": [{"title": f"Ablation grid: loss and R per cell (n = {n} windows of {protocol.seq_len} tokens, "
                              f"paired with the model as trained; Holm over {family} tests)", "header": header,
                     "rows": rows, "note": evaluation_time}],

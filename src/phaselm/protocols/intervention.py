@@ -9,9 +9,18 @@ import torch.nn.functional as F
 
 from ..errors import PhaseLMError
 from ..interventions import intervene, structure
-from .scoring import _count, _per_token_r, compare, holm_family, power_statement
+from .scoring import compare, count_phrase, holm_family, per_token_r, power_statement
 from .spec import METRIC_LABELS, Condition, Protocol
-from .subject import Subject, _check_prompts, _producing, _prompts, _units, forward_many, generate_many, perplexity_many
+from .subject import (
+    Subject,
+    check_prompts,
+    forward_many,
+    generate_many,
+    pairing_units,
+    perplexity_many,
+    producing_positions,
+    protocol_prompts,
+)
 
 
 def _kl(logits_p: torch.Tensor, logits_q: torch.Tensor) -> float:
@@ -21,7 +30,7 @@ def _kl(logits_p: torch.Tensor, logits_q: torch.Tensor) -> float:
 
 
 def _mean_r(orders: torch.Tensor | None, window: slice) -> float | None:
-    r = _per_token_r(orders, window)
+    r = per_token_r(orders, window)
     return float(r.mean()) if r is not None and len(r) else None
 
 
@@ -43,8 +52,8 @@ def run_intervention(protocol: Protocol, subject: Subject, reference: Subject | 
     if "mean_r" in protocol.metrics and not info.sites:
         raise PhaseLMError(f"[metrics] mean_r needs a model with oscillators; this {info.name} model has none — drop "
                            "mean_r")
-    texts = _prompts(protocol, subject)
-    _check_prompts(subject, texts, protocol.max_new_tokens)
+    texts = protocol_prompts(protocol, subject)
+    check_prompts(subject, texts, protocol.max_new_tokens)
     calibration = [subject.tokenizer.encode(t) for t in texts]
     records = validate_conditions(subject, protocol.conditions, calibration)
     if reference is not None:
@@ -54,7 +63,7 @@ def run_intervention(protocol: Protocol, subject: Subject, reference: Subject | 
             raise PhaseLMError(f"[model] reference has a vocabulary of {ref_vocab}, the model {vocab}; the reference "
                                "must share the tokenizer")
     judge = reference or subject
-    units = _units(protocol, len(texts))
+    units = pairing_units(protocol, len(texts))
     advance = progress or (lambda *_: None)
     advance(0)
     metrics = protocol.metrics
@@ -73,7 +82,7 @@ def run_intervention(protocol: Protocol, subject: Subject, reference: Subject | 
             elif m == "perplexity":
                 values[m][k] = ppl
             elif m == "mean_r":
-                values[m][k] = _mean_r(orders, _producing(len(p), len(ids)))
+                values[m][k] = _mean_r(orders, producing_positions(len(p), len(ids)))
             else:
                 values[m][k] = text[m]
 
@@ -82,7 +91,8 @@ def run_intervention(protocol: Protocol, subject: Subject, reference: Subject | 
         full_u = [p + ids for p, ids in zip(prompts, unforced)]
         scored_u = forward_many(subject, full_u)
         ppl_u = perplexity_many(judge, prompts, unforced)
-        logits_u = [logits[_producing(len(p), len(ids))] for (logits, _), p, ids in zip(scored_u, prompts, unforced)]
+        logits_u = [logits[producing_positions(len(p), len(ids))]
+                    for (logits, _), p, ids in zip(scored_u, prompts, unforced)]
         for i, (p, ids) in enumerate(zip(prompts, unforced)):
             score(base, index[(i, seed)], ids, p, scored_u[i][1], 0.0, ppl_u[i])
         del scored_u
@@ -93,7 +103,7 @@ def run_intervention(protocol: Protocol, subject: Subject, reference: Subject | 
                 scored_c = forward_many(subject, [p + ids for p, ids in zip(prompts, ids_c)])
             ppl_c = perplexity_many(judge, prompts, ids_c)
             for i, (p, ids) in enumerate(zip(prompts, ids_c)):
-                window = _producing(len(p), len(unforced[i]))
+                window = producing_positions(len(p), len(unforced[i]))
                 kl = _kl(logits_u[i], along_u[i][0][window]) if unforced[i] else None
                 score(forced[j], index[(i, seed)], ids, p, scored_c[i][1], kl, ppl_c[i])
                 if index[(i, seed)] < 3:
@@ -152,8 +162,8 @@ def run_intervention(protocol: Protocol, subject: Subject, reference: Subject | 
         "detected": bool(detected),
         "verdict": verdict,
         "tables": [{
-            "title": f"Each condition vs none (n = {n} pairs: {_count(len(texts), 'prompt')} × "
-                     f"{_count(len(protocol.seeds), 'seed')}; Holm over {family} tests)",
+            "title": f"Each condition vs none (n = {n} pairs: {count_phrase(len(texts), 'prompt')} × "
+                     f"{count_phrase(len(protocol.seeds), 'seed')}; Holm over {family} tests)",
             "header": ["condition", "metric", "n", "none", "condition mean", "Δ mean", f"{protocol.ci_level:.0%} CI",
                        "d_z", f"p ({protocol.test})", "p Holm", "significant"],
             "rows": table_rows,

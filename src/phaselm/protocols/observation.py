@@ -7,9 +7,17 @@ import numpy as np
 from .. import statistics as st
 from ..errors import PhaseLMError
 from ..interventions import structure
-from .scoring import _clean_pairs, _count, _per_token_r, compare, power_statement
+from .scoring import clean_pairs, compare, count_phrase, per_token_r, power_statement
 from .spec import MAX_SCATTER, METRIC_LABELS, RECORDED_TOLERANCE, TESTS, Protocol
-from .subject import Subject, _check_prompts, _producing, _prompts, _units, forward, generate_sample
+from .subject import (
+    Subject,
+    check_prompts,
+    forward,
+    generate_sample,
+    pairing_units,
+    producing_positions,
+    protocol_prompts,
+)
 
 
 def run_observation(protocol: Protocol, subject: Subject, progress=None) -> dict:
@@ -21,9 +29,9 @@ def run_observation(protocol: Protocol, subject: Subject, progress=None) -> dict
     if not info.sites:
         raise PhaseLMError("an observation protocol needs a model with oscillators (K-SSM or a grafted Phase Core); "
                            f"this is a {info.name} model")
-    texts = _prompts(protocol, subject)
-    _check_prompts(subject, texts, protocol.max_new_tokens)
-    units = _units(protocol, len(texts))
+    texts = protocol_prompts(protocol, subject)
+    check_prompts(subject, texts, protocol.max_new_tokens)
+    units = pairing_units(protocol, len(texts))
     advance = progress or (lambda *_: None)
     advance(0)
     rows = []
@@ -35,8 +43,8 @@ def run_observation(protocol: Protocol, subject: Subject, progress=None) -> dict
         row = {"prompt": i, "seed": seed}
         for mode, sample in samples.items():
             logits, orders = forward(subject, sample.prompt_ids + sample.ids)
-            window = _producing(len(sample.prompt_ids), len(sample.ids))
-            r = _per_token_r(orders, window)
+            window = producing_positions(len(sample.prompt_ids), len(sample.ids))
+            r = per_token_r(orders, window)
             u = normalized_entropy(logits[window]).double().numpy()
             row[mode] = {"ids": sample.ids, "r": r, "u": u}
             if mode == "measured":
@@ -68,7 +76,7 @@ def run_observation(protocol: Protocol, subject: Subject, progress=None) -> dict
     seed = protocol.seeds[0]
     comparisons, spreads, variance_perm = {}, {}, {}
     for m in protocol.metrics:
-        x, y = _clean_pairs(values[m]["measured"], values[m]["blind"])
+        x, y = clean_pairs(values[m]["measured"], values[m]["blind"])
         comparisons[m] = compare(values[m]["measured"], values[m]["blind"], protocol, seed)
         if len(x) >= st.MIN_N:
             bf, lev = st.spread_test(x, y, center="median").to_dict(), st.spread_test(x, y, center="mean").to_dict()
@@ -130,8 +138,8 @@ def run_observation(protocol: Protocol, subject: Subject, progress=None) -> dict
 
     tables = [
         {
-            "title": f"Blind vs measured, per sample (n = {n} pairs: {_count(len(texts), 'prompt')} × "
-                     f"{_count(len(protocol.seeds), 'seed')})",
+            "title": f"Blind vs measured, per sample (n = {n} pairs: {count_phrase(len(texts), 'prompt')} × "
+                     f"{count_phrase(len(protocol.seeds), 'seed')})",
             "header": ["metric", "n", "blind mean", "measured mean", "Δ mean (measured − blind)",
                        f"{protocol.ci_level:.0%} CI", "d_z", "rank-biserial", f"p ({protocol.test})", "p Holm"],
             "rows": [[METRIC_LABELS[m], c["n"], c["mean_y"], c["mean_x"], c["mean_diff"], [c["ci_low"], c["ci_high"]],

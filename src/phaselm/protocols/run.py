@@ -18,10 +18,10 @@ from .spec import (
     RESULTS,
     TESTS,
     Protocol,
-    _resolve_path,
     check_out_dir,
     default_out_dir,
     load_protocol,
+    resolve_path,
     sha256_of,
 )
 from .subject import Subject, load_subject
@@ -39,9 +39,9 @@ class _Bar:
         if not self.enabled:
             return
         if self.progress is None:
-            from ..evals.outputs import _progress
+            from ..evals.outputs import eval_progress
 
-            self.progress = _progress(True)
+            self.progress = eval_progress(True)
             self.progress.start()
             self.task = self.progress.add_task(self.description, total=self.total, status=self.status)
         self.progress.update(self.task, advance=steps)
@@ -52,7 +52,7 @@ class _Bar:
 
 
 def _jsonable(value):
-    from ..evals.outputs import _jsonable as clean
+    from ..evals.outputs import jsonable as clean
 
     return clean(value)
 
@@ -78,10 +78,10 @@ def run_protocol(
         protocol = load_protocol(protocol)
     out = check_out_dir(out_dir if out_dir is not None else default_out_dir(protocol), protocol)
     if subject is None:
-        model_path = _resolve_path(protocol.model_path, protocol.file.parent)
+        model_path = resolve_path(protocol.model_path, protocol.file.parent)
         subject = load_subject(model_path, protocol.device)
     if reference is None and protocol.reference:
-        reference = load_subject(_resolve_path(protocol.reference, protocol.file.parent), protocol.device)
+        reference = load_subject(resolve_path(protocol.reference, protocol.file.parent), protocol.device)
     was_training = subject.model.training
     subject.model.eval()
     units = len(protocol.seeds) * protocol.n_prompts
@@ -142,19 +142,19 @@ def run_protocol(
 
 
 def _cell_text(value) -> str:
-    from ..reporting.markdown import _fmt
+    from ..reporting.common import format_value
 
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, (list, tuple)) and len(value) == 2 and all(v is None or isinstance(v, (int, float))
                                                                     for v in value):
-        return f"[{_fmt(value[0])}, {_fmt(value[1])}]"
-    return _fmt(value)
+        return f"[{format_value(value[0])}, {format_value(value[1])}]"
+    return format_value(value)
 
 
 def protocol_markdown(results: dict) -> str:
     """The protocol's verdict and tables as Markdown (every table states n)."""
-    from ..reporting.markdown import _table
+    from ..reporting.markdown import markdown_table
 
     p = results["protocol"]
     lines = [f"# {results['title']}", "", f"Protocol file `{p['file']}`, SHA-256 `{p['sha256']}`."]
@@ -164,7 +164,7 @@ def protocol_markdown(results: dict) -> str:
               ""]
     for table in results.get("tables", []):
         lines += [f"## {table['title']}", ""]
-        lines += _table(table["header"],
+        lines += markdown_table(table["header"],
                         [[_cell_text(c) if not isinstance(c, str) else c for c in row] for row in table["rows"]])
         if table.get("note"):
             lines += ["", table["note"]]
@@ -202,7 +202,7 @@ def write_protocol_report(out_dir: str | os.PathLike, results: dict) -> list[Pat
 def _plot_results(results: dict, path: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
-    from ..reporting.plots import _save
+    from ..reporting.plots import save_figure
 
     distributions = {m: c for m, c in (results.get("distributions") or {}).items() if any(c.values())}
     token_r = results.get("token_r") or {}
@@ -235,4 +235,4 @@ def _plot_results(results: dict, path: Path) -> Path | None:
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
     fig.suptitle(f"{results.get('title', 'protocol')} (n = {results.get('n')} per condition)", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)

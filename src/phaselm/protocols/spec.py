@@ -146,7 +146,7 @@ def _unknown_key(key: str, known, where: str) -> PhaseLMError:
     return PhaseLMError(f"unknown key {key!r} in {where}{hint}")
 
 
-def _resolve_path(text: str, base: Path) -> Path:
+def resolve_path(text: str, base: Path) -> Path:
     """A path as written (relative to the working directory), else relative to the protocol file."""
     path = Path(text).expanduser()
     if path.is_absolute() or path.exists():
@@ -344,7 +344,7 @@ def _load_generation_design(protocol: Protocol, v: dict, path: Path) -> None:
     elif source == "file":
         if "file" not in prompts:
             raise PhaseLMError(f"protocol {path} is missing [prompts] file (one prompt per line)")
-        file = _resolve_path(prompts["file"], path.parent)
+        file = resolve_path(prompts["file"], path.parent)
         if not file.is_file():
             raise PhaseLMError(f"[prompts] file {prompts['file']} does not exist")
         lines = [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -74,12 +74,13 @@ def perplexity_many(subject: Subject, prompts: list[list[int]], continuations: l
     return [s.perplexity for s in subject.score(prompts, continuations)]
 
 
-def _producing(prompt_len: int, m: int) -> slice:
+def producing_positions(prompt_len: int, m: int) -> slice:
     """The positions whose predictions produced the m generated tokens."""
     return slice(prompt_len - 1, prompt_len - 1 + m)
 
 
-def _prompts(protocol: Protocol, subject: Subject) -> list[str]:
+def protocol_prompts(protocol: Protocol, subject: Subject) -> list[str]:
+    """The protocol's prompt texts: its own, or windows decoded from the model's validation split."""
     if protocol.prompt_source == "validation":
         from ..evals import validation_prompts
 
@@ -89,8 +90,10 @@ def _prompts(protocol: Protocol, subject: Subject) -> list[str]:
     return list(protocol.prompt_texts)
 
 
-def _check_prompts(subject: Subject, texts: list[str], extra: int) -> None:
-    from ..evals.outputs import _check_positions
+def check_prompts(subject: Subject, texts: list[str], extra: int) -> None:
+    """One-line errors for a prompt that encodes to nothing, leaves the vocabulary, or with ``extra``
+    generated tokens exceeds the model's positions."""
+    from ..evals.outputs import check_positions
 
     vocab = subject.model.get_input_embeddings().num_embeddings
     for text in texts:
@@ -101,10 +104,10 @@ def _check_prompts(subject: Subject, texts: list[str], extra: int) -> None:
             raise PhaseLMError(f"the prompt {text[:30]!r} has token id {max(ids)} but the model's vocabulary has "
                                f"{vocab}")
     longest = max(len(subject.tokenizer.encode(t)) for t in texts)
-    _check_positions(subject.model, longest + extra, "prompt + generation")
+    check_positions(subject.model, longest + extra, "prompt + generation")
 
 
-def _units(protocol: Protocol, n_prompts: int) -> list[tuple[int, int]]:
+def pairing_units(protocol: Protocol, n_prompts: int) -> list[tuple[int, int]]:
     """The pairing units: (prompt index, seed), prompts outer."""
     return [(i, seed) for i in range(n_prompts) for seed in protocol.seeds]
 

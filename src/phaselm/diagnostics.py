@@ -1,11 +1,12 @@
-"""Diagnostics for the fusion family (seed 004, SPEC.md §4): what each branch does, with thresholds.
+"""Diagnostics for the fusion family (seed 004's checks): what each branch does, with thresholds.
 
 ``run_diagnostics(PATH)`` (a ``phaselm train-lm`` run directory or a saved model folder) measures a
 fusion-family model on validation text and writes ``diagnostics.json`` and ``plots/diag_*.png``.
 Every check carries its value, its status (PASS / WARN / FAIL, or "n/a" where the model lacks a
 branch the check compares) and the rule that gave the status.
 
-Checks (thresholds from SPEC.md unless marked *ours*):
+Checks (thresholds from seed 004 unless marked *ours*; where and why we depart from the seed:
+docs/seeds-vs-phaselm.md):
 
     D1 state growth       ‖S‖ at position 512 / ‖S‖ at position 64 (Frobenius, mean over windows),
                           worst branch and layer.                     PASS < 2, WARN < 10, FAIL ≥ 10
@@ -22,8 +23,8 @@ Checks (thresholds from SPEC.md unless marked *ours*):
                           over the same text.                         PASS < 2, WARN < 5
     state-norm ratio      RWKV ‖S‖ / Mamba ‖S‖ at position 512, taken symmetrically
                           (max(a/b, b/a)), worst layer.               PASS < 3, WARN < 10
-    output entropy        mean entropy (nats) of the next-token distribution on the text. SPEC
-                          calls it "initial output entropy" without saying initial to what; we
+    output entropy        mean entropy (nats) of the next-token distribution on the text. The
+                          seed calls it "initial output entropy" without saying initial to what; we
                           measure the model as given (pass an untrained one for the init check).
                                                                       PASS in [2, 5], else WARN
 

@@ -34,10 +34,11 @@ def diagnose(
 ) -> None:
     """Diagnose an RWKV-6 / Mamba-2 fusion model: D1–D4, long context, state norms, gates, V5 metrics.
 
-    Every check prints PASS / WARN / FAIL against SPEC.md's thresholds (or ours, where the seed
-    gives none; diagnostics.json says which). Also measured: state norms per layer at 64–512
-    tokens, activation variance through depth (amplifier or damper), gradient norm per branch,
-    the loss cost of zeroing each branch, and the fusion gates at every saved checkpoint.
+    Every check prints PASS / WARN / FAIL against seed 004's thresholds (or ours, where the seed
+    gives none; diagnostics.json says which, docs/seeds-vs-phaselm.md why). Also measured: state
+    norms per layer at 64–512 tokens, activation variance through depth (amplifier or damper),
+    gradient norm per branch, the loss cost of zeroing each branch, and the fusion gates at every
+    saved checkpoint.
 
     Example: `phaselm diagnose runs/fusion-gf-mh --json`
     """

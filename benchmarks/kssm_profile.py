@@ -97,11 +97,14 @@ def batch(recipe, device: str):
 def top_kernels(forward, objective, optimizer, x, y, device: str, count: int) -> dict:
     """One more compiled step under the profiler: its kernels by device time (what bounds the step:
     a few long matmuls, or many short launches)."""
-    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device == "cuda" else [])
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
     with torch.profiler.profile(activities=activities) as prof:
         train_step(forward, objective, optimizer, x, y, device)
         synchronize(device)
-    kernels = [e for e in prof.key_averages() if (e.device_time_total if device == "cuda" else e.self_cpu_time_total) > 0
+    kernels = [e for e in prof.key_averages()
+               if (e.device_time_total if device == "cuda" else e.self_cpu_time_total) > 0
                and (device != "cuda" or e.device_type == torch.autograd.DeviceType.CUDA)]
     time_of = (lambda e: e.device_time_total) if device == "cuda" else (lambda e: e.self_cpu_time_total)
     kernels.sort(key=time_of, reverse=True)
@@ -230,12 +233,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny shapes, Dynamo-only compile")
-    parser.add_argument("--kernels", type=int, default=12, help="list the N longest kernels of a compiled step (GPT, and K-SSM with auto's backends)")
+    parser.add_argument("--kernels", type=int, default=12,
+                        help="list the N longest kernels of a compiled step (GPT, and K-SSM with auto's backends)")
     parser.add_argument("--pairs", default="chunked:reference,triton:reference,chunked:triton,triton:triton",
                         help="SSD:bank[:harmonics] backend triples to time, comma-separated")
     parser.add_argument("--settings", default="default:foreach",
-                        help="compile mode:optimizer pairs, comma-separated; each times GPT and K-SSM with auto's backends "
-                             "(mode: default, reduce-overhead, max-autotune-no-cudagraphs; optimizer: foreach, fused)")
+                        help="compile mode:optimizer pairs, comma-separated; each times GPT and K-SSM with auto's "
+                             "backends (mode: default, reduce-overhead, max-autotune-no-cudagraphs; optimizer: "
+                             "foreach, fused)")
     parser.add_argument("--no-breakdown", action="store_true", help="skip the eager per-group breakdown")
     args = parser.parse_args()
     device = "cpu" if args.smoke else "cuda"
@@ -248,11 +253,13 @@ def main() -> None:
     for pair in filter(None, args.pairs.split(",")):
         ssd, bank, *harmonics = pair.split(":")
         if ssd not in SSD_BACKENDS or bank not in BANK_BACKENDS or harmonics not in ([], ["reference"], ["triton"]):
-            parser.error(f"--pairs: {pair!r} is not SSD:bank[:harmonics] with SSD in {SSD_BACKENDS}, bank in {BANK_BACKENDS}")
+            parser.error(f"--pairs: {pair!r} is not SSD:bank[:harmonics] with SSD in {SSD_BACKENDS}, bank in "
+                         f"{BANK_BACKENDS}")
         env = {"PHASELM_BACKEND_SSD": ssd, "PHASELM_BACKEND_BISTABLE_BANK": bank}
         if harmonics:
             env["PHASELM_BACKEND_HARMONICS"] = harmonics[0]
-        variants.append((f"kssm ssd={ssd} bank={bank}" + (f" harmonics={harmonics[0]}" if harmonics else ""), args.kssm, env, {}))
+        variants.append((f"kssm ssd={ssd} bank={bank}" + (f" harmonics={harmonics[0]}" if harmonics else ""), args.kssm,
+                         env, {}))
     for setting in filter(None, args.settings.split(",")):
         mode, optimizer = setting.split(":")
         if optimizer not in ("foreach", "fused"):
@@ -269,8 +276,10 @@ def main() -> None:
         os.environ.update(env)
         torch._dynamo.reset()  # a variant must not reuse a graph traced under other backends
         try:
-            listed = name == "gpt" or env == {"PHASELM_BACKEND_SSD": "chunked", "PHASELM_BACKEND_BISTABLE_BANK": "reference"}
-            speeds[name] = tokens_per_s(path, device, steps, warmup, args.smoke, args.kernels if listed else 0, **options)
+            listed = name == "gpt" or env == {"PHASELM_BACKEND_SSD": "chunked",
+                                              "PHASELM_BACKEND_BISTABLE_BANK": "reference"}
+            speeds[name] = tokens_per_s(path, device, steps, warmup, args.smoke, args.kernels if listed else 0,
+                                        **options)
         except Exception as error:  # one failing pair must not hide the others
             speeds[name] = {"error": f"{type(error).__name__}: {error}"[:500]}
         for key in env:
@@ -291,7 +300,8 @@ def main() -> None:
     for name, s in speeds.items():
         if "kernels" in s:
             k = s["kernels"]
-            print(f"\n## {name}: one compiled step, {k['launches']} kernel launches, {k['device_ms']:.2f} ms of kernel time\n")
+            print(f"\n## {name}: one compiled step, {k['launches']} kernel launches, {k['device_ms']:.2f} ms of kernel "
+                  "time\n")
             print(markdown(["kernel", "calls", "ms"], [[t["name"], t["calls"], f"{t['ms']:.3f}"] for t in k["top"]]))
 
     profiles = {}

@@ -38,7 +38,8 @@ def demo_run(tmp_path_factory):
 
 @pytest.mark.slow
 def test_quick_demo_writes_every_artifact(demo_run):
-    for name in ("config.toml", "metrics.jsonl", "summary.json", "report.md", "plots/order.png", "plots/loss.png", "plots/tones.png"):
+    for name in ("config.toml", "metrics.jsonl", "summary.json", "report.md", "plots/order.png", "plots/loss.png",
+                 "plots/tones.png"):
         assert (demo_run / name).is_file(), name
     summary = json.loads((demo_run / "summary.json").read_text())
     for key in ("order", "uncertainty", "ru"):
@@ -68,7 +69,8 @@ def test_generate_measured_json(demo_run, capsys):
 
 @pytest.mark.slow
 def test_generate_from_the_bare_backbone_folder(demo_run, capsys):
-    code, out, err = run_cli(capsys, "generate", str(demo_run / "backbone" / "model"), "-n", "3", "--measured", "--json")
+    code, out, err = run_cli(capsys, "generate", str(demo_run / "backbone" / "model"), "-n", "3", "--measured",
+                             "--json")
     assert code == 0, err
     assert all(t["r"] is None for t in json.loads(out)["tokens"])
 
@@ -84,7 +86,8 @@ def test_demo_refuses_an_existing_run(demo_run, capsys):
 @pytest.mark.slow
 def test_train_refuses_an_existing_run_dir(demo_run, tmp_path, capsys):
     recipe = tmp_path / "r.toml"
-    recipe.write_text(f'[backbone]\nname = "{demo_run / "backbone" / "model"}"\n[train]\nsteps = 2\nbatch_size = 2\nseq_len = 8\n')
+    recipe.write_text(f'[backbone]\nname = "{demo_run / "backbone" / "model"}"\n[train]\nsteps = 2\nbatch_size = '
+                      '2\nseq_len = 8\n')
     before = snapshot(demo_run)
     code, _, err = run_cli(capsys, "train", str(recipe), "--out", str(demo_run))
     assert_one_line_error(code, err, "already holds a run")
@@ -192,7 +195,9 @@ def test_generate_refuses_a_checkpoint_from_another_config(demo_run, tmp_path, c
     shutil.copytree(demo_run, run, ignore=shutil.ignore_patterns("backbone"))
     text = (run / "config.toml").read_text()
     # The copy leaves the backbone behind: point at the original's (runs store it relative to the run).
-    (run / "config.toml").write_text(text.replace('name = "backbone/model"', f'name = "{demo_run}/backbone/model"').replace("coupling = 2.0", "coupling = 3.0"))
+    (run / "config.toml").write_text(text.replace('name = "backbone/model"',
+                                                  f'name = "{demo_run}/backbone/model"').replace("coupling = 2.0",
+                                                                                                 "coupling = 3.0"))
     assert "coupling = 3.0" in (run / "config.toml").read_text()
     code, _, err = run_cli(capsys, "generate", str(run), "-n", "2")
     assert_one_line_error(code, err, "was saved with core=")
@@ -219,8 +224,8 @@ FAST_VAL = ["--batches", "1", "--batch-size", "2", "--seq-len", "16"]
 
 def test_eval_intervention_writes_json_and_png(eval_runs, tmp_path, capsys):
     out = tmp_path / "ev"
-    code, stdout, err = run_cli(capsys, "eval", "intervention", str(eval_runs["kssm"]), *FAST_GEN, "--kind", "sync", "--kind", "pin",
-                                "--value", "0.3", "--layers", "1", "--json", "--out", str(out))
+    code, stdout, err = run_cli(capsys, "eval", "intervention", str(eval_runs["kssm"]), *FAST_GEN, "--kind", "sync",
+                                "--kind", "pin", "--value", "0.3", "--layers", "1", "--json", "--out", str(out))
     assert code == 0, err
     data = json.loads(stdout)
     assert data == json.loads((out / "intervention.json").read_text())
@@ -236,7 +241,8 @@ def test_eval_intervention_writes_json_and_png(eval_runs, tmp_path, capsys):
 
 
 def test_eval_intervention_default_out_and_text_output(eval_runs, capsys):
-    code, stdout, err = run_cli(capsys, "eval", "intervention", str(eval_runs["kssm"] / "model"), *FAST_GEN, "--kind", "disorder", "--temperature", "0")
+    code, stdout, err = run_cli(capsys, "eval", "intervention", str(eval_runs["kssm"] / "model"), *FAST_GEN, "--kind",
+                                "disorder", "--temperature", "0")
     assert code == 0, err
     assert "| disorder @ layers all | KL(unforced ‖ forced) |" in stdout and "plot:" in stdout
     assert (eval_runs["kssm"] / "evals" / "intervention.png").is_file()
@@ -245,9 +251,11 @@ def test_eval_intervention_default_out_and_text_output(eval_runs, capsys):
 @pytest.mark.parametrize(
     "args, check",
     [
-        (["temperature", "{kssm}", "-t", "0,1", *FAST_GEN], lambda d: [r["temperature"] for r in d["rows"]] == [0.0, 1.0]),
+        (["temperature", "{kssm}", "-t", "0,1", *FAST_GEN],
+         lambda d: [r["temperature"] for r in d["rows"]] == [0.0, 1.0]),
         (["temperature", "{gpt}", "-t", "0.8", *FAST_GEN], lambda d: d["rows"][0]["metrics"]["mean_r"] is None),
-        (["clamp", "{kssm}", "--bounds", "0.1:10,0.9:1.1", *FAST_VAL], lambda d: "not retraining" in d["note"] and len(d["rows"]) == 3),
+        (["clamp", "{kssm}", "--bounds", "0.1:10,0.9:1.1", *FAST_VAL],
+         lambda d: "not retraining" in d["note"] and len(d["rows"]) == 3),
         (["correlation", "{kssm}", *FAST_VAL], lambda d: d["tokens"] == 32 and len(d["layers"]) == 3),
     ],
 )
@@ -262,15 +270,17 @@ def test_eval_commands_json(eval_runs, tmp_path, capsys, args, check):
 
 def test_eval_ablation_on_a_trained_run(eval_runs, tmp_path, capsys):
     """A real `train-lm` run next to a GPT run: the table shows — for GPT's R and u."""
-    sets = ["train.steps=2", "train.batch_size=2", "train.seq_len=16", "train.eval_batches=1", "train.checkpoint_every=0",
+    sets = ["train.steps=2", "train.batch_size=2", "train.seq_len=16", "train.eval_batches=1",
+            "train.checkpoint_every=0",
             "kssm.hidden_size=32", "kssm.n_layers=1", "kssm.head_dim=16", "kssm.n_oscillators=8", "kssm.n_harmonics=4",
             f"data.corpus={eval_runs['kssm'].parent / 'small.txt'}"]
     run = tmp_path / "trained"
-    code, _, err = run_cli(capsys, "train-lm", str(RECIPES / "kssm-v3.toml"), "--out", str(run), *[x for s in sets for x in ("--set", s)])
+    code, _, err = run_cli(capsys, "train-lm", str(RECIPES / "kssm-v3.toml"), "--out", str(run),
+                           *[x for s in sets for x in ("--set", s)])
     assert code == 0, err
     out = tmp_path / "ablation"
-    code, stdout, err = run_cli(capsys, "eval", "ablation", str(run), str(eval_runs["gpt"]), "--batches", "1", "--batch-size", "2", "--json",
-                                "--out", str(out))
+    code, stdout, err = run_cli(capsys, "eval", "ablation", str(run), str(eval_runs["gpt"]), "--batches", "1",
+                                "--batch-size", "2", "--json", "--out", str(out))
     assert code == 0, err
     data = json.loads(stdout)
     assert [r["variant"] for r in data["rows"]] == ["K-SSM bistable", "GPT-2"]
@@ -282,7 +292,8 @@ def test_eval_ablation_on_a_trained_run(eval_runs, tmp_path, capsys):
     "args, match",
     [
         (["intervention", "{tmp}/missing"], "{tmp}/missing does not exist; pass a run directory"),
-        (["intervention", "{gpt}"], "needs a model with oscillators (K-SSM or a grafted Phase Core); this gpt2 model has none"),
+        (["intervention", "{gpt}"], "needs a model with oscillators (K-SSM or a grafted Phase Core); this gpt2 model "
+                                    "has none"),
         (["correlation", "{gpt}"], "needs a model with oscillators"),
         (["clamp", "{gpt}"], "needs a model with oscillators"),
         (["intervention", "{kssm}", "--kind", "pin", "--value", "1.5"], "pinned R must be in [0, 1], got 1.5"),
@@ -304,7 +315,7 @@ def test_eval_ablation_on_a_trained_run(eval_runs, tmp_path, capsys):
 def test_eval_bad_inputs_are_one_line_errors(eval_runs, tmp_path, capsys, args, match):
     values = {"tmp": tmp_path, **eval_runs}
     before = {name: snapshot(path) for name, path in eval_runs.items()}
-    code, stdout, err = run_cli(capsys, "eval", *[a.format(**values) for a in args], "--out", str(tmp_path / "out"))
+    code, _stdout, err = run_cli(capsys, "eval", *[a.format(**values) for a in args], "--out", str(tmp_path / "out"))
     assert_one_line_error(code, err, match.format(**values))
     assert not (tmp_path / "out").exists()
     assert {name: snapshot(path) for name, path in eval_runs.items()} == before
@@ -312,7 +323,8 @@ def test_eval_bad_inputs_are_one_line_errors(eval_runs, tmp_path, capsys, args, 
 
 def test_eval_commands_have_help_with_an_example(capsys):
     code, out, _ = run_cli(capsys, "eval", "--help")
-    assert code == 0 and all(name in out for name in ("intervention", "temperature", "clamp", "correlation", "ablation"))
+    assert code == 0 and all(name in out
+                             for name in ("intervention", "temperature", "clamp", "correlation", "ablation"))
     for command in ("intervention", "temperature", "clamp", "correlation", "ablation"):
         code, out, _ = run_cli(capsys, "eval", command, "--help")
         assert code == 0 and "Example" in out and "--json" in out and "--out" in out, command
@@ -385,7 +397,7 @@ USAGE_CASES = [
 @pytest.mark.parametrize("args, match", USAGE_CASES, ids=[" ".join(a) for a, _ in USAGE_CASES])
 def test_usage_errors_and_value_ranges_are_one_line(tmp_path, capsys, monkeypatch, args, match):
     monkeypatch.chdir(tmp_path)
-    code, out, err = run_cli(capsys, *args)
+    code, _out, err = run_cli(capsys, *args)
     assert_one_line_error(code, err, match)
     assert list(tmp_path.iterdir()) == []
 
@@ -402,7 +414,8 @@ def test_usage_errors_and_value_ranges_are_one_line(tmp_path, capsys, monkeypatc
     ],
 )
 def test_recipe_values_that_cannot_work_are_refused_up_front(tmp_path, capsys, override, match):
-    code, _, err = run_cli(capsys, "train", str(RECIPES / "phase-mamba.toml"), "--set", override, "--out", str(tmp_path / "run"))
+    code, _, err = run_cli(capsys, "train", str(RECIPES / "phase-mamba.toml"), "--set", override, "--out",
+                           str(tmp_path / "run"))
     assert_one_line_error(code, err, match)
     assert not (tmp_path / "run").exists()
 
@@ -413,7 +426,8 @@ def test_misleading_inputs_get_messages_that_say_what_is_wrong(tmp_path, capsys,
     assert_one_line_error(code, err, "is a directory; pass a TOML file")
 
     (tmp_path / "plain-file").write_text("x")
-    code, _, err = run_cli(capsys, "train-lm", str(RECIPES / "gpt-baseline.toml"), "--out", str(tmp_path / "plain-file" / "run"))
+    code, _, err = run_cli(capsys, "train-lm", str(RECIPES / "gpt-baseline.toml"), "--out",
+                           str(tmp_path / "plain-file" / "run"))
     assert_one_line_error(code, err, "cannot create run directory")
 
     folder = tmp_path / "bad-header"

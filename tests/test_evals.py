@@ -42,8 +42,8 @@ def make_run(root: Path, name: str, arch: str = "kssm", corpus: Path | None = No
     else:
         from transformers import GPT2Config, GPT2LMHeadModel
 
-        model = GPT2LMHeadModel(GPT2Config(vocab_size=tokenizer.vocab_size, n_embd=32, n_layer=2, n_head=2, n_positions=64,
-                                           bos_token_id=None, eos_token_id=None))
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=tokenizer.vocab_size, n_embd=32, n_layer=2, n_head=2,
+                                           n_positions=64, bos_token_id=None, eos_token_id=None))
     run = root / name
     run.mkdir(parents=True)
     recipe = {"arch": arch, "data": {"corpus": str(corpus), "val_fraction": 0.1}, "train": {"seq_len": 16}}
@@ -78,8 +78,8 @@ def prompts(subject):
 def intervention_result(subject, prompts, tmp_path_factory):
     items = [Intervention("sync"), Intervention("pin", 0.3, layers=[1]), Intervention("disorder", layers=[])]
     out = tmp_path_factory.mktemp("iv") / "evals"
-    return evals.r_intervention_eval(subject.model, subject.tokenizer, prompts, items, max_new_tokens=8, seed=3, temperature=1.0,
-                                     batch_size=4, out_dir=out, progress=False, n_resamples=500), out
+    return evals.r_intervention_eval(subject.model, subject.tokenizer, prompts, items, max_new_tokens=8, seed=3,
+                                     temperature=1.0, batch_size=4, out_dir=out, progress=False, n_resamples=500), out
 
 
 # ---------------------------------------------------------------- building blocks
@@ -139,7 +139,9 @@ def test_sample_is_cached_greedy_decoding_and_seeded_sampling(runs, arch):
 def test_intervention_eval_measures_what_it_claims(intervention_result, subject, prompts):
     result, out = intervention_result
     sync, pin, noop = result["results"]
-    assert result["n_prompts"] == 6 and [r["label"] for r in result["results"]] == ["sync @ layers all", "pin 0.3 @ layers 1", "disorder @ layers none"]
+    assert result["n_prompts"] == 6 and [r["label"] for r in result["results"]] == ["sync @ layers all",
+                                                                                    "pin 0.3 @ layers 1",
+                                                                                    "disorder @ layers none"]
     # forced R is what was asked for, during generation
     assert sync["forced"]["r_per_layer"] == pytest.approx([1.0, 1.0], abs=1e-5)
     assert pin["forced"]["r_per_layer"][1] == pytest.approx(0.3, abs=1e-5)
@@ -157,13 +159,16 @@ def test_intervention_eval_measures_what_it_claims(intervention_result, subject,
     # Holm over 3 interventions × 7 metrics
     for res in result["results"]:
         for c in res["comparisons"].values():
-            assert c["n"] == 6 and {"p_t_holm", "p_wilcoxon_holm", "cohens_dz", "rank_biserial", "ci_low", "ci_high"} <= set(c)
+            assert c["n"] == 6 and {"p_t_holm", "p_wilcoxon_holm", "cohens_dz", "rank_biserial", "ci_low",
+                                    "ci_high"} <= set(c)
             if c["p_t"] is not None:
                 assert c["p_t_holm"] >= c["p_t"]
-    assert result["interventions"][1] == {"kind": "pin", "value": 0.3, "layers": [1], "target_order": 0.3, "n_oscillators": 8,
+    assert result["interventions"][1] == {"kind": "pin", "value": 0.3, "layers": [1], "target_order": 0.3,
+                                          "n_oscillators": 8,
                                           "arc_width": pytest.approx(result["interventions"][1]["arc_width"])}
     # files: JSON (strict) and a PNG
-    saved = json.loads((out / "intervention.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    saved = json.loads((out / "intervention.json").read_text(),
+                       parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
     assert saved["results"][0]["label"] == "sync @ layers all"
     assert (out / "intervention.png").read_bytes()[:8] == PNG
     assert all(site.phase_transforms == [] for site in phase_sites(subject.model))
@@ -187,25 +192,30 @@ def test_intervention_eval_kl_and_perplexity_by_hand(intervention_result, subjec
     assert result["samples"]["unforced"][0] == subject.tokenizer.decode(new[0].tolist())
 
 
-def test_intervention_eval_refuses_to_overwrite_and_bad_input(intervention_result, subject, prompts, runs, raises_phaselm):
+def test_intervention_eval_refuses_to_overwrite_and_bad_input(intervention_result, subject, prompts, runs,
+                                                              raises_phaselm):
     _, out = intervention_result
     before = {p: p.read_bytes() for p in out.iterdir()}
     with raises_phaselm("already holds intervention.json"):
-        evals.r_intervention_eval(subject.model, subject.tokenizer, prompts, [Intervention("sync")], out_dir=out, progress=False)
+        evals.r_intervention_eval(subject.model, subject.tokenizer, prompts, [Intervention("sync")], out_dir=out,
+                                  progress=False)
     assert {p: p.read_bytes() for p in out.iterdir()} == before
     with raises_phaselm("at least 2 prompts, got 1"):
         evals.r_intervention_eval(subject.model, subject.tokenizer, prompts[:1], [Intervention("sync")], progress=False)
     with raises_phaselm("layer 3 is out of range"):
-        evals.r_intervention_eval(subject.model, subject.tokenizer, prompts, [Intervention("sync", layers=[3])], progress=False)
+        evals.r_intervention_eval(subject.model, subject.tokenizer, prompts, [Intervention("sync", layers=[3])],
+                                  progress=False)
     with raises_phaselm("max_new_tokens must be at least 4"):
-        evals.r_intervention_eval(subject.model, subject.tokenizer, prompts, [Intervention("sync")], max_new_tokens=2, progress=False)
+        evals.r_intervention_eval(subject.model, subject.tokenizer, prompts, [Intervention("sync")], max_new_tokens=2,
+                                  progress=False)
     gpt = evals.load_subject(runs["gpt"], device="cpu")
     with raises_phaselm("needs a model with oscillators"):
         evals.r_intervention_eval(gpt.model, gpt.tokenizer, prompts, [Intervention("sync")], progress=False)
 
 
 def test_greedy_intervention_eval_on_text_prompts(subject):
-    result = evals.r_intervention_eval(subject.model, subject.tokenizer, ["ROMEO:", "JULIET:", "First"], [Intervention("pin", 0.5, layers=[0])],
+    result = evals.r_intervention_eval(subject.model, subject.tokenizer, ["ROMEO:", "JULIET:", "First"],
+                                       [Intervention("pin", 0.5, layers=[0])],
                                        max_new_tokens=5, temperature=0, progress=False, n_resamples=100)
     assert result["prompt_tokens"] == [5, 6, 7] and result["decoding"]["greedy"]
     assert result["results"][0]["forced"]["r_per_layer"][0] == pytest.approx(0.5, abs=1e-5)
@@ -216,17 +226,20 @@ def test_greedy_intervention_eval_on_text_prompts(subject):
 
 
 def test_temperature_sweep(subject, runs, prompts, tmp_path):
-    result = evals.temperature_sweep(subject.model, subject.tokenizer, prompts[:4], [0, 1.0, 2.0], max_new_tokens=6, out_dir=tmp_path,
-                                     progress=False)
+    result = evals.temperature_sweep(subject.model, subject.tokenizer, prompts[:4], [0, 1.0, 2.0], max_new_tokens=6,
+                                     out_dir=tmp_path, progress=False)
     assert [r["temperature"] for r in result["rows"]] == [0.0, 1.0, 2.0]
     for row in result["rows"]:
         assert row["metrics"]["perplexity"]["n"] == 4 and 0 < row["metrics"]["mean_r"]["mean"] < 1
         assert len(row["r_per_layer"]) == 2
-    again = evals.temperature_sweep(subject.model, subject.tokenizer, prompts[:4], [0], max_new_tokens=6, progress=False)
+    again = evals.temperature_sweep(subject.model, subject.tokenizer, prompts[:4], [0], max_new_tokens=6,
+                                    progress=False)
     assert again["rows"][0]["metrics"] == result["rows"][0]["metrics"]  # greedy is deterministic
-    assert (tmp_path / "temperature.png").read_bytes()[:8] == PNG and json.loads((tmp_path / "temperature.json").read_text())["rows"]
+    assert (tmp_path / "temperature.png").read_bytes()[:8] == PNG
+    assert json.loads((tmp_path / "temperature.json").read_text())["rows"]
     gpt = evals.load_subject(runs["gpt"], device="cpu")
-    res = evals.temperature_sweep(gpt.model, gpt.tokenizer, prompts[:3], [0.8], max_new_tokens=4, out_dir=tmp_path / "gpt", progress=False)
+    res = evals.temperature_sweep(gpt.model, gpt.tokenizer, prompts[:3], [0.8], max_new_tokens=4,
+                                  out_dir=tmp_path / "gpt", progress=False)
     assert res["rows"][0]["metrics"]["mean_r"] is None and "—" in res["markdown"]
     assert (tmp_path / "gpt" / "temperature.png").is_file()
 
@@ -254,8 +267,8 @@ def direct_ce(model, val, batch_size, seq_len, batches):
 
 def test_clamp_sweep(subject, tmp_path):
     val = subject.validation_ids()
-    result = evals.clamp_sweep(subject.model, val, [(0.1, 10), (0.9, 1.1)], batch_size=2, seq_len=16, max_batches=3, out_dir=tmp_path,
-                               progress=False)
+    result = evals.clamp_sweep(subject.model, val, [(0.1, 10), (0.9, 1.1)], batch_size=2, seq_len=16, max_batches=3,
+                               out_dir=tmp_path, progress=False)
     trained, same, tight = result["rows"]
     assert "not retraining" in result["note"] and "not retraining" in result["markdown"]
     assert trained["trained"] and trained["bounds"] == "as trained [0.1, 10]"
@@ -277,7 +290,8 @@ def test_clamp_sweep_bad_bounds_and_models(subject, runs, raises_phaselm, tmp_pa
         evals.clamp_sweep(subject.model, val, [(0.0, 1.0)], out_dir=tmp_path, progress=False)
     assert not any(tmp_path.iterdir())
     mono = evals.load_subject(runs["mono"], device="cpu")
-    res = evals.clamp_sweep(mono.model, mono.validation_ids(), [(-1.0, 1.0)], batch_size=2, seq_len=16, max_batches=1, progress=False)
+    res = evals.clamp_sweep(mono.model, mono.validation_ids(), [(-1.0, 1.0)], batch_size=2, seq_len=16, max_batches=1,
+                            progress=False)
     assert res["rows"][0]["bounds"] == "as trained (no clamp)" and res["rows"][0]["u_at_bounds"] is None
     assert res["rows"][1]["u_min"] == -1.0 and not res["trained_bistable"]
     gpt = evals.load_subject(runs["gpt"], device="cpu")
@@ -293,7 +307,8 @@ def test_clamp_sweep_bad_bounds_and_models(subject, runs, raises_phaselm, tmp_pa
 
 def test_order_loss_correlation_against_scipy(subject, tmp_path):
     model, val = subject.model, subject.validation_ids()
-    result = evals.order_loss_correlation(model, val, batch_size=2, seq_len=16, max_batches=2, out_dir=tmp_path, progress=False)
+    result = evals.order_loss_correlation(model, val, batch_size=2, seq_len=16, max_batches=2, out_dir=tmp_path,
+                                          progress=False)
     ce, orders = [], []
     with torch.no_grad():
         for i, (x, y) in enumerate(sequential_batches(val, 2, 16)):
@@ -304,7 +319,8 @@ def test_order_loss_correlation_against_scipy(subject, tmp_path):
             orders.append(out.orders.transpose(0, 1).flatten(1))
     ce, orders = torch.cat(ce).double().numpy(), torch.cat(orders, 1).double().numpy()
     layer1 = result["layers"][1]
-    assert result["tokens"] == 64 and [l["layer"] for l in result["layers"]] == ["layer 0", "layer 1", "mean over layers"]
+    assert result["tokens"] == 64
+    assert [layer["layer"] for layer in result["layers"]] == ["layer 0", "layer 1", "mean over layers"]
     assert layer1["pearson_r"] == pytest.approx(stats.pearsonr(orders[1], ce).statistic, abs=1e-5)
     assert layer1["spearman_rho"] == pytest.approx(stats.spearmanr(orders[1], ce).statistic, abs=1e-5)
     assert result["layers"][2]["pearson_r"] == pytest.approx(stats.pearsonr(orders.mean(0), ce).statistic, abs=1e-5)
@@ -318,17 +334,20 @@ def test_order_loss_correlation_against_scipy(subject, tmp_path):
 
 def test_ablation_table(runs, tmp_path):
     order = ["kssm", "mono", "nomixer", "gpt"]
-    result = evals.ablation_table([runs[k] for k in order], batch_size=2, max_batches=2, out_dir=tmp_path, progress=False, device="cpu")
+    result = evals.ablation_table([runs[k] for k in order], batch_size=2, max_batches=2, out_dir=tmp_path,
+                                  progress=False, device="cpu")
     rows = {r["run"]: r for r in result["rows"]}
     assert [r["variant"] for r in result["rows"]] == ["K-SSM bistable", "K-SSM monostable", "K-SSM no-mixer", "GPT-2"]
     assert result["batches"]["seq_len"] == 16  # the runs' training seq_len
     gpt, kssm, mono = rows["gpt"], rows["kssm"], rows["mono"]
     assert gpt["r_mean"] is None and gpt["u_mean"] is None and gpt["u_at_bounds"] is None
-    assert 0 < kssm["r_mean"] < 1 and kssm["u_at_bounds"] is not None and mono["u_mean"] is not None and mono["u_at_bounds"] is None
+    assert 0 < kssm["r_mean"] < 1 and kssm["u_at_bounds"] is not None
+    assert mono["u_mean"] is not None and mono["u_at_bounds"] is None
     subject = evals.load_subject(runs["kssm"], device="cpu")
     assert kssm["val_ce"] == pytest.approx(direct_ce(subject.model, subject.validation_ids(), 2, 16, 2), rel=1e-5)
     assert kssm["val_ppl"] == pytest.approx(math.exp(kssm["val_ce"]))
-    assert kssm["parameters"] == sum(p.numel() for p in subject.model.parameters()) and kssm["val_ce_at_training"] == 4.0
+    assert kssm["parameters"] == sum(p.numel()
+                                     for p in subject.model.parameters()) and kssm["val_ce_at_training"] == 4.0
     lines = result["markdown"].splitlines()
     gpt_line = next(line for line in lines if line.startswith("| gpt "))
     assert gpt_line.count("—") == 5  # R mean, R std, u mean, u std, u at bounds
@@ -343,7 +362,8 @@ def test_load_subject_accepts_a_run_or_its_model_folder(runs):
     a = evals.load_subject(runs["kssm"], device="cpu")
     b = evals.load_subject(runs["kssm"] / "model", device="cpu")
     assert a.model_dir == b.model_dir and a.corpus == b.corpus and a.train_seq_len == 16
-    assert evals.default_out_dir(runs["kssm"] / "model") == runs["kssm"] / "evals" == evals.default_out_dir(runs["kssm"])
+    assert evals.default_out_dir(runs["kssm"] / "model") == runs["kssm"] / "evals"
+    assert evals.default_out_dir(runs["kssm"]) == runs["kssm"] / "evals"
 
 
 def test_load_subject_bad_paths(tmp_path, raises_phaselm):

@@ -88,7 +88,8 @@ def assert_every_table_states_n(result: dict):
 
 
 def test_load_protocol_reads_and_hashes(runs, tmp_path):
-    file = write(tmp_path / "p.toml", spec("intervention", runs["kssm"]), header="# a comment is part of the protocol\n")
+    file = write(tmp_path / "p.toml", spec("intervention", runs["kssm"]),
+                 header="# a comment is part of the protocol\n")
     protocol = P.load_protocol(file)
     assert protocol.sha256 == hashlib.sha256(file.read_bytes()).hexdigest() == P.sha256_of(file)
     assert protocol.kind == "intervention" and protocol.samples_per_condition == 6 and protocol.seeds == [0, 1]
@@ -109,24 +110,30 @@ BAD_FILES = [
     ("missing kind", lambda d: _without(d, "protocol", "kind"), "is missing [protocol] kind"),
     ("missing conditions", lambda d: {k: v for k, v in d.items() if k != "conditions"}, "is missing [[conditions]]"),
     ("unknown kind", lambda d: {**d, "protocol": {"kind": "observaton"}}, "did you mean observation?"),
-    ("unknown key", lambda d: {**d, "decoding": {**d["decoding"], "temprature": 1.0}}, "unknown key 'temprature' in [decoding]; did you mean temperature?"),
+    ("unknown key", lambda d: {**d, "decoding": {**d["decoding"], "temprature": 1.0}},
+     "unknown key 'temprature' in [decoding]; did you mean temperature?"),
     ("unknown section", lambda d: {**d, "metric": {}}, "unknown section [metric]"),
     ("unknown intervention", lambda d: {**d, "conditions": [{"intervention": "snyc"}]},
      "unknown intervention kind 'snyc'; choose one of sync, disorder, pin"),
-    ("pinned R out of range", lambda d: {**d, "conditions": [{"intervention": "pin=1.5"}]}, "pinned R must be in [0, 1], got 1.5"),
-    ("n below 2", lambda d: {**d, "design": {"seeds": [0], "samples_per_condition": 1}}, "a statistical test needs n ≥ 2"),
+    ("pinned R out of range", lambda d: {**d, "conditions": [{"intervention": "pin=1.5"}]},
+     "pinned R must be in [0, 1], got 1.5"),
+    ("n below 2", lambda d: {**d, "design": {"seeds": [0], "samples_per_condition": 1}},
+     "a statistical test needs n ≥ 2"),
     ("n disagrees", lambda d: {**d, "design": {"seeds": [0, 1], "samples_per_condition": 5}},
      "samples_per_condition = 5 but the design gives 3 prompts × 2 seeds = 6"),
     ("greedy with seeds", lambda d: {**d, "decoding": {"max_new_tokens": 6, "temperature": 0.0}}, "pseudo-replication"),
     ("unknown metric", lambda d: {**d, "metrics": {"names": ["kl", "perplexty"]}}, "did you mean perplexity?"),
-    ("unknown test", lambda d: {**d, "statistics": {"test": "anova", "alpha": 0.05}}, "choose one of t, wilcoxon, permutation"),
+    ("unknown test", lambda d: {**d, "statistics": {"test": "anova", "alpha": 0.05}},
+     "choose one of t, wilcoxon, permutation"),
     ("wrong type", lambda d: {**d, "design": {"seeds": [0, 1], "samples_per_condition": "six"}},
      "[design] samples_per_condition must be an integer"),
-    ("reference outside intervention", lambda d: {**spec("observation", Path("m")), "model": {"path": "m", "reference": "r"}},
+    ("reference outside intervention", lambda d: {**spec("observation", Path("m")),
+                                                  "model": {"path": "m", "reference": "r"}},
      "[model] reference applies to intervention protocols only"),
     ("section of another kind", lambda d: {**spec("ablation_grid", Path("m")), "decoding": {"max_new_tokens": 6}},
      "section [decoding] does not apply to a ablation_grid protocol"),
-    ("oscillators not a count", lambda d: {**spec("ablation_grid", Path("m")), "grid": {"oscillators": [2.5]}}, "whole number"),
+    ("oscillators not a count", lambda d: {**spec("ablation_grid", Path("m")), "grid": {"oscillators": [2.5]}},
+     "whole number"),
 ]
 
 
@@ -144,13 +151,14 @@ def test_bad_protocol_files_are_one_line_errors(runs, tmp_path, raises_phaselm, 
 @pytest.fixture(scope="module")
 def observation(runs, tmp_path_factory):
     root = tmp_path_factory.mktemp("observation")
-    file = write(root / "obs.toml", spec("observation", runs["kssm"], statistics={"test": "permutation", "alpha": 0.05, **FAST}))
+    file = write(root / "obs.toml", spec("observation", runs["kssm"],
+                                         statistics={"test": "permutation", "alpha": 0.05, **FAST}))
     out = root / "out"
     return file, out, P.run_protocol(file, out, progress=False)
 
 
 def test_observation_on_a_tiny_kssm(observation):
-    file, out, result = observation
+    file, out, _result = observation
     for name in ("results.json", "results.md", "results.png", "protocol.toml"):
         assert (out / name).is_file(), name
     assert (out / "protocol.toml").read_bytes() == file.read_bytes()
@@ -169,7 +177,8 @@ def test_observation_on_a_tiny_kssm(observation):
     assert power["n"] == 6 and power["min_detectable_dz"] == pytest.approx(st.min_detectable_effect(6, 0.05, 0.8))
     assert power["min_detectable_variance_ratio"] > 1
     assert_every_table_states_n(saved)
-    assert set(saved["distributions"]) == {"R mean", "R std (within sample)", "R range (max − min within sample)", "U mean"}
+    assert set(saved["distributions"]) == {"R mean", "R std (within sample)", "R range (max − min within sample)",
+                                           "U mean"}
     assert len(saved["scatter"]["blind"]) == 6 * 6 and all(0 <= r <= 1 for r, _ in saved["scatter"]["blind"])
     md = (out / "results.md").read_text()
     assert saved["protocol"]["sha256"] in md and "| R mean | 6 |" in md
@@ -180,7 +189,7 @@ def test_observation_r_is_the_r_of_the_producing_positions(observation, runs):
     file, _, result = observation
     protocol = P.load_protocol(file)
     subject = P.load_subject(runs["kssm"], "cpu")
-    text = P.subject._prompts(protocol, subject)[0]
+    text = P.subject.protocol_prompts(protocol, subject)[0]
     sample = P.generate_sample(subject, text, 0, protocol)
     with torch.no_grad():
         out = subject.model(torch.tensor([sample.prompt_ids + sample.ids]))
@@ -265,7 +274,8 @@ def test_intervention_protocol_finds_the_planted_effect_and_not_the_null(interve
     assert sync["mean_r"]["mean_x"] == pytest.approx(1.0, abs=1e-5) and sync["mean_r"]["significant"]
     assert sync["kl"]["mean_x"] > 0 and sync["kl"]["significant"]
     null = by_name["null"]  # k_scale = 1: bit-exact, so nothing may differ
-    assert all(null[m]["mean_diff"] == 0.0 and null[m]["p_holm"] == 1.0 and not null[m]["significant"] for m in P.METRICS["intervention"])
+    assert all(null[m]["mean_diff"] == 0.0 and null[m]["p_holm"] == 1.0 and not null[m]["significant"]
+               for m in P.METRICS["intervention"])
     assert result["holm_family_size"] == 3 * 7 and result["n"] == 6
     assert result["interventions"][2]["interventions"][0] == {"kind": "ablate", "value": "bank", "layers": [1]}
     assert_every_table_states_n(result)
@@ -279,7 +289,7 @@ def test_intervention_metrics_by_hand(intervention, runs):
     file, result = intervention
     protocol = P.load_protocol(file)
     subject, reference = P.load_subject(runs["kssm"], "cpu"), P.load_subject(runs["gpt"], "cpu")
-    prompts = [subject.tokenizer.encode(t) for t in P.subject._prompts(protocol, subject)]
+    prompts = [subject.tokenizer.encode(t) for t in P.subject.protocol_prompts(protocol, subject)]
     # K-SSM decodes the prompts of one seed as a batch, with the recurrent cache
     batch = torch.tensor(prompts)
     unforced = sample(subject.model, batch, 6, 1.0, None, 0)[0][0].tolist()
@@ -350,11 +360,13 @@ def test_grid_ablates_fusion_branches_as_the_model_does(corpus, tmp_path):
 
     tokenizer = CharTokenizer.from_text(load_text(corpus))
     torch.manual_seed(0)
-    model = FusionForCausalLM(FusionConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, n_layers=2, rwkv_head_dim=16,
+    model = FusionForCausalLM(FusionConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, n_layers=2,
+                                           rwkv_head_dim=16,
                                            rwkv_mix_rank=4, rwkv_decay_rank=8, rwkv_chunk_size=4, mamba_state_size=8,
                                            mamba_head_dim=16, mamba_chunk_size=8)).eval()
     subject = P.Subject(model, tokenizer, corpus=str(corpus), path="tiny fusion")
-    data = spec("ablation_grid", Path("unused"), grid={"ablate": ["none", "mamba", "rwkv"]}, metrics={"names": ["loss"]},
+    data = spec("ablation_grid", Path("unused"), grid={"ablate": ["none", "mamba", "rwkv"]},
+                metrics={"names": ["loss"]},
                 design={"seeds": [0], "samples_per_condition": 3}, evaluation={"windows": 3, "seq_len": 16})
     result = P.run_protocol(write(tmp_path / "g.toml", data), tmp_path / "out", subject=subject, progress=False)
     val = subject.validation_ids()
@@ -363,11 +375,12 @@ def test_grid_ablates_fusion_branches_as_the_model_does(corpus, tmp_path):
     with torch.no_grad():
         own = F.cross_entropy(model(x, ablate="mamba").logits.transpose(1, 2), y, reduction="none").mean(-1)
     cells = {c["cell"]: c for c in result["comparisons"]}
-    assert cells["layers all · K×1 · oscillators all · U on · ablate mamba"]["loss"]["mean_x"] == pytest.approx(float(own.mean()), rel=1e-6)
+    ablated = cells["layers all · K×1 · oscillators all · U on · ablate mamba"]
+    assert ablated["loss"]["mean_x"] == pytest.approx(float(own.mean()), rel=1e-6)
     assert result["model"]["type"] == "phaselm_fusion" and len(result["cells"]) == 3
     with pytest.raises(PhaseLMError, match="no branch 'bank'; its branches are: rwkv, mamba, fusion_gate, mlp"):
-        P.run_protocol(write(tmp_path / "g2.toml", {**data, "grid": {"ablate": ["bank"]}}), tmp_path / "out2", subject=subject,
-                       progress=False)
+        P.run_protocol(write(tmp_path / "g2.toml", {**data, "grid": {"ablate": ["bank"]}}), tmp_path / "out2",
+                       subject=subject, progress=False)
 
 
 def test_grid_u_regulation_is_training_time_on_a_graft(tiny_model, tmp_path, raises_phaselm):
@@ -400,7 +413,8 @@ def test_write_protocol_report_rebuilds_from_results_json(observation):
 
 
 def test_cli_runs_a_protocol(runs, tmp_path, capsys):
-    data = spec("ablation_grid", runs["kssm"], grid={"k_scale": [0.5]}, design={"seeds": [0], "samples_per_condition": 4})
+    data = spec("ablation_grid", runs["kssm"], grid={"k_scale": [0.5]},
+                design={"seeds": [0], "samples_per_condition": 4})
     file = write(tmp_path / "grid.toml", data)
     code, out, err = run_cli(capsys, "protocol", "run", str(file), "--out", str(tmp_path / "out"), "--json")
     assert code == 0, err
@@ -416,7 +430,8 @@ CLI_BAD = [
     ("pinned R", lambda d: {**d, "conditions": [{"intervention": "pin=-0.2"}]}, "pinned R must be in [0, 1]"),
     ("branch the model lacks", lambda d: {**d, "conditions": [{"intervention": "ablate=mamba"}]},
      "this kssm model has no branch 'mamba'; its branches are: bank, mixer, mlp"),
-    ("layer out of range", lambda d: {**d, "conditions": [{"intervention": "sync", "layers": [5]}]}, "layer 5 is out of range"),
+    ("layer out of range", lambda d: {**d, "conditions": [{"intervention": "sync", "layers": [5]}]},
+     "layer 5 is out of range"),
     ("n below 2", lambda d: {**d, "design": {"seeds": [0], "samples_per_condition": 1}}, "needs n ≥ 2"),
 ]
 
@@ -453,5 +468,5 @@ def test_example_protocols_are_valid_and_say_how_to_run(name, capsys):
     assert protocol.samples_per_condition >= 50
     head = file.read_text(encoding="utf-8").split("\n[", 1)[0]
     assert f"phaselm protocol run protocols/{name}" in head
-    code, out, err = run_cli(capsys, "protocol", "check", str(file))
+    code, _out, err = run_cli(capsys, "protocol", "check", str(file))
     assert code == 0, err

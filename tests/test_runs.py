@@ -139,7 +139,7 @@ EVAL_REFUSED = {"loose-model": NOT_ENCODABLE}
 
 @pytest.mark.parametrize("name", NAMES)
 def test_eval_temperature(runs, name, capsys, tmp_path):
-    code, out, err = run_cli(capsys, "eval", "temperature", str(runs[name]), "--temperatures", "1.0", "--prompts", "2",
+    code, _out, err = run_cli(capsys, "eval", "temperature", str(runs[name]), "--temperatures", "1.0", "--prompts", "2",
                              "--prompt-tokens", "4", "--max-new-tokens", "4", "--out", str(tmp_path), "--json")
     if name in EVAL_REFUSED:
         assert_one_line_error(code, err, EVAL_REFUSED[name])
@@ -163,7 +163,7 @@ OSCILLATOR_EVALS = {
 @pytest.mark.parametrize("command", list(OSCILLATOR_EVALS))
 def test_oscillator_evals(runs, name, command, capsys, tmp_path):
     flags, refused = OSCILLATOR_EVALS[command]
-    code, out, err = run_cli(capsys, "eval", command, str(runs[name]), *flags, "--out", str(tmp_path), "--json")
+    code, _out, err = run_cli(capsys, "eval", command, str(runs[name]), *flags, "--out", str(tmp_path), "--json")
     if name in ("fusion", "backbone"):
         expected = "a clamp sweep needs a model with oscillators (K-SSM)" if command == "clamp" else NO_OSCILLATORS
         assert_one_line_error(code, err, expected)
@@ -173,7 +173,8 @@ def test_oscillator_evals(runs, name, command, capsys, tmp_path):
         assert code == 0, err
         result = json.loads((tmp_path / f"{command}.json").read_text(encoding="utf-8"))
         if command == "intervention":  # R is read from the grafted core too, and sync forces it to 1
-            assert result["unforced"]["r_per_layer"] and result["results"][0]["forced"]["r_per_layer"][0] == pytest.approx(1.0, abs=1e-3)
+            assert result["unforced"]["r_per_layer"]
+            assert result["results"][0]["forced"]["r_per_layer"][0] == pytest.approx(1.0, abs=1e-3)
 
 
 def _observation(path: Path, model: Path) -> Path:
@@ -193,7 +194,7 @@ def _observation(path: Path, model: Path) -> Path:
 @pytest.mark.parametrize("name", NAMES)
 def test_protocol_run(runs, name, capsys, tmp_path):
     file = _observation(tmp_path / "obs.toml", runs[name])
-    code, out, err = run_cli(capsys, "protocol", "run", str(file), "--out", str(tmp_path / "out"), "--json")
+    code, _out, err = run_cli(capsys, "protocol", "run", str(file), "--out", str(tmp_path / "out"), "--json")
     if name == "loose-model":
         assert_one_line_error(code, err, NOT_ENCODABLE)
     elif KINDS[name] == PHASE_MAMBA or name in KSSM:
@@ -205,7 +206,7 @@ def test_protocol_run(runs, name, capsys, tmp_path):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_report(runs, name, capsys, tmp_path):
-    code, out, err = run_cli(capsys, "report", str(runs[name]), "--out", str(tmp_path / "report.html"))
+    code, _out, err = run_cli(capsys, "report", str(runs[name]), "--out", str(tmp_path / "report.html"))
     if name == "loose-model":
         assert_one_line_error(code, err, "model folder outside any run")
     else:
@@ -215,7 +216,8 @@ def test_report(runs, name, capsys, tmp_path):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_diagnose(runs, name, capsys, tmp_path):
-    code, out, err = run_cli(capsys, "diagnose", str(runs[name]), "--out", str(tmp_path), "--windows", "1", "--device", "cpu", "--json")
+    code, _out, err = run_cli(capsys, "diagnose", str(runs[name]), "--out", str(tmp_path), "--windows", "1", "--device",
+                             "cpu", "--json")
     if name == "fusion":
         assert code == 0, err
         assert (tmp_path / "diagnostics.json").is_file()

@@ -15,6 +15,7 @@ import torch
 
 from live_helpers import events, get, make_grafted_run, make_kssm_run, post
 from phaselm.cli import main
+from phaselm.errors import PhaseLMError
 from phaselm.generation import generate
 from phaselm.observables import normalized_entropy, tone_of
 from phaselm.serve import MAX_BODY_BYTES, load_live_model, make_server, start_in_thread
@@ -67,7 +68,7 @@ def error(port, body=None, **kwargs):
 
 
 def test_page_and_info(kssm_server):
-    live, port = kssm_server
+    _live, port = kssm_server
     status, content_type, page = get(port, "/")
     assert status == 200 and content_type.startswith("text/html")
     html = page.decode("utf-8")
@@ -80,7 +81,7 @@ def test_page_and_info(kssm_server):
     info = json.loads(body)
     assert status == 200 and info["kind"] == "kssm" and info["oscillator_layers"] == 2 and info["has_r"]
     assert [i["kind"] for i in info["interventions"]] == ["sync", "disorder", "pin"]
-    assert [t["name"] for t in info["tones"]][0] == "over-sync" and all(t["colour"].startswith("#") for t in info["tones"])
+    assert info["tones"][0]["name"] == "over-sync" and all(t["colour"].startswith("#") for t in info["tones"])
     assert info["limits"]["max_new_tokens"] == 64 and info["goldilocks"]["r"] == [0.8, 0.95]
 
     assert get(port, "/nope")[0] == 404
@@ -138,7 +139,8 @@ def test_interventions_force_r(kssm_server, intervention, target):
 
 def test_intervention_on_one_layer_is_restored(kssm_server):
     live, port = kssm_server
-    _, tokens, _ = stream(port, prompt="ROMEO:", max_new_tokens=4, temperature=0, intervention={"kind": "sync", "layers": [1]})
+    _, tokens, _ = stream(port, prompt="ROMEO:", max_new_tokens=4, temperature=0,
+                          intervention={"kind": "sync", "layers": [1]})
     assert all(t["r_layers"][1] == pytest.approx(1.0, abs=1e-5) and t["r_layers"][0] < 0.999 for t in tokens)
     from phaselm.interventions import phase_sites
 
@@ -158,7 +160,8 @@ def test_grafted_model(grafted_server):
     assert done["text"] == reference.text
     assert [t["r"] for t in tokens] == pytest.approx([r.r for r in reference.readings], abs=1e-5)
 
-    start, tokens, done = stream(port, prompt="ROMEO:", max_new_tokens=6, temperature=0, intervention={"kind": "core_off"})
+    start, tokens, done = stream(port, prompt="ROMEO:", max_new_tokens=6, temperature=0,
+                                 intervention={"kind": "core_off"})
     assert start["intervention"] == {"kind": "core_off"}
     assert all(t["r"] is None and t["ru"] is None and t["tone"] is None and t["u"] > 0 for t in tokens)
     with live.handle.disabled():
@@ -204,7 +207,9 @@ def test_malformed_requests_are_4xx(kssm_server, body, status, fragment):
 
 def test_malformed_transport_and_server_keeps_serving(kssm_server):
     _, port = kssm_server
-    assert error(port, raw=b'{"prompt": ') == (400, "the request body is not valid JSON: Expecting value: line 1 column 12 (char 11)")
+    assert error(port, raw=b'{"prompt": ') == (400,
+                                               "the request body is not valid JSON: Expecting value: line 1 column 12 "
+                                               "(char 11)")
     status, message = error(port, raw=b"\xff\xfe")
     assert status == 400 and "not valid JSON" in message
     assert error(port, {"prompt": "x"}, content_type="text/plain")[0] == 415
@@ -216,7 +221,8 @@ def test_malformed_transport_and_server_keeps_serving(kssm_server):
     assert status == 403 and "not served" in json.loads(body)["error"]
     # A client that goes away mid-stream does not wedge the server.
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    conn.request("POST", "/api/generate", body=json.dumps({"prompt": "ROMEO:", "max_new_tokens": 64}), headers={"Content-Type": "application/json"})
+    conn.request("POST", "/api/generate", body=json.dumps({"prompt": "ROMEO:", "max_new_tokens": 64}),
+                 headers={"Content-Type": "application/json"})
     response = conn.getresponse()
     assert json.loads(response.readline())["event"] == "start"
     response.close()
@@ -247,7 +253,7 @@ def test_serve_bad_arguments(tmp_path, capsys):
             main(args)
         err = capsys.readouterr().err
         assert exit_info.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1 and fragment in err, err
-    with pytest.raises(Exception):
+    with pytest.raises(PhaseLMError, match=r"--port must be in 0\.\.65535"):
         make_server("127.0.0.1", -1)
 
 
@@ -291,7 +297,8 @@ def test_a_stalled_or_vanishing_client_is_dropped_quietly(kssm_server, capfd, mo
     monkeypatch.setattr(serve.Handler, "timeout", 0.5)
     _, port = kssm_server
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(b"POST /api/generate HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"pro")
+        sock.sendall(b"POST /api/generate HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: "
+                     b"application/json\r\nContent-Length: 100\r\n\r\n{\"pro")
         started = time.monotonic()
         assert sock.recv(1024) == b""  # the server closed the connection
         assert time.monotonic() - started < 5

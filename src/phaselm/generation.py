@@ -30,6 +30,7 @@ from .tokenizers import Tokenizer
 
 @dataclass
 class TokenReading:
+    """One generated token with the readings of the step that drew it (R, U, R·U, tone)."""
     token: str
     id: int
     r: float | None  # None when the model has no oscillators
@@ -49,11 +50,13 @@ def token_reading(tokenizer: Tokenizer, token_id: int, r: float | None, u: float
 
 @dataclass
 class Generation:
+    """A prompt's continuation, with per-token readings when generated in measured mode."""
     prompt: str
     text: str  # the continuation only
     readings: list[TokenReading] | None  # per generated token, measured mode only
 
     def to_json(self) -> dict:
+        """The JSON form `phaselm generate --json` prints (mode: blind or measured)."""
         data = {"prompt": self.prompt, "text": self.text, "mode": "measured" if self.readings is not None else "blind"}
         if self.readings is not None:
             data["tokens"] = [asdict(r) for r in self.readings]
@@ -90,7 +93,8 @@ def position_limit(model: nn.Module) -> int | None:
     config = getattr(model, "config", None)
     for name in ("n_positions", "max_position_embeddings"):
         value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0 and (name != "max_position_embeddings" or getattr(config, "position_embedding", True)):
+        counts_positions = name != "max_position_embeddings" or getattr(config, "position_embedding", True)
+        if isinstance(value, int) and value > 0 and counts_positions:
             return value
     return None
 
@@ -112,7 +116,8 @@ class Sampled:
 
     ids: torch.Tensor  # (B, M) the continuations
     u: torch.Tensor  # (B, M)
-    orders: torch.Tensor | None  # (B, sites, M) R of the producing positions; None without oscillators (or with them off)
+    # (B, sites, M) R of the producing positions; None without oscillators (or with them off)
+    orders: torch.Tensor | None
 
 
 class _Readings:
@@ -238,7 +243,8 @@ def generate(
     device = next(model.parameters()).device
     sampled = sample_tokens(
         model, torch.tensor([ids], device=device), max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-        seed=seed, eos_token_id=getattr(tokenizer, "eos_token_id", None), vocab_limit=tokenizer.vocab_size, read_r=measured,
+        seed=seed, eos_token_id=getattr(tokenizer, "eos_token_id", None), vocab_limit=tokenizer.vocab_size,
+        read_r=measured,
     )
     new_ids = sampled.ids[0].tolist()
     text = tokenizer.decode(new_ids)
@@ -253,10 +259,11 @@ def check_prompt_fits(model: nn.Module, ids: list[int], max_new_tokens: int) -> 
     """One-line errors for a prompt (token ids) the model cannot take or continue that far."""
     vocab = model.get_input_embeddings().num_embeddings
     if max(ids) >= vocab:
-        raise PhaseLMError(f"the prompt has token id {max(ids)} but the model's vocabulary has {vocab}; use the model's own tokenizer")
+        raise PhaseLMError(f"the prompt has token id {max(ids)} but the model's vocabulary has {vocab}; use the "
+                           "model's own tokenizer")
     limit = position_limit(model)
     if limit is not None and len(ids) + max_new_tokens > limit:
         raise PhaseLMError(
-            f"the prompt ({len(ids)} tokens) plus max_new_tokens ({max_new_tokens}) exceeds the model's {limit} positions; "
-            "ask for fewer tokens or a shorter prompt"
+            f"the prompt ({len(ids)} tokens) plus max_new_tokens ({max_new_tokens}) exceeds the model's {limit} "
+            "positions; ask for fewer tokens or a shorter prompt"
         )

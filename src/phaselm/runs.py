@@ -73,15 +73,18 @@ class Run:
 
     @property
     def val_fraction(self) -> float:
+        """The share of the corpus held out for validation ([data] val_fraction, default 0.1)."""
         return float(_table(self.config, "data").get("val_fraction", 0.1))
 
     @property
     def train_seq_len(self) -> int | None:
+        """The training sequence length ([train] seq_len), or None if the run does not record one."""
         seq_len = _table(self.config, "train").get("seq_len")
         return seq_len if isinstance(seq_len, int) else None
 
 
 def default_device() -> str:
+    """"cuda" when a GPU is visible, else "cpu"."""
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -104,7 +107,8 @@ def run_kind(config: dict, run_dir: Path) -> str:
     kind = config.get(KIND_KEY)
     if kind is not None:
         if kind not in RUN_KINDS:
-            raise PhaseLMError(f"{run_dir / 'config.toml'} records kind {kind!r}, which this PhaseLM cannot open; known kinds: {', '.join(RUN_KINDS)}")
+            raise PhaseLMError(f"{run_dir / 'config.toml'} records kind {kind!r}, which this PhaseLM cannot open; "
+                               f"known kinds: {', '.join(RUN_KINDS)}")
         return kind
     if isinstance(config.get("backbone"), dict):
         return PHASE_MAMBA
@@ -131,7 +135,8 @@ def locate_run(path: str | os.PathLike) -> RunLocation:
             return RunLocation(kind, path, path, None, config)
         model_dir = path / MODEL_FOLDER
         if not (model_dir / "config.json").is_file():
-            raise PhaseLMError(f"{path} is a {kind} run without its trained model ({model_dir} is missing); finish training it (--resume) first")
+            raise PhaseLMError(f"{path} is a {kind} run without its trained model ({model_dir} is missing); finish "
+                               "training it (--resume) first")
         return RunLocation(kind, path, path, model_dir, config)
     if (path / "config.json").is_file():
         parent = path.parent
@@ -139,7 +144,8 @@ def locate_run(path: str | os.PathLike) -> RunLocation:
             config = _read_config(parent)
             return RunLocation(run_kind(config, parent), path, parent, path, config)
         return RunLocation(MODEL_FOLDER_KIND, path, None, path, {})
-    raise PhaseLMError(f"{path} is neither a run directory nor a model folder (no config.toml or config.json); pass {EXPECTED}")
+    raise PhaseLMError(f"{path} is neither a run directory nor a model folder (no config.toml or config.json); pass "
+                       f"{EXPECTED}")
 
 
 def _typed_recipe(location: RunLocation):

@@ -25,7 +25,8 @@ class Continuation:
     prompt_ids: list[int]
     ids: list[int]  # the continuation (ends at EOS where generation stopped there)
     u: list[float]  # U of the distribution each token was drawn from
-    r: torch.Tensor | None  # (sites, M) R of the positions that produced the tokens; None unless measured with oscillators
+    # (sites, M) R of the positions that produced the tokens; None unless measured with oscillators
+    r: torch.Tensor | None
 
     @property
     def mean_r(self) -> list[float] | None:
@@ -60,6 +61,7 @@ class Score:
 
     @property
     def perplexity(self) -> float | None:
+        """exp of the mean negative log-probability of the generated tokens (None if there are none)."""
         return float(torch.exp(-self.logprobs.mean())) if len(self.logprobs) else None
 
 
@@ -108,16 +110,19 @@ class Subject:
 
     @property
     def name(self) -> str:
+        """The model's family as the intervention API names it (e.g. kssm, fusion, grafted mamba)."""
         from .interventions import structure
 
         return structure(self.target).name
 
     @property
     def arch(self) -> str:
+        """The Hugging Face model_type (or class name)."""
         return str(getattr(self.model.config, "model_type", type(self.model).__name__))
 
     @property
     def variant(self) -> str:
+        """A readable name for tables: K-SSM bistable / monostable / no-mixer, GPT-2, or the arch."""
         cfg = self.model.config
         if self.arch == "kssm":
             if cfg.mixer == "none":
@@ -132,19 +137,24 @@ class Subject:
             from .data import encode_split
 
             if self.corpus is None:
-                raise PhaseLMError("this model has no corpus to draw validation windows from; give prompts as a file or list")
+                raise PhaseLMError("this model has no corpus to draw validation windows from; give prompts as a file "
+                                   "or list")
             _, self._val_ids = encode_split(self.tokenizer, load_text(self.corpus), self.val_fraction)
         return self._val_ids
 
     @property
     def device(self) -> torch.device:
+        """The device the model's parameters are on."""
         return next(self.model.parameters()).device
 
     def encode(self, prompts: Sequence) -> list[list[int]]:
         """Texts or token-id sequences → token ids; an empty prompt is a one-line error."""
         out = []
         for p in prompts:
-            ids = self.tokenizer.encode(p) if isinstance(p, str) else [int(i) for i in (p.tolist() if isinstance(p, torch.Tensor) else p)]
+            if isinstance(p, str):
+                ids = self.tokenizer.encode(p)
+            else:
+                ids = [int(i) for i in (p.tolist() if isinstance(p, torch.Tensor) else p)]
             if not ids:
                 raise PhaseLMError("a prompt encodes to no tokens; pass non-empty prompts")
             out.append(ids)
@@ -191,7 +201,8 @@ class Subject:
             step_hook = (lambda step, group=group: on_step(group, step)) if on_step is not None else None
             sampled = sample_tokens(
                 self.model, input_ids, mask, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                seed=seed + group[0], eos_token_id=eos, vocab_limit=self.tokenizer.vocab_size, read_r=measured, on_step=step_hook,
+                seed=seed + group[0], eos_token_id=eos, vocab_limit=self.tokenizer.vocab_size, read_r=measured,
+                on_step=step_hook,
             )
             for row, i in enumerate(group):
                 new = sampled.ids[row].tolist()
@@ -226,11 +237,13 @@ class Subject:
                 out[i] = Readings(logits[row], u[row], orders[row] if orders is not None else None)
         return out
 
-    def score(self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]], batch_size: int = 32) -> list[Score]:
+    def score(self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]],
+              batch_size: int = 32) -> list[Score]:
         """log p of each continuation token given its prompt and the tokens before it (token
         ids; temperature 1): one :class:`Score` (logprobs (M,), perplexity) per pair."""
         if len(prompts) != len(continuations):
-            raise PhaseLMError(f"score needs one continuation per prompt, got {len(prompts)} prompts and {len(continuations)} continuations")
+            raise PhaseLMError(f"score needs one continuation per prompt, got {len(prompts)} prompts and "
+                               f"{len(continuations)} continuations")
         read = self.readings([list(p) + list(c) for p, c in zip(prompts, continuations)], batch_size)
         out = []
         for reading, p, c in zip(read, prompts, continuations):

@@ -45,10 +45,12 @@ from .run_directory import prepare_run_dir, truncate_metrics
 
 @dataclass
 class TrainConfig:
+    """The `[train]` table: steps, batch, schedule, checkpoints, evaluation and the numerical guard."""
     steps: int = 200
     batch_size: int = 16
     seq_len: int = 64
-    grad_accum: int = 1  # micro-batches of batch_size per optimizer step (the step sees batch_size × grad_accum sequences)
+    # micro-batches of batch_size per optimizer step (the step sees batch_size × grad_accum sequences)
+    grad_accum: int = 1
     lr: float = 1e-3
     min_lr: float = 1e-4  # the cosine ends here
     warmup_steps: int = 20
@@ -78,7 +80,8 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 raise PhaseLMError(f"train.{name} must be ≥ 0, got {getattr(self, name)}")
         if not self.lr > 0 or not 0 <= self.min_lr <= self.lr:
-            raise PhaseLMError(f"train.lr must be > 0 and 0 ≤ train.min_lr ≤ lr, got lr={self.lr}, min_lr={self.min_lr}")
+            raise PhaseLMError(f"train.lr must be > 0 and 0 ≤ train.min_lr ≤ lr, got lr={self.lr}, "
+                               f"min_lr={self.min_lr}")
         if self.on_nonfinite not in ("stop", "skip"):
             raise PhaseLMError(f"train.on_nonfinite must be 'stop' or 'skip', got {self.on_nonfinite!r}")
         if self.distributed not in distributed.DISTRIBUTED_CHOICES:
@@ -110,6 +113,7 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 
 @dataclass
 class TrainResult:
+    """What a finished (or stopped) training run returns: its directory, last step, evaluation, drift actions."""
     run_dir: Path
     step: int
     evaluation: dict
@@ -179,7 +183,8 @@ def train(
             damaged = sorted((run_dir / "checkpoints").glob("step-*"))
             if damaged:
                 ckpt.load_config(damaged[-1])  # raises the precise one-line reason
-            raise PhaseLMError(f"cannot resume {run_dir}: it holds no complete checkpoint; start a new run in another directory")
+            raise PhaseLMError(f"cannot resume {run_dir}: it holds no complete checkpoint; start a new run in another "
+                               "directory")
         # The full weights go in before sharding, which then cuts them like fresh ones.
         ckpt.load_module_state(latest, objective.saved, expected_config=checkpoint_config)
     replicated = distributed.shard(objective, accelerator.device) if sharded else []
@@ -195,7 +200,8 @@ def train(
             raise PhaseLMError(f"{run_dir} already finished all {cfg.steps} steps; nothing to resume")
         drift_totals.update(extra.get("drift_actions", {}))
         objective.load_extra_state(extra)
-        generator = distributed.resumed_data_generator(tensors, cfg.seed, accelerator.process_index, accelerator.num_processes, start, main)
+        generator = distributed.resumed_data_generator(tensors, cfg.seed, accelerator.process_index,
+                                                       accelerator.num_processes, start, main)
         if main:
             truncate_metrics(metrics_path, start)
 
@@ -269,8 +275,10 @@ def train(
                     accelerator.backward(out.losses["loss"] / cfg.grad_accum)
             distributed.average_gradients(replicated)  # the few parameters FSDP leaves whole (none under DDP)
             # With clipping off, the norm is still computed (max_norm = inf) for the finiteness check.
-            grad_norm = distributed.full_tensor(accelerator.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf")))
-            finite = step_is_finite(out.losses["loss"], torch.as_tensor(grad_norm, device=accelerator.device), out.order)
+            max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+            grad_norm = distributed.full_tensor(accelerator.clip_grad_norm_(params, max_norm))
+            finite = step_is_finite(out.losses["loss"], torch.as_tensor(grad_norm, device=accelerator.device),
+                                    out.order)
             # All processes stop or skip together: a lone one would leave the others waiting on it.
             if not distributed.all_agree(finite, accelerator.device):
                 what, where = nonfinite_report(objective, out, x, y, params, accelerator.autocast)
@@ -278,13 +286,14 @@ def train(
                 stop = cfg.on_nonfinite == "stop" or skipped_in_a_row >= 10
                 if main:
                     with metrics_path.open("a", encoding="utf-8") as f:
-                        f.write(json.dumps({"step": step, "nonfinite": what, "source": where, "action": "stop" if stop else "skip"}) + "\n")
+                        f.write(json.dumps({"step": step, "nonfinite": what, "source": where,
+                                            "action": "stop" if stop else "skip"}) + "\n")
                 if stop:
                     why = "" if cfg.on_nonfinite == "stop" else " in ten steps in a row"
                     raise PhaseLMError(
                         f"step {step}: {what} is not finite{why} (first produced by {where}); the run stopped before "
-                        "updating the weights and wrote no checkpoint from this state; lower train.lr or check the recipe, "
-                        "or set train.on_nonfinite = \"skip\" to skip such steps"
+                        "updating the weights and wrote no checkpoint from this state; lower train.lr or check the "
+                        "recipe, or set train.on_nonfinite = \"skip\" to skip such steps"
                     )
                 optimizer_acc.zero_grad(set_to_none=True)
                 with warnings.catch_warnings():  # no optimizer step on purpose: the schedule follows the step count
@@ -305,7 +314,8 @@ def train(
 
             if step % cfg.log_every == 0 or step == cfg.steps:
                 elapsed = time.perf_counter() - interval_start
-                record = {"step": step, **step_metrics(out), **extra, "lr": lr, "tokens_per_s": interval_tokens / max(elapsed, 1e-9)}
+                record = {"step": step, **step_metrics(out), **extra, "lr": lr,
+                          "tokens_per_s": interval_tokens / max(elapsed, 1e-9)}
                 if interval_actions:
                     record["drift_counts"] = dict(interval_actions)
                 if main:

@@ -26,8 +26,10 @@ eval_app = typer.Typer(
 app.add_typer(eval_app, name="eval")
 
 RUN_HELP = "A run directory (train, train-lm, pretrain, demo) or a saved model folder."
-EVAL_OUT_HELP = "Directory for NAME.json and NAME.png (default: RUN_DIR/evals); an existing result there is never overwritten."
-PROMPTS_HELP = "Number of prompts, drawn evenly from the validation split (the last val_fraction of the corpus); ≥ 2, 50+ for real statistics."
+EVAL_OUT_HELP = ("Directory for NAME.json and NAME.png (default: RUN_DIR/evals); an existing result there is "
+                 "never overwritten.")
+PROMPTS_HELP = ("Number of prompts, drawn evenly from the validation split (the last val_fraction of the corpus); "
+                "≥ 2, 50+ for real statistics.")
 
 
 def _eval_out(run_dir: Path, out: Path | None) -> Path:
@@ -53,15 +55,17 @@ def eval_intervention(
     run_dir: Path = typer.Argument(..., help=RUN_HELP),
     kind: list[str] | None = typer.Option(
         None, "--kind", "-k",
-        help="What to force (repeatable): `sync` (all phases at the mean phase, R = 1), `disorder` (evenly spread, R = 0), "
-        "`pin` (an arc with R = --value exactly) or `pin=0.3`. Default: sync.",
+        help="What to force (repeatable): `sync` (all phases at the mean phase, R = 1), `disorder` (evenly spread, R = "
+        "0), `pin` (an arc with R = --value exactly) or `pin=0.3`. Default: sync.",
     ),
     value: float | None = typer.Option(None, "--value", "-r", help="The R that `--kind pin` pins, in [0, 1]."),
     layers: str = typer.Option("all", "--layers", "-l", help="Layers to force: `all` or indices like `0,1` (0-based)."),
     prompts: int = typer.Option(50, "--prompts", "-n", help=PROMPTS_HELP),
     prompt_tokens: int = typer.Option(32, "--prompt-tokens", help="Tokens per prompt."),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="Tokens generated per prompt (≥ 4)."),
-    temperature: float = typer.Option(1.0, help="Sampling temperature; 0 decodes greedily. Forced and unforced runs share the seed."),
+    temperature: float = typer.Option(1.0,
+                                      help="Sampling temperature; 0 decodes greedily. Forced and unforced runs share "
+                                           "the seed."),
     top_k: int = typer.Option(0, "--top-k", help="Keep the k most likely tokens; 0 keeps all."),
     seed: int = typer.Option(0, help="Sampling seed."),
     batch_size: int = typer.Option(16, "--batch-size", help="Prompts generated together."),
@@ -84,7 +88,8 @@ def eval_intervention(
     from ..interventions import Intervention, parse_layers, require_oscillator_sites
 
     layer_spec = parse_layers(layers)
-    items = [Intervention.parse(k, layer_spec, value) for spec in (kind or ["sync"]) for k in spec.split(",") if k.strip()]
+    items = [Intervention.parse(k, layer_spec, value) for spec in (kind or ["sync"])
+             for k in spec.split(",") if k.strip()]
     if value is not None and not any(i.kind == "pin" for i in items):
         raise PhaseLMError("--value only applies to --kind pin; add --kind pin or drop --value")
     if prompts < 2:
@@ -104,7 +109,8 @@ def eval_intervention(
 @eval_app.command("temperature")
 def eval_temperature(
     run_dir: Path = typer.Argument(..., help=RUN_HELP),
-    temperatures: str = typer.Option("0,0.5,0.8,1.0,1.2,1.5", "--temperatures", "-t", help="Comma-separated temperatures; 0 = greedy."),
+    temperatures: str = typer.Option("0,0.5,0.8,1.0,1.2,1.5", "--temperatures", "-t",
+                                     help="Comma-separated temperatures; 0 = greedy."),
     prompts: int = typer.Option(50, "--prompts", "-n", help=PROMPTS_HELP),
     prompt_tokens: int = typer.Option(32, "--prompt-tokens", help="Tokens per prompt."),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="Tokens generated per prompt (≥ 4)."),
@@ -143,12 +149,14 @@ def eval_clamp(
     run_dir: Path = typer.Argument(..., help=RUN_HELP),
     bounds: list[str] | None = typer.Option(
         None, "--bounds", "-b",
-        help="u_min:u_max pairs, repeatable or comma-separated, e.g. `--bounds 0.1:10,0.5:2`. Need u_min < u_max, and u_min > 0 "
-        "for a bistable model. Default: 0.1:10, 0.05:20, 0.5:2, 0.1:1, 1:10.",
+        help="u_min:u_max pairs, repeatable or comma-separated, e.g. `--bounds 0.1:10,0.5:2`. Need u_min < u_max, and "
+        "u_min > 0 for a bistable model. Default: 0.1:10, 0.05:20, 0.5:2, 0.1:1, 1:10.",
     ),
     batch_size: int = typer.Option(16, "--batch-size", help="Validation windows per batch."),
-    seq_len: int | None = typer.Option(None, "--seq-len", help="Tokens per window (default: the run's training seq_len)."),
-    batches: int = typer.Option(20, "--batches", help="Validation batches per condition (the same batches every time)."),
+    seq_len: int | None = typer.Option(None, "--seq-len",
+                                       help="Tokens per window (default: the run's training seq_len)."),
+    batches: int = typer.Option(20, "--batches",
+                                help="Validation batches per condition (the same batches every time)."),
     out: Path | None = typer.Option(None, "--out", "-o", help=EVAL_OUT_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
@@ -181,7 +189,8 @@ def eval_clamp(
 def eval_correlation(
     run_dir: Path = typer.Argument(..., help=RUN_HELP),
     batch_size: int = typer.Option(16, "--batch-size", help="Validation windows per batch."),
-    seq_len: int | None = typer.Option(None, "--seq-len", help="Tokens per window (default: the run's training seq_len)."),
+    seq_len: int | None = typer.Option(None, "--seq-len",
+                                       help="Tokens per window (default: the run's training seq_len)."),
     batches: int = typer.Option(20, "--batches", help="Validation batches."),
     out: Path | None = typer.Option(None, "--out", "-o", help=EVAL_OUT_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
@@ -203,19 +212,23 @@ def eval_correlation(
     subject = load_subject(run_dir)
     require_oscillator_sites(subject.model, "an R–loss correlation")
     result = order_loss_correlation(
-        subject.model, subject.validation_ids(), batch_size=batch_size, seq_len=_val_shape(subject, seq_len), max_batches=batches,
-        out_dir=out_dir, model_name=str(run_dir), command=command_line(),
+        subject.model, subject.validation_ids(), batch_size=batch_size, seq_len=_val_shape(subject, seq_len),
+        max_batches=batches, out_dir=out_dir, model_name=str(run_dir), command=command_line(),
     )
     _eval_done(result, as_json, f"{result['tokens']:,} tokens")
 
 
 @eval_app.command("ablation")
 def eval_ablation(
-    run_dirs: list[Path] = typer.Argument(..., help="Run directories to compare (K-SSM bistable, monostable, no-mixer, GPT baseline, …)."),
+    run_dirs: list[Path] = typer.Argument(...,
+                                          help="Run directories to compare (K-SSM bistable, monostable, no-mixer, GPT "
+                                               "baseline, …)."),
     batch_size: int = typer.Option(16, "--batch-size", help="Validation windows per batch."),
-    seq_len: int | None = typer.Option(None, "--seq-len", help="Tokens per window (default: the shortest training seq_len of the runs)."),
+    seq_len: int | None = typer.Option(None, "--seq-len",
+                                       help="Tokens per window (default: the shortest training seq_len of the runs)."),
     batches: int = typer.Option(20, "--batches", help="Validation batches per run (the same windows for every run)."),
-    out: Path = typer.Option(Path("runs/ablation"), "--out", "-o", help="Directory for ablation.json, ablation.md and ablation.png."),
+    out: Path = typer.Option(Path("runs/ablation"), "--out", "-o",
+                             help="Directory for ablation.json, ablation.md and ablation.png."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Compare trained runs in one table: parameters, val loss/ppl, R and u statistics.
@@ -229,25 +242,29 @@ def eval_ablation(
     """
     from ..evals import ablation_table
 
-    result = ablation_table(run_dirs, batch_size=batch_size, seq_len=seq_len, max_batches=batches, out_dir=out, command=command_line())
+    result = ablation_table(run_dirs, batch_size=batch_size, seq_len=seq_len, max_batches=batches, out_dir=out,
+                            command=command_line())
     _eval_done(result, as_json, f"{len(run_dirs)} runs; table: {result['files']['md']}")
 
 
 @app.command()
 def diagnose(
     path: Path = typer.Argument(..., help="A fusion-family train-lm run directory (or its model/ folder)."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Directory for diagnostics.json and plots (default: PATH/diagnostics)."),
-    corpus: str | None = typer.Option(None, "--corpus", help="Text to measure on (default: the run's own validation split)."),
+    out: Path | None = typer.Option(None, "--out", "-o",
+                                    help="Directory for diagnostics.json and plots (default: PATH/diagnostics)."),
+    corpus: str | None = typer.Option(None, "--corpus",
+                                      help="Text to measure on (default: the run's own validation split)."),
     windows: int = typer.Option(8, "--windows", help="Validation windows per measurement."),
     device: str | None = typer.Option(None, "--device", help="cuda or cpu (default: cuda when available)."),
     as_json: bool = typer.Option(False, "--json", help="Print diagnostics.json to stdout."),
 ) -> None:
     """Diagnose an RWKV-6 / Mamba-2 fusion model: D1–D4, long context, state norms, gates, V5 metrics.
 
-    Every check prints PASS / WARN / FAIL against SPEC.md's thresholds (or ours, where the seed
-    gives none; diagnostics.json says which). Also measured: state norms per layer at 64–512
-    tokens, activation variance through depth (amplifier or damper), gradient norm per branch,
-    the loss cost of zeroing each branch, and the fusion gates at every saved checkpoint.
+    Every check prints PASS / WARN / FAIL against seed 004's thresholds (or ours, where the seed
+    gives none; diagnostics.json says which, docs/seeds-vs-phaselm.md why). Also measured: state
+    norms per layer at 64–512 tokens, activation variance through depth (amplifier or damper),
+    gradient norm per branch, the loss cost of zeroing each branch, and the fusion gates at every
+    saved checkpoint.
 
     Example: `phaselm diagnose runs/fusion-gf-mh --json`
     """

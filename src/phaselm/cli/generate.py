@@ -12,7 +12,8 @@ from .app import app, print_json
 
 @app.command()
 def generate(
-    model: Path = typer.Argument(..., help="A run directory (train, train-lm, pretrain, demo) or a saved model folder."),
+    model: Path = typer.Argument(...,
+                                 help="A run directory (train, train-lm, pretrain, demo) or a saved model folder."),
     prompt: str = typer.Option("ROMEO:", "--prompt", "-p", help="Text to continue."),
     max_new_tokens: int = typer.Option(200, "--max-new-tokens", "-n", help="Tokens to generate."),
     temperature: float = typer.Option(0.8, help="Sampling temperature; 0 decodes greedily."),
@@ -31,7 +32,8 @@ def generate(
 
     check_sampling(max_new_tokens, temperature, top_k)
     run = open_run(model)
-    result = run_generate(run.model, run.tokenizer, prompt, max_new_tokens, temperature, top_k or None, seed, run.graft, measured)
+    result = run_generate(run.model, run.tokenizer, prompt, max_new_tokens, temperature, top_k or None, seed, run.graft,
+                          measured)
     if as_json:
         print_json(result.to_json())
         return
@@ -60,8 +62,10 @@ def _num(value) -> str:
 
 @app.command()
 def report(
-    run_dir: Path = typer.Argument(..., help="A run directory (train, train-lm, pretrain, demo or a protocol run) or its model/ folder."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Where to write the page (default: RUN_DIR/report.html, replaced)."),
+    run_dir: Path = typer.Argument(..., help="A run directory (train, train-lm, pretrain, demo or a protocol run) or "
+                                             "its model/ folder."),
+    out: Path | None = typer.Option(None, "--out", "-o",
+                                    help="Where to write the page (default: RUN_DIR/report.html, replaced)."),
     as_json: bool = typer.Option(False, "--json", help="Print the written path as JSON."),
 ) -> None:
     """Rebuild RUN_DIR/report.html, one self-contained page, from the run directory's files.
@@ -80,7 +84,8 @@ def report(
     if (run_dir / "config.json").is_file() and not (run_dir / "config.toml").is_file():
         location = locate_run(run_dir)  # a saved model folder: report the run it was trained in
         if location.run_dir is None:
-            raise PhaseLMError(f"{run_dir} is a model folder outside any run, with no training record to report; pass the run directory it was trained in")
+            raise PhaseLMError(f"{run_dir} is a model folder outside any run, with no training record to report; pass "
+                               "the run directory it was trained in")
         run_dir = location.run_dir
     path = rebuild_html_report(run_dir, out)
     if as_json:
@@ -92,10 +97,12 @@ def report(
 @app.command()
 def serve(
     checkpoint: Path = typer.Argument(
-        ..., help="A `phaselm train-lm` run directory or model folder (K-SSM, GPT, …), or a Phase-Mamba run directory from `phaselm train`/`demo`."
+        ..., help="A `phaselm train-lm` run directory or model folder (K-SSM, GPT, …), or a Phase-Mamba run directory "
+                  "from `phaselm train`/`demo`."
     ),
     port: int = typer.Option(8000, "--port", "-p", help="TCP port; 0 picks a free one."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; the default is reachable from this machine only."),
+    host: str = typer.Option("127.0.0.1", "--host",
+                             help="Address to listen on; the default is reachable from this machine only."),
     max_new_tokens: int = typer.Option(512, "--max-new-tokens", help="The most tokens one request may ask for."),
     log: bool = typer.Option(False, "--log", help="Log every request on stderr."),
 ) -> None:

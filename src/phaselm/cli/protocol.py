@@ -26,8 +26,11 @@ app.add_typer(protocol_app, name="protocol")
 
 @protocol_app.command("run")
 def protocol_run(
-    file: Path = typer.Argument(..., help="The protocol TOML file ([protocol] [model] [prompts] [decoding] [design] [metrics] [statistics] …)."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Out directory (default: runs/protocols/<file name>); refused if it holds another protocol's results."),
+    file: Path = typer.Argument(..., help="The protocol TOML file ([protocol] [model] [prompts] [decoding] [design] "
+                                          "[metrics] [statistics] …)."),
+    out: Path | None = typer.Option(None, "--out", "-o",
+                                    help="Out directory (default: runs/protocols/<file name>); refused if it holds "
+                                         "another protocol's results."),
     as_json: bool = typer.Option(False, "--json", help="Print results.json to stdout."),
 ) -> None:
     """Run a protocol and write results.json, results.md, results.png and protocol.toml into --out.
@@ -65,10 +68,10 @@ def protocol_check(
 
     protocol = load_protocol(file)
     info = {**protocol.header(), "samples_per_condition": protocol.samples_per_condition, "seeds": protocol.seeds,
-            "conditions": [c.to_dict() for c in protocol.conditions], "metrics": protocol.metrics, "test": protocol.test,
-            "alpha": protocol.alpha}
+            "conditions": [c.to_dict() for c in protocol.conditions], "metrics": protocol.metrics,
+            "test": protocol.test, "alpha": protocol.alpha}
     if as_json:
         print_json(info)
     else:
-        typer.echo(f"{file}: {protocol.kind} protocol {protocol.name!r}, n = {protocol.samples_per_condition} per condition, "
-                   f"sha256 {protocol.sha256}")
+        typer.echo(f"{file}: {protocol.kind} protocol {protocol.name!r}, n = {protocol.samples_per_condition} per "
+                   f"condition, sha256 {protocol.sha256}")

@@ -11,10 +11,13 @@ from .app import OVERRIDE_HELP, app, command_line, is_main, print_json, recipe_o
 
 @app.command()
 def pretrain(
-    recipe: Path | None = typer.Argument(None, help="TOML recipe (sections [model] [data] [tokenizer] [train]); defaults if omitted."),
+    recipe: Path | None = typer.Argument(None,
+                                         help="TOML recipe (sections [model] [data] [tokenizer] [train]); defaults if "
+                                              "omitted."),
     out: Path = typer.Option(Path("runs/pretrain"), "--out", "-o", help="Run directory to create."),
     set_: list[str] | None = typer.Option(None, "--set", help=OVERRIDE_HELP),
-    resume: bool = typer.Option(False, help="Continue the run in --out from its latest checkpoint (same recipe; a larger train.steps extends it)."),
+    resume: bool = typer.Option(False, help="Continue the run in --out from its latest checkpoint (same recipe; a "
+                                            "larger train.steps extends it)."),
     as_json: bool = typer.Option(False, "--json", help="Print the saved model folder as JSON."),
 ) -> None:
     """Pretrain a small HF Mamba on a corpus and save it with save_pretrained.
@@ -28,7 +31,8 @@ def pretrain(
     from ..experiments.phase_mamba import PretrainRecipe
     from ..experiments.phase_mamba import pretrain as run_pretrain
 
-    cfg = load_recipe(PretrainRecipe, recipe, recipe_overrides(set_)) if recipe else from_dict(PretrainRecipe, _apply(recipe_overrides(set_)))
+    overrides = recipe_overrides(set_)
+    cfg = load_recipe(PretrainRecipe, recipe, overrides) if recipe else from_dict(PretrainRecipe, _apply(overrides))
     model_dir = run_pretrain(cfg, out, resume=resume, command=command_line())
     if not is_main():  # multi-process runs: the first process reports
         return
@@ -46,10 +50,12 @@ def _apply(overrides: dict) -> dict:
 
 @app.command()
 def train(
-    recipe: Path = typer.Argument(..., help="Phase-Mamba TOML recipe ([backbone] [core] [drift] [loss] [data] [train] [sample])."),
+    recipe: Path = typer.Argument(..., help="Phase-Mamba TOML recipe ([backbone] [core] [drift] [loss] [data] [train] "
+                                            "[sample])."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Run directory to create (default: runs/<recipe name>)."),
     set_: list[str] | None = typer.Option(None, "--set", help=OVERRIDE_HELP),
-    resume: bool = typer.Option(False, help="Continue the run in --out from its latest checkpoint (same recipe; a larger train.steps extends it)."),
+    resume: bool = typer.Option(False, help="Continue the run in --out from its latest checkpoint (same recipe; a "
+                                            "larger train.steps extends it)."),
     as_json: bool = typer.Option(False, "--json", help="Print summary.json to stdout."),
 ) -> None:
     """Graft a Phase Core onto a backbone and train only the core.
@@ -78,13 +84,16 @@ def train(
 
 @app.command("train-lm")
 def train_lm(
-    recipe: Path = typer.Argument(..., help="Language-model TOML recipe: top-level arch, then [kssm], [fusion] or [gpt] (the keywords of KSSMConfig, FusionConfig or GPTConfig), [data] [tokenizer] [train]."),
+    recipe: Path = typer.Argument(..., help="Language-model TOML recipe: top-level arch, then [kssm], [fusion] or "
+                                            "[gpt] (the keywords of KSSMConfig, FusionConfig or GPTConfig), [data] "
+                                            "[tokenizer] [train]."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Run directory to create (default: runs/<recipe name>)."),
     set_: list[str] | None = typer.Option(None, "--set", help=OVERRIDE_HELP),
-    resume: bool = typer.Option(False, help="Continue the run in --out from its latest checkpoint (same recipe; a larger train.steps extends it)."),
+    resume: bool = typer.Option(False, help="Continue the run in --out from its latest checkpoint (same recipe; a "
+                                            "larger train.steps extends it)."),
     as_json: bool = typer.Option(False, "--json", help="Print summary.json to stdout."),
 ) -> None:
-    """Train a language model from scratch: K-SSM (bistable, monostable, no-mixer), the fusion family or the GPT-2 baseline.
+    """Train a language model from scratch: K-SSM (bistable, monostable, no-mixer), the fusion family or GPT-2.
 
     Writes config.toml, metrics.jsonl, checkpoints/, model/ (save_pretrained), summary.json,
     plots/ and report.md. The trained model/ folder works with `phaselm generate`.
@@ -103,7 +112,8 @@ def train_lm(
     if as_json:
         print_json(summary)
     else:
-        typer.echo(f"{summary['arch']}: {summary['parameters']:,} parameters, val loss {summary['val_ce']:.4f}; report: {run_dir / 'report.md'}")
+        typer.echo(f"{summary['arch']}: {summary['parameters']:,} parameters, val loss {summary['val_ce']:.4f}; "
+                   f"report: {run_dir / 'report.md'}")
 
 
 

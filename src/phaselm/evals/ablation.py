@@ -12,10 +12,10 @@ import numpy as np
 
 from ..errors import PhaseLMError
 from ..subject import Subject
-from .intervention import _md_table
-from .outputs import _device, _eval_mode, _progress, _write_outputs, prepare_outputs
+from .intervention import table_markdown
+from .outputs import eval_mode, eval_progress, model_device, prepare_outputs, write_outputs
 from .subject import load_subject
-from .validation import _check_eval_shape, _n_batches, _r_summary, _token_stats, _trained_bounds, _u_summary
+from .validation import check_eval_shape, count_batches, r_summary, token_stats, trained_bounds, u_summary
 
 
 def ablation_table(
@@ -48,16 +48,17 @@ def ablation_table(
         seq_len = min(known) if known else 256
     names = _unique_names(run_dirs)
     for s in subjects:
-        _check_eval_shape(s.model, s.validation_ids(), batch_size, seq_len, max_batches)
+        check_eval_shape(s.model, s.validation_ids(), batch_size, seq_len, max_batches)
     rows = []
-    with _progress(progress) as bar:
-        total = sum(_n_batches(s.validation_ids(), batch_size, seq_len, max_batches) for s in subjects)
+    with eval_progress(progress) as bar:
+        total = sum(count_batches(s.validation_ids(), batch_size, seq_len, max_batches) for s in subjects)
         task = bar.add_task("ablation", total=total, status="")
         for name, s in zip(names, subjects):
             bar.update(task, status=name)
-            with _eval_mode(s.model):
-                stats = _token_stats(s.model, s.validation_ids(), batch_size, seq_len, max_batches, lambda: bar.update(task, advance=1))
-            r = _r_summary(stats)
+            with eval_mode(s.model):
+                stats = token_stats(s.model, s.validation_ids(), batch_size, seq_len, max_batches,
+                                     lambda: bar.update(task, advance=1))
+            r = r_summary(stats)
             rows.append({
                 "run": name,
                 "path": str(s.path),
@@ -71,15 +72,16 @@ def ablation_table(
                 "r_mean": r["r_mean"],
                 "r_std": r["r_std"],
                 "r_per_layer": r["r_per_layer"],
-                **_u_summary(stats, _trained_bounds(s.model)),
+                **u_summary(stats, trained_bounds(s.model)),
                 "tokens": int(stats.ce.size),
                 "val_ce_at_training": _summary_val_ce(s),
             })
     header = ["run", "variant", "params", "val loss", "val ppl", "R mean", "R std", "u mean", "u std", "u at bounds"]
-    table = [[r["run"], r["variant"], f"{r['parameters']:,}", r["val_ce"], r["val_ppl"], r["r_mean"], r["r_std"], r["u_mean"], r["u_std"],
-              r["u_at_bounds"]] for r in rows]
-    notes = [f"Validation CE on up to {max_batches} batches of {batch_size} × {seq_len} tokens of each run's validation split; "
-             "— = not defined for that model (GPT has no R or u; a monostable K-SSM has no clamp bounds)."]
+    table = [[r["run"], r["variant"], f"{r['parameters']:,}", r["val_ce"], r["val_ppl"], r["r_mean"], r["r_std"],
+              r["u_mean"], r["u_std"], r["u_at_bounds"]] for r in rows]
+    notes = [f"Validation CE on up to {max_batches} batches of {batch_size} × {seq_len} tokens of each run's "
+             "validation split; — = not defined for that model (GPT has no R or u; a monostable K-SSM has no clamp "
+             "bounds)."]
     if len({(r["tokenizer"], r["corpus"]) for r in rows}) > 1:
         notes.append("The runs use different corpora or tokenizers: their losses are not directly comparable.")
     result = {
@@ -88,10 +90,10 @@ def ablation_table(
         "batches": {"batch_size": batch_size, "seq_len": seq_len, "max_batches": max_batches},
         "rows": rows,
         "notes": notes,
-        "markdown": _md_table(header, table) + "\n\n" + "\n".join(notes),
-        "device": str(_device(subjects[0].model)),
+        "markdown": table_markdown(header, table) + "\n\n" + "\n".join(notes),
+        "device": str(model_device(subjects[0].model)),
     }
-    return _write_outputs(files, result, lambda path: _plot_ablation(result, path))
+    return write_outputs(files, result, lambda path: _plot_ablation(result, path))
 
 
 def _unique_names(paths: list[Path]) -> list[str]:
@@ -110,7 +112,7 @@ def _summary_val_ce(subject: Subject) -> float | None:
 def _plot_ablation(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    from ..reporting.plots import _save
+    from ..reporting.plots import save_figure
 
     rows = result["rows"]
     labels = [f"{r['run']}\n{r['variant']}" for r in rows]
@@ -133,4 +135,4 @@ def _plot_ablation(result: dict, path: Path) -> None:
         ax.set_xlim(-0.6, len(rows) - 0.4)
         ax.grid(alpha=0.3)
     fig.suptitle("Ablation: val loss, R and u per run (— = not defined)")
-    _save(fig, path)
+    save_figure(fig, path)

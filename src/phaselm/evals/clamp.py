@@ -14,10 +14,10 @@ from torch import nn
 
 from ..errors import PhaseLMError
 from ..interventions import check_clamp_bounds, has_oscillators, oscillator_sites, override_clamp, require_oscillators
-from .intervention import _md_table
-from .outputs import _device, _eval_mode, _progress, _write_outputs, prepare_outputs
+from .intervention import table_markdown
+from .outputs import eval_mode, eval_progress, model_device, prepare_outputs, write_outputs
 from .subject import CLAMP_NOTE, DEFAULT_BOUNDS
-from .validation import _check_eval_shape, _n_batches, _r_summary, _token_stats, _trained_bounds, _u_summary
+from .validation import check_eval_shape, count_batches, r_summary, token_stats, trained_bounds, u_summary
 
 
 def clamp_sweep(
@@ -40,8 +40,8 @@ def clamp_sweep(
     Writes clamp.json and clamp.png.
     """
     if not has_oscillators(model) and oscillator_sites(model):
-        raise PhaseLMError("a clamp sweep clamps u of K-SSM's bistable banks; this model's oscillators are a grafted Phase Core, "
-                           "which has no u to clamp")
+        raise PhaseLMError("a clamp sweep clamps u of K-SSM's bistable banks; this model's oscillators are a grafted "
+                           "Phase Core, which has no u to clamp")
     banks = require_oscillators(model, "a clamp sweep")
     if getattr(getattr(model, "config", None), "model_type", "") != "kssm":
         raise PhaseLMError("a clamp sweep needs a K-SSM model (bounds of its bistable u)")
@@ -49,21 +49,23 @@ def clamp_sweep(
     bounds = [check_clamp_bounds(lo, hi, bistable=bistable) for lo, hi in (_pair(b) for b in bounds)]
     if not bounds:
         raise PhaseLMError("give at least one pair of bounds, e.g. 0.1:10")
-    _check_eval_shape(model, val_ids, batch_size, seq_len, max_batches)
+    check_eval_shape(model, val_ids, batch_size, seq_len, max_batches)
     files = prepare_outputs(out_dir, "clamp")
-    per_pass = _n_batches(val_ids, batch_size, seq_len, max_batches)
-    trained = _trained_bounds(model)
+    per_pass = count_batches(val_ids, batch_size, seq_len, max_batches)
+    trained = trained_bounds(model)
     first = "as trained" + (f" [{trained[0]:g}, {trained[1]:g}]" if trained else " (no clamp)")
-    conditions: list[tuple[str, tuple[float, float] | None]] = [(first, None)] + [(f"[{lo:g}, {hi:g}]", (lo, hi)) for lo, hi in bounds]
+    conditions: list[tuple[str, tuple[float, float] | None]] = [(first, None)]
+    conditions += [(f"[{lo:g}, {hi:g}]", (lo, hi)) for lo, hi in bounds]
     rows = []
-    with _eval_mode(model), _progress(progress) as bar:
+    with eval_mode(model), eval_progress(progress) as bar:
         task = bar.add_task("clamp sweep", total=per_pass * len(conditions), status="")
         for label, pair in conditions:
             bar.update(task, status=label)
             ctx = override_clamp(model, *pair) if pair is not None else contextlib.nullcontext()
             with ctx:
-                stats = _token_stats(model, val_ids, batch_size, seq_len, max_batches, lambda: bar.update(task, advance=1))
-            active = pair if pair is not None else _trained_bounds(model)
+                stats = token_stats(model, val_ids, batch_size, seq_len, max_batches,
+                                     lambda: bar.update(task, advance=1))
+            active = pair if pair is not None else trained_bounds(model)
             rows.append({
                 "bounds": label,
                 "u_min": None if active is None else active[0],
@@ -71,8 +73,8 @@ def clamp_sweep(
                 "trained": pair is None,
                 "val_ce": stats.val_ce,
                 "val_ppl": math.exp(min(stats.val_ce, 50.0)),
-                **_r_summary(stats),
-                **_u_summary(stats, active),
+                **r_summary(stats),
+                **u_summary(stats, active),
                 "tokens": int(stats.ce.size),
             })
     header = ["bounds", "val loss", "val ppl", "R mean", "R std", "u mean", "u std", "u at bounds"]
@@ -84,13 +86,13 @@ def clamp_sweep(
         "model": model_name,
         "note": CLAMP_NOTE,
         "trained_bistable": bistable,
-        "trained_bounds": _trained_bounds(model),
+        "trained_bounds": trained_bounds(model),
         "batches": {"batch_size": batch_size, "seq_len": seq_len, "max_batches": max_batches},
         "rows": rows,
-        "markdown": "Evaluation-time clamp sweep (not retraining).\n\n" + _md_table(header, table),
-        "device": str(_device(model)),
+        "markdown": "Evaluation-time clamp sweep (not retraining).\n\n" + table_markdown(header, table),
+        "device": str(model_device(model)),
     }
-    return _write_outputs(files, result, lambda path: _plot_clamp(result, path))
+    return write_outputs(files, result, lambda path: _plot_clamp(result, path))
 
 
 def _pair(bound) -> tuple[float, float]:
@@ -113,13 +115,14 @@ def parse_bounds(text: str) -> tuple[float, float]:
 
 
 def iter_bounds(items: Iterable[str]) -> list[tuple[float, float]]:
+    """Parse repeatable, comma-separated ``u_min:u_max`` options into (u_min, u_max) pairs."""
     return [parse_bounds(t) for item in items for t in item.split(",") if t.strip()]
 
 
 def _plot_clamp(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    from ..reporting.plots import _save
+    from ..reporting.plots import save_figure
 
     rows = result["rows"]
     labels = [r["bounds"] for r in rows]
@@ -132,7 +135,8 @@ def _plot_clamp(result: dict, path: Path) -> None:
     axes[1].errorbar(x, [r["r_mean"] for r in rows], yerr=[r["r_std"] for r in rows], fmt="o", capsize=3)
     axes[1].set_ylim(-0.02, 1.02)
     axes[1].set_ylabel("R (mean ± std over layers and positions)")
-    axes[2].errorbar(x, [r["u_mean"] for r in rows], yerr=[r["u_std"] for r in rows], fmt="o", capsize=3, label="u mean ± std")
+    axes[2].errorbar(x, [r["u_mean"] for r in rows], yerr=[r["u_std"] for r in rows], fmt="o", capsize=3,
+                     label="u mean ± std")
     axes[2].set_ylabel("u (mean ± std)")
     share = axes[2].twinx()
     share.bar(x, [r["u_at_bounds"] or 0.0 for r in rows], alpha=0.25, color="tab:red")
@@ -142,4 +146,4 @@ def _plot_clamp(result: dict, path: Path) -> None:
         ax.set_xticks(x, labels, rotation=30, fontsize=8)
         ax.grid(alpha=0.3)
     fig.suptitle("Clamp sweep of u — evaluation time only, not retraining (grey: as trained)")
-    _save(fig, path)
+    save_figure(fig, path)

@@ -12,10 +12,10 @@ from torch import nn
 from .. import statistics as st
 from ..errors import PhaseLMError
 from ..interventions import require_oscillator_sites
-from .intervention import _fmt, _md_table
-from .outputs import _device, _eval_mode, _progress, _write_outputs, prepare_outputs
+from .intervention import table_markdown
+from .outputs import eval_mode, eval_progress, model_device, prepare_outputs, write_outputs
 from .subject import CORRELATION_NOTE
-from .validation import _check_eval_shape, _n_batches, _token_stats
+from .validation import check_eval_shape, count_batches, token_stats
 
 
 def order_loss_correlation(
@@ -36,20 +36,22 @@ def order_loss_correlation(
     paired with the loss of predicting token t+1 from position t. Writes correlation.json/.png.
     """
     require_oscillator_sites(model, "an R–loss correlation")
-    _check_eval_shape(model, val_ids, batch_size, seq_len, max_batches)
+    check_eval_shape(model, val_ids, batch_size, seq_len, max_batches)
     files = prepare_outputs(out_dir, "correlation")
-    with _eval_mode(model), _progress(progress) as bar:
-        task = bar.add_task("R–loss correlation", total=_n_batches(val_ids, batch_size, seq_len, max_batches), status="")
-        stats = _token_stats(model, val_ids, batch_size, seq_len, max_batches, lambda: bar.update(task, advance=1))
+    with eval_mode(model), eval_progress(progress) as bar:
+        task = bar.add_task("R–loss correlation", total=count_batches(val_ids, batch_size, seq_len, max_batches),
+                            status="")
+        stats = token_stats(model, val_ids, batch_size, seq_len, max_batches, lambda: bar.update(task, advance=1))
     if stats.ce.size < st.MIN_N:
         raise PhaseLMError(f"a correlation needs at least {st.MIN_N} tokens, got {stats.ce.size}")
     series = {f"layer {i}": stats.orders[i] for i in range(stats.orders.shape[0])}
     series["mean over layers"] = stats.orders.mean(0)
     layers = []
     for name, r in series.items():
-        layers.append({"layer": name, **st.correlation(r, stats.ce).to_dict(), "r_mean": float(r.mean()), "r_std": float(r.std()),
-                       "binned": _binned(r, stats.ce, bins)})
-    table = [[row["layer"], row["n"], row["pearson_r"], row["pearson_p"], row["spearman_rho"], row["spearman_p"], row["r_mean"]] for row in layers]
+        layers.append({"layer": name, **st.correlation(r, stats.ce).to_dict(), "r_mean": float(r.mean()),
+                       "r_std": float(r.std()), "binned": _binned(r, stats.ce, bins)})
+    table = [[row["layer"], row["n"], row["pearson_r"], row["pearson_p"], row["spearman_rho"], row["spearman_p"],
+              row["r_mean"]] for row in layers]
     result = {
         "eval": "order_loss_correlation",
         "command": command,
@@ -59,10 +61,10 @@ def order_loss_correlation(
         "val_ce": stats.val_ce,
         "batches": {"batch_size": batch_size, "seq_len": seq_len, "max_batches": max_batches},
         "layers": layers,
-        "markdown": _md_table(["R of", "n", "Pearson r", "p", "Spearman ρ", "p", "R mean"], table),
-        "device": str(_device(model)),
+        "markdown": table_markdown(["R of", "n", "Pearson r", "p", "Spearman ρ", "p", "R mean"], table),
+        "device": str(model_device(model)),
     }
-    return _write_outputs(files, result, lambda path: _plot_correlation(result, series, stats.ce, path))
+    return write_outputs(files, result, lambda path: _plot_correlation(result, series, stats.ce, path))
 
 
 def _binned(r: np.ndarray, ce: np.ndarray, bins: int) -> list[dict]:
@@ -74,14 +76,16 @@ def _binned(r: np.ndarray, ce: np.ndarray, bins: int) -> list[dict]:
     for b in range(len(edges) - 1):
         mask = which == b
         if mask.any():
-            out.append({"r_low": float(edges[b]), "r_high": float(edges[b + 1]), "n": int(mask.sum()), "ce_mean": float(ce[mask].mean())})
+            out.append({"r_low": float(edges[b]), "r_high": float(edges[b + 1]), "n": int(mask.sum()),
+                        "ce_mean": float(ce[mask].mean())})
     return out
 
 
 def _plot_correlation(result: dict, series: dict, ce: np.ndarray, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    from ..reporting.plots import _save
+    from ..reporting.common import format_value
+    from ..reporting.plots import save_figure
 
     n = len(series)
     cols = min(4, n)
@@ -93,12 +97,14 @@ def _plot_correlation(result: dict, series: dict, ce: np.ndarray, path: Path) ->
         else:
             ax.scatter(r, ce, s=2, alpha=0.3)
         centers = [(b["r_low"] + b["r_high"]) / 2 for b in info["binned"]]
-        ax.plot(centers, [b["ce_mean"] for b in info["binned"]], color="red", marker="o", ms=3, label="mean CE per R decile")
-        ax.set_title(f"{name}: r = {_fmt(info['pearson_r'], 3)}, ρ = {_fmt(info['spearman_rho'], 3)}", fontsize=9)
+        ax.plot(centers, [b["ce_mean"] for b in info["binned"]], color="red", marker="o", ms=3,
+                label="mean CE per R decile")
+        ax.set_title(f"{name}: r = {format_value(info['pearson_r'], 3)}, ρ = {format_value(info['spearman_rho'], 3)}",
+                     fontsize=9)
         ax.set_xlabel("R")
         ax.set_ylabel("per-token CE (nats)")
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
     fig.suptitle(f"R vs per-token loss on validation text ({result['tokens']:,} tokens)")
-    _save(fig, path)
+    save_figure(fig, path)

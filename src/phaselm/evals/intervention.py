@@ -13,18 +13,18 @@ from torch import nn
 from .. import statistics as st
 from ..errors import PhaseLMError
 from ..interventions import Intervention, intervene, require_oscillator_sites
-from .outputs import _check_positions, _device, _eval_mode, _progress, _write_outputs, prepare_outputs
+from .outputs import check_positions, eval_mode, eval_progress, model_device, prepare_outputs, write_outputs
 from .sampling import (
-    _batches,
-    _check_decoding,
-    _continuation_logprobs,
-    _describe_metrics,
-    _generate_all,
-    _nll,
-    _per_prompt_metrics,
-    _prompt_ids,
-    _r_per_layer,
+    check_decoding,
+    continuation_logprobs,
+    describe_metrics,
+    generate_all,
     kl_divergence,
+    length_batches,
+    mean_nll,
+    per_prompt_metrics,
+    prompt_token_ids,
+    r_per_layer,
 )
 from .subject import METRIC_LABELS, METRICS, SAMPLES_SHOWN
 
@@ -55,35 +55,35 @@ def r_intervention_eval(
     bootstrap CI) and Holm-corrected over all metrics × interventions (t and Wilcoxon p-values
     separately). Writes ``intervention.json`` and ``intervention.png`` into ``out_dir``.
     """
-    _check_decoding(max_new_tokens, temperature, top_k)
+    check_decoding(max_new_tokens, temperature, top_k)
     interventions = list(interventions)
     if not interventions:
         raise PhaseLMError("give at least one intervention (sync, disorder or pin=r)")
     for item in interventions:
         if not isinstance(item, Intervention):
             raise PhaseLMError(f"expected Intervention objects, got {type(item).__name__}")
-    prompts = _prompt_ids(tokenizer, prompts)
+    prompts = prompt_token_ids(tokenizer, prompts)
     if len(prompts) < st.MIN_N:
         raise PhaseLMError(f"paired statistics need at least {st.MIN_N} prompts, got {len(prompts)}; use 50 or more")
     require_oscillator_sites(model, "an R intervention eval")
     files = prepare_outputs(out_dir, "intervention")
-    _check_positions(model, max(len(p) for p in prompts) + max_new_tokens, "prompt + generation")
+    check_positions(model, max(len(p) for p in prompts) + max_new_tokens, "prompt + generation")
     with intervene(model, *interventions) as applied:  # validates every layer before any work
         records = applied.to_json()
-    batches = _batches(prompts, batch_size)
-    device = _device(model)
+    batches = length_batches(prompts, batch_size)
+    device = model_device(model)
     k = len(interventions)
-    with _eval_mode(model), _progress(progress) as bar:
+    with eval_mode(model), eval_progress(progress) as bar:
         task = bar.add_task("R intervention", total=len(batches) * (2 + 3 * k), status="")
         advance = lambda: bar.update(task, advance=1)  # noqa: E731
         args = (max_new_tokens, temperature, top_k, seed, advance)
         bar.update(task, status="unforced")
-        unforced = _generate_all(model, prompts, batches, *args)
+        unforced = generate_all(model, prompts, batches, *args)
         forced = []
-        for j, item in enumerate(interventions):
+        for item in interventions:
             bar.update(task, status=item.label)
             with intervene(model, item):
-                forced.append(_generate_all(model, prompts, batches, *args))
+                forced.append(generate_all(model, prompts, batches, *args))
         bar.update(task, status="scoring")
         ppl_unforced = np.zeros(len(prompts))
         ppl_forced = np.zeros((k, len(prompts)))
@@ -91,28 +91,30 @@ def r_intervention_eval(
         for batch in batches:
             prompt = torch.tensor([prompts[i] for i in batch], device=device)
             cont = torch.tensor([unforced.ids[i] for i in batch], device=device)
-            logp = _continuation_logprobs(model, prompt, cont)
-            ppl_unforced[batch] = torch.exp(_nll(logp, cont)).double().cpu().numpy()
+            logp = continuation_logprobs(model, prompt, cont)
+            ppl_unforced[batch] = torch.exp(mean_nll(logp, cont)).double().cpu().numpy()
             advance()
             for j, item in enumerate(interventions):
                 with intervene(model, item):
-                    logq = _continuation_logprobs(model, prompt, cont)
+                    logq = continuation_logprobs(model, prompt, cont)
                 kl[j, batch] = kl_divergence(logp, logq).mean(-1).double().cpu().numpy()
                 advance()
                 cont_f = torch.tensor([forced[j].ids[i] for i in batch], device=device)
-                ppl_forced[j, batch] = torch.exp(_nll(_continuation_logprobs(model, prompt, cont_f), cont_f)).double().cpu().numpy()
+                ppl_forced[j, batch] = torch.exp(mean_nll(continuation_logprobs(model, prompt, cont_f),
+                                                      cont_f)).double().cpu().numpy()
                 advance()
-    base = _per_prompt_metrics(unforced, ppl_unforced)
+    base = per_prompt_metrics(unforced, ppl_unforced)
     base["kl"] = [0.0] * len(prompts)
     per_forced = []
     for j in range(k):
-        values = _per_prompt_metrics(forced[j], ppl_forced[j])
+        values = per_prompt_metrics(forced[j], ppl_forced[j])
         values["kl"] = kl[j].tolist()
         per_forced.append(values)
 
     comparisons = []
     for j in range(k):
-        comparisons.append({m: st.paired(per_forced[j][m], base[m], n_resamples=n_resamples, seed=seed).to_dict() for m in METRICS})
+        comparisons.append({m: st.paired(per_forced[j][m], base[m], n_resamples=n_resamples, seed=seed).to_dict()
+                            for m in METRICS})
     for key in ("p_t", "p_wilcoxon"):
         flat = [comparisons[j][m][key] for j in range(k) for m in METRICS]
         adjusted = st.holm(flat)
@@ -131,7 +133,8 @@ def r_intervention_eval(
         results.append({
             "intervention": records[j],
             "label": item.label,
-            "forced": {"metrics": _describe_metrics({m: per_forced[j][m] for m in METRICS}, seed), "r_per_layer": _r_per_layer(forced[j])},
+            "forced": {"metrics": describe_metrics({m: per_forced[j][m] for m in METRICS}, seed),
+                       "r_per_layer": r_per_layer(forced[j])},
             "comparisons": comparisons[j],
         })
     result = {
@@ -143,16 +146,19 @@ def r_intervention_eval(
         "max_new_tokens": max_new_tokens,
         "decoding": {"temperature": temperature, "top_k": top_k, "seed": seed, "greedy": temperature == 0},
         "alpha": alpha,
-        "holm_family": f"{k} interventions × {len(METRICS)} metrics = {k * len(METRICS)} tests (t and Wilcoxon corrected separately)",
+        "holm_family": f"{k} interventions × {len(METRICS)} metrics = {k * len(METRICS)} tests (t and Wilcoxon "
+                       "corrected separately)",
         "definitions": {
             "difference": "forced − unforced, per prompt",
-            "kl": "mean over generated positions of KL(p_unforced ‖ p_forced) along the unforced continuation (compared with 0)",
+            "kl": "mean over generated positions of KL(p_unforced ‖ p_forced) along the unforced continuation "
+                  "(compared with 0)",
             "repetition": "1 − distinct-4 of the continuation",
             "perplexity": "of the continuation given its prompt, under the unforced model at temperature 1",
             "mean_r": "R of the positions that produced the generated tokens, mean over layers",
         },
         "interventions": records,
-        "unforced": {"metrics": _describe_metrics({m: base[m] for m in METRICS if m != "kl"}, seed), "r_per_layer": _r_per_layer(unforced)},
+        "unforced": {"metrics": describe_metrics({m: base[m] for m in METRICS if m != "kl"}, seed),
+                     "r_per_layer": r_per_layer(unforced)},
         "results": results,
         "per_prompt": {"unforced": {m: base[m] for m in METRICS if m != "kl"}, "forced": per_forced},
         "samples": {
@@ -163,36 +169,38 @@ def r_intervention_eval(
         "device": str(device),
     }
     result["markdown"] = _intervention_markdown(result)
-    return _write_outputs(files, result, lambda path: _plot_intervention(result, path))
+    return write_outputs(files, result, lambda path: _plot_intervention(result, path))
 
 
-def _fmt(value, digits: int = 4) -> str:
-    from ..reporting.markdown import _fmt as fmt
+def table_markdown(header: list[str], rows: list[list]) -> str:
+    """A Markdown table (one string) with numbers formatted as in every report."""
+    from ..reporting.common import format_value
+    from ..reporting.markdown import markdown_table
 
-    return fmt(value, digits)
-
-
-def _md_table(header: list[str], rows: list[list]) -> str:
-    from ..reporting.markdown import _table
-
-    return "\n".join(_table(header, [[_fmt(c) if not isinstance(c, str) else c for c in row] for row in rows]))
+    cells = [[format_value(c) if not isinstance(c, str) else c for c in row] for row in rows]
+    return "\n".join(markdown_table(header, cells))
 
 
 def _intervention_markdown(result: dict) -> str:
+    from ..reporting.common import format_value
+
     rows = []
     for res in result["results"]:
         for m in METRICS:
             c = res["comparisons"][m]
             rows.append([res["label"], METRIC_LABELS[m], c["n"], c["mean_y"], c["mean_x"], c["mean_diff"],
-                         f"[{_fmt(c['ci_low'])}, {_fmt(c['ci_high'])}]", c["cohens_dz"], c["p_t_holm"], c["p_wilcoxon_holm"]])
-    header = ["intervention", "metric", "n", "unforced", "forced", "Δ mean", "95% CI", "d_z", "p (t, Holm)", "p (Wilcoxon, Holm)"]
-    return _md_table(header, rows)
+                         f"[{format_value(c['ci_low'])}, {format_value(c['ci_high'])}]", c["cohens_dz"], c["p_t_holm"],
+                         c["p_wilcoxon_holm"]])
+    header = ["intervention", "metric", "n", "unforced", "forced", "Δ mean", "95% CI", "d_z", "p (t, Holm)",
+              "p (Wilcoxon, Holm)"]
+    return table_markdown(header, rows)
 
 
 def _plot_intervention(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    from ..reporting.plots import _save
+    from ..reporting.common import format_value
+    from ..reporting.plots import save_figure
 
     labels = [r["label"] for r in result["results"]]
     fig, axes = plt.subplots(2, 4, figsize=(16, 7.5))
@@ -207,9 +215,9 @@ def _plot_intervention(result: dict, path: Path) -> None:
         for j, d in enumerate(data):
             jitter = np.random.default_rng(j).uniform(-0.15, 0.15, len(d))
             ax.scatter(np.full(len(d), j + 1) + jitter, d, s=8, alpha=0.5)
-        ax.set_xticks(range(1, len(labels) + 1), [l.replace(" @ ", "\n") for l in labels], fontsize=7)
+        ax.set_xticks(range(1, len(labels) + 1), [label.replace(" @ ", "\n") for label in labels], fontsize=7)
         p = [r["comparisons"][m]["p_t_holm"] for r in result["results"]]
-        ax.set_title(f"{METRIC_LABELS[m]}\nHolm p: " + ", ".join(_fmt(x, 2) for x in p), fontsize=8)
+        ax.set_title(f"{METRIC_LABELS[m]}\nHolm p: " + ", ".join(format_value(x, 2) for x in p), fontsize=8)
         ax.set_ylabel("KL" if m == "kl" else "forced − unforced", fontsize=8)
         ax.grid(alpha=0.3)
     ax = axes.flat[-1]
@@ -225,4 +233,4 @@ def _plot_intervention(result: dict, path: Path) -> None:
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.suptitle(f"R intervention: n = {result['n_prompts']} prompts, {result['max_new_tokens']} new tokens (paired)")
-    _save(fig, path)
+    save_figure(fig, path)

@@ -17,7 +17,8 @@ from torch import nn
 from ..errors import PhaseLMError
 
 
-def prepare_outputs(out_dir: str | os.PathLike | None, name: str, suffixes: Sequence[str] = (".json", ".png")) -> dict[str, Path] | None:
+def prepare_outputs(out_dir: str | os.PathLike | None, name: str,
+                    suffixes: Sequence[str] = (".json", ".png")) -> dict[str, Path] | None:
     """The files an eval will write; refuses (before any work) to overwrite existing ones."""
     if out_dir is None:
         return None
@@ -27,30 +28,32 @@ def prepare_outputs(out_dir: str | os.PathLike | None, name: str, suffixes: Sequ
     files = {s.lstrip("."): out_dir / f"{name}{s}" for s in suffixes}
     existing = [p for p in files.values() if p.exists()]
     if existing:
-        raise PhaseLMError(f"{out_dir} already holds {existing[0].name} from an earlier `{name}` eval; choose another --out")
+        raise PhaseLMError(f"{out_dir} already holds {existing[0].name} from an earlier `{name}` eval; choose another "
+                           "--out")
     return files
 
 
-def _jsonable(value):
+def jsonable(value):
+    """A copy fit for json.dump: numpy scalars and arrays as Python values, non-finite floats as None."""
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, (np.floating, float)):
         value = float(value)
         return value if math.isfinite(value) else None
     if isinstance(value, np.integer):
         return int(value)
     if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
+        return jsonable(value.tolist())
     if isinstance(value, torch.Tensor):
-        return _jsonable(value.detach().cpu().tolist())
+        return jsonable(value.detach().cpu().tolist())
     if isinstance(value, Path):
         return str(value)
     return value
 
 
-def _write_outputs(files: dict[str, Path] | None, result: dict, plot) -> dict:
+def write_outputs(files: dict[str, Path] | None, result: dict, plot) -> dict:
     """Draw the plot and write the JSON (atomically); returns the final, JSON-clean result."""
     from ..reporting import machine_description
 
@@ -62,7 +65,7 @@ def _write_outputs(files: dict[str, Path] | None, result: dict, plot) -> dict:
         plot(files["png"])
         if "md" in files:
             files["md"].write_text(result["markdown"] + "\n", encoding="utf-8")
-    result = _jsonable(result)
+    result = jsonable(result)
     if files is not None:
         tmp = files["json"].with_suffix(".json.tmp")
         tmp.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -70,14 +73,16 @@ def _write_outputs(files: dict[str, Path] | None, result: dict, plot) -> dict:
     return result
 
 
-def _progress(enabled: bool):
+def eval_progress(enabled: bool):
+    """The project's progress bar on stderr (:func:`phaselm.training.progress_bar`), hidden unless ``enabled``."""
     from ..training import progress_bar as project_progress
 
     return project_progress(enabled)
 
 
 @contextlib.contextmanager
-def _eval_mode(model: nn.Module):
+def eval_mode(model: nn.Module):
+    """Put the model in eval mode for the block; restore training mode after if it was on."""
     was_training = model.training
     model.eval()
     try:
@@ -86,7 +91,8 @@ def _eval_mode(model: nn.Module):
         model.train(was_training)
 
 
-def _device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's parameters."""
     return next(model.parameters()).device
 
 
@@ -99,7 +105,8 @@ def _max_positions(model: nn.Module) -> int | None:
     return getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
 
 
-def _check_positions(model: nn.Module, length: int, what: str) -> None:
+def check_positions(model: nn.Module, length: int, what: str) -> None:
+    """One-line error when ``length`` exceeds the model's position limit, if it has one."""
     limit = _max_positions(model)
     if limit is not None and length > limit:
         raise PhaseLMError(f"{what} needs {length} positions but the model allows {limit}; use fewer tokens")

@@ -14,7 +14,7 @@ from torch import nn
 from .. import statistics as st
 from ..errors import PhaseLMError
 from ..metrics import TEXT_METRICS, distinct_n, text_metrics  # noqa: F401  (re-exported: phaselm.evals)
-from .outputs import _device
+from .outputs import model_device
 
 
 def validation_prompts(val_ids: torch.Tensor, n: int = 50, prompt_tokens: int = 32) -> list[list[int]]:
@@ -26,24 +26,28 @@ def validation_prompts(val_ids: torch.Tensor, n: int = 50, prompt_tokens: int = 
     room = len(val_ids) - prompt_tokens
     if room + 1 < n:
         raise PhaseLMError(
-            f"the validation split has {len(val_ids)} tokens: too short for {n} distinct prompts of {prompt_tokens} tokens; "
-            "use fewer or shorter prompts"
+            f"the validation split has {len(val_ids)} tokens: too short for {n} distinct prompts of {prompt_tokens} "
+            "tokens; use fewer or shorter prompts"
         )
     starts = [(i * room) // (n - 1) for i in range(n)]
     return [val_ids[s : s + prompt_tokens].tolist() for s in starts]
 
 
-def _prompt_ids(tokenizer, prompts: Sequence) -> list[list[int]]:
+def prompt_token_ids(tokenizer, prompts: Sequence) -> list[list[int]]:
+    """Texts or token-id sequences → token ids; an empty prompt is a one-line error."""
     out = []
     for p in prompts:
-        ids = tokenizer.encode(p) if isinstance(p, str) else [int(i) for i in (p.tolist() if isinstance(p, torch.Tensor) else p)]
+        if isinstance(p, str):
+            ids = tokenizer.encode(p)
+        else:
+            ids = [int(i) for i in (p.tolist() if isinstance(p, torch.Tensor) else p)]
         if not ids:
             raise PhaseLMError("a prompt encodes to no tokens; pass non-empty prompts")
         out.append(ids)
     return out
 
 
-def _batches(prompts: list[list[int]], batch_size: int) -> list[list[int]]:
+def length_batches(prompts: list[list[int]], batch_size: int) -> list[list[int]]:
     """Indices grouped by prompt length (no padding needed), ``batch_size`` at a time, in order."""
     if batch_size < 1:
         raise PhaseLMError(f"batch size must be at least 1, got {batch_size}")
@@ -54,7 +58,8 @@ def _batches(prompts: list[list[int]], batch_size: int) -> list[list[int]]:
 
 
 def sample(
-    model: nn.Module, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None, seed: int = 0
+    model: nn.Module, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+    seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Continue a batch of equal-length prompts (B, P) with the model's cache
     (:func:`phaselm.generation.sample_tokens`, exactly ``max_new_tokens`` each).
@@ -65,19 +70,20 @@ def sample(
     """
     from ..generation import sample_tokens
 
-    sampled = sample_tokens(model, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, seed=seed)
+    sampled = sample_tokens(model, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                            seed=seed)
     return sampled.ids, sampled.orders
 
 
 @torch.no_grad()
-def _continuation_logprobs(model: nn.Module, prompt: torch.Tensor, continuation: torch.Tensor) -> torch.Tensor:
+def continuation_logprobs(model: nn.Module, prompt: torch.Tensor, continuation: torch.Tensor) -> torch.Tensor:
     """log p(· | prefix) at the M positions that predict the continuation: (B, M, V), float32."""
     full = torch.cat([prompt, continuation.to(prompt.device)], 1)
     logits = model(input_ids=full).logits[:, prompt.shape[1] - 1 : -1]
     return F.log_softmax(logits.float(), -1)
 
 
-def _nll(logprobs: torch.Tensor, continuation: torch.Tensor) -> torch.Tensor:
+def mean_nll(logprobs: torch.Tensor, continuation: torch.Tensor) -> torch.Tensor:
     """Mean −log p of the continuation per sequence: (B,)."""
     return -logprobs.gather(-1, continuation.to(logprobs.device)[..., None]).squeeze(-1).mean(-1)
 
@@ -87,7 +93,8 @@ def kl_divergence(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
     return (logp.exp() * (logp - logq)).sum(-1).clamp_min(0.0)
 
 
-def _check_decoding(max_new_tokens: int, temperature: float, top_k: int | None) -> None:
+def check_decoding(max_new_tokens: int, temperature: float, top_k: int | None) -> None:
+    """One-line errors for decoding settings an eval cannot use (max_new_tokens < 4, temperature < 0, top_k < 0)."""
     if max_new_tokens < 4:
         raise PhaseLMError(f"max_new_tokens must be at least 4 (repetition counts 4-grams), got {max_new_tokens}")
     if not (temperature >= 0 and math.isfinite(temperature)):
@@ -102,8 +109,10 @@ class _Generated:
     orders: np.ndarray | None  # (n, L, M)
 
 
-def _generate_all(model, prompts, batches, max_new_tokens, temperature, top_k, seed, advance) -> _Generated:
-    device = _device(model)
+def generate_all(model, prompts, batches, max_new_tokens, temperature, top_k, seed, advance) -> _Generated:
+    """Continuations of every prompt, batch by batch (seed + the batch's first index), with R per
+    layer and token (n, L, M) when the model has oscillators."""
+    device = model_device(model)
     ids: list = [None] * len(prompts)
     orders = None
     for batch in batches:
@@ -119,7 +128,8 @@ def _generate_all(model, prompts, batches, max_new_tokens, temperature, top_k, s
     return _Generated(ids, orders)
 
 
-def _per_prompt_metrics(generated: _Generated, perplexity: np.ndarray) -> dict[str, list]:
+def per_prompt_metrics(generated: _Generated, perplexity: np.ndarray) -> dict[str, list]:
+    """Each text metric, perplexity and (with oscillators) mean R, one value per prompt."""
     rows = [text_metrics(c) for c in generated.ids]
     out = {m: [r[m] for r in rows] for m in TEXT_METRICS}
     out["perplexity"] = perplexity.tolist()
@@ -127,9 +137,11 @@ def _per_prompt_metrics(generated: _Generated, perplexity: np.ndarray) -> dict[s
     return out
 
 
-def _r_per_layer(generated: _Generated) -> list[float] | None:
+def r_per_layer(generated: _Generated) -> list[float] | None:
+    """Mean R per layer over prompts and tokens, or None without oscillators."""
     return generated.orders.mean(axis=(0, 2)).tolist() if generated.orders is not None else None
 
 
-def _describe_metrics(values: dict[str, list | None], seed: int) -> dict:
+def describe_metrics(values: dict[str, list | None], seed: int) -> dict:
+    """n, mean, spread and a bootstrap CI of each metric's per-prompt values (None stays None)."""
     return {m: (st.describe(v, seed=seed) if v is not None else None) for m, v in values.items()}

@@ -12,18 +12,18 @@ from torch import nn
 
 from .. import statistics as st
 from ..errors import PhaseLMError
-from .intervention import _md_table
-from .outputs import _check_positions, _device, _eval_mode, _progress, _write_outputs, prepare_outputs
+from .intervention import table_markdown
+from .outputs import check_positions, eval_mode, eval_progress, model_device, prepare_outputs, write_outputs
 from .sampling import (
-    _batches,
-    _check_decoding,
-    _continuation_logprobs,
-    _describe_metrics,
-    _generate_all,
-    _nll,
-    _per_prompt_metrics,
-    _prompt_ids,
-    _r_per_layer,
+    check_decoding,
+    continuation_logprobs,
+    describe_metrics,
+    generate_all,
+    length_batches,
+    mean_nll,
+    per_prompt_metrics,
+    prompt_token_ids,
+    r_per_layer,
 )
 from .subject import DEFAULT_TEMPERATURES, METRIC_LABELS
 
@@ -53,32 +53,33 @@ def temperature_sweep(
     if len(set(temperatures)) != len(temperatures):
         raise PhaseLMError("temperatures are listed twice; give each once")
     for t in temperatures:
-        _check_decoding(max_new_tokens, t, top_k)
-    prompts = _prompt_ids(tokenizer, prompts)
+        check_decoding(max_new_tokens, t, top_k)
+    prompts = prompt_token_ids(tokenizer, prompts)
     if len(prompts) < st.MIN_N:
         raise PhaseLMError(f"a temperature sweep needs at least {st.MIN_N} prompts, got {len(prompts)}")
     files = prepare_outputs(out_dir, "temperature")
-    _check_positions(model, max(len(p) for p in prompts) + max_new_tokens, "prompt + generation")
-    batches = _batches(prompts, batch_size)
-    device = _device(model)
+    check_positions(model, max(len(p) for p in prompts) + max_new_tokens, "prompt + generation")
+    batches = length_batches(prompts, batch_size)
+    device = model_device(model)
     rows = []
-    with _eval_mode(model), _progress(progress) as bar:
+    with eval_mode(model), eval_progress(progress) as bar:
         task = bar.add_task("temperature sweep", total=len(batches) * 2 * len(temperatures), status="")
         advance = lambda: bar.update(task, advance=1)  # noqa: E731
         for t in temperatures:
             bar.update(task, status=f"T = {t:g}")
-            generated = _generate_all(model, prompts, batches, max_new_tokens, t, top_k, seed, advance)
+            generated = generate_all(model, prompts, batches, max_new_tokens, t, top_k, seed, advance)
             ppl = np.zeros(len(prompts))
             for batch in batches:
                 prompt = torch.tensor([prompts[i] for i in batch], device=device)
                 cont = torch.tensor([generated.ids[i] for i in batch], device=device)
-                ppl[batch] = torch.exp(_nll(_continuation_logprobs(model, prompt, cont), cont)).double().cpu().numpy()
+                nll = mean_nll(continuation_logprobs(model, prompt, cont), cont)
+                ppl[batch] = torch.exp(nll).double().cpu().numpy()
                 advance()
-            values = _per_prompt_metrics(generated, ppl)
+            values = per_prompt_metrics(generated, ppl)
             rows.append({
                 "temperature": t,
-                "metrics": _describe_metrics(values, seed),
-                "r_per_layer": _r_per_layer(generated),
+                "metrics": describe_metrics(values, seed),
+                "r_per_layer": r_per_layer(generated),
                 "sample": tokenizer.decode(generated.ids[0]),
             })
     quality = ("distinct_1", "distinct_2", "distinct_3", "repetition", "perplexity", "mean_r")
@@ -93,16 +94,16 @@ def temperature_sweep(
         "definitions": {"perplexity": "of the continuation given its prompt, under the model at temperature 1",
                         "repetition": "1 − distinct-4 of the continuation"},
         "rows": rows,
-        "markdown": _md_table(["T"] + [METRIC_LABELS[m] for m in quality], table_rows),
+        "markdown": table_markdown(["T"] + [METRIC_LABELS[m] for m in quality], table_rows),
         "device": str(device),
     }
-    return _write_outputs(files, result, lambda path: _plot_temperature(result, path))
+    return write_outputs(files, result, lambda path: _plot_temperature(result, path))
 
 
 def _plot_temperature(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    from ..reporting.plots import _save
+    from ..reporting.plots import save_figure
 
     temps = [r["temperature"] for r in result["rows"]]
     panels = [(("distinct_1", "distinct_2", "distinct_3"), "distinct-n"), (("repetition",), "repetition"),
@@ -125,11 +126,13 @@ def _plot_temperature(result: dict, path: Path) -> None:
         ax.set_xlabel("temperature (0 = greedy)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"Temperature sweep: n = {result['n_prompts']} prompts, {result['max_new_tokens']} new tokens, mean ± 95% CI")
-    _save(fig, path)
+    fig.suptitle(f"Temperature sweep: n = {result['n_prompts']} prompts, {result['max_new_tokens']} new tokens, mean ± "
+                 "95% CI")
+    save_figure(fig, path)
 
 
 def parse_floats(text: str, what: str) -> list[float]:
+    """Comma-separated numbers → floats; ``what`` names the option in the one-line error."""
     try:
         return [float(p) for p in text.split(",") if p.strip()]
     except ValueError:

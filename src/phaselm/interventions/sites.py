@@ -167,8 +167,8 @@ def require_oscillator_sites(model: nn.Module, what: str = "this eval") -> list[
     sites = oscillator_sites(model)
     if not sites:
         raise PhaseLMError(
-            f"{what} needs a model with oscillators (K-SSM or a grafted Phase Core); this {model_name(model)} model has none, "
-            "so it has no R to read or force"
+            f"{what} needs a model with oscillators (K-SSM or a grafted Phase Core); this {model_name(model)} model "
+            "has none, so it has no R to read or force"
         )
     return sites
 

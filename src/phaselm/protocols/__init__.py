@@ -62,5 +62,6 @@ from .subject import Subject, generate_many, generate_sample, load_subject
 
 __all__ = [
     "KINDS", "METRICS", "Condition", "Protocol", "Subject", "check_out_dir", "default_out_dir", "generate_many",
-    "generate_sample", "grid_cells", "load_protocol", "load_subject", "run_protocol", "sha256_of", "write_protocol_report",
+    "generate_sample", "grid_cells", "load_protocol", "load_subject", "run_protocol", "sha256_of",
+    "write_protocol_report",
 ]

@@ -18,10 +18,10 @@ from .spec import (
     RESULTS,
     TESTS,
     Protocol,
-    _resolve_path,
     check_out_dir,
     default_out_dir,
     load_protocol,
+    resolve_path,
     sha256_of,
 )
 from .subject import Subject, load_subject
@@ -39,9 +39,9 @@ class _Bar:
         if not self.enabled:
             return
         if self.progress is None:
-            from ..evals.outputs import _progress
+            from ..evals.outputs import eval_progress
 
-            self.progress = _progress(True)
+            self.progress = eval_progress(True)
             self.progress.start()
             self.task = self.progress.add_task(self.description, total=self.total, status=self.status)
         self.progress.update(self.task, advance=steps)
@@ -52,7 +52,7 @@ class _Bar:
 
 
 def _jsonable(value):
-    from ..evals.outputs import _jsonable as clean
+    from ..evals.outputs import jsonable as clean
 
     return clean(value)
 
@@ -78,14 +78,15 @@ def run_protocol(
         protocol = load_protocol(protocol)
     out = check_out_dir(out_dir if out_dir is not None else default_out_dir(protocol), protocol)
     if subject is None:
-        model_path = _resolve_path(protocol.model_path, protocol.file.parent)
+        model_path = resolve_path(protocol.model_path, protocol.file.parent)
         subject = load_subject(model_path, protocol.device)
     if reference is None and protocol.reference:
-        reference = load_subject(_resolve_path(protocol.reference, protocol.file.parent), protocol.device)
+        reference = load_subject(resolve_path(protocol.reference, protocol.file.parent), protocol.device)
     was_training = subject.model.training
     subject.model.eval()
     units = len(protocol.seeds) * protocol.n_prompts
-    total = {"observation": units, "intervention": units, "ablation_grid": len(grid_cells(protocol)) + 1 if protocol.grid else 1}[protocol.kind]
+    total = {"observation": units, "intervention": units,
+             "ablation_grid": len(grid_cells(protocol)) + 1 if protocol.grid else 1}[protocol.kind]
     bar = _Bar(progress, f"{protocol.kind} protocol", total, protocol.name)
     try:
         if protocol.kind == "observation":
@@ -104,14 +105,18 @@ def run_protocol(
                   "parameters": sum(p.numel() for p in subject.model.parameters()),
                   "device": str(next(subject.model.parameters()).device)},
         "design": {"seeds": protocol.seeds, "samples_per_condition": protocol.samples_per_condition,
-                   "prompts": {"source": protocol.prompt_source, "count": protocol.prompt_count, "tokens": protocol.prompt_tokens,
+                   "prompts": {"source": protocol.prompt_source, "count": protocol.prompt_count,
+                               "tokens": protocol.prompt_tokens,
                                "file": protocol.prompt_file} if protocol.kind != "ablation_grid" else None,
                    "pairing": "window × seed" if protocol.kind == "ablation_grid" else "prompt × seed"},
-        "decoding": {"max_new_tokens": protocol.max_new_tokens, "temperature": protocol.temperature, "top_k": protocol.top_k,
+        "decoding": {"max_new_tokens": protocol.max_new_tokens, "temperature": protocol.temperature,
+                     "top_k": protocol.top_k,
                      "greedy": protocol.temperature == 0} if protocol.kind != "ablation_grid" else None,
-        "statistics": {"test": TESTS[protocol.test], "alpha": protocol.alpha, "power": protocol.power, "ci_level": protocol.ci_level,
+        "statistics": {"test": TESTS[protocol.test], "alpha": protocol.alpha, "power": protocol.power,
+                       "ci_level": protocol.ci_level,
                        "correction": "Holm–Bonferroni over every p-value of the protocol's family",
-                       "bootstrap_resamples": protocol.bootstrap_resamples, "permutation_resamples": protocol.permutation_resamples},
+                       "bootstrap_resamples": protocol.bootstrap_resamples,
+                       "permutation_resamples": protocol.permutation_resamples},
         "metrics": protocol.metrics,
         **body,
         "command": command,
@@ -123,7 +128,8 @@ def run_protocol(
     results["markdown"] = protocol_markdown(results)
     results = _jsonable(results)
     out.mkdir(parents=True, exist_ok=True)
-    (out / PROTOCOL_COPY).write_bytes(protocol.file.read_bytes() if protocol.file.is_file() else protocol.text.encode("utf-8"))
+    copy = protocol.file.read_bytes() if protocol.file.is_file() else protocol.text.encode("utf-8")
+    (out / PROTOCOL_COPY).write_bytes(copy)
     if sha256_of(out / PROTOCOL_COPY) != protocol.sha256:  # the file changed while the protocol ran
         (out / PROTOCOL_COPY).write_text(protocol.text, encoding="utf-8")
     results["files"] = {"json": str(out / RESULTS), "md": str(out / "results.md"), "png": str(out / "results.png"),
@@ -136,27 +142,30 @@ def run_protocol(
 
 
 def _cell_text(value) -> str:
-    from ..reporting.markdown import _fmt
+    from ..reporting.common import format_value
 
     if isinstance(value, bool):
         return "yes" if value else "no"
-    if isinstance(value, (list, tuple)) and len(value) == 2 and all(v is None or isinstance(v, (int, float)) for v in value):
-        return f"[{_fmt(value[0])}, {_fmt(value[1])}]"
-    return _fmt(value)
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(v is None or isinstance(v, (int, float))
+                                                                    for v in value):
+        return f"[{format_value(value[0])}, {format_value(value[1])}]"
+    return format_value(value)
 
 
 def protocol_markdown(results: dict) -> str:
     """The protocol's verdict and tables as Markdown (every table states n)."""
-    from ..reporting.markdown import _table
+    from ..reporting.markdown import markdown_table
 
     p = results["protocol"]
     lines = [f"# {results['title']}", "", f"Protocol file `{p['file']}`, SHA-256 `{p['sha256']}`."]
     if p.get("description"):
         lines += ["", p["description"]]
-    lines += ["", f"Model: `{results['model']['path']}` ({results['model']['type']}).", "", f"**{results['verdict']}**", ""]
+    lines += ["", f"Model: `{results['model']['path']}` ({results['model']['type']}).", "", f"**{results['verdict']}**",
+              ""]
     for table in results.get("tables", []):
         lines += [f"## {table['title']}", ""]
-        lines += _table(table["header"], [[_cell_text(c) if not isinstance(c, str) else c for c in row] for row in table["rows"]])
+        lines += markdown_table(table["header"],
+                        [[_cell_text(c) if not isinstance(c, str) else c for c in row] for row in table["rows"]])
         if table.get("note"):
             lines += ["", table["note"]]
         lines.append("")
@@ -185,14 +194,15 @@ def write_protocol_report(out_dir: str | os.PathLike, results: dict) -> list[Pat
     if html_writer is not None:
         text = (results.get("protocol", {}).get("copy") or {}).get("text")
         written.append(html_writer(out, title=results.get("title"), protocol_text=text,
-                                   results=[results], commands=[results["command"]] if results.get("command") else None))
+                                   results=[results],
+                                   commands=[results["command"]] if results.get("command") else None))
     return written
 
 
 def _plot_results(results: dict, path: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
-    from ..reporting.plots import _save
+    from ..reporting.plots import save_figure
 
     distributions = {m: c for m, c in (results.get("distributions") or {}).items() if any(c.values())}
     token_r = results.get("token_r") or {}
@@ -218,10 +228,11 @@ def _plot_results(results: dict, path: Path) -> Path | None:
         for j, values in enumerate(data):
             jitter = np.random.default_rng(j).uniform(-0.15, 0.15, len(values))
             ax.scatter(np.full(len(values), j + 1) + jitter, values, s=8, alpha=0.5)
-        ax.set_xticks(range(1, len(data) + 1), [f"{c}\n(n={len(v)})" for c, v in conditions.items()], fontsize=6, rotation=15)
+        ax.set_xticks(range(1, len(data) + 1), [f"{c}\n(n={len(v)})" for c, v in conditions.items()], fontsize=6,
+                      rotation=15)
         ax.set_title(name, fontsize=9)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
     fig.suptitle(f"{results.get('title', 'protocol')} (n = {results.get('n')} per condition)", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -38,15 +38,18 @@ _GEN = ("observation", "intervention")
 SCHEMA: dict[str, dict[str, tuple[tuple, tuple]]] = {
     "protocol": {"kind": ((str,), KINDS), "name": ((str,), ()), "description": ((str,), ())},
     "model": {"path": ((str,), KINDS), "reference": ((str,), ()), "device": ((str,), ())},
-    "prompts": {"source": ((str,), _GEN), "count": ((int,), ()), "tokens": ((int,), ()), "file": ((str,), ()), "texts": ((list,), ())},
+    "prompts": {"source": ((str,), _GEN), "count": ((int,), ()), "tokens": ((int,), ()), "file": ((str,), ()),
+                "texts": ((list,), ())},
     "decoding": {"max_new_tokens": ((int,), _GEN), "temperature": ((float, int), _GEN), "top_k": ((int,), ())},
     "design": {"seeds": ((list,), KINDS), "samples_per_condition": ((int,), KINDS)},
     "metrics": {"names": ((list,), KINDS)},
-    "statistics": {"test": ((str,), KINDS), "alpha": ((float,), KINDS), "power": ((float,), ()), "ci_level": ((float,), ()),
+    "statistics": {"test": ((str,), KINDS), "alpha": ((float,), KINDS), "power": ((float,), ()),
+                   "ci_level": ((float,), ()),
                    "bootstrap_resamples": ((int,), ()), "permutation_resamples": ((int,), ())},
-    "grid": {"layers": ((list,), ()), "k_scale": ((list,), ()), "oscillators": ((list,), ()), "u_regulation": ((list,), ()),
-             "ablate": ((list,), ())},
-    "evaluation": {"windows": ((int,), ("ablation_grid",)), "seq_len": ((int,), ("ablation_grid",)), "batch_size": ((int,), ())},
+    "grid": {"layers": ((list,), ()), "k_scale": ((list,), ()), "oscillators": ((list,), ()),
+             "u_regulation": ((list,), ()), "ablate": ((list,), ())},
+    "evaluation": {"windows": ((int,), ("ablation_grid",)), "seq_len": ((int,), ("ablation_grid",)),
+                   "batch_size": ((int,), ())},
 }
 CONDITION_KEYS = {"name": (str,), "intervention": (str, list), "layers": (str, int, list)}
 SECTIONS_FOR = {
@@ -64,11 +67,13 @@ class Condition:
     interventions: tuple[Intervention, ...]
 
     def to_dict(self) -> dict:
+        """The condition's name and interventions, as recorded in results.json."""
         return {"name": self.name, "interventions": [i.to_dict() for i in self.interventions]}
 
 
 @dataclass
 class Protocol:
+    """A parsed, checked protocol file: its kind, model, prompts, decoding, design, metrics and statistics."""
     file: Path
     text: str
     sha256: str
@@ -103,13 +108,17 @@ class Protocol:
 
     @property
     def n_prompts(self) -> int:
+        """Prompts per seed (evaluation windows per seed for an ablation grid)."""
         return self.windows if self.kind == "ablation_grid" else int(self.prompt_count or 0)
 
     def header(self) -> dict:
-        return {"kind": self.kind, "name": self.name, "description": self.description, "file": str(self.file), "sha256": self.sha256}
+        """What identifies the protocol in its results: kind, name, description, file and SHA-256."""
+        return {"kind": self.kind, "name": self.name, "description": self.description, "file": str(self.file),
+                "sha256": self.sha256}
 
 
 def sha256_of(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
@@ -137,7 +146,7 @@ def _unknown_key(key: str, known, where: str) -> PhaseLMError:
     return PhaseLMError(f"unknown key {key!r} in {where}{hint}")
 
 
-def _resolve_path(text: str, base: Path) -> Path:
+def resolve_path(text: str, base: Path) -> Path:
     """A path as written (relative to the working directory), else relative to the protocol file."""
     path = Path(text).expanduser()
     if path.is_absolute() or path.exists():
@@ -177,7 +186,8 @@ def _layers_value(value, where: str):
 
 def _conditions(raw, file: Path) -> list[Condition]:
     if not isinstance(raw, list) or not raw or not all(isinstance(c, dict) for c in raw):
-        raise PhaseLMError("[[conditions]] must be one or more tables, each with intervention = \"sync\" (or a list to compose)")
+        raise PhaseLMError("[[conditions]] must be one or more tables, each with intervention = \"sync\" (or a list to "
+                           "compose)")
     out, names = [], set()
     for i, table in enumerate(raw):
         where = f"[[conditions]] #{i + 1}"
@@ -189,7 +199,8 @@ def _conditions(raw, file: Path) -> list[Condition]:
         specs = table["intervention"]
         specs = [specs] if isinstance(specs, str) else specs
         if not isinstance(specs, list) or not specs or not all(isinstance(s, str) for s in specs):
-            raise PhaseLMError(f"{where} intervention must be a name like \"pin=0.3\" or a list of them, got {table['intervention']!r}")
+            raise PhaseLMError(f"{where} intervention must be a name like \"pin=0.3\" or a list of them, got "
+                               f"{table['intervention']!r}")
         layers = _layers_value(table.get("layers", ALL_LAYERS), f"{where} layers")
         items = tuple(Intervention.parse(spec, layers) for spec in specs)
         name = table.get("name") or " + ".join(item.label for item in items)
@@ -231,7 +242,8 @@ def load_protocol(path: str | os.PathLike) -> Protocol:
             hint = f"; did you mean [{close[0]}]?" if close else ""
             raise PhaseLMError(f"unknown section [{section}] in {path}{hint}")
         if section not in allowed:
-            raise PhaseLMError(f"section [{section}] does not apply to a {kind} protocol; remove it (sections: {', '.join(allowed)})")
+            raise PhaseLMError(f"section [{section}] does not apply to a {kind} protocol; remove it (sections: "
+                               f"{', '.join(allowed)})")
         if section != "conditions" and not isinstance(value, dict):
             raise PhaseLMError(f"[{section}] must be a table")
     missing = []
@@ -257,7 +269,8 @@ def load_protocol(path: str | os.PathLike) -> Protocol:
     seeds = _seeds(v["design"]["seeds"])
     n = v["design"]["samples_per_condition"]
     if n < st.MIN_N:
-        raise PhaseLMError(f"[design] samples_per_condition = {n}: a statistical test needs n ≥ {st.MIN_N} (50 or more for real power)")
+        raise PhaseLMError(f"[design] samples_per_condition = {n}: a statistical test needs n ≥ {st.MIN_N} (50 or more "
+                           "for real power)")
     test = v["statistics"]["test"]
     if test not in TESTS:
         raise PhaseLMError(f"[statistics] test {test!r} is not known; choose one of t, wilcoxon, permutation")
@@ -282,7 +295,8 @@ def load_protocol(path: str | os.PathLike) -> Protocol:
         if m not in METRICS[kind]:
             close = difflib.get_close_matches(m, METRICS[kind], n=1, cutoff=0.5)
             hint = f"did you mean {close[0]}? " if close else ""
-            raise PhaseLMError(f"[metrics] {m!r} is not a metric of a {kind} protocol; {hint}choose from {', '.join(METRICS[kind])}")
+            raise PhaseLMError(f"[metrics] {m!r} is not a metric of a {kind} protocol; {hint}choose from "
+                               f"{', '.join(METRICS[kind])}")
     if len(set(metrics)) != len(metrics):
         raise PhaseLMError("[metrics] names lists a metric twice; give each once")
     model = v["model"]
@@ -290,11 +304,12 @@ def load_protocol(path: str | os.PathLike) -> Protocol:
         file=path, text=text, sha256=hashlib.sha256(raw_bytes).hexdigest(), kind=kind,
         name=v["protocol"].get("name") or path.stem, description=v["protocol"].get("description", ""),
         model_path=model["path"], reference=model.get("reference") or None, device=model.get("device") or None,
-        seeds=seeds, samples_per_condition=n, metrics=list(metrics), test=test, alpha=alpha, power=power, ci_level=ci_level,
-        **resamples,
+        seeds=seeds, samples_per_condition=n, metrics=list(metrics), test=test, alpha=alpha, power=power,
+        ci_level=ci_level, **resamples,
     )
     if model.get("reference") and kind != "intervention":
-        raise PhaseLMError("[model] reference applies to intervention protocols only (perplexity under a reference model)")
+        raise PhaseLMError("[model] reference applies to intervention protocols only (perplexity under a reference "
+                           "model)")
     if kind in _GEN:
         _load_generation_design(protocol, v, path)
     else:
@@ -305,8 +320,8 @@ def load_protocol(path: str | os.PathLike) -> Protocol:
     unit = "windows" if kind == "ablation_grid" else "prompts"
     if design != n:
         raise PhaseLMError(
-            f"[design] samples_per_condition = {n} but the design gives {protocol.n_prompts} {unit} × {len(seeds)} seeds = {design}; "
-            "make them agree"
+            f"[design] samples_per_condition = {n} but the design gives {protocol.n_prompts} {unit} × {len(seeds)} "
+            f"seeds = {design}; make them agree"
         )
     return protocol
 
@@ -329,7 +344,7 @@ def _load_generation_design(protocol: Protocol, v: dict, path: Path) -> None:
     elif source == "file":
         if "file" not in prompts:
             raise PhaseLMError(f"protocol {path} is missing [prompts] file (one prompt per line)")
-        file = _resolve_path(prompts["file"], path.parent)
+        file = resolve_path(prompts["file"], path.parent)
         if not file.is_file():
             raise PhaseLMError(f"[prompts] file {prompts['file']} does not exist")
         lines = [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -342,14 +357,16 @@ def _load_generation_design(protocol: Protocol, v: dict, path: Path) -> None:
         if not texts or not all(isinstance(t, str) and t for t in texts):
             raise PhaseLMError("[prompts] source = \"list\" needs texts = [\"ROMEO:\", …] (non-empty strings)")
         if count is not None and count != len(texts):
-            raise PhaseLMError(f"[prompts] count = {count} but texts has {len(texts)} prompts; drop count or make them agree")
+            raise PhaseLMError(f"[prompts] count = {count} but texts has {len(texts)} prompts; drop count or make them "
+                               "agree")
         count, protocol.prompt_texts = len(texts), list(texts)
     if count < 1:
         raise PhaseLMError(f"[prompts] count must be at least 1, got {count}")
     protocol.prompt_count = count
     protocol.max_new_tokens = decoding["max_new_tokens"]
     if protocol.max_new_tokens < 4:
-        raise PhaseLMError(f"[decoding] max_new_tokens must be at least 4 (repetition counts 4-grams), got {protocol.max_new_tokens}")
+        raise PhaseLMError("[decoding] max_new_tokens must be at least 4 (repetition counts 4-grams), got "
+                           f"{protocol.max_new_tokens}")
     protocol.temperature = float(decoding["temperature"])
     if not (protocol.temperature >= 0 and math.isfinite(protocol.temperature)):
         raise PhaseLMError(f"[decoding] temperature must be ≥ 0, got {protocol.temperature}")
@@ -363,13 +380,15 @@ def _load_generation_design(protocol: Protocol, v: dict, path: Path) -> None:
         )
 
 
-GRID_DEFAULTS = {"layers": [ALL_LAYERS], "k_scale": [1.0], "oscillators": [ALL_LAYERS], "u_regulation": [True], "ablate": ["none"]}
+GRID_DEFAULTS = {"layers": [ALL_LAYERS], "k_scale": [1.0], "oscillators": [ALL_LAYERS], "u_regulation": [True],
+                 "ablate": ["none"]}
 
 
 def _load_grid_design(protocol: Protocol, v: dict) -> None:
     grid = v["grid"]
     if not grid:
-        raise PhaseLMError("[grid] is empty; give at least one axis: layers, k_scale, oscillators, u_regulation or ablate")
+        raise PhaseLMError("[grid] is empty; give at least one axis: layers, k_scale, oscillators, u_regulation or "
+                           "ablate")
     out = {}
     for axis, default in GRID_DEFAULTS.items():
         values = grid.get(axis, default)
@@ -414,11 +433,12 @@ def check_out_dir(out_dir: str | os.PathLike, protocol: Protocol) -> Path:
         raise PhaseLMError(f"{out} is not empty and holds no protocol results; choose another --out")
     if recorded is not None and recorded != protocol.sha256:
         raise PhaseLMError(
-            f"{out} holds results of a different protocol (sha256 {str(recorded)[:12]}…, this file is {protocol.sha256[:12]}…); "
-            "results never attach to a changed protocol: choose another --out"
+            f"{out} holds results of a different protocol (sha256 {str(recorded)[:12]}…, this file is "
+            f"{protocol.sha256[:12]}…); results never attach to a changed protocol: choose another --out"
         )
     return out
 
 
 def default_out_dir(protocol: Protocol) -> Path:
+    """Where a protocol's results go without --out: runs/protocols/<file name>."""
     return Path("runs") / "protocols" / protocol.file.stem

@@ -23,6 +23,7 @@ def load_subject(path: str | os.PathLike, device: str | None = None) -> Subject:
 
 @dataclass
 class Sample:
+    """One generated continuation of a prompt, with R recorded during generation in measured mode."""
     prompt_ids: list[int]
     ids: list[int]  # the continuation
     recorded_r: list[float] | None = None  # measured mode: R recorded during generation, per token (mean over sites)
@@ -46,7 +47,8 @@ def forward(subject: Subject, ids: Sequence[int]) -> tuple[torch.Tensor, torch.T
 BATCHED_TYPES = ("kssm", "phaselm_fusion")  # models whose prompts a protocol decodes in batches
 
 
-def generate_many(subject: Subject, prompts: list[list[int]], seed: int, protocol: Protocol, batch_size: int = 32) -> list[list[int]]:
+def generate_many(subject: Subject, prompts: list[list[int]], seed: int, protocol: Protocol,
+                  batch_size: int = 32) -> list[list[int]]:
     """Continuations of many prompts (token ids) with one seed, by :meth:`Subject.generate`.
     K-SSM and fusion models decode in batches of equal-length prompts (exactly
     ``max_new_tokens`` each, batch starting at prompt i seeded with seed + i); other models
@@ -56,11 +58,13 @@ def generate_many(subject: Subject, prompts: list[list[int]], seed: int, protoco
     model_type = getattr(getattr(subject.model, "config", None), "model_type", "")
     settings = (protocol.max_new_tokens, protocol.temperature, protocol.top_k or None)
     if subject.handle is not None or model_type not in BATCHED_TYPES:
-        return [subject.generate([p], *settings, seed, measured=False, batch_size=1, stop_at_eos=True)[0].ids for p in prompts]
+        return [subject.generate([p], *settings, seed, measured=False, batch_size=1, stop_at_eos=True)[0].ids
+                for p in prompts]
     return [c.ids for c in subject.generate(prompts, *settings, seed, measured=False, batch_size=batch_size)]
 
 
-def forward_many(subject: Subject, seqs: list[list[int]], batch_size: int = 32) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+def forward_many(subject: Subject, seqs: list[list[int]],
+                 batch_size: int = 32) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
     """:func:`forward` of many sequences, batched by length: (logits (T, V), R (sites, T) or None) each."""
     return [(r.logits, r.r) for r in subject.readings(seqs, batch_size)]
 
@@ -70,22 +74,26 @@ def perplexity_many(subject: Subject, prompts: list[list[int]], continuations: l
     return [s.perplexity for s in subject.score(prompts, continuations)]
 
 
-def _producing(prompt_len: int, m: int) -> slice:
+def producing_positions(prompt_len: int, m: int) -> slice:
     """The positions whose predictions produced the m generated tokens."""
     return slice(prompt_len - 1, prompt_len - 1 + m)
 
 
-def _prompts(protocol: Protocol, subject: Subject) -> list[str]:
+def protocol_prompts(protocol: Protocol, subject: Subject) -> list[str]:
+    """The protocol's prompt texts: its own, or windows decoded from the model's validation split."""
     if protocol.prompt_source == "validation":
         from ..evals import validation_prompts
 
-        windows = validation_prompts(subject.validation_ids(), max(protocol.prompt_count, st.MIN_N), protocol.prompt_tokens)
+        windows = validation_prompts(subject.validation_ids(), max(protocol.prompt_count, st.MIN_N),
+                                     protocol.prompt_tokens)
         return [subject.tokenizer.decode(w) for w in windows[: protocol.prompt_count]]
     return list(protocol.prompt_texts)
 
 
-def _check_prompts(subject: Subject, texts: list[str], extra: int) -> None:
-    from ..evals.outputs import _check_positions
+def check_prompts(subject: Subject, texts: list[str], extra: int) -> None:
+    """One-line errors for a prompt that encodes to nothing, leaves the vocabulary, or with ``extra``
+    generated tokens exceeds the model's positions."""
+    from ..evals.outputs import check_positions
 
     vocab = subject.model.get_input_embeddings().num_embeddings
     for text in texts:
@@ -93,12 +101,13 @@ def _check_prompts(subject: Subject, texts: list[str], extra: int) -> None:
         if not ids:
             raise PhaseLMError(f"the prompt {text!r} encodes to no tokens; use non-empty prompts")
         if max(ids) >= vocab:
-            raise PhaseLMError(f"the prompt {text[:30]!r} has token id {max(ids)} but the model's vocabulary has {vocab}")
+            raise PhaseLMError(f"the prompt {text[:30]!r} has token id {max(ids)} but the model's vocabulary has "
+                               f"{vocab}")
     longest = max(len(subject.tokenizer.encode(t)) for t in texts)
-    _check_positions(subject.model, longest + extra, "prompt + generation")
+    check_positions(subject.model, longest + extra, "prompt + generation")
 
 
-def _units(protocol: Protocol, n_prompts: int) -> list[tuple[int, int]]:
+def pairing_units(protocol: Protocol, n_prompts: int) -> list[tuple[int, int]]:
     """The pairing units: (prompt index, seed), prompts outer."""
     return [(i, seed) for i in range(n_prompts) for seed in protocol.seeds]
 

@@ -190,8 +190,3 @@ def write_markdown_report(
     report.write_text("\n".join(lines).rstrip("\n") + "\n", encoding="utf-8")
     return report
 
-
-# TEMPORARY: the old private names, still imported by evals/ and protocols/ (being rewritten);
-# the lead removes these after merging and points those imports at the public names.
-_fmt = format_value
-_table = markdown_table

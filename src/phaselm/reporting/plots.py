@@ -163,7 +163,3 @@ def tone_counts(records: list[dict]) -> dict[str, float]:
                     totals[name] = totals.get(name, 0) + count
     return totals
 
-
-# TEMPORARY: the old private name, still imported by evals/ and protocols/ (being rewritten); the
-# lead removes this after merging and points those imports at save_figure.
-_save = save_figure

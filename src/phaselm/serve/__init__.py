@@ -49,7 +49,8 @@ from .live import (
 from .server import Handler, LiveServer, make_server, page_html, serve, start_in_thread
 
 __all__ = [
-    "CORE_OFF", "DEFAULTS", "DEFAULT_HOST", "DEFAULT_PORT", "MAX_BODY_BYTES", "MAX_NEW_TOKENS", "MAX_PROMPT_CHARS", "MAX_TEMPERATURE",
-    "PHASE_KINDS", "REQUEST_FIELDS", "ClientGone", "GenerationRequest", "Handler", "LiveModel", "LiveServer", "RequestError",
-    "load_live_model", "make_server", "page_html", "serve", "start_in_thread",
+    "CORE_OFF", "DEFAULTS", "DEFAULT_HOST", "DEFAULT_PORT", "MAX_BODY_BYTES", "MAX_NEW_TOKENS", "MAX_PROMPT_CHARS",
+    "MAX_TEMPERATURE",
+    "PHASE_KINDS", "REQUEST_FIELDS", "ClientGone", "GenerationRequest", "Handler", "LiveModel", "LiveServer",
+    "RequestError", "load_live_model", "make_server", "page_html", "serve", "start_in_thread",
 ]

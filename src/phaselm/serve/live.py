@@ -53,6 +53,7 @@ class ClientGone(Exception):
 
 @dataclass
 class GenerationRequest:
+    """A checked /api/generate request: prompt (text and ids), decoding settings, optional intervention."""
     prompt: str
     ids: list[int]
     max_new_tokens: int
@@ -81,6 +82,7 @@ class LiveModel:
 
     @property
     def n_sites(self) -> int:
+        """Number of oscillator sites (layers with phases) in the model."""
         from ..interventions import phase_sites
 
         return len(phase_sites(self.model))
@@ -99,6 +101,7 @@ class LiveModel:
         return offered
 
     def info(self) -> dict:
+        """What the page shows before generating (/api/info): model, oscillator layers, tones, limits."""
         from ..reporting import TONE_COLOURS
 
         return {
@@ -109,9 +112,11 @@ class LiveModel:
             "graft_layer": getattr(self.handle, "layer_path", None),
             "has_r": self.kind in ("kssm", "grafted"),
             "interventions": self.interventions(),
-            "tones": [{"name": t.name, "glyph": t.glyph, "low": max(t.low, 0.0), "colour": TONE_COLOURS.get(t.name, "#999")} for t in TONES],
+            "tones": [{"name": t.name, "glyph": t.glyph, "low": max(t.low, 0.0),
+                       "colour": TONE_COLOURS.get(t.name, "#999")} for t in TONES],
             "goldilocks": {"r": list(GOLDILOCKS.r), "u": list(GOLDILOCKS.u), "ru": list(GOLDILOCKS.ru)},
-            "limits": {"max_new_tokens": self.max_new_tokens, "max_prompt_chars": MAX_PROMPT_CHARS, "max_temperature": MAX_TEMPERATURE},
+            "limits": {"max_new_tokens": self.max_new_tokens, "max_prompt_chars": MAX_PROMPT_CHARS,
+                       "max_temperature": MAX_TEMPERATURE},
             "defaults": dict(DEFAULTS),
         }
 
@@ -133,7 +138,8 @@ class LiveModel:
             raise RequestError(400, f"'prompt' has {len(prompt)} characters; at most {MAX_PROMPT_CHARS} are allowed")
         n = _integer(body, "max_new_tokens", 1, None)
         if n > self.max_new_tokens:
-            raise RequestError(400, f"too many tokens: max_new_tokens is {n}, this server allows at most {self.max_new_tokens}")
+            raise RequestError(400, f"too many tokens: max_new_tokens is {n}, this server allows at most "
+                                    f"{self.max_new_tokens}")
         temperature = _number(body, "temperature", 0.0, MAX_TEMPERATURE)
         top_k = _integer(body, "top_k", 0, None)
         seed = _integer(body, "seed", 0, 2**63 - 1)
@@ -145,8 +151,10 @@ class LiveModel:
             raise RequestError(400, "the prompt encodes to no tokens; pass a non-empty prompt")
         limit = position_limit(self.model)
         if limit is not None and len(ids) + n > limit:
-            raise RequestError(400, f"too many tokens: {len(ids)} prompt + {n} new tokens exceed the model's {limit} positions")
-        return GenerationRequest(prompt, ids, n, temperature, top_k, seed, self._parse_intervention(body.get("intervention")))
+            raise RequestError(400, f"too many tokens: {len(ids)} prompt + {n} new tokens exceed the model's {limit} "
+                                    "positions")
+        return GenerationRequest(prompt, ids, n, temperature, top_k, seed,
+                                 self._parse_intervention(body.get("intervention")))
 
     def _parse_intervention(self, spec: Any) -> dict | None:
         if spec is None or spec == "none" or spec == {}:
@@ -197,7 +205,8 @@ class LiveModel:
     def _intervention(kind: str, value, layers):
         from ..interventions import Intervention
 
-        return Intervention(kind, None if value is None else float(value), tuple(layers) if isinstance(layers, list) else layers)
+        return Intervention(kind, None if value is None else float(value),
+                            tuple(layers) if isinstance(layers, list) else layers)
 
     @contextlib.contextmanager
     def _applied(self, spec: dict | None):
@@ -263,7 +272,8 @@ class LiveModel:
                 sample_tokens(
                     model, torch.tensor([request.ids], device=device), max_new_tokens=request.max_new_tokens,
                     temperature=request.temperature, top_k=request.top_k, seed=request.seed,
-                    eos_token_id=getattr(tokenizer, "eos_token_id", None), vocab_limit=tokenizer.vocab_size, on_step=on_step,
+                    eos_token_id=getattr(tokenizer, "eos_token_id", None), vocab_limit=tokenizer.vocab_size,
+                    on_step=on_step,
                 )
         except ClientGone:
             stopped = "client"
@@ -334,4 +344,5 @@ def load_live_model(path: str | os.PathLike, device: str = "cpu", max_new_tokens
     run = open_run(path, device)
     model, tokenizer, handle = run.model, run.tokenizer, run.graft
     kind = "grafted" if handle is not None else ("kssm" if phase_sites(model) else "plain")
-    return LiveModel(model=model, tokenizer=tokenizer, name=str(path), kind=kind, handle=handle, max_new_tokens=max_new_tokens)
+    return LiveModel(model=model, tokenizer=tokenizer, name=str(path), kind=kind, handle=handle,
+                     max_new_tokens=max_new_tokens)

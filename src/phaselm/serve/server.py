@@ -36,6 +36,7 @@ from .live import (
 
 
 def page_html() -> bytes:
+    """The live view's page (resources/live.html), as bytes."""
     from importlib import resources
 
     return resources.files("phaselm.resources").joinpath("live.html").read_bytes()
@@ -51,6 +52,7 @@ def _is_loopback(host: str) -> bool:
 
 
 class LiveServer(ThreadingHTTPServer):
+    """The live view's HTTP server (IPv4): one thread per request, serving one LiveModel."""
     daemon_threads = True
 
     def __init__(self, address, live: LiveModel | None = None, log: bool = False):
@@ -71,22 +73,26 @@ class LiveServer(ThreadingHTTPServer):
 
     @property
     def url(self) -> str:
+        """The address to open in a browser, e.g. ``http://127.0.0.1:8000/``."""
         host, port = self.server_address[:2]
         host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{port}/"
 
 
 class LiveServer6(LiveServer):
+    """LiveServer on an IPv6 address."""
     address_family = socket.AF_INET6
 
 
 class Handler(BaseHTTPRequestHandler):
+    """Serves the page, /api/info and the streamed /api/generate; other paths get a JSON error."""
     server: LiveServer
     server_version = "phaselm-live"
     protocol_version = "HTTP/1.0"  # one request per connection; a stream ends when the connection closes
     timeout = READ_TIMEOUT_S  # socket timeout: a lying Content-Length cannot hold a thread forever
 
     def log_message(self, format, *args):
+        """Log a request to stderr only when the server was started with logging on."""
         if self.server.log:
             sys.stderr.write(f"{self.address_string()} {format % args}\n")
 
@@ -123,6 +129,7 @@ class Handler(BaseHTTPRequestHandler):
     # ----- routes
 
     def do_GET(self):
+        """The page or /api/info."""
         if not self._host_ok():
             return
         path = self.path.split("?", 1)[0]
@@ -139,14 +146,17 @@ class Handler(BaseHTTPRequestHandler):
             self._error(404, f"no such page: {path}")
 
     def do_HEAD(self):
+        """As GET (the body is sent too; HTTP/1.0 clients close after the headers)."""
         self.do_GET()
 
     def do_POST(self):
+        """/api/generate: generate and stream one event per token."""
         if not self._host_ok():
             return
         path = self.path.split("?", 1)[0]
         if path != "/api/generate":
-            self._error(404 if path not in ("/", "/index.html", "/api/info") else 405, f"cannot POST to {path}; POST to /api/generate")
+            self._error(404 if path not in ("/", "/index.html", "/api/info") else 405,
+                        f"cannot POST to {path}; POST to /api/generate")
             return
         try:
             body = self._read_json()
@@ -234,7 +244,8 @@ def _peer_closed(connection: socket.socket) -> bool:
         return True
 
 
-def make_server(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, live: LiveModel | None = None, log: bool = False) -> LiveServer:
+def make_server(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, live: LiveModel | None = None,
+                log: bool = False) -> LiveServer:
     """Bind (before the slow model load, so a busy port fails at once); ``port=0`` picks a free one."""
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise PhaseLMError(f"--port must be in 0..65535, got {port}")
@@ -245,9 +256,11 @@ def make_server(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, live: LiveMo
         if exc.errno == errno.EADDRINUSE:
             raise PhaseLMError(f"port {port} is in use; pass --port") from None
         if exc.errno == errno.EACCES:
-            raise PhaseLMError(f"no permission to listen on port {port}; pass --port with a number above 1023") from None
+            raise PhaseLMError(f"no permission to listen on port {port}; pass --port with a number above "
+                               "1023") from None
         reason = exc.strerror or str(exc)
-        raise PhaseLMError(f"cannot listen on {host}:{port} ({reason}); pass --host 127.0.0.1 or another --port") from None
+        raise PhaseLMError(f"cannot listen on {host}:{port} ({reason}); pass --host 127.0.0.1 or another "
+                           "--port") from None
 
 
 def start_in_thread(live: LiveModel, host: str = DEFAULT_HOST, port: int = 0) -> tuple[LiveServer, threading.Thread]:
@@ -270,7 +283,8 @@ def serve(
     if max_new_tokens < 1:
         raise PhaseLMError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
     if not Path(checkpoint).exists():
-        raise PhaseLMError(f"{checkpoint} does not exist; pass a run directory (train-lm, train, demo) or a model folder")
+        raise PhaseLMError(f"{checkpoint} does not exist; pass a run directory (train-lm, train, demo) or a model "
+                           "folder")
     server = make_server(host, port, None, log)
     try:
         server.live = load_live_model(checkpoint, max_new_tokens=max_new_tokens)
@@ -283,7 +297,8 @@ def serve(
             what = "no oscillators: U only"
         announce(f"serving {checkpoint} ({live.kind}, {what}) at {server.url} — Ctrl-C stops")
         if not server.loopback_only:
-            announce(f"warning: listening on {host}, reachable from other machines; the default --host 127.0.0.1 is local only")
+            announce(f"warning: listening on {host}, reachable from other machines; the default --host 127.0.0.1 is "
+                     "local only")
         try:
             server.serve_forever()
         except KeyboardInterrupt:

@@ -22,42 +22,6 @@ def _int_list(text: str, what: str) -> tuple[int, ...]:
 
 
 @app.command()
-def diagnose(
-    path: Path = typer.Argument(..., help="A fusion-family train-lm run directory (or its model/ folder)."),
-    out: Path | None = typer.Option(None, "--out", "-o",
-                                    help="Directory for diagnostics.json and plots (default: PATH/diagnostics)."),
-    corpus: str | None = typer.Option(None, "--corpus",
-                                      help="Text to measure on (default: the run's own validation split)."),
-    windows: int = typer.Option(8, "--windows", help="Validation windows per measurement."),
-    device: str | None = typer.Option(None, "--device", help="cuda or cpu (default: cuda when available)."),
-    as_json: bool = typer.Option(False, "--json", help="Print diagnostics.json to stdout."),
-) -> None:
-    """Diagnose an RWKV-6 / Mamba-2 fusion model: D1–D4, long context, state norms, gates, V5 metrics.
-
-    Every check prints PASS / WARN / FAIL against seed 004's thresholds (or ours, where the seed
-    gives none; diagnostics.json says which, docs/seeds-vs-phaselm.md why). Also measured: state
-    norms per layer at 64–512 tokens, activation variance through depth (amplifier or damper),
-    gradient norm per branch, the loss cost of zeroing each branch, and the fusion gates at every
-    saved checkpoint.
-
-    Example: `phaselm diagnose runs/fusion-gf-mh --json`
-    """
-    from ..diagnostics import DiagnosticsConfig, run_diagnostics, summary_lines
-
-    if windows < 1:
-        raise PhaseLMError(f"--windows must be at least 1, got {windows}")
-    target = out or path / "diagnostics"
-    if (target / "diagnostics.json").exists():
-        raise PhaseLMError(f"{target} already holds diagnostics.json; pass another --out or move it away")
-    result = run_diagnostics(path, out=target, corpus=corpus, cfg=DiagnosticsConfig(windows=windows), device=device)
-    if as_json:
-        print_json(result)
-    else:
-        typer.echo("\n".join(summary_lines(result)))
-        typer.echo(f"diagnostics: {target / 'diagnostics.json'}")
-
-
-@app.command()
 def bench(
     recipes: list[Path] | None = typer.Argument(None,
                                                 help="Language-model recipes to measure (e.g. "

@@ -194,3 +194,12 @@ def test_fsdp_on_one_process_trains_unsharded_and_says_so(tmp_path, tiny_model, 
         )
     assert sum("nothing to shard" in r.getMessage() for r in caplog.records) == 1
     assert torch.isfinite(torch.tensor(train_losses(tmp_path / "run")[2]))
+
+
+def test_fsdp_is_refused_on_gpus_until_a_gpu_run_shows_it_trains(raises_phaselm):
+    """A 2-GPU K-SSM run with FSDP did not learn (docs/benchmarks.md): refused there, with the way out."""
+    from phaselm.training import refuse_unverified_fsdp
+
+    refuse_unverified_fsdp(cuda=False)  # CPU (gloo): matches DDP, see the tests above
+    with raises_phaselm(r'"fsdp" is not yet correct on GPUs .* use "ddp"'):
+        refuse_unverified_fsdp(cuda=True)

@@ -34,12 +34,18 @@ def pretrain(
     overrides = recipe_overrides(set_)
     cfg = load_recipe(PretrainRecipe, recipe, overrides) if recipe else from_dict(PretrainRecipe, _apply(overrides))
     model_dir = run_pretrain(cfg, out, resume=resume, command=command_line())
-    if not is_main():  # multi-process runs: the first process reports
+    _report({"model": str(model_dir), "run_dir": str(out)}, as_json, f"saved backbone to {model_dir}")
+
+
+def _report(result, as_json: bool, line: str) -> None:
+    """What a training command prints when it is done: ``result`` as JSON, or one line; in a
+    multi-process run only the first process prints."""
+    if not is_main():
         return
     if as_json:
-        print_json({"model": str(model_dir), "run_dir": str(out)})
+        print_json(result)
     else:
-        typer.echo(f"saved backbone to {model_dir}")
+        typer.echo(line)
 
 
 def _apply(overrides: dict) -> dict:
@@ -70,16 +76,12 @@ def train(
     cfg = load_recipe(PhaseMambaRecipe, recipe, recipe_overrides(set_))
     run_dir = out or Path("runs") / recipe.stem
     summary = train_core(cfg, run_dir, resume=resume, command=command_line())
-    if not is_main():  # multi-process runs: the first process reports
+    if not is_main():  # the other processes of a multi-process run return a partial summary
         return
-    if as_json:
-        print_json(summary)
-    else:
-        typer.echo(
+    _report(summary, as_json,
             f"R mean {summary['order']['mean']:.3f}, U mean {summary['uncertainty']['mean']:.3f}, "
             f"val ppl {summary['val_ppl_with_core']:.3f} with core / {summary['val_ppl_without_core']:.3f} without; "
-            f"report: {run_dir / 'report.md'}"
-        )
+            f"report: {run_dir / 'report.md'}")
 
 
 @app.command("train-lm")
@@ -107,14 +109,10 @@ def train_lm(
     cfg = load_recipe(LMRecipe, recipe, recipe_overrides(set_))
     run_dir = out or Path("runs") / recipe.stem
     summary = run_train_lm(cfg, run_dir, resume=resume, command=command_line())
-    if not is_main():  # multi-process runs: the first process reports
+    if not is_main():  # the other processes of a multi-process run return a partial summary
         return
-    if as_json:
-        print_json(summary)
-    else:
-        typer.echo(f"{summary['arch']}: {summary['parameters']:,} parameters, val loss {summary['val_ce']:.4f}; "
-                   f"report: {run_dir / 'report.md'}")
-
+    _report(summary, as_json, f"{summary['arch']}: {summary['parameters']:,} parameters, val loss "
+                              f"{summary['val_ce']:.4f}; report: {run_dir / 'report.md'}")
 
 
 @app.command()
@@ -134,7 +132,4 @@ def demo(
     from ..experiments.demo import run_demo
 
     summary = run_demo(out, quick=quick)
-    if as_json:
-        print_json(summary)
-    else:
-        typer.echo(f"demo finished: {out / 'report.md'}")
+    _report(summary, as_json, f"demo finished: {out / 'report.md'}")

@@ -55,13 +55,24 @@ states n. ``run_protocol`` writes ``results.json``, ``results.md``, ``results.pn
 is the hook the HTML report builds on.
 """
 
+from .designs import DESIGNS, EVAL_KINDS, RESULT_KINDS, Design, design_of, read_protocol
+from .eval_designs import (
+    ablation_protocol,
+    clamp_protocol,
+    correlation_protocol,
+    diagnostics_protocol,
+    intervention_protocol,
+    temperature_protocol,
+)
 from .grid import grid_cells
-from .run import run_protocol, write_protocol_report
+from .run import run_diagnostics, run_protocol, write_protocol_report
 from .spec import KINDS, METRICS, Condition, Protocol, check_out_dir, default_out_dir, load_protocol, sha256_of
 from .subject import Subject, generate_many, generate_sample, load_subject
 
 __all__ = [
-    "KINDS", "METRICS", "Condition", "Protocol", "Subject", "check_out_dir", "default_out_dir", "generate_many",
-    "generate_sample", "grid_cells", "load_protocol", "load_subject", "run_protocol", "sha256_of",
+    "DESIGNS", "EVAL_KINDS", "KINDS", "METRICS", "RESULT_KINDS", "Condition", "Design", "Protocol", "Subject",
+    "ablation_protocol", "check_out_dir", "clamp_protocol", "correlation_protocol", "default_out_dir", "design_of",
+    "diagnostics_protocol", "generate_many", "generate_sample", "grid_cells", "intervention_protocol", "load_protocol",
+    "load_subject", "read_protocol", "run_diagnostics", "run_protocol", "sha256_of", "temperature_protocol",
     "write_protocol_report",
 ]

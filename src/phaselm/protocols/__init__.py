@@ -1,5 +1,14 @@
 """Experiment protocols: declared in TOML before running, hashed, run on any PhaseLM model.
 
+This package is the one runner of every evaluation: :func:`run_protocol` runs each design of
+the registry :data:`DESIGNS` (:mod:`.designs`). Besides the three kinds below, every eval is a
+design (``r_intervention``, ``temperature_sweep``, ``clamp_sweep``, ``order_loss_correlation``,
+``ablation_table``, ``fusion_diagnostics``): ``phaselm eval …`` and ``phaselm diagnose`` build
+its :class:`Protocol` from their flags (:mod:`.eval_designs`, one builder per eval), and a TOML
+file with ``[protocol] kind``, ``[model] path`` and an ``[eval]`` table of the same options
+builds the same one (:func:`read_protocol`). Eval designs write the files their commands
+always wrote (NAME.json, NAME.png; diagnostics.json and plots/).
+
     phaselm protocol run protocols/kssm-observation.toml --out runs/protocols/kssm-observation
 
 A protocol file declares the model (a ``phaselm train-lm`` run, a model folder or a

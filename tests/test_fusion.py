@@ -213,7 +213,7 @@ CHECKS = [
     ids=["GF", "RF", "mamba2"],
 )
 def test_diagnostics_produce_every_field_with_thresholds(variant):
-    from phaselm.diagnostics import DiagnosticsConfig, diagnose
+    from phaselm.evals.diagnostics import DiagnosticsConfig, diagnose
 
     model = tiny(**variant)
     result = diagnose(model, torch.randint(0, 40, (3000,)), DiagnosticsConfig(**TINY_DIAG))
@@ -246,13 +246,14 @@ def test_diagnostics_produce_every_field_with_thresholds(variant):
 
 
 def test_threshold_grading():
-    from phaselm.diagnostics import _below
+    from phaselm.evals.diagnostics import status_below as _below
 
     assert [_below(v, 2, 10) for v in (1.9, 2.0, 9.9, 10.0, float("nan"))] == ["PASS", "WARN", "WARN", "FAIL", "FAIL"]
 
 
 def test_diagnose_run_directory_with_gate_history(tmp_path, capsys):
-    from phaselm.diagnostics import DiagnosticsConfig, run_diagnostics
+    from phaselm.evals.diagnostics import DiagnosticsConfig
+    from phaselm.protocols import run_diagnostics
 
     sets = set_args(TINY_TRAIN + TINY_MODEL["fusion"] + ["train.checkpoint_every=1", "train.steps=2"])
     code, _, err = cli(
@@ -275,7 +276,8 @@ def test_diagnose_run_directory_with_gate_history(tmp_path, capsys):
 
 
 def test_diagnostics_refuse_a_model_without_branches(tmp_path, capsys, raises_phaselm):
-    from phaselm.diagnostics import diagnose, run_diagnostics
+    from phaselm.evals.diagnostics import diagnose
+    from phaselm.protocols import run_diagnostics
 
     sets = set_args(TINY_TRAIN + TINY_MODEL["gpt2"])
     code, _, err = cli(

@@ -470,3 +470,59 @@ def test_example_protocols_are_valid_and_say_how_to_run(name, capsys):
     assert f"phaselm protocol run protocols/{name}" in head
     code, _out, err = run_cli(capsys, "protocol", "check", str(file))
     assert code == 0, err
+
+
+# ---------------------------------------------------------------- evals as designs of the one runner
+
+
+def test_an_eval_runs_as_a_design_from_flags_or_a_file(runs, tmp_path):
+    """`phaselm eval temperature`'s flags and a TOML file with the same [eval] table build the
+    same protocol; the runner gives the numbers the eval function gives on the same prompts."""
+    from phaselm import evals
+
+    flags = P.temperature_protocol(runs["kssm"], "0,1.0", prompts=3, prompt_tokens=6, max_new_tokens=4)
+    assert flags.kind == "temperature_sweep" and P.design_of(flags.kind).output == "temperature"
+    from_flags = P.run_protocol(flags, tmp_path / "a", progress=False)
+    file = write(tmp_path / "t.toml", {"protocol": {"kind": "temperature_sweep"}, "model": {"path": str(runs["kssm"])},
+                                       "eval": {"temperatures": [0.0, 1.0], "prompts": 3, "prompt_tokens": 6,
+                                                "max_new_tokens": 4}})
+    from_file = P.run_protocol(file, tmp_path / "b", progress=False)
+    subject = evals.load_subject(runs["kssm"], device="cpu")
+    prompts = evals.validation_prompts(subject.validation_ids(), 3, 6)
+    direct = evals.temperature_sweep(subject.model, subject.tokenizer, prompts, [0.0, 1.0], max_new_tokens=4,
+                                     progress=False)
+    for result in (from_flags, from_file):
+        assert [r["metrics"] for r in result["rows"]] == [r["metrics"] for r in direct["rows"]]
+        assert [r["sample"] for r in result["rows"]] == [r["sample"] for r in direct["rows"]]
+    assert json.loads((tmp_path / "a" / "temperature.json").read_text())["rows"] == from_flags["rows"]
+    assert (tmp_path / "b" / "temperature.png").is_file()
+    with pytest.raises(PhaseLMError, match=r"already holds temperature\.json"):
+        P.run_protocol(flags, tmp_path / "a", progress=False)
+
+
+def test_eval_design_files_are_checked(runs, tmp_path):
+    base = {"protocol": {"kind": "temperature_sweep"}, "model": {"path": str(runs["kssm"])}}
+    with pytest.raises(PhaseLMError, match=r"unknown key 'prompt' in \[eval\].*did you mean prompts"):
+        P.read_protocol(write(tmp_path / "a.toml", {**base, "eval": {"prompt": 3}}))
+    with pytest.raises(PhaseLMError, match=r"section \[design\] does not apply to a temperature_sweep protocol"):
+        P.read_protocol(write(tmp_path / "b.toml", {**base, "design": {"seeds": [0]}}))
+    with pytest.raises(PhaseLMError, match="at least 2 prompts"):
+        P.read_protocol(write(tmp_path / "c.toml", {**base, "eval": {"prompts": 1}}))
+    with pytest.raises(PhaseLMError, match="did you mean clamp_sweep"):
+        P.design_of("clamp_swep")
+    protocol = P.read_protocol(write(tmp_path / "d.toml", {**base, "eval": {"prompts": 4}}))
+    assert protocol.sha256 == hashlib.sha256((tmp_path / "d.toml").read_bytes()).hexdigest()
+    assert protocol.settings["prompts"] == 4 and protocol.name == "d"
+    assert set(P.RESULT_KINDS) == set(P.KINDS) and "fusion_diagnostics" in P.EVAL_KINDS
+
+
+def test_protocol_run_command_runs_an_eval_design(runs, tmp_path, capsys):
+    file = write(tmp_path / "corr.toml", {"protocol": {"kind": "order_loss_correlation"},
+                                          "model": {"path": str(runs["kssm"])},
+                                          "eval": {"batch_size": 2, "seq_len": 16, "batches": 1}})
+    code, stdout, err = run_cli(capsys, "protocol", "run", str(file), "--out", str(tmp_path / "out"))
+    assert code == 0, err
+    data = json.loads((tmp_path / "out" / "correlation.json").read_text())
+    assert data["tokens"] == 32 and "results: " in stdout and (tmp_path / "out" / "correlation.png").is_file()
+    code, stdout, err = run_cli(capsys, "protocol", "check", str(file), "--json")
+    assert code == 0 and json.loads(stdout)["settings"] == {"batch_size": 2, "seq_len": 16, "batches": 1}

@@ -1,4 +1,5 @@
-"""`phaselm eval …` (thin wrappers over phaselm.evals) and `phaselm diagnose` (the fusion family's diagnostics)."""
+"""`phaselm eval …` and `phaselm diagnose`: each builds a protocol from its flags
+(phaselm.protocols.eval_designs) and runs it with the one runner (phaselm.protocols.run_protocol)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,11 @@ from pathlib import Path
 
 import typer
 
-from ..errors import PhaseLMError
 from .app import app, command_line, print_json
 
 # --------------------------------------------------------------------------------------------
-# phaselm eval …: thin wrappers over phaselm.evals (each prints JSON with --json and writes
-# NAME.json + NAME.png into --out, refusing to overwrite an earlier result there)
+# phaselm eval …: flags → a protocol of an eval design, run by the protocol runner (each prints
+# JSON with --json and writes NAME.json + NAME.png into --out, refusing to overwrite an earlier result there)
 # --------------------------------------------------------------------------------------------
 
 eval_app = typer.Typer(
@@ -32,22 +32,12 @@ PROMPTS_HELP = ("Number of prompts, drawn evenly from the validation split (the 
                 "≥ 2, 50+ for real statistics.")
 
 
-def _eval_out(run_dir: Path, out: Path | None) -> Path:
-    from ..evals import default_out_dir
-
-    return out if out is not None else default_out_dir(run_dir)
-
-
 def _eval_done(result: dict, as_json: bool, headline: str) -> None:
     if as_json:
         print_json(result)
         return
     typer.echo(result["markdown"])
     typer.echo(f"{headline}; plot: {result['files']['png']}, JSON: {result['files']['json']}")
-
-
-def _val_shape(subject, seq_len: int | None) -> int:
-    return seq_len or subject.train_seq_len or 256
 
 
 @eval_app.command("intervention")
@@ -84,26 +74,12 @@ def eval_intervention(
 
     Example: `phaselm eval intervention runs/kssm --kind sync --kind disorder --kind pin=0.3 --layers 2,3 --json`
     """
-    from ..evals import load_subject, prepare_outputs, r_intervention_eval, validation_prompts
-    from ..interventions import Intervention, parse_layers, require_oscillator_sites
+    from ..protocols import intervention_protocol, run_protocol
 
-    layer_spec = parse_layers(layers)
-    items = [Intervention.parse(k, layer_spec, value) for spec in (kind or ["sync"])
-             for k in spec.split(",") if k.strip()]
-    if value is not None and not any(i.kind == "pin" for i in items):
-        raise PhaseLMError("--value only applies to --kind pin; add --kind pin or drop --value")
-    if prompts < 2:
-        raise PhaseLMError(f"paired statistics need at least 2 prompts, got --prompts {prompts}; use 50 or more")
-    out_dir = _eval_out(run_dir, out)
-    prepare_outputs(out_dir, "intervention")  # refuse before the slow part
-    subject = load_subject(run_dir)
-    require_oscillator_sites(subject.model, "an R intervention eval")
-    result = r_intervention_eval(
-        subject.model, subject.tokenizer, validation_prompts(subject.validation_ids(), prompts, prompt_tokens), items,
-        max_new_tokens=max_new_tokens, seed=seed, temperature=temperature, top_k=top_k or None, batch_size=batch_size,
-        out_dir=out_dir, model_name=str(run_dir), command=command_line(),
-    )
-    _eval_done(result, as_json, f"{result['n_prompts']} prompts, {len(items)} intervention(s)")
+    protocol = intervention_protocol(run_dir, kind, value, layers, prompts, prompt_tokens, max_new_tokens, temperature,
+                                     top_k, seed, batch_size)
+    result = run_protocol(protocol, out, command=command_line())
+    _eval_done(result, as_json, f"{result['n_prompts']} prompts, {len(result['results'])} intervention(s)")
 
 
 @eval_app.command("temperature")
@@ -128,20 +104,12 @@ def eval_temperature(
 
     Example: `phaselm eval temperature runs/kssm --temperatures 0,0.8,1.0,1.5 --prompts 50`
     """
-    from ..evals import load_subject, parse_floats, prepare_outputs, temperature_sweep, validation_prompts
+    from ..protocols import run_protocol, temperature_protocol
 
-    temps = parse_floats(temperatures, "temperatures")
-    if prompts < 2:
-        raise PhaseLMError(f"a temperature sweep needs at least 2 prompts, got --prompts {prompts}")
-    out_dir = _eval_out(run_dir, out)
-    prepare_outputs(out_dir, "temperature")
-    subject = load_subject(run_dir)
-    result = temperature_sweep(
-        subject.model, subject.tokenizer, validation_prompts(subject.validation_ids(), prompts, prompt_tokens), temps,
-        max_new_tokens=max_new_tokens, seed=seed, top_k=top_k or None, batch_size=batch_size, out_dir=out_dir,
-        model_name=str(run_dir), command=command_line(),
-    )
-    _eval_done(result, as_json, f"{len(temps)} temperatures × {result['n_prompts']} prompts")
+    protocol = temperature_protocol(run_dir, temperatures, prompts, prompt_tokens, max_new_tokens, top_k, seed,
+                                    batch_size)
+    result = run_protocol(protocol, out, command=command_line())
+    _eval_done(result, as_json, f"{len(result['rows'])} temperatures × {result['n_prompts']} prompts")
 
 
 @eval_app.command("clamp")
@@ -169,20 +137,11 @@ def eval_clamp(
 
     Example: `phaselm eval clamp runs/kssm --bounds 0.1:10 --bounds 0.5:2 --bounds 1:10 --json`
     """
-    from ..evals import DEFAULT_BOUNDS, clamp_sweep, iter_bounds, load_subject, prepare_outputs
-    from ..interventions import check_clamp_bounds
+    from ..protocols import clamp_protocol, run_protocol
 
-    pairs = iter_bounds(bounds) if bounds else list(DEFAULT_BOUNDS)
-    for lo, hi in pairs:
-        check_clamp_bounds(lo, hi, bistable=False)  # order and finiteness now; u_min > 0 once the model is known
-    out_dir = _eval_out(run_dir, out)
-    prepare_outputs(out_dir, "clamp")
-    subject = load_subject(run_dir)
-    result = clamp_sweep(
-        subject.model, subject.validation_ids(), pairs, batch_size=batch_size, seq_len=_val_shape(subject, seq_len),
-        max_batches=batches, out_dir=out_dir, model_name=str(run_dir), command=command_line(),
-    )
-    _eval_done(result, as_json, f"{len(pairs)} bounds (evaluation-time sweep, not retraining)")
+    protocol = clamp_protocol(run_dir, bounds, batch_size, seq_len, batches)
+    result = run_protocol(protocol, out, command=command_line())
+    _eval_done(result, as_json, f"{len(protocol.settings['bounds'])} bounds (evaluation-time sweep, not retraining)")
 
 
 @eval_app.command("correlation")
@@ -204,17 +163,9 @@ def eval_correlation(
 
     Example: `phaselm eval correlation runs/kssm --batches 20 --json`
     """
-    from ..evals import load_subject, order_loss_correlation, prepare_outputs
-    from ..interventions import require_oscillator_sites
+    from ..protocols import correlation_protocol, run_protocol
 
-    out_dir = _eval_out(run_dir, out)
-    prepare_outputs(out_dir, "correlation")
-    subject = load_subject(run_dir)
-    require_oscillator_sites(subject.model, "an R–loss correlation")
-    result = order_loss_correlation(
-        subject.model, subject.validation_ids(), batch_size=batch_size, seq_len=_val_shape(subject, seq_len),
-        max_batches=batches, out_dir=out_dir, model_name=str(run_dir), command=command_line(),
-    )
+    result = run_protocol(correlation_protocol(run_dir, batch_size, seq_len, batches), out, command=command_line())
     _eval_done(result, as_json, f"{result['tokens']:,} tokens")
 
 
@@ -240,10 +191,9 @@ def eval_ablation(
 
     Example: `phaselm eval ablation runs/kssm runs/kssm-mono runs/kssm-nomixer runs/gpt --out runs/ablation`
     """
-    from ..evals import ablation_table
+    from ..protocols import ablation_protocol, run_protocol
 
-    result = ablation_table(run_dirs, batch_size=batch_size, seq_len=seq_len, max_batches=batches, out_dir=out,
-                            command=command_line())
+    result = run_protocol(ablation_protocol(run_dirs, batch_size, seq_len, batches), out, command=command_line())
     _eval_done(result, as_json, f"{len(run_dirs)} runs; table: {result['files']['md']}")
 
 
@@ -268,14 +218,12 @@ def diagnose(
 
     Example: `phaselm diagnose runs/fusion-gf-mh --json`
     """
-    from ..diagnostics import DiagnosticsConfig, run_diagnostics, summary_lines
+    from ..evals.diagnostics_report import summary_lines
+    from ..protocols import diagnostics_protocol, run_protocol
 
-    if windows < 1:
-        raise PhaseLMError(f"--windows must be at least 1, got {windows}")
     target = out or path / "diagnostics"
-    if (target / "diagnostics.json").exists():
-        raise PhaseLMError(f"{target} already holds diagnostics.json; pass another --out or move it away")
-    result = run_diagnostics(path, out=target, corpus=corpus, cfg=DiagnosticsConfig(windows=windows), device=device)
+    result = run_protocol(diagnostics_protocol(path, corpus, windows, device=device), target, progress=False,
+                          command=command_line())
     if as_json:
         print_json(result)
     else:

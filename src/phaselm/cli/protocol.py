@@ -15,7 +15,8 @@ from .app import app, command_line, print_json
 protocol_app = typer.Typer(
     name="protocol",
     help="Run an experiment protocol declared in TOML before running: observation (blind vs measured), "
-    "intervention (each condition vs none) or ablation_grid.\n\n"
+    "intervention (each condition vs none) or ablation_grid, or any eval design (r_intervention, temperature_sweep, "
+    "clamp_sweep, order_loss_correlation, ablation_table, fusion_diagnostics) with its options in [eval].\n\n"
     "The protocol file's SHA-256 is stored with its results, and results never attach to a changed protocol. "
     "Examples are in protocols/*.toml (each says at the top how to run it).",
     no_args_is_help=True,
@@ -43,6 +44,9 @@ def protocol_run(
     Holm corrects every protocol's family of tests; every table states n. Running the same file
     again into the same --out replaces its results; a changed file is refused there.
 
+    An eval design (`kind = "temperature_sweep"` …, options in `[eval]` named as its command's
+    flags) runs as `phaselm eval …` does and writes the same files.
+
     Example: `phaselm protocol run protocols/kssm-observation.toml --out runs/protocols/kssm-observation`
     """
     from ..protocols import run_protocol
@@ -50,9 +54,14 @@ def protocol_run(
     result = run_protocol(file, out, command=command_line())
     if as_json:
         print_json(result)
-    else:
+    elif "files" in result:
         typer.echo(result["markdown"])
-        typer.echo(f"results: {result['files']['json']}; table: {result['files']['md']}")
+        table = f"; table: {result['files']['md']}" if "md" in result["files"] else ""
+        typer.echo(f"results: {result['files']['json']}{table}")
+    else:  # the fusion diagnostics: one line per check
+        from ..evals.diagnostics_report import summary_lines
+
+        typer.echo("\n".join(summary_lines(result)))
 
 
 @protocol_app.command("check")
@@ -64,12 +73,12 @@ def protocol_check(
 
     Example: `phaselm protocol check protocols/kssm-intervention.toml`
     """
-    from ..protocols import load_protocol
+    from ..protocols import read_protocol
 
-    protocol = load_protocol(file)
+    protocol = read_protocol(file)
     info = {**protocol.header(), "samples_per_condition": protocol.samples_per_condition, "seeds": protocol.seeds,
             "conditions": [c.to_dict() for c in protocol.conditions], "metrics": protocol.metrics,
-            "test": protocol.test, "alpha": protocol.alpha}
+            "test": protocol.test, "alpha": protocol.alpha, "settings": protocol.settings}
     if as_json:
         print_json(info)
     else:

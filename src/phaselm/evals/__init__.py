@@ -1,6 +1,11 @@
 """Evaluations of trained language models (K-SSM and the GPT baseline), each a JSON-able dict
 plus a plot:
 
+Each eval is a design of the one protocol runner (:mod:`phaselm.protocols.designs`); the
+``phaselm eval …`` commands build a protocol from their flags and run it there. The functions
+named ``*_eval`` take a :class:`phaselm.subject.Subject`; the older names (``r_intervention_eval``,
+``temperature_sweep``, ``clamp_sweep``, ``order_loss_correlation``) take a bare model and wrap it.
+
 * :func:`r_intervention_eval` — force the oscillator phases (sync / disorder / pin R) at chosen
   layers and measure what changes against the unforced model, paired by prompt.
 * :func:`temperature_sweep` — quality of sampled text per temperature.
@@ -27,9 +32,9 @@ forced run reuses the unforced run's seed, so both draw the same random numbers.
 """
 
 from .ablation import ablation_table
-from .clamp import clamp_sweep, iter_bounds, parse_bounds
-from .correlation import order_loss_correlation
-from .intervention import r_intervention_eval
+from .clamp import clamp_eval, clamp_sweep, iter_bounds, parse_bounds
+from .correlation import correlation_eval, order_loss_correlation
+from .intervention import intervention_eval, r_intervention_eval
 from .outputs import prepare_outputs
 from .sampling import distinct_n, kl_divergence, sample, text_metrics, validation_prompts
 from .subject import (
@@ -45,7 +50,7 @@ from .subject import (
     default_out_dir,
     load_subject,
 )
-from .temperature import parse_floats, temperature_sweep
+from .temperature import parse_floats, temperature_eval, temperature_sweep
 
 __all__ = [
     "CLAMP_NOTE",
@@ -57,10 +62,13 @@ __all__ = [
     "SAMPLES_SHOWN",
     "TEXT_METRICS",
     "ablation_table",
+    "clamp_eval",
     "clamp_sweep",
+    "correlation_eval",
     "default_device",
     "default_out_dir",
     "distinct_n",
+    "intervention_eval",
     "iter_bounds",
     "kl_divergence",
     "load_subject",
@@ -70,6 +78,7 @@ __all__ = [
     "prepare_outputs",
     "r_intervention_eval",
     "sample",
+    "temperature_eval",
     "temperature_sweep",
     "text_metrics",
     "validation_prompts",

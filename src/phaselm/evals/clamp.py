@@ -14,15 +14,22 @@ from torch import nn
 
 from ..errors import PhaseLMError
 from ..interventions import check_clamp_bounds, has_oscillators, oscillator_sites, override_clamp, require_oscillators
+from ..subject import Subject
 from .intervention import table_markdown
 from .outputs import eval_mode, eval_progress, model_device, prepare_outputs, write_outputs
 from .subject import CLAMP_NOTE, DEFAULT_BOUNDS
 from .validation import check_eval_shape, count_batches, r_summary, token_stats, trained_bounds, u_summary
 
 
-def clamp_sweep(
-    model: nn.Module,
-    val_ids: torch.Tensor,
+def clamp_sweep(model: nn.Module, val_ids: torch.Tensor,
+                bounds: Sequence[tuple[float, float]] = DEFAULT_BOUNDS, **settings) -> dict:
+    """:func:`clamp_eval` of a bare model (wrapped in a :class:`Subject`) on ``val_ids`` (N,)."""
+    return clamp_eval(Subject(model, None, corpus=None), val_ids, bounds, **settings)
+
+
+def clamp_eval(
+    subject: Subject,
+    val_ids: torch.Tensor | None = None,
     bounds: Sequence[tuple[float, float]] = DEFAULT_BOUNDS,
     batch_size: int = 16,
     seq_len: int = 256,
@@ -32,13 +39,16 @@ def clamp_sweep(
     model_name: str | None = None,
     command: str | None = None,
 ) -> dict:
-    """Evaluate a trained K-SSM with u clamped to each (u_min, u_max) — at evaluation time only.
+    """Evaluate a trained K-SSM with u clamped to each (u_min, u_max) — at evaluation time only
+    (the ``clamp_sweep`` design). ``val_ids`` (N,) defaults to the subject's validation split.
 
     The first row is the model as trained. Each row: validation CE and perplexity, R mean/std
     (and per layer), u mean/std/min/max, and the share of positions whose u sits at the lower
     or upper bound. Bounds need u_min < u_max, and u_min > 0 for a bistable model.
     Writes clamp.json and clamp.png.
     """
+    model = subject.model
+    val_ids = subject.validation_ids() if val_ids is None else val_ids
     if not has_oscillators(model) and oscillator_sites(model):
         raise PhaseLMError("a clamp sweep clamps u of K-SSM's bistable banks; this model's oscillators are a grafted "
                            "Phase Core, which has no u to clamp")

@@ -12,15 +12,21 @@ from torch import nn
 from .. import statistics as st
 from ..errors import PhaseLMError
 from ..interventions import require_oscillator_sites
+from ..subject import Subject
 from .intervention import table_markdown
 from .outputs import eval_mode, eval_progress, model_device, prepare_outputs, write_outputs
 from .subject import CORRELATION_NOTE
 from .validation import check_eval_shape, count_batches, token_stats
 
 
-def order_loss_correlation(
-    model: nn.Module,
-    val_ids: torch.Tensor,
+def order_loss_correlation(model: nn.Module, val_ids: torch.Tensor, **settings) -> dict:
+    """:func:`correlation_eval` of a bare model (wrapped in a :class:`Subject`) on ``val_ids`` (N,)."""
+    return correlation_eval(Subject(model, None, corpus=None), val_ids, **settings)
+
+
+def correlation_eval(
+    subject: Subject,
+    val_ids: torch.Tensor | None = None,
     batch_size: int = 16,
     seq_len: int = 256,
     max_batches: int = 20,
@@ -30,11 +36,14 @@ def order_loss_correlation(
     command: str | None = None,
     bins: int = 10,
 ) -> dict:
-    """Correlate per-token cross-entropy with R (per layer and the layer mean) on validation text.
+    """Correlate per-token cross-entropy with R (per layer and the layer mean) on validation text
+    (the ``order_loss_correlation`` design). ``val_ids`` (N,) defaults to the subject's validation split.
 
     Pearson and Spearman with p-values, plus the mean CE in each R decile. R at position t is
     paired with the loss of predicting token t+1 from position t. Writes correlation.json/.png.
     """
+    model = subject.model
+    val_ids = subject.validation_ids() if val_ids is None else val_ids
     require_oscillator_sites(model, "an R–loss correlation")
     check_eval_shape(model, val_ids, batch_size, seq_len, max_batches)
     files = prepare_outputs(out_dir, "correlation")

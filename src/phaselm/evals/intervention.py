@@ -13,6 +13,7 @@ from torch import nn
 from .. import statistics as st
 from ..errors import PhaseLMError
 from ..interventions import Intervention, intervene, require_oscillator_sites
+from ..subject import Subject
 from .outputs import check_positions, eval_mode, eval_progress, model_device, prepare_outputs, write_outputs
 from .sampling import (
     check_decoding,
@@ -29,9 +30,14 @@ from .sampling import (
 from .subject import METRIC_LABELS, METRICS, SAMPLES_SHOWN
 
 
-def r_intervention_eval(
-    model: nn.Module,
-    tokenizer,
+def r_intervention_eval(model: nn.Module, tokenizer, prompts: Sequence, interventions: Sequence[Intervention],
+                        **settings) -> dict:
+    """:func:`intervention_eval` of a bare model and its tokenizer (wrapped in a :class:`Subject`)."""
+    return intervention_eval(Subject(model, tokenizer, corpus=None), prompts, interventions, **settings)
+
+
+def intervention_eval(
+    subject: Subject,
     prompts: Sequence,
     interventions: Sequence[Intervention],
     max_new_tokens: int = 64,
@@ -46,7 +52,10 @@ def r_intervention_eval(
     model_name: str | None = None,
     command: str | None = None,
 ) -> dict:
-    """Force the phases with each intervention and compare with the unforced model, per prompt.
+    """Force the phases of ``subject``'s model with each intervention and compare with the
+    unforced model, per prompt (the ``r_intervention`` design of :mod:`phaselm.protocols`).
+
+    ``prompts``: texts or token-id sequences (any lengths; equal lengths are batched together).
 
     For every prompt: the unforced continuation (seeded sampling, or greedy at temperature 0);
     per intervention the forced continuation with the same seed, and KL(p_unforced ‖ p_forced)
@@ -55,6 +64,7 @@ def r_intervention_eval(
     bootstrap CI) and Holm-corrected over all metrics × interventions (t and Wilcoxon p-values
     separately). Writes ``intervention.json`` and ``intervention.png`` into ``out_dir``.
     """
+    model, tokenizer = subject.model, subject.tokenizer
     check_decoding(max_new_tokens, temperature, top_k)
     interventions = list(interventions)
     if not interventions:

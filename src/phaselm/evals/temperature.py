@@ -12,6 +12,7 @@ from torch import nn
 
 from .. import statistics as st
 from ..errors import PhaseLMError
+from ..subject import Subject
 from .intervention import table_markdown
 from .outputs import check_positions, eval_mode, eval_progress, model_device, prepare_outputs, write_outputs
 from .sampling import (
@@ -28,9 +29,14 @@ from .sampling import (
 from .subject import DEFAULT_TEMPERATURES, METRIC_LABELS
 
 
-def temperature_sweep(
-    model: nn.Module,
-    tokenizer,
+def temperature_sweep(model: nn.Module, tokenizer, prompts: Sequence,
+                      temperatures: Sequence[float] = DEFAULT_TEMPERATURES, **settings) -> dict:
+    """:func:`temperature_eval` of a bare model and its tokenizer (wrapped in a :class:`Subject`)."""
+    return temperature_eval(Subject(model, tokenizer, corpus=None), prompts, temperatures, **settings)
+
+
+def temperature_eval(
+    subject: Subject,
     prompts: Sequence,
     temperatures: Sequence[float] = DEFAULT_TEMPERATURES,
     max_new_tokens: int = 64,
@@ -42,11 +48,13 @@ def temperature_sweep(
     model_name: str | None = None,
     command: str | None = None,
 ) -> dict:
-    """Quality of generated text per sampling temperature (0 = greedy), over the same prompts.
+    """Quality of text that ``subject`` generates per sampling temperature (0 = greedy), over the
+    same prompts (texts or token-id sequences); the ``temperature_sweep`` design.
 
     Per temperature: distinct-1/2/3, repetition, perplexity under the model at temperature 1,
     and mean R (per layer too) for models with oscillators. Writes temperature.json/.png.
     """
+    model, tokenizer = subject.model, subject.tokenizer
     temperatures = [float(t) for t in temperatures]
     if not temperatures:
         raise PhaseLMError("give at least one temperature, e.g. 0,0.8,1.0")

@@ -1,5 +1,14 @@
 """Experiment protocols: declared in TOML before running, hashed, run on any PhaseLM model.
 
+This package is the one runner of every evaluation: :func:`run_protocol` runs each design of
+the registry :data:`DESIGNS` (:mod:`.designs`). Besides the three kinds below, every eval is a
+design (``r_intervention``, ``temperature_sweep``, ``clamp_sweep``, ``order_loss_correlation``,
+``ablation_table``, ``fusion_diagnostics``): ``phaselm eval …`` and ``phaselm diagnose`` build
+its :class:`Protocol` from their flags (:mod:`.eval_designs`, one builder per eval), and a TOML
+file with ``[protocol] kind``, ``[model] path`` and an ``[eval]`` table of the same options
+builds the same one (:func:`read_protocol`). Eval designs write the files their commands
+always wrote (NAME.json, NAME.png; diagnostics.json and plots/).
+
     phaselm protocol run protocols/kssm-observation.toml --out runs/protocols/kssm-observation
 
 A protocol file declares the model (a ``phaselm train-lm`` run, a model folder or a
@@ -55,13 +64,24 @@ states n. ``run_protocol`` writes ``results.json``, ``results.md``, ``results.pn
 is the hook the HTML report builds on.
 """
 
+from .designs import DESIGNS, EVAL_KINDS, RESULT_KINDS, Design, design_of, read_protocol
+from .eval_designs import (
+    ablation_protocol,
+    clamp_protocol,
+    correlation_protocol,
+    diagnostics_protocol,
+    intervention_protocol,
+    temperature_protocol,
+)
 from .grid import grid_cells
-from .run import run_protocol, write_protocol_report
+from .run import run_diagnostics, run_protocol, write_protocol_report
 from .spec import KINDS, METRICS, Condition, Protocol, check_out_dir, default_out_dir, load_protocol, sha256_of
 from .subject import Subject, generate_many, generate_sample, load_subject
 
 __all__ = [
-    "KINDS", "METRICS", "Condition", "Protocol", "Subject", "check_out_dir", "default_out_dir", "generate_many",
-    "generate_sample", "grid_cells", "load_protocol", "load_subject", "run_protocol", "sha256_of",
+    "DESIGNS", "EVAL_KINDS", "KINDS", "METRICS", "RESULT_KINDS", "Condition", "Design", "Protocol", "Subject",
+    "ablation_protocol", "check_out_dir", "clamp_protocol", "correlation_protocol", "default_out_dir", "design_of",
+    "diagnostics_protocol", "generate_many", "generate_sample", "grid_cells", "intervention_protocol", "load_protocol",
+    "load_subject", "read_protocol", "run_diagnostics", "run_protocol", "sha256_of", "temperature_protocol",
     "write_protocol_report",
 ]

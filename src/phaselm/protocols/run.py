@@ -1,4 +1,7 @@
-"""Running a protocol and writing its outputs (results.json/.md/.png, report.html)."""
+"""The one runner: every design of :mod:`phaselm.protocols.designs` (the TOML protocols and the
+evals that ``phaselm eval …`` / ``phaselm diagnose`` build from their flags) runs through
+:func:`run_protocol`, which checks the out directory, opens the subject and writes the outputs
+(results.json/.md/.png and report.html for a result design; an eval design's own files)."""
 
 from __future__ import annotations
 
@@ -10,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .grid import grid_cells, run_ablation_grid
-from .intervention import run_intervention
-from .observation import run_observation
+from . import eval_designs as ev
+from .designs import Design, design_of, read_protocol
 from .spec import (
     PROTOCOL_COPY,
     RESULTS,
@@ -20,7 +22,6 @@ from .spec import (
     Protocol,
     check_out_dir,
     default_out_dir,
-    load_protocol,
     resolve_path,
     sha256_of,
 )
@@ -65,17 +66,21 @@ def run_protocol(
     progress: bool = True,
     command: str | None = None,
 ) -> dict:
-    """Run a protocol file and write its results into ``out_dir`` (default runs/protocols/NAME).
+    """Run a protocol (a file, or a :class:`Protocol` built from an eval's flags) and write its
+    outputs into ``out_dir`` (default runs/protocols/NAME; an eval's default is RUN_DIR/evals).
 
     Everything that can be checked is checked before the slow part and before anything is
-    written: the file, the out directory (a different protocol's results are never replaced),
-    the model, the conditions against the model. ``subject`` / ``reference`` replace loading
-    the protocol's model / reference (tests, notebooks).
+    written: the file, the out directory (a different protocol's results, or an earlier eval's
+    files, are never replaced), the model, the conditions against the model. ``subject`` /
+    ``reference`` replace loading the protocol's model / reference (tests, notebooks).
     """
     from ..reporting import machine_description
 
     if not isinstance(protocol, Protocol):
-        protocol = load_protocol(protocol)
+        protocol = read_protocol(protocol)
+    design = design_of(protocol.kind)
+    if not design.writes_results:
+        return _run_eval_design(design, protocol, out_dir, subject, progress, command)
     out = check_out_dir(out_dir if out_dir is not None else default_out_dir(protocol), protocol)
     if subject is None:
         model_path = resolve_path(protocol.model_path, protocol.file.parent)
@@ -84,17 +89,9 @@ def run_protocol(
         reference = load_subject(resolve_path(protocol.reference, protocol.file.parent), protocol.device)
     was_training = subject.model.training
     subject.model.eval()
-    units = len(protocol.seeds) * protocol.n_prompts
-    total = {"observation": units, "intervention": units,
-             "ablation_grid": len(grid_cells(protocol)) + 1 if protocol.grid else 1}[protocol.kind]
-    bar = _Bar(progress, f"{protocol.kind} protocol", total, protocol.name)
+    bar = _Bar(progress, f"{protocol.kind} protocol", design.units(protocol), protocol.name)
     try:
-        if protocol.kind == "observation":
-            body = run_observation(protocol, subject, bar)
-        elif protocol.kind == "intervention":
-            body = run_intervention(protocol, subject, reference, bar)
-        else:
-            body = run_ablation_grid(protocol, subject, bar)
+        body = design.run(protocol, subject, reference, bar)
     finally:
         bar.close()
         subject.model.train(was_training)
@@ -139,6 +136,30 @@ def run_protocol(
     os.replace(tmp, out / RESULTS)
     write_protocol_report(out, results)
     return results
+
+
+def _run_eval_design(design: Design, protocol: Protocol, out_dir, subject: Subject | None, progress: bool,
+                     command: str | None) -> dict:
+    from ..evals import prepare_outputs
+
+    out = Path(out_dir) if out_dir is not None else ev.default_eval_out(protocol)
+    if design.check_out is not None:
+        design.check_out(out)
+    else:
+        prepare_outputs(out, design.output, design.suffixes)  # refuse before the slow part
+    if subject is None and design.open_subject is not None:
+        subject = design.open_subject(protocol)
+    return design.run(protocol, subject, out, progress, command)
+
+
+def run_diagnostics(path: str | os.PathLike, out: str | os.PathLike | None = None, corpus: str | None = None,
+                    cfg=None, device: str | None = None, command: str | None = None) -> dict:
+    """Diagnose a fusion-family run directory or model folder (the ``fusion_diagnostics``
+    design); writes ``diagnostics.json`` and ``plots/diag_*.png`` into ``out`` (default
+    PATH/diagnostics), refusing one that already holds diagnostics.json. ``cfg``: a
+    :class:`phaselm.evals.diagnostics.DiagnosticsConfig`."""
+    return run_protocol(ev.diagnostics_protocol(path, corpus, config=cfg, device=device), out, progress=False,
+                        command=command)
 
 
 def _cell_text(value) -> str:

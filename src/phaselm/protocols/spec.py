@@ -105,6 +105,7 @@ class Protocol:
     windows: int = 0
     seq_len: int = 0
     batch_size: int = 8
+    settings: dict = field(default_factory=dict)  # an eval design's options (its [eval] table)
 
     @property
     def n_prompts(self) -> int:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -267,3 +267,14 @@ def check_prompt_fits(model: nn.Module, ids: list[int], max_new_tokens: int) -> 
             f"the prompt ({len(ids)} tokens) plus max_new_tokens ({max_new_tokens}) exceeds the model's {limit} "
             "positions; ask for fewer tokens or a shorter prompt"
         )
+
+
+def group_by_length(seqs: Sequence[Sequence[int]], size: int) -> list[list[int]]:
+    """Indices of ``seqs`` grouped by length (batches that need no padding), ``size`` at a time, in order of
+    first appearance."""
+    if size < 1:
+        raise PhaseLMError(f"batch size must be at least 1, got {size}")
+    by_length: dict[int, list[int]] = {}
+    for i, seq in enumerate(seqs):
+        by_length.setdefault(len(seq), []).append(i)
+    return [idx[s : s + size] for idx in by_length.values() for s in range(0, len(idx), size)]

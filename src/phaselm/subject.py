@@ -13,7 +13,15 @@ import torch
 import torch.nn.functional as F
 
 from .errors import PhaseLMError
-from .generation import Step, TokenReading, check_prompt_fits, check_sampling, sample_tokens, token_reading
+from .generation import (
+    Step,
+    TokenReading,
+    check_prompt_fits,
+    check_sampling,
+    group_by_length,
+    sample_tokens,
+    token_reading,
+)
 from .observables import normalized_entropy, tone_of
 from .runs import Run
 
@@ -63,17 +71,6 @@ class Score:
     def perplexity(self) -> float | None:
         """exp of the mean negative log-probability of the generated tokens (None if there are none)."""
         return float(torch.exp(-self.logprobs.mean())) if len(self.logprobs) else None
-
-
-def group_by_length(seqs: Sequence[Sequence[int]], size: int) -> list[list[int]]:
-    """Indices grouped by sequence length (no padding needed), ``size`` at a time, in order of
-    first appearance."""
-    if size < 1:
-        raise PhaseLMError(f"batch size must be at least 1, got {size}")
-    by_length: dict[int, list[int]] = {}
-    for i, seq in enumerate(seqs):
-        by_length.setdefault(len(seq), []).append(i)
-    return [idx[s : s + size] for idx in by_length.values() for s in range(0, len(idx), size)]
 
 
 def left_padded(seqs: Sequence[Sequence[int]], device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,6 +12,7 @@ from torch import nn
 
 from .. import statistics as st
 from ..errors import PhaseLMError
+from ..generation import group_by_length
 from ..interventions import Intervention, intervene, require_oscillator_sites
 from ..subject import Subject
 from .outputs import check_positions, eval_mode, eval_progress, model_device, prepare_outputs, write_outputs
@@ -21,7 +22,6 @@ from .sampling import (
     describe_metrics,
     generate_all,
     kl_divergence,
-    length_batches,
     mean_nll,
     per_prompt_metrics,
     prompt_token_ids,
@@ -80,7 +80,7 @@ def intervention_eval(
     check_positions(model, max(len(p) for p in prompts) + max_new_tokens, "prompt + generation")
     with intervene(model, *interventions) as applied:  # validates every layer before any work
         records = applied.to_json()
-    batches = length_batches(prompts, batch_size)
+    batches = group_by_length(prompts, batch_size)
     device = model_device(model)
     k = len(interventions)
     with eval_mode(model), eval_progress(progress) as bar:

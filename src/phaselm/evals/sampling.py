@@ -47,16 +47,6 @@ def prompt_token_ids(tokenizer, prompts: Sequence) -> list[list[int]]:
     return out
 
 
-def length_batches(prompts: list[list[int]], batch_size: int) -> list[list[int]]:
-    """Indices grouped by prompt length (no padding needed), ``batch_size`` at a time, in order."""
-    if batch_size < 1:
-        raise PhaseLMError(f"batch size must be at least 1, got {batch_size}")
-    by_length: dict[int, list[int]] = {}
-    for i, p in enumerate(prompts):
-        by_length.setdefault(len(p), []).append(i)
-    return [idx[s : s + batch_size] for idx in by_length.values() for s in range(0, len(idx), batch_size)]
-
-
 def sample(
     model: nn.Module, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
     seed: int = 0

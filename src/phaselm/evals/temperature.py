@@ -12,6 +12,7 @@ from torch import nn
 
 from .. import statistics as st
 from ..errors import PhaseLMError
+from ..generation import group_by_length
 from ..subject import Subject
 from .intervention import table_markdown
 from .outputs import check_positions, eval_mode, eval_progress, model_device, prepare_outputs, write_outputs
@@ -20,7 +21,6 @@ from .sampling import (
     continuation_logprobs,
     describe_metrics,
     generate_all,
-    length_batches,
     mean_nll,
     per_prompt_metrics,
     prompt_token_ids,
@@ -67,7 +67,7 @@ def temperature_eval(
         raise PhaseLMError(f"a temperature sweep needs at least {st.MIN_N} prompts, got {len(prompts)}")
     files = prepare_outputs(out_dir, "temperature")
     check_positions(model, max(len(p) for p in prompts) + max_new_tokens, "prompt + generation")
-    batches = length_batches(prompts, batch_size)
+    batches = group_by_length(prompts, batch_size)
     device = model_device(model)
     rows = []
     with eval_mode(model), eval_progress(progress) as bar:

@@ -140,7 +140,7 @@ def test_recipe_sections_are_the_model_configs():
         ({"gpt.dropuot": 0.1}, "unknown key 'dropuot' in [gpt]; did you mean 'dropout'?"),
         ({"kssm.vocab_size": 10}, "unknown key 'vocab_size' in [kssm]"),
         ({"kssm.u_min": "low"}, "kssm.u_min = 'low' has the wrong type; it needs float"),
-        ({"kssm.mixer": "attention"}, "[kssm] mixer must be one of ssd, none"),
+        ({"kssm.mixer": "attention"}, "[kssm] mixer must be one of ssd, kuramoto, none"),
         ({"fusion.fusion": "GX"}, "[fusion] unknown fusion type 'GX'; did you mean GF?"),
         ({"kssm.u_min": 2.0, "kssm.u_max": 1.0}, "[kssm] bistable clamp bounds need 0 < u_min < u_max"),
     ],

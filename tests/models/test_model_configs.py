@@ -78,6 +78,10 @@ GPT_ALL = {
     "use_cache": True,
     "vocab_size": 65,
 }
+KURAMOTO = {
+    "kuramoto_heads": 6, "kuramoto_oscillators": 32, "kuramoto_key_dim": 64, "kuramoto_steps": 2, "kuramoto_dt": 0.5,
+    "kuramoto_coupling_init": 1.0, "kuramoto_backend": "auto",
+}  # fmt: skip
 KSSM_V3 = {**KSSM_ALL, "bistable": True, "mixer": "ssd", "position_embedding": False}
 GF_MH = {**FUSION_ALL, "mixer": "hybrid", "n_layers": 7}
 MAMBA2 = {**FUSION_ALL, "mixer": "mamba2", "n_layers": 9}
@@ -89,6 +93,10 @@ PINNED = {  # recipe → (config values, parameter count)
     "kssm-v3-bpe.toml": (KSSM_V3, 10350126),
     "kssm-v3-monostable.toml": ({**KSSM_V3, "bistable": False}, 10350126),
     "kssm-v3-nomixer.toml": ({**KSSM_ALL, "bistable": True, "mixer": "none", "position_embedding": True}, 7760322),
+    "kssm-kuramoto.toml": (
+        {**KSSM_V3, "mixer": "kuramoto", "state_size": 16, "expand": 2, **KURAMOTO},
+        10922214,
+    ),
     "fusion-gf-mh.toml": (GF_MH, 5611685),
     "fusion-gf-mh-bpe.toml": (GF_MH, 5611685),
     "mamba2.toml": (MAMBA2, 4757634),

@@ -232,3 +232,24 @@ def test_kssm_with_another_mixer_has_no_mixer_orders():
     model = KSSMForCausalLM(KSSMConfig(**{**KSSM_TINY, "mixer": "none"})).eval()
     with torch.no_grad():
         assert model(input_ids=torch.randint(0, 40, (1, 4))).mixer_orders is None
+
+
+def test_tables_name_the_mixer_and_its_output_can_be_ablated():
+    from phaselm.interventions import Intervention, intervene
+    from phaselm.subject import Subject
+
+    torch.manual_seed(0)
+    model = KSSMForCausalLM(KSSMConfig(**KSSM_TINY)).eval()
+    assert Subject(model, None).variant == "K-SSM bistable (Kuramoto mixer)"
+    ids = torch.randint(0, 40, (1, 6))
+    with torch.no_grad():
+        base = model(input_ids=ids).logits
+        with intervene(model, Intervention("ablate", "mixer")):
+            ablated = model(input_ids=ids).logits
+        with_mixer_zeroed = KSSMForCausalLM(KSSMConfig(**KSSM_TINY)).eval()
+        with_mixer_zeroed.load_state_dict(model.state_dict())
+        for block in with_mixer_zeroed.blocks:
+            block.mixer.out_proj.weight.zero_()
+        expected = with_mixer_zeroed(input_ids=ids).logits
+    assert not torch.allclose(ablated, base)
+    torch.testing.assert_close(ablated, expected, rtol=0, atol=1e-6)

@@ -14,7 +14,13 @@ from phaselm.config import load_recipe, tomllib
 from phaselm.experiments.language_model import LMRecipe
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
-LM_RECIPES = ["kssm-v3.toml", "kssm-v3-monostable.toml", "kssm-v3-nomixer.toml", "gpt-baseline.toml"]
+LM_RECIPES = [
+    "kssm-v3.toml",
+    "kssm-v3-monostable.toml",
+    "kssm-v3-nomixer.toml",
+    "kssm-kuramoto.toml",
+    "gpt-baseline.toml",
+]
 
 
 @pytest.mark.parametrize("name", LM_RECIPES)

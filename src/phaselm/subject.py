@@ -119,12 +119,14 @@ class Subject:
 
     @property
     def variant(self) -> str:
-        """A readable name for tables: K-SSM bistable / monostable / no-mixer, GPT-2, or the arch."""
+        """A readable name for tables: K-SSM bistable / monostable / no-mixer (with "(Kuramoto mixer)"
+        when that is its mixer), GPT-2, or the arch."""
         cfg = self.model.config
         if self.arch == "kssm":
             if cfg.mixer == "none":
                 return "K-SSM no-mixer"
-            return "K-SSM bistable" if cfg.bistable else "K-SSM monostable"
+            name = "K-SSM bistable" if cfg.bistable else "K-SSM monostable"
+            return name + " (Kuramoto mixer)" if cfg.mixer == "kuramoto" else name
         return {"gpt2": "GPT-2"}.get(self.arch, self.arch)
 
     def validation_ids(self) -> torch.Tensor:

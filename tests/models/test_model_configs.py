@@ -78,6 +78,10 @@ GPT_ALL = {
     "use_cache": True,
     "vocab_size": 65,
 }
+KURAMOTO = {
+    "kuramoto_heads": 6, "kuramoto_oscillators": 32, "kuramoto_key_dim": 64, "kuramoto_steps": 2, "kuramoto_dt": 0.5,
+    "kuramoto_coupling_init": 1.0, "kuramoto_backend": "auto",
+}  # fmt: skip
 KSSM_V3 = {**KSSM_ALL, "bistable": True, "mixer": "ssd", "position_embedding": False}
 GF_MH = {**FUSION_ALL, "mixer": "hybrid", "n_layers": 7}
 MAMBA2 = {**FUSION_ALL, "mixer": "mamba2", "n_layers": 9}
@@ -89,6 +93,10 @@ PINNED = {  # recipe → (config values, parameter count)
     "kssm-v3-bpe.toml": (KSSM_V3, 10350126),
     "kssm-v3-monostable.toml": ({**KSSM_V3, "bistable": False}, 10350126),
     "kssm-v3-nomixer.toml": ({**KSSM_ALL, "bistable": True, "mixer": "none", "position_embedding": True}, 7760322),
+    "kssm-kuramoto.toml": (
+        {**KSSM_V3, "mixer": "kuramoto", "state_size": 16, "expand": 2, **KURAMOTO},
+        10922214,
+    ),
     "fusion-gf-mh.toml": (GF_MH, 5611685),
     "fusion-gf-mh-bpe.toml": (GF_MH, 5611685),
     "mamba2.toml": (MAMBA2, 4757634),
@@ -140,7 +148,7 @@ def test_recipe_sections_are_the_model_configs():
         ({"gpt.dropuot": 0.1}, "unknown key 'dropuot' in [gpt]; did you mean 'dropout'?"),
         ({"kssm.vocab_size": 10}, "unknown key 'vocab_size' in [kssm]"),
         ({"kssm.u_min": "low"}, "kssm.u_min = 'low' has the wrong type; it needs float"),
-        ({"kssm.mixer": "attention"}, "[kssm] mixer must be one of ssd, none"),
+        ({"kssm.mixer": "attention"}, "[kssm] mixer must be one of ssd, kuramoto, none"),
         ({"fusion.fusion": "GX"}, "[fusion] unknown fusion type 'GX'; did you mean GF?"),
         ({"kssm.u_min": 2.0, "kssm.u_max": 1.0}, "[kssm] bistable clamp bounds need 0 < u_min < u_max"),
     ],

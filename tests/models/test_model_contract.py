@@ -1,5 +1,5 @@
 """The contract every language model family of PhaseLM keeps, tested on tiny configs of each:
-K-SSM (bistable, monostable, no mixer), every fusion type and the two pure fusion-family models,
+K-SSM (bistable, monostable, no mixer, Kuramoto mixer), every fusion type and the two pure fusion-family models,
 and the GPT-2 baseline.
 
 - causal: changing later tokens leaves earlier logits bit for bit, and rows of a batch do not mix;
@@ -54,6 +54,22 @@ def kssm(**overrides) -> Family:
     )
 
 
+def kssm_kuramoto() -> Family:
+    tiny = dict(mixer="kuramoto", kuramoto_heads=2, kuramoto_oscillators=4, kuramoto_key_dim=8)
+
+    def build(path: str) -> KSSMForCausalLM:
+        model = KSSMForCausalLM(KSSMConfig(**{**KSSM_TINY, **tiny}, kuramoto_backend=path))
+        # The bank's evenly spread ω₀ makes every harmonic |Z_n| ≈ 0, where its gradient is a ratio
+        # of rounding errors: ω₀'s gradient then differs by ~2 % between any two float32 paths
+        # upstream. Spread unevenly (as training leaves it) the comparison measures the mixer.
+        with torch.no_grad():
+            for block in model.blocks:
+                block.bank.omega0.add_(0.5 * torch.randn_like(block.bank.omega0))
+        return model
+
+    return Family(build, ("kuramoto_mixer",))
+
+
 def fusion(**overrides) -> Family:
     mixer = overrides.get("mixer", "hybrid")
     ops = {"hybrid": ("rwkv6", "ssd"), "rwkv6": ("rwkv6",), "mamba2": ("ssd",)}[mixer]
@@ -76,6 +92,7 @@ FAMILIES = {
     "kssm-bistable": kssm(),
     "kssm-monostable": kssm(bistable=False),
     "kssm-nomixer": Family(kssm(mixer="none", position_embedding=True).build, (), takes_padding=False),
+    "kssm-kuramoto": kssm_kuramoto(),
     **{f"fusion-{kind}": fusion(fusion=kind) for kind in FUSIONS},
     "rwkv6": fusion(mixer="rwkv6"),
     "mamba2": fusion(mixer="mamba2"),

@@ -8,4 +8,9 @@
 Both take ``(hidden (B, T, d), state)`` and return ``(output (B, T, d), new state)``; ``state`` is
 ``None`` for a fresh sequence, and the returned state continues it exactly (prefill then one token
 at a time gives the same outputs as one pass over the whole sequence).
+
+- :mod:`phaselm.layers.kuramoto_mixer` — causal Kuramoto token mixer (issue 15): phases are the token
+  states, attention weights the coupling kernel. It takes ``(hidden, attention_mask, cache)`` and
+  also returns its per-token synchrony: ``(output (B, T, d), R (B, T, heads), new cache)``; its
+  cache (earlier tokens' keys and phases) continues a sequence exactly in the same way.
 """

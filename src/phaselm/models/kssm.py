@@ -9,12 +9,18 @@ Hugging Face model.
             h += Bank(norm(h))       bistable Kuramoto bank (phaselm.bistable)
             h += MLP(norm(h))        GELU, 4×
 
+``mixer = "kuramoto"`` replaces the selective SSM by the causal Kuramoto token mixer
+(phaselm.layers.kuramoto_mixer: phases are the token states, attention weights the coupling
+kernel; issue 15); its per-token synchrony R (B, T, heads) per layer is the output's
+``mixer_orders``.
+
 ``mixer = "none"`` drops the mixer: every position is then predicted from its own token (and a
 learned position embedding, as in the original), which is the original code's behaviour and
 the control that shows what token mixing is worth.
 
 Generation carries, per layer, the conv window and the SSM state, so each new token costs O(1)
-in the context length; the bank has no state across positions.
+in the context length (the Kuramoto mixer instead keeps every earlier token's keys and phases, a
+KV cache); the bank has no state across positions.
 """
 
 from __future__ import annotations
@@ -29,11 +35,12 @@ from transformers.modeling_outputs import CausalLMOutput
 from ..bistable import BankConfig, BistableBank
 from ..errors import PhaseLMError
 from ..interventions.sites import Intervenable, Site, SiteMap
+from ..layers.kuramoto_mixer import KuramotoMixer, KuramotoMixerConfig
 from ..layers.mamba2 import Mamba2Mixer
 from ..ops.ssd import BACKENDS as SSD_BACKENDS
 from .recurrent import RecurrentLM, register_auto_classes
 
-MIXERS = ("ssd", "none")
+MIXERS = ("ssd", "kuramoto", "none")
 
 
 class KSSMConfig(PretrainedConfig):
@@ -41,7 +48,8 @@ class KSSMConfig(PretrainedConfig):
     keyword below except ``vocab_size``, which comes from the tokenizer, and
     ``tie_word_embeddings``). Defaults are the seed's size trained at nanoGPT's "baby GPT" budget
     (dropout 0.2, as every shipped recipe and docs/results.md). The bank's own settings default to
-    ``BankConfig``'s, and ``bank_config()`` builds the bank's config from these fields, so each
+    ``BankConfig``'s and the Kuramoto mixer's (``kuramoto_*``) to ``KuramotoMixerConfig``'s;
+    ``bank_config()`` and ``kuramoto_config()`` build those configs from these fields, so each
     default is written once."""
 
     model_type = "kssm"
@@ -52,13 +60,21 @@ class KSSMConfig(PretrainedConfig):
         vocab_size: int = 65,
         hidden_size: int = 384,
         n_layers: int = 6,
-        mixer: str = "ssd",  # "ssd" or "none" (the original's token-independent model)
+        # "ssd", "kuramoto" (token-coupled oscillators) or "none" (the original's token-independent model)
+        mixer: str = "ssd",
         state_size: int = 16,
         expand: int = 2,
         head_dim: int = 64,
         conv_kernel: int = 4,
         chunk_size: int = 64,
         scan: str = "auto",  # SSD backend: "auto" (= "chunked" for now), "fused" (Triton), "chunked", "reference"
+        kuramoto_heads: int = KuramotoMixerConfig.heads,
+        kuramoto_oscillators: int = KuramotoMixerConfig.oscillators,  # per head
+        kuramoto_key_dim: int = KuramotoMixerConfig.key_dim,  # per head
+        kuramoto_steps: int = KuramotoMixerConfig.steps,
+        kuramoto_dt: float = KuramotoMixerConfig.dt,
+        kuramoto_coupling_init: float = KuramotoMixerConfig.coupling_init,
+        kuramoto_backend: str = KuramotoMixerConfig.backend,  # "auto" (= "sdpa"), "sdpa", "reference"
         n_oscillators: int = BankConfig.n_oscillators,
         n_harmonics: int = BankConfig.n_harmonics,
         bistable: bool = BankConfig.bistable,  # False: the monostable ablation
@@ -80,7 +96,7 @@ class KSSMConfig(PretrainedConfig):
             raise PhaseLMError(f"mixer must be one of {', '.join(MIXERS)}, got {mixer!r}")
         if scan not in SSD_BACKENDS:
             raise PhaseLMError(f"scan must be one of {', '.join(SSD_BACKENDS)}, got {scan!r}")
-        if mixer != "none" and (expand * hidden_size) % head_dim:
+        if mixer == "ssd" and (expand * hidden_size) % head_dim:
             raise PhaseLMError(f"head_dim {head_dim} must divide expand·hidden_size = {expand * hidden_size}")
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
@@ -92,6 +108,13 @@ class KSSMConfig(PretrainedConfig):
         self.conv_kernel = conv_kernel
         self.chunk_size = chunk_size
         self.scan = scan
+        self.kuramoto_heads = kuramoto_heads
+        self.kuramoto_oscillators = kuramoto_oscillators
+        self.kuramoto_key_dim = kuramoto_key_dim
+        self.kuramoto_steps = kuramoto_steps
+        self.kuramoto_dt = kuramoto_dt
+        self.kuramoto_coupling_init = kuramoto_coupling_init
+        self.kuramoto_backend = kuramoto_backend
         self.n_oscillators = n_oscillators
         self.n_harmonics = n_harmonics
         self.bistable = bistable
@@ -107,6 +130,7 @@ class KSSMConfig(PretrainedConfig):
         self.max_position_embeddings = max_position_embeddings
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
         self.bank_config()  # validates the clamp bounds now, not at the first forward
+        self.kuramoto_config()  # likewise the mixer's settings
 
     def bank_config(self) -> BankConfig:
         """The bistable bank's config, from this config's fields (bank-only constants keep BankConfig's)."""
@@ -121,34 +145,46 @@ class KSSMConfig(PretrainedConfig):
             reg_through_hidden=self.reg_through_hidden,
         )
 
+    def kuramoto_config(self) -> KuramotoMixerConfig:
+        """The Kuramoto mixer's config (``mixer = "kuramoto"``), from this config's ``kuramoto_*`` fields."""
+        return KuramotoMixerConfig(
+            heads=self.kuramoto_heads,
+            oscillators=self.kuramoto_oscillators,
+            key_dim=self.kuramoto_key_dim,
+            steps=self.kuramoto_steps,
+            dt=self.kuramoto_dt,
+            coupling_init=self.kuramoto_coupling_init,
+            backend=self.kuramoto_backend,
+        )
+
 
 class KSSMCache:
-    """Per-layer (conv window, SSM state) plus the number of positions already seen."""
+    """Per-layer mixer state — (conv window, SSM state), or the Kuramoto mixer's (keys, phases,
+    real) — plus the number of positions already seen. Every state tensor is batch first."""
 
     def __init__(self):
-        self.layers: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.layers: dict[int, tuple[torch.Tensor, ...]] = {}
         self.seen = 0
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         """Reorder every state's batch rows by ``beam_idx`` (B,), for beam search."""
-        self.layers = {
-            i: (c.index_select(0, beam_idx), s.index_select(0, beam_idx)) for i, (c, s) in self.layers.items()
-        }
+        self.layers = {i: tuple(t.index_select(0, beam_idx) for t in state) for i, state in self.layers.items()}
 
 
 class Block(nn.Module):
-    """One K-SSM block: an optional Mamba-2 mixer, the bistable bank and an MLP, each added to h (B, T, d)."""
+    """One K-SSM block: an optional mixer (Mamba-2 or Kuramoto), the bistable bank and an MLP,
+    each added to h (B, T, d)."""
 
     def __init__(self, config: KSSMConfig):
         super().__init__()
         d = config.hidden_size
-        self.mixer = (
-            Mamba2Mixer(
+        self.mixer: nn.Module | None = None
+        if config.mixer == "ssd":
+            self.mixer = Mamba2Mixer(
                 d, config.state_size, config.expand, config.head_dim, config.conv_kernel, config.chunk_size, config.scan
             )
-            if config.mixer == "ssd"
-            else None
-        )
+        elif config.mixer == "kuramoto":
+            self.mixer = KuramotoMixer(d, config.kuramoto_config())
         self.mixer_norm = nn.RMSNorm(d) if self.mixer is not None else None
         self.bank_norm = nn.RMSNorm(d)
         self.bank = BistableBank(d, config.bank_config())
@@ -156,16 +192,22 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(d, config.mlp_ratio * d), nn.GELU(), nn.Linear(config.mlp_ratio * d, d))
         self.drop = nn.Dropout(config.dropout)
 
-    def forward(self, h: torch.Tensor, state=None, mask: torch.Tensor | None = None):
-        """h (B, T, d), mixer state or None, mask None or (B, T) → (h (B, T, d), BankOutput, new mixer state)."""
-        new_state = None
-        if self.mixer is not None:
+    def forward(self, h: torch.Tensor, state=None, mask: torch.Tensor | None = None, keep_state: bool = True):
+        """h (B, T, d), mixer state or None, mask None or (B, T) → (h (B, T, d), BankOutput, new
+        mixer state, the Kuramoto mixer's R (B, T, heads) or None).
+
+        ``keep_state`` False lets the Kuramoto mixer skip building its cache (training)."""
+        new_state = mixer_order = None
+        if isinstance(self.mixer, KuramotoMixer):
+            mixed, mixer_order, new_state = self.mixer(self.mixer_norm(h), mask, state, use_cache=keep_state)
+            h = h + self.drop(mixed)
+        elif self.mixer is not None:
             mixed, new_state = self.mixer(self.mixer_norm(h), state, mask)
             h = h + self.drop(mixed)
         bank = self.bank(self.bank_norm(h))
         h = h + self.drop(bank.out)
         h = h + self.drop(self.mlp(self.mlp_norm(h)))
-        return h, bank, new_state
+        return h, bank, new_state, mixer_order
 
 
 @dataclass
@@ -176,10 +218,11 @@ class KSSMOutput(CausalLMOutput):
     orders: torch.Tensor | None = None  # (B, n_layers, T) R per layer and position
     reg: torch.Tensor | None = None  # scalar: mean bank regulariser over layers and positions
     u: torch.Tensor | None = None  # (B, n_layers, T)
+    mixer_orders: torch.Tensor | None = None  # (B, n_layers, T, heads): the Kuramoto mixer's R, if that is the mixer
 
 
 class KSSMForCausalLM(RecurrentLM, Intervenable):
-    """K-SSM as a Hugging Face causal LM: blocks of an optional Mamba-2 mixer and the bistable bank."""
+    """K-SSM as a Hugging Face causal LM: blocks of an optional mixer (Mamba-2 or Kuramoto) and the bistable bank."""
 
     config_class = KSSMConfig
     base_model_prefix = "kssm"
@@ -205,7 +248,8 @@ class KSSMForCausalLM(RecurrentLM, Intervenable):
         attention_mask: torch.Tensor | None = None,  # (B, T) or (B, past + T); 0 at padding
         **kwargs,
     ) -> KSSMOutput:
-        """input_ids (B, T) → KSSMOutput: logits (B, T, V), orders (B, n_layers, T), reg, loss if ``labels``.
+        """input_ids (B, T) → KSSMOutput: logits (B, T, V), orders (B, n_layers, T), reg, loss if
+        ``labels``; with the Kuramoto mixer, mixer_orders (B, n_layers, T, heads).
 
         ``output_orders`` adds u (B, n_layers, T); ``use_cache`` returns the cache to continue from.
         """
@@ -227,15 +271,17 @@ class KSSMForCausalLM(RecurrentLM, Intervenable):
                 )
             h = h + self.pos_embed(torch.arange(offset, offset + length, device=h.device))
         cache = past_key_values if past_key_values is not None else (KSSMCache() if use_cache else None)
-        orders, regs, us = [], [], []
+        orders, regs, us, mixer_orders = [], [], [], []
         for i, block in enumerate(self.blocks):
             state = cache.layers.get(i) if cache is not None else None
-            h, bank, new_state = block(h, state, mask)
+            h, bank, new_state, mixer_order = block(h, state, mask, keep_state=cache is not None)
             if cache is not None and new_state is not None:
                 cache.layers[i] = new_state
             orders.append(bank.order)
             regs.append(bank.reg)
             us.append(bank.u)
+            if mixer_order is not None:
+                mixer_orders.append(mixer_order)
         if cache is not None:
             cache.seen = offset + length
         logits = self.lm_head(self.norm(h))
@@ -247,6 +293,7 @@ class KSSMForCausalLM(RecurrentLM, Intervenable):
             orders=torch.stack(orders, 1),
             reg=torch.stack(regs).mean(),
             u=torch.stack(us, 1) if output_orders else None,
+            mixer_orders=torch.stack(mixer_orders, 1) if mixer_orders else None,
         )
 
     def intervention_sites(self) -> SiteMap:

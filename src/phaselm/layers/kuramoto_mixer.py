@@ -1,0 +1,228 @@
+"""Causal Kuramoto token mixing (issue 15, point 2): the phases are the token states, and learned,
+content-dependent weights over earlier tokens are the coupling kernel.
+
+Per head h (H heads, D oscillators per head), from the hidden state x_t (B, T, C):
+
+    θ_t⁽⁰⁾  = π·tanh(W_θ x_t)                       initial phases, one per oscillator
+    ω_t     = W_ω x_t                               natural frequencies, per token and oscillator
+    q_t, k_t = W_q x_t, W_k x_t                     D_k wide per head
+    A_ts    = softmax_{s ≤ t}(q_t·k_s / √D_k)       the coupling kernel (causal, one per head)
+
+then ``steps`` Euler steps of size ``dt``, oscillator d of token t coupled to oscillator d of
+every token s ≤ t, with z_s = e^{iθ_s} = [cos θ_s, sin θ_s]:
+
+    M_t = Σ_{s≤t} A_ts z_s                          the mean field token t sees
+    θ_t ← θ_t + dt·(ω_t + K_h·Im(conj(z_t)·M_t))
+        = θ_t + dt·(ω_t + K_h·(cos θ_t·Im M_t − sin θ_t·Re M_t))
+        = θ_t + dt·(ω_t + K_h·Σ_{s≤t} A_ts·sin(θ_s − θ_t))     (Kuramoto, with weights A)
+
+K_h = softplus(κ_h) > 0, learned per head. Readout, per head: [cos θ_t⁽ˢ⁾, sin θ_t⁽ˢ⁾, R_t] →
+Linear → C, where R_t = mean_d |M_{t,d}| of the last step is the synchrony token t sees (in
+[0, 1]: M is a convex combination of unit vectors). R (B, T, H) is the layer's observable.
+
+Choices, and why:
+- θ⁽⁰⁾ = π·tanh(·) rather than atan2 of two projections: atan2's gradient is singular where both
+  projections are near zero — exactly where a small initialisation puts them — while π·tanh is
+  smooth and bounded (the seeds' PhaseBlock uses it). W_θ starts at std 1/√C, not GPT-2's 0.02,
+  so that on normalised inputs the initial phases spread over most of the circle: with 0.02 they
+  would all start near 0, already synchronised, and the coupling would have nothing to do.
+- Each step's mean field is one attention call with values [cos θ, sin θ] (2·D wide per head),
+  so the fast path ("sdpa") is ``F.scaled_dot_product_attention`` (flash / memory-efficient
+  kernels and tensor cores on a GPU); the reference builds the (T × T) masked softmax matrix and
+  sums explicitly (:func:`mean_field_loop` is a plainer per-position loop for tiny tests). Both
+  are chosen through :mod:`phaselm.ops.backend` (op ``kuramoto_mixer``).
+- Phases and their updates stay in float32 (float64 when the input is); under autocast only the
+  attention call and the projections take autocast's dtype.
+
+Causality holds by construction: θ_t⁽ᵏ⁾ depends only on tokens ≤ t. A padded position
+(``mask`` 0) is excluded as a key from every softmax (it sees only itself), so padding leaves the
+real tokens' outputs unchanged. The decoding state keeps the keys and, per step k, the values
+z_s⁽ᵏ⁾ of every earlier token (they never change once computed) and which of them are real; a new
+token runs ``steps`` attention reads against it, and equals the full forward. The state grows by
+one token per token (a KV cache, O(T) per new token), unlike the SSM mixers' fixed-size state.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import PhaseLMError
+from ..ops.backend import Op, accepted, resolve
+
+KURAMOTO_MIXER = Op("kuramoto_mixer", ("reference", "sdpa"), auto=lambda device: "sdpa")
+
+# (keys (B, H, P, D_k), values (B, steps, H, P, 2·D), real (B, P) bool): batch first throughout,
+# so a cache reorders every entry with one index_select along dim 0.
+MixerState = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class KuramotoMixerConfig:
+    """The Kuramoto mixer's settings. K-SSM's ``KSSMConfig`` takes its ``kuramoto_*`` defaults
+    from here and builds this from its fields, so each default is written once."""
+
+    heads: int = 6
+    oscillators: int = 32  # D, per head
+    key_dim: int = 64  # D_k, per head
+    steps: int = 2
+    # 0.5: one step moves a phase by up to K/2 rad, so two steps can matter; Euler on the
+    # linearised dynamics stays stable while K·dt < 2. (The PhaseBlock's 0.08 moves it by ~0.1.)
+    dt: float = 0.5
+    coupling_init: float = 1.0  # K_h at initialisation (= softplus(κ_h))
+    backend: str = "auto"  # "auto" (= "sdpa" on every device), "sdpa" or "reference"
+
+    def __post_init__(self) -> None:
+        if min(self.heads, self.oscillators, self.key_dim, self.steps) < 1:
+            raise PhaseLMError(
+                f"kuramoto mixer needs heads, oscillators, key_dim and steps ≥ 1, got {self.heads}, "
+                f"{self.oscillators}, {self.key_dim}, {self.steps}; raise the ones below 1"
+            )
+        if not self.dt > 0 or not self.coupling_init > 0:
+            raise PhaseLMError(
+                f"kuramoto mixer needs dt > 0 and coupling_init > 0, got {self.dt} and {self.coupling_init}; "
+                "give positive values"
+            )
+        if self.backend not in accepted(KURAMOTO_MIXER):
+            raise PhaseLMError(
+                f"kuramoto mixer backend must be one of {', '.join(accepted(KURAMOTO_MIXER))}, got {self.backend!r}"
+            )
+
+
+def allowed_keys(past_real: torch.Tensor | None, new_real: torch.Tensor) -> torch.Tensor:
+    """Which keys each new query may couple to: (B, 1, T, P + T) bool.
+
+    past_real (B, P) bool or None (no past), new_real (B, T) bool. Query t (position P + t)
+    sees key s when s ≤ P + t and s is a real token or s = P + t (a padded query sees only
+    itself, so no softmax is empty and no real token sees a padded one).
+    """
+    real = new_real if past_real is None else torch.cat([past_real, new_real], dim=1)
+    past, length = real.shape[1] - new_real.shape[1], new_real.shape[1]
+    query_pos = torch.arange(past, past + length, device=real.device)[:, None]
+    key_pos = torch.arange(past + length, device=real.device)[None, :]
+    causal = key_pos <= query_pos
+    return (causal & (real[:, None, :] | (key_pos == query_pos)))[:, None]
+
+
+def mean_field_reference(
+    q: torch.Tensor, k: torch.Tensor, z: torch.Tensor, allowed: torch.Tensor | None
+) -> torch.Tensor:
+    """M = A·z with the coupling matrix A written out: q (B, H, T, D_k), k (B, H, S, D_k),
+    z (B, H, S, 2D), allowed (B, 1, T, S) bool or None (plain causal, T = S) → M (B, H, T, 2D)."""
+    scores = torch.einsum("bhtd,bhsd->bhts", q, k) / math.sqrt(q.shape[-1])
+    if allowed is None:
+        allowed = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril()
+    coupling = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)  # A (B, H, T, S)
+    return torch.einsum("bhts,bhsd->bhtd", coupling, z.to(coupling.dtype))
+
+
+def mean_field_loop(q: torch.Tensor, k: torch.Tensor, z: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
+    """:func:`mean_field_reference` one query position at a time (same shapes): the plainest
+    statement of M_t = Σ_{s allowed} softmax_s(q_t·k_s/√D_k)·z_s, for tiny tests."""
+    rows = []
+    for t in range(q.shape[2]):
+        scores = (q[:, :, t, None, :] * k).sum(-1) / math.sqrt(q.shape[-1])  # (B, H, S)
+        ok = allowed[:, :, t] if allowed is not None else torch.arange(k.shape[2], device=q.device) <= t
+        weights = torch.softmax(scores.masked_fill(~ok, float("-inf")), dim=-1)
+        rows.append((weights[..., None] * z).sum(-2))
+    return torch.stack(rows, dim=2)
+
+
+def mean_field(
+    q: torch.Tensor, k: torch.Tensor, z: torch.Tensor, allowed: torch.Tensor | None, backend: str = "auto"
+) -> torch.Tensor:
+    """The mean field each query sees, M = softmax(q·kᵀ/√D_k, masked)·z: q (B, H, T, D_k),
+    k (B, H, S, D_k), z (B, H, S, 2D), allowed (B, 1, T, S) bool or None (plain causal, T = S)
+    → (B, H, T, 2D), on the path ``backend`` resolves to (logged)."""
+    if resolve(KURAMOTO_MIXER, backend, q.device) == "reference":
+        return mean_field_reference(q, k, z, allowed)
+    return F.scaled_dot_product_attention(q, k, z.to(q.dtype), attn_mask=allowed, is_causal=allowed is None)
+
+
+class KuramotoMixer(nn.Module):
+    """Causal Kuramoto token mixer (see the module docstring for the equations).
+
+    ``forward(hidden (B, T, C), attention_mask=None, cache=None)`` → (out (B, T, C),
+    R (B, T, H), new cache or None).
+    """
+
+    def __init__(self, hidden_size: int, cfg: KuramotoMixerConfig | None = None):
+        super().__init__()
+        self.cfg = cfg = cfg if cfg is not None else KuramotoMixerConfig()
+        h, d, dk = cfg.heads, cfg.oscillators, cfg.key_dim
+        self.widths = [h * d, h * d, h * dk, h * dk]  # θ, ω, q, k
+        self.in_proj = nn.Linear(hidden_size, sum(self.widths), bias=False)
+        self.out_proj = nn.Linear(h * (2 * d + 1), hidden_size, bias=False)
+        self.coupling_logit = nn.Parameter(torch.full((h,), math.log(math.expm1(cfg.coupling_init))))
+        with torch.no_grad():
+            phase_rows, rest = self.in_proj.weight.split([h * d, sum(self.widths) - h * d])
+            phase_rows.normal_(std=hidden_size**-0.5)  # phases spread at init (docstring)
+            rest.normal_(std=0.02)
+        # The recurrent models' GPT-2 init must not overwrite the phase rows' scale.
+        self.in_proj._phaselm_initialised = True
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: MixerState | None = None,
+        use_cache: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor, MixerState | None]:
+        """hidden (B, T, C), attention_mask None or (B, T) with 0 at padding (this call's tokens),
+        cache None or the state a previous call returned → (out (B, T, C), R (B, T, H), the state
+        continuing after these tokens, or None when ``use_cache`` is False)."""
+        cfg = self.cfg
+        batch, length, _ = hidden.shape
+        heads, d = cfg.heads, cfg.oscillators
+        backend = resolve(KURAMOTO_MIXER, cfg.backend, hidden.device)
+        phase_dtype = torch.promote_types(hidden.dtype, torch.float32)
+
+        def per_head(x: torch.Tensor) -> torch.Tensor:  # (B, T, H·W) → (B, H, T, W)
+            return x.reshape(batch, length, heads, -1).transpose(1, 2)
+
+        phase_in, omega, q, k = (per_head(x) for x in self.in_proj(hidden).split(self.widths, dim=-1))
+        theta = math.pi * torch.tanh(phase_in.to(phase_dtype))
+        omega = omega.to(phase_dtype)
+        coupling = F.softplus(self.coupling_logit.to(phase_dtype))[:, None, None]  # K (H, 1, 1)
+
+        new_real = (
+            attention_mask.bool()
+            if attention_mask is not None
+            else torch.ones(batch, length, dtype=torch.bool, device=hidden.device)
+        )
+        past_keys, past_values, past_real = cache if cache is not None else (None, None, None)
+        keys = k if cache is None else torch.cat([past_keys, k.to(past_keys.dtype)], dim=2)
+        # Plain causal attention (no mask tensor: the fastest kernels) unless a past or padding needs one.
+        plain = cache is None and attention_mask is None
+        allowed = None if plain else allowed_keys(past_real, new_real)
+
+        values = []
+        for step in range(cfg.steps):
+            z = torch.cat([torch.cos(theta), torch.sin(theta)], dim=-1)  # (B, H, T, 2D)
+            values.append(z)
+            z_all = z if cache is None else torch.cat([past_values[:, step], z.to(past_values.dtype)], dim=2)
+            field = mean_field(q, keys, z_all, allowed, backend).to(phase_dtype)
+            re, im = field.split(d, dim=-1)
+            theta = theta + cfg.dt * (omega + coupling * (torch.cos(theta) * im - torch.sin(theta) * re))
+        # Local synchrony of the last step; the 1e-12 keeps sqrt's gradient finite at |M| = 0.
+        order = torch.sqrt(re.square() + im.square() + 1e-12).mean(-1)  # (B, H, T)
+        features = torch.cat([torch.cos(theta), torch.sin(theta), order[..., None]], dim=-1)
+        features = features.transpose(1, 2).reshape(batch, length, -1).to(hidden.dtype)
+        out = self.out_proj(features)
+
+        new_cache = None
+        if use_cache:
+            stacked = torch.stack(values, dim=1)  # (B, steps, H, T, 2D)
+            if cache is None:
+                new_cache = (k, stacked, new_real)
+            else:
+                new_cache = (
+                    keys,
+                    torch.cat([past_values, stacked.to(past_values.dtype)], dim=3),
+                    torch.cat([past_real, new_real], dim=1),
+                )
+        return out, order.transpose(1, 2), new_cache

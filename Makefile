@@ -27,7 +27,7 @@ demo: $(STAMP)
 	$(BIN)/phaselm demo
 
 # Chromium and chromedriver from Debian, for the live view's headless-browser test
-# (tests/test_browser.py). Does nothing when both are there; otherwise apt-get, as root or via sudo.
+# (tests/serve/test_browser.py). Does nothing when both are there; otherwise apt-get, as root or via sudo.
 chromium:
 	@if command -v chromedriver >/dev/null 2>&1 && { command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; }; then \
 		echo "chromium and chromedriver are installed"; \

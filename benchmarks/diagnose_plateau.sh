@@ -4,7 +4,7 @@
 # without the bank regulariser. Prints the validation losses of each.
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
-python3 -m pytest -q -p no:cacheprovider tests/test_harmonics.py 2>&1 | tail -3
+python3 -m pytest -q -p no:cacheprovider tests/ops/test_harmonics.py 2>&1 | tail -3
 RUNS=$(mktemp -d)
 common="--set train.steps=400 --set train.eval_every=100 --set train.eval_batches=10 --set train.checkpoint_every=0"
 run() {  # name, env, extra args

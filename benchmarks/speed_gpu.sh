@@ -5,8 +5,8 @@
 #
 # Stages (STAGES, in order; default all):
 #   env          versions and the card
-#   tests        the kernels' own CPU tests, run on CUDA (no interpreter): tests/test_ssd.py,
-#                tests/test_bistable_bank.py (their tensors follow the card; RWKV-6 is checked by the next stage) → $OUT/tests.log
+#   tests        the kernels' own CPU tests, run on CUDA (no interpreter): tests/ops/test_ssd.py,
+#                tests/ops/test_bistable_bank.py (their tensors follow the card; RWKV-6 is checked by the next stage) → $OUT/tests.log
 #   check-rwkv6  benchmarks/check_fast_paths.py --only rwkv6 (first-call cost, steady ms, accuracy
 #                at several shapes, fp32 and bf16) → $OUT/fast_paths.json
 #   kssm         benchmarks/kssm_profile.py: compiled tokens/s of every SSD × bank backend pair and
@@ -24,7 +24,7 @@ for stage in $STAGES; do
   case $stage in
     env) nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
          python3 -c "import torch, transformers, triton; print('torch', torch.__version__, 'transformers', transformers.__version__, 'triton', triton.__version__)" ;;
-    tests) python3 -m pytest -q -p no:cacheprovider tests/test_ssd.py tests/test_bistable_bank.py \
+    tests) python3 -m pytest -q -p no:cacheprovider tests/ops/test_ssd.py tests/ops/test_bistable_bank.py \
              > "$OUT/tests.log" 2>&1; echo "pytest exit $?"; tail -n 15 "$OUT/tests.log" ;;
     check-rwkv6) python3 benchmarks/check_fast_paths.py --only rwkv6 --out "$OUT" ;;
     kssm) python3 benchmarks/kssm_profile.py ${KSSM_ARGS:-} ;;  # e.g. KSSM_ARGS="--settings default:foreach,reduce-overhead:fused --no-breakdown"

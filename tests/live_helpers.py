@@ -1,4 +1,4 @@
-"""Tiny run directories for the live-view tests (test_serve.py, test_browser.py).
+"""Tiny run directories for the live-view tests (serve/test_serve.py, serve/test_browser.py).
 
 ``make_kssm_run`` lays a run out as `phaselm train-lm` writes it (config.toml + model/ saved
 with save_backbone, char tokenizer); ``make_grafted_run`` trains a Phase Core for one step on

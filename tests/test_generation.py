@@ -7,12 +7,12 @@ import string
 import pytest
 import torch
 
-from conftest import VOCAB
 from phaselm.data import CharTokenizer
 from phaselm.generation import generate
 from phaselm.graft import graft
 from phaselm.observables import normalized_entropy, tone_of
 from phaselm.phase_core import PhaseCoreConfig
+from tiny_models import VOCAB
 
 TOKENIZER = CharTokenizer((string.ascii_letters + string.digits + " .")[:VOCAB])
 

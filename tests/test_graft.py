@@ -1,6 +1,6 @@
 """Grafting a Phase Core onto tiny Hugging Face models: causal, stateless, modulating in inference too.
 
-All models are tiny, randomly initialised and built from configs in conftest.py.
+All models are tiny, randomly initialised and built from configs in tiny_models.py.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import FAMILIES, HIDDEN, LAYER_PATH, N_LAYERS, VOCAB
 from phaselm.graft import Graft, find_layers, graft, resolve_layer
 from phaselm.phase_core import PhaseCore, PhaseCoreConfig
+from tiny_models import FAMILIES, HIDDEN, LAYER_PATH, N_LAYERS, VOCAB
 
 # RWKV runs with batch 1 only: in transformers 5.23 its one-token cached step broadcasts the
 # time-shift state (B, D) against the hidden state (B, 1, D) into (B, B, D) when B > 1

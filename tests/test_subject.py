@@ -9,12 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import VOCAB
 from phaselm.data import CharTokenizer
 from phaselm.generation import generate
 from phaselm.graft import graft
 from phaselm.phase_core import PhaseCoreConfig
 from phaselm.subject import Subject
+from tiny_models import VOCAB
 
 TOKENIZER = CharTokenizer((string.ascii_letters + string.digits + " .")[:VOCAB])
 

@@ -6,8 +6,8 @@ import json
 
 import torch
 
-from conftest import VOCAB
 from phaselm.training import TrainConfig
+from tiny_models import VOCAB
 
 CFG = TrainConfig(steps=6, batch_size=2, seq_len=8, lr=1e-2, min_lr=1e-3, warmup_steps=2, log_every=2, eval_batches=2)
 

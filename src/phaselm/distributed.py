@@ -86,7 +86,7 @@ def unwrap(module: nn.Module) -> None:
     After training, callers use the model's own modules (generation, ``save_pretrained``); FSDP
     would re-shard every module's weights on its next ``state_dict()`` and leave its submodules'
     forward working on shards. torch 2.13's FSDP2 has no public way back, so this removes what
-    ``fully_shard`` added, by its internal names; tests/test_multiprocess.py catches a change.
+    ``fully_shard`` added, by its internal names; tests/test_distributed.py catches a change.
     """
     from torch.distributed.fsdp import FSDPModule
 

@@ -14,7 +14,7 @@ a sin). Nothing of size N·H is stored; backward recomputes the same recurrence:
     ∂L/∂θ_j = (1/N) Σ_n n·(cos(nθ_j)·∂L/∂Im Z_n − sin(nθ_j)·∂L/∂Re Z_n).
 
 The recurrence loses about one float32 ulp per harmonic; at H = 32 the results differ from
-the direct form by ~1e-6 (tests/test_harmonics.py bounds it).
+the direct form by ~1e-6 (tests/ops/test_harmonics.py bounds it).
 
 :func:`harmonics` picks the kernel for CUDA tensors when Triton is importable, the reference
 otherwise (through :mod:`phaselm.ops.backend`; ``PHASELM_BACKEND_HARMONICS`` refines "auto"). On a machine without a GPU, ``TRITON_INTERPRET=1`` runs the kernel in

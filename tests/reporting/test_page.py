@@ -18,7 +18,7 @@ from phaselm.reporting import discover_results, markdown_to_html, write_html_rep
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TONES = {"over-sync": 12, "balance": 30, "goldilocks": 40, "unbound-joy": 10, "silent-intimacy": 5, "unformed": 3}
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 TINY_TRAIN_LM = [
     "train.steps=3", "train.batch_size=2", "train.seq_len=16", "train.eval_batches=1", "train.log_every=1",
     "kssm.hidden_size=32", "kssm.n_layers=2", "kssm.head_dim=16", "kssm.n_oscillators=8", "kssm.n_harmonics=4",

@@ -17,7 +17,7 @@ from phaselm.backbones import mamba_of_shape
 from phaselm.config import load_recipe
 from phaselm.experiments.phase_mamba import PhaseMambaRecipe
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
 
 @pytest.mark.parametrize("shape, parameters", [("mamba-130m", 129_135_360), ("mamba-2.8b", 2_768_345_600)])

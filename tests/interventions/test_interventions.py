@@ -12,7 +12,6 @@ import string
 import pytest
 import torch
 
-from conftest import _raises_phaselm
 from phaselm.graft import graft
 from phaselm.interventions import (
     KINDS,
@@ -34,6 +33,7 @@ from phaselm.models.fusion import FusionConfig, FusionForCausalLM
 from phaselm.models.kssm import KSSMConfig, KSSMForCausalLM
 from phaselm.oscillators import integrate, order_parameter
 from phaselm.phase_core import PhaseCoreConfig
+from tiny_models import raises_one_line_phaselm_error
 
 TINY = dict(vocab_size=40, hidden_size=32, n_layers=2, head_dim=16, n_oscillators=8, n_harmonics=4, chunk_size=8)
 
@@ -369,7 +369,8 @@ def test_oscillators_keeps_every_n_over_m_th_oscillator(model, ids):
     kept = kept_oscillators(8, 4)
     assert kept == [0, 2, 4, 6] and applied.records[0]["kept"] == kept
     assert torch.allclose(forced.orders[:, 1], order_parameter(seen[0][..., kept]), atol=1e-6)
-    with _raises_phaselm("oscillators=3 does not divide the 8 oscillators of this model; keep one of 1, 2, 4, 8"):
+    refusal = "oscillators=3 does not divide the 8 oscillators of this model; keep one of 1, 2, 4, 8"
+    with raises_one_line_phaselm_error(refusal):
         with intervene(model, Intervention("oscillators", 3)):
             pass
     assert_clean(model)

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from cli_helpers import run_cli, set_args
 from live_helpers import write_corpus
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 TINY = ["train.batch_size=2", "train.seq_len=16", "train.eval_batches=1", "train.log_every=1", "train.warmup_steps=0"]
 
 

@@ -13,7 +13,7 @@ from cli_helpers import train_tiny
 from phaselm.config import load_recipe, tomllib
 from phaselm.experiments.language_model import LMRecipe
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 LM_RECIPES = [
     "kssm-v3.toml",
     "kssm-v3-monostable.toml",

@@ -1,6 +1,6 @@
 """RWKV-6 recurrence: reference against a naive float64 loop, chunked and Triton (in Triton's
 interpreter on a CPU) against reference (forward and gradients), single-step decoding against the
-parallel form; the RWKV-6 and Mamba-2 layers carry their state exactly."""
+parallel form. (The layers built on it: tests/layers/test_token_mixers.py.)"""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ import math
 import pytest
 import torch
 
-from phaselm.layers.mamba2 import Mamba2Mixer
-from phaselm.layers.rwkv6 import RWKV6TimeMix
 from phaselm.ops import backend as backend_ops
 from phaselm.ops.rwkv6 import (
     RWKV6,
@@ -211,64 +209,6 @@ def test_triton_op_has_a_fake_kernel_for_compile():
         y, final, entering = torch.ops.phaselm.rwkv6_fwd(r, r, v, r, torch.empty(3, 8), None)
     assert y.shape == (2, 37, 3, 4) and final.shape == (2, 3, 8, 4) and entering.shape == (2, 3, -(-37 // CHUNK), 8, 4)
     assert final.dtype == torch.float32
-
-
-# ---------------------------------------------------------------- the layers
-
-
-def layer(kind):
-    torch.manual_seed(0)
-    if kind == "rwkv6":
-        module = RWKV6TimeMix(32, head_dim=8, mix_rank=4, decay_rank=8, layer_id=1, n_layers=3, chunk_size=4)
-        with torch.no_grad():  # make the data-dependent parts matter (the official init starts them at 0)
-            module.mix_lora_a.normal_(std=0.3)
-            module.decay_lora_a.normal_(std=0.3)
-        return module
-    return Mamba2Mixer(32, state_size=8, expand=2, head_dim=16, chunk_size=4)
-
-
-@pytest.mark.parametrize("kind", ["rwkv6", "mamba2"])
-def test_layer_prefill_then_steps_equals_one_pass(kind):
-    mixer = layer(kind)
-    x = torch.randn(2, 12, 32)
-    full, final = mixer(x)
-    out, state = mixer(x[:, :5])
-    outs = [out]
-    out, state = mixer(x[:, 5:8], state)  # a second chunk continues the first
-    outs.append(out)
-    for t in range(8, 12):
-        out, state = mixer(x[:, t : t + 1], state)
-        outs.append(out)
-    torch.testing.assert_close(torch.cat(outs, 1), full, rtol=1e-5, atol=1e-5)
-    for a, b in zip(state, final):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("kind", ["rwkv6", "mamba2"])
-def test_layer_is_causal(kind):
-    mixer = layer(kind)
-    x = torch.randn(2, 12, 32)
-    changed = x.clone()
-    changed[:, 7:] += 1.0
-    torch.testing.assert_close(mixer(changed)[0][:, :7], mixer(x)[0][:, :7], rtol=0, atol=0)
-    assert not torch.allclose(mixer(changed)[0][:, 7:], mixer(x)[0][:, 7:])
-
-
-def test_rwkv6_layer_reference_and_chunked_backends_agree_with_gradients():
-    a, b = layer("rwkv6"), layer("rwkv6")
-    b.backend = "reference"
-    x = torch.randn(2, 10, 32, requires_grad=True)
-    ya, yb = a(x)[0], b(x)[0]
-    torch.testing.assert_close(ya, yb, rtol=1e-5, atol=1e-6)
-    ya.square().sum().backward()
-    yb.square().sum().backward()
-    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
-        torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-4, atol=1e-5, msg=name)
-
-
-def test_rwkv6_layer_bad_shape():
-    with pytest.raises(ValueError, match="head_dim 12 must divide hidden_size 32"):
-        RWKV6TimeMix(32, head_dim=12)
 
 
 def test_chunked_under_bf16_autocast_keeps_a_float32_state_close_to_the_reference():

@@ -17,7 +17,7 @@ from cli_helpers import assert_one_line_error, run_cli
 from phaselm.cli import main
 from phaselm.observables import TONE_NAMES
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
 
 
@@ -180,7 +180,7 @@ def test_console_script_exit_code(tmp_path):
 @pytest.mark.slow
 def test_readme_api_example_runs(demo_run, capsys):
     """The README's ten-line API example runs as written (on the tiny demo backbone)."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     code = readme.split("## The API in ten lines")[1].split("```python")[1].split("```")[0]
     code = code.replace('"runs/demo/backbone/model"', repr(str(demo_run / "backbone" / "model")))
     exec(compile(code, "README.md", "exec"), {})
@@ -209,8 +209,8 @@ def test_generate_refuses_a_checkpoint_from_another_config(demo_run, tmp_path, c
 @pytest.fixture(scope="module")
 def eval_runs(tmp_path_factory):
     """Tiny K-SSM and GPT run directories (the layout train-lm writes) on a small corpus."""
+    from eval_helpers import make_run
     from phaselm.data import load_text
-    from test_evals import make_run
 
     root = tmp_path_factory.mktemp("eval_runs")
     corpus = root / "small.txt"

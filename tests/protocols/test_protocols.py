@@ -16,15 +16,15 @@ import torch
 import torch.nn.functional as F
 
 from cli_helpers import assert_one_line_error, run_cli
+from eval_helpers import make_run
 from phaselm import protocols as P
 from phaselm import statistics as st
 from phaselm.config import tomllib
 from phaselm.data import CharTokenizer, load_text
 from phaselm.errors import PhaseLMError
 from phaselm.interventions import Intervention, intervene
-from test_evals import make_run
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "protocols"
+EXAMPLES = Path(__file__).resolve().parents[2] / "protocols"
 FAST = {"bootstrap_resamples": 200, "permutation_resamples": 200}
 
 

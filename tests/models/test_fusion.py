@@ -130,7 +130,7 @@ def test_bad_inputs(raises_phaselm):
 
 # ---------------------------------------------------------------- recipes through train-lm
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 FUSION_RECIPES = ["fusion-gf-mh.toml", "rwkv6.toml", "mamba2.toml", "gpt2-fusion-baseline.toml"]
 
 

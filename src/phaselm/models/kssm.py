@@ -20,7 +20,12 @@ the control that shows what token mixing is worth.
 
 Generation carries, per layer, the conv window and the SSM state, so each new token costs O(1)
 in the context length (the Kuramoto mixer instead keeps every earlier token's keys and phases, a
-KV cache); the bank has no state across positions.
+KV cache); the bank has no state across positions unless ``bank_carry_phases`` (a driven bank,
+phaselm.bistable), whose carried phases (B, N) per layer the cache then holds too.
+
+The driven-bank options (issue 15) are the ``bank_*`` fields after ``reg_through_hidden``:
+``bank_phase_input``, ``bank_omega_init`` / ``bank_omega_std``, ``bank_carry_phases``,
+``bank_readout`` (with ``bank_steps``); phaselm.bistable's docstring gives their equations.
 """
 
 from __future__ import annotations
@@ -85,6 +90,11 @@ class KSSMConfig(PretrainedConfig):
         reg_weight: float = 0.5,
         # True: the regulariser also trains the hidden state (stalls learning)
         reg_through_hidden: bool = BankConfig.reg_through_hidden,
+        bank_phase_input: str = BankConfig.phase_input,  # "mean" or "projected" (θ_i += (W_φ h)_i)
+        bank_omega_init: str = BankConfig.omega_init,  # "even" or "random" (ω₀ ~ N(0, bank_omega_std²))
+        bank_omega_std: float = BankConfig.omega_std,
+        bank_carry_phases: bool = BankConfig.carry_phases,  # phases carried along the sequence
+        bank_readout: str = BankConfig.readout,  # "harmonics", "harmonics+R" or "phases"
         mlp_ratio: int = 4,
         dropout: float = 0.2,
         position_embedding: bool = False,
@@ -124,6 +134,11 @@ class KSSMConfig(PretrainedConfig):
         self.spread_init = spread_init
         self.reg_weight = reg_weight
         self.reg_through_hidden = reg_through_hidden
+        self.bank_phase_input = bank_phase_input
+        self.bank_omega_init = bank_omega_init
+        self.bank_omega_std = bank_omega_std
+        self.bank_carry_phases = bank_carry_phases
+        self.bank_readout = bank_readout
         self.mlp_ratio = mlp_ratio
         self.dropout = dropout
         self.position_embedding = position_embedding
@@ -143,6 +158,11 @@ class KSSMConfig(PretrainedConfig):
             steps=self.bank_steps,
             spread_init=self.spread_init,
             reg_through_hidden=self.reg_through_hidden,
+            phase_input=self.bank_phase_input,
+            omega_init=self.bank_omega_init,
+            omega_std=self.bank_omega_std,
+            carry_phases=self.bank_carry_phases,
+            readout=self.bank_readout,
         )
 
     def kuramoto_config(self) -> KuramotoMixerConfig:
@@ -160,15 +180,18 @@ class KSSMConfig(PretrainedConfig):
 
 class KSSMCache:
     """Per-layer mixer state — (conv window, SSM state), or the Kuramoto mixer's (keys, phases,
-    real) — plus the number of positions already seen. Every state tensor is batch first."""
+    real) — the bank's carried phases (B, N) per layer (``bank_carry_phases`` only), plus the
+    number of positions already seen. Every state tensor is batch first."""
 
     def __init__(self):
         self.layers: dict[int, tuple[torch.Tensor, ...]] = {}
+        self.bank_phases: dict[int, torch.Tensor] = {}
         self.seen = 0
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         """Reorder every state's batch rows by ``beam_idx`` (B,), for beam search."""
         self.layers = {i: tuple(t.index_select(0, beam_idx) for t in state) for i, state in self.layers.items()}
+        self.bank_phases = {i: phases.index_select(0, beam_idx) for i, phases in self.bank_phases.items()}
 
 
 class Block(nn.Module):
@@ -192,9 +215,17 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(d, config.mlp_ratio * d), nn.GELU(), nn.Linear(config.mlp_ratio * d, d))
         self.drop = nn.Dropout(config.dropout)
 
-    def forward(self, h: torch.Tensor, state=None, mask: torch.Tensor | None = None, keep_state: bool = True):
-        """h (B, T, d), mixer state or None, mask None or (B, T) → (h (B, T, d), BankOutput, new
-        mixer state, the Kuramoto mixer's R (B, T, heads) or None).
+    def forward(
+        self,
+        h: torch.Tensor,
+        state=None,
+        mask: torch.Tensor | None = None,
+        keep_state: bool = True,
+        bank_phases: torch.Tensor | None = None,
+    ):
+        """h (B, T, d), mixer state or None, mask None or (B, T), the bank's carried phases None
+        or (B, N) → (h (B, T, d), BankOutput (its ``state``: the phases to carry on, or None),
+        new mixer state, the Kuramoto mixer's R (B, T, heads) or None).
 
         ``keep_state`` False lets the Kuramoto mixer skip building its cache (training)."""
         new_state = mixer_order = None
@@ -204,7 +235,7 @@ class Block(nn.Module):
         elif self.mixer is not None:
             mixed, new_state = self.mixer(self.mixer_norm(h), state, mask)
             h = h + self.drop(mixed)
-        bank = self.bank(self.bank_norm(h))
+        bank = self.bank(self.bank_norm(h), bank_phases, mask)
         h = h + self.drop(bank.out)
         h = h + self.drop(self.mlp(self.mlp_norm(h)))
         return h, bank, new_state, mixer_order
@@ -274,9 +305,12 @@ class KSSMForCausalLM(RecurrentLM, Intervenable):
         orders, regs, us, mixer_orders = [], [], [], []
         for i, block in enumerate(self.blocks):
             state = cache.layers.get(i) if cache is not None else None
-            h, bank, new_state, mixer_order = block(h, state, mask, keep_state=cache is not None)
+            bank_phases = cache.bank_phases.get(i) if cache is not None else None
+            h, bank, new_state, mixer_order = block(h, state, mask, cache is not None, bank_phases)
             if cache is not None and new_state is not None:
                 cache.layers[i] = new_state
+            if cache is not None and bank.state is not None:
+                cache.bank_phases[i] = bank.state
             orders.append(bank.order)
             regs.append(bank.reg)
             us.append(bank.u)

@@ -93,6 +93,13 @@ PINNED = {  # recipe → (config values, parameter count)
     "kssm-v3-bpe.toml": (KSSM_V3, 10350126),
     "kssm-v3-monostable.toml": ({**KSSM_V3, "bistable": False}, 10350126),
     "kssm-v3-nomixer.toml": ({**KSSM_ALL, "bistable": True, "mixer": "none", "position_embedding": True}, 7760322),
+    "kssm-v3-driven.toml": (
+        {
+            **KSSM_V3, "bank_steps": 2, "bank_phase_input": "projected", "bank_omega_init": "random",
+            "bank_omega_std": 2.0, "bank_carry_phases": True, "bank_readout": "harmonics+R",
+        },
+        10795950,
+    ),  # fmt: skip
     "kssm-kuramoto.toml": (
         {**KSSM_V3, "mixer": "kuramoto", "state_size": 16, "expand": 2, **KURAMOTO},
         10922214,
@@ -151,6 +158,7 @@ def test_recipe_sections_are_the_model_configs():
         ({"kssm.mixer": "attention"}, "[kssm] mixer must be one of ssd, kuramoto, none"),
         ({"fusion.fusion": "GX"}, "[fusion] unknown fusion type 'GX'; did you mean GF?"),
         ({"kssm.u_min": 2.0, "kssm.u_max": 1.0}, "[kssm] bistable clamp bounds need 0 < u_min < u_max"),
+        ({"kssm.bank_readout": "R"}, "[kssm] bank readout must be one of harmonics, harmonics+R, phases"),
     ],
 )
 def test_model_tables_are_checked_in_one_line(raises_phaselm, override, message):
@@ -172,6 +180,11 @@ def test_each_default_is_written_once():
         bank_steps=3,
         spread_init=0.2,
         reg_through_hidden=True,
+        bank_phase_input="projected",
+        bank_omega_init="random",
+        bank_omega_std=0.5,
+        bank_carry_phases=True,
+        bank_readout="phases",
     )
     assert changed.bank_config() == BankConfig(
         n_oscillators=8,
@@ -182,6 +195,11 @@ def test_each_default_is_written_once():
         steps=3,
         spread_init=0.2,
         reg_through_hidden=True,
+        phase_input="projected",
+        omega_init="random",
+        omega_std=0.5,
+        carry_phases=True,
+        readout="phases",
     )
     assert (KSSMConfig().dropout, FusionConfig().dropout, GPTConfig().dropout) == (0.2, 0.2, 0.2)
     assert (FusionConfig().gate_init, FusionConfig().n_layers) == (0.3, 7)

@@ -1,5 +1,5 @@
 """The contract every language model family of PhaseLM keeps, tested on tiny configs of each:
-K-SSM (bistable, monostable, no mixer, Kuramoto mixer), every fusion type and the two pure fusion-family models,
+K-SSM (bistable, monostable, no mixer, Kuramoto mixer, driven bank), every fusion type and the two pure fusion-family models,
 and the GPT-2 baseline.
 
 - causal: changing later tokens leaves earlier logits bit for bit, and rows of a batch do not mix;
@@ -93,6 +93,11 @@ FAMILIES = {
     "kssm-monostable": kssm(bistable=False),
     "kssm-nomixer": Family(kssm(mixer="none", position_embedding=True).build, (), takes_padding=False),
     "kssm-kuramoto": kssm_kuramoto(),
+    # recipes/kssm-v3-driven.toml's bank: a recurrent bank (carried phases) in the cache and under padding
+    "kssm-driven": kssm(
+        bank_phase_input="projected", bank_omega_init="random", bank_steps=2, bank_carry_phases=True,
+        bank_readout="harmonics+R",
+    ),
     **{f"fusion-{kind}": fusion(fusion=kind) for kind in FUSIONS},
     "rwkv6": fusion(mixer="rwkv6"),
     "mamba2": fusion(mixer="mamba2"),

@@ -83,6 +83,10 @@ KURAMOTO = {
     "kuramoto_coupling_init": 1.0, "kuramoto_backend": "auto",
 }  # fmt: skip
 KSSM_V3 = {**KSSM_ALL, "bistable": True, "mixer": "ssd", "position_embedding": False}
+KSSM_V3_DRIVEN = {
+    **KSSM_V3, "bank_steps": 2, "bank_phase_input": "projected", "bank_omega_init": "random", "bank_omega_std": 2.0,
+    "bank_carry_phases": True, "bank_readout": "harmonics+R",
+}  # fmt: skip
 GF_MH = {**FUSION_ALL, "mixer": "hybrid", "n_layers": 7}
 MAMBA2 = {**FUSION_ALL, "mixer": "mamba2", "n_layers": 9}
 RWKV6 = {**FUSION_ALL, "mixer": "rwkv6", "n_layers": 9}
@@ -93,13 +97,7 @@ PINNED = {  # recipe → (config values, parameter count)
     "kssm-v3-bpe.toml": (KSSM_V3, 10350126),
     "kssm-v3-monostable.toml": ({**KSSM_V3, "bistable": False}, 10350126),
     "kssm-v3-nomixer.toml": ({**KSSM_ALL, "bistable": True, "mixer": "none", "position_embedding": True}, 7760322),
-    "kssm-v3-driven.toml": (
-        {
-            **KSSM_V3, "bank_steps": 2, "bank_phase_input": "projected", "bank_omega_init": "random",
-            "bank_omega_std": 2.0, "bank_carry_phases": True, "bank_readout": "harmonics+R",
-        },
-        10795950,
-    ),  # fmt: skip
+    "kssm-v3-driven.toml": (KSSM_V3_DRIVEN, 10795950),
     "kssm-kuramoto.toml": (
         {**KSSM_V3, "mixer": "kuramoto", "state_size": 16, "expand": 2, **KURAMOTO},
         10922214,

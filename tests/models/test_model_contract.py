@@ -1,6 +1,6 @@
 """The contract every language model family of PhaseLM keeps, tested on tiny configs of each:
-K-SSM (bistable, monostable, no mixer, Kuramoto mixer, driven bank), every fusion type and the two pure fusion-family models,
-and the GPT-2 baseline.
+K-SSM (bistable, monostable, no mixer, Kuramoto mixer, driven bank), every fusion type and the two
+pure fusion-family models, and the GPT-2 baseline.
 
 - causal: changing later tokens leaves earlier logits bit for bit, and rows of a batch do not mix;
 - cached step-by-step decoding gives the logits of the full forward;

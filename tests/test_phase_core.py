@@ -13,7 +13,7 @@ from phaselm.phase_core import PhaseCore, PhaseCoreConfig
 
 D, N = 24, 8
 MODES = ("token", "recurrent")
-MODULATIONS = ("order", "phase")
+MODULATIONS = ("order", "phase", "order+phase")
 
 
 def make_core(mode="token", modulation="order", nontrivial=True, **kwargs) -> PhaseCore:
@@ -27,9 +27,9 @@ def make_core(mode="token", modulation="order", nontrivial=True, **kwargs) -> Ph
 def make_nontrivial(core: PhaseCore) -> None:
     """Turn the identity modulation into one that depends on the phases, so leaks would show."""
     with torch.no_grad():
-        if core.config.modulation == "order":
+        if hasattr(core, "alpha"):
             core.alpha.fill_(0.5)
-        else:
+        if hasattr(core, "from_phase"):
             core.from_phase.weight.normal_(0.0, 1.0)
             core.from_phase.bias.normal_(0.0, 0.1)
 
@@ -100,6 +100,21 @@ def test_phase_modulation_matches_reference():
     feats = torch.cat([torch.sin(p), torch.cos(p)], -1)
     gain = 1 + 0.1 * torch.tanh(feats @ core.from_phase.weight.double().T + core.from_phase.bias.double())
     torch.testing.assert_close(out.hidden.double(), hidden.double() * gain, atol=1e-5, rtol=1e-5)
+
+
+def test_order_and_phase_modulation_adds_both_terms():
+    core = make_core("recurrent", "order+phase")
+    hidden = torch.randn(2, 4, D)
+    out = core(hidden)
+    p = out.phases.double()
+    feats = torch.cat([torch.sin(p), torch.cos(p)], -1)
+    phase_term = 0.1 * torch.tanh(feats @ core.from_phase.weight.double().T + core.from_phase.bias.double())
+    gain = 1 + 0.5 * out.order.double().unsqueeze(-1) + phase_term
+    torch.testing.assert_close(out.hidden.double(), hidden.double() * gain, atol=1e-5, rtol=1e-5)
+    fresh = make_core("token", "order+phase", nontrivial=False)
+    assert torch.equal(fresh(hidden).hidden, hidden)  # α = 0, W = 0: a fresh graft changes nothing
+    fresh(hidden).hidden.sum().backward()
+    assert fresh.alpha.grad.abs() > 0 and fresh.from_phase.weight.grad.abs().sum() > 0
 
 
 # ---------------------------------------------------------------- causality, independence

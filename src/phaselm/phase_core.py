@@ -12,6 +12,15 @@ Two dynamics modes:
   projected from the hidden state at t. Sequential; the carried phases are the state that a
   generation cache holds. With no previous state it equals ``token`` at the first position.
 
+Driven oscillators (issue 15's options, as K-SSM's bank has them in phaselm.bistable): the core
+had most of them from the start. Per-oscillator input: the kick is W·LayerNorm(h), one value per
+oscillator (``to_phase``). Natural frequencies not evenly spread: ω ~ N(0, ``omega_std``²).
+Several coupling steps per position: ``steps`` Euler steps of size ``dt``. Phases carried
+across positions: ``mode = "recurrent"``. A readout that sees R, the phases or both:
+``modulation`` "order" h' = h·(1 + α·R), "phase" h' = h·(1 + gain·tanh(W[sin θ, cos θ])), and
+"order+phase" h' = h·(1 + α·R + gain·tanh(W[sin θ, cos θ])) (the one added for issue 15; α and
+W start at 0, so it too starts as the identity).
+
 Both modes run through :mod:`phaselm.ops.kuramoto`: on CUDA one fused Triton kernel integrates
 every position (token mode) or walks the whole sequence with the phases in registers (recurrent
 mode); elsewhere the PyTorch loops of :mod:`phaselm.oscillators`.
@@ -31,7 +40,7 @@ from .errors import PhaseLMError
 from .ops.kuramoto import kuramoto_integrate, kuramoto_recurrent
 
 MODES = ("token", "recurrent")
-MODULATIONS = ("order", "phase")
+MODULATIONS = ("order", "phase", "order+phase")
 
 
 @dataclass
@@ -46,7 +55,8 @@ class PhaseCoreConfig:
     mode: Literal["token", "recurrent"] = "token"
     # "order": h' = h·(1 + α·R) (the paper); "phase": h' = h·(1 + gain·tanh(W[sin θ, cos θ]))
     # (the original code).
-    modulation: Literal["order", "phase"] = "order"
+    # "order+phase": both terms, h' = h·(1 + α·R + gain·tanh(W[sin θ, cos θ])).
+    modulation: Literal["order", "phase", "order+phase"] = "order"
     # Both modulations start as the identity (α = 0, W = 0) so a fresh graft leaves the
     # backbone's outputs unchanged; gradients still reach α and W from the first step.
     alpha_init: float = 0.0
@@ -100,9 +110,9 @@ class PhaseCore(nn.Module):
             self.register_buffer("log_coupling", log_k)
         # Set by the drift controller between training steps, never by forward().
         self.register_buffer("coupling_scale", torch.tensor(1.0))
-        if config.modulation == "order":
+        if config.modulation in ("order", "order+phase"):
             self.alpha = nn.Parameter(torch.tensor(float(config.alpha_init)))
-        else:
+        if config.modulation in ("phase", "order+phase"):
             self.from_phase = nn.Linear(2 * n, d)
             nn.init.zeros_(self.from_phase.weight)
             nn.init.zeros_(self.from_phase.bias)
@@ -137,15 +147,18 @@ class PhaseCore(nn.Module):
             return kuramoto_recurrent(kick, self.omega, k, cfg.dt, cfg.steps, mask, state)
 
     def modulate(self, hidden: torch.Tensor, order: torch.Tensor, phases: torch.Tensor) -> torch.Tensor:
-        """hidden (B, T, D) scaled by 1 + α·R (order (B, T)) or by a learned gain of the phases (B, T, N).
+        """hidden (B, T, D) scaled by 1 + α·R (order (B, T)), by a learned gain of the phases
+        (B, T, N), or by both terms ("order+phase").
 
         Computed in float32, returned in hidden's dtype.
         """
-        if self.config.modulation == "order":
-            gain = 1.0 + self.alpha * order.unsqueeze(-1)
-        else:
+        modulation = self.config.modulation
+        gain = 1.0
+        if modulation in ("order", "order+phase"):
+            gain = gain + self.alpha * order.unsqueeze(-1)
+        if modulation in ("phase", "order+phase"):
             features = torch.cat([torch.sin(phases), torch.cos(phases)], dim=-1)
-            gain = 1.0 + self.config.phase_gain * torch.tanh(self.from_phase(features))
+            gain = gain + self.config.phase_gain * torch.tanh(self.from_phase(features))
         return (hidden.float() * gain).to(hidden.dtype)
 
     def forward(

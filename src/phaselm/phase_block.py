@@ -27,9 +27,9 @@ Choices where the seeds are silent (docs/seeds-vs-phaselm.md, "PhaseBlock (issue
   (ESCAPE) with k_t = clip(1.1·k) and no noise; otherwise (COAST) the free dynamics stand. clip =
   [0.1, 5]. Deciding per position keeps the block causal (a batch mean would let later tokens
   steer earlier ones). The stored scale k then moves once by the action of the batch's mean free
-  R (clipped likewise), for the next forward. By default the controller acts in training mode
-  only (``drift_control = "train"``): evaluation and generation are deterministic and change
-  nothing.
+  R (clipped likewise), for the next forward. By default the controller acts in training
+  forwards only (``drift_control = "train"``: training mode with gradients on): evaluation and
+  generation are deterministic and change nothing.
 
 The block has the Phase Core's two intervention slots (``coupling_transforms``: k → k after the
 controller; ``phase_transforms``: θ → θ after the dynamics, before R and the modulation) and
@@ -166,7 +166,10 @@ class PhaseBlock(nn.Module):
     def controls_drift(self) -> bool:
         """Whether this forward's R decides this forward's coupling and noise."""
         mode = self.config.drift_control
-        return mode == "always" or (mode == "train" and self.training)
+        # A training forward is one in training mode with gradients on: the block is not a submodule
+        # of the model it is grafted into, so model.eval() does not reach it, but generation and
+        # evaluation run without gradients.
+        return mode == "always" or (mode == "train" and self.training and torch.is_grad_enabled())
 
     def encode(self, y: torch.Tensor) -> torch.Tensor:
         """θ⁰ = π·tanh(Enc·y): (B, T, d) float32."""
@@ -179,7 +182,7 @@ class PhaseBlock(nn.Module):
     def integrate(self, theta0: torch.Tensor, scale: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """``steps`` Euler steps from θ⁰ (B, T, d); k ``scale`` scalar or (B, T, 1); noise σ (B, T, 1) or None."""
         theta = theta0
-        U, V = self.U.float(), self.V.float()
+        U, V = self.U.to(theta0.dtype), self.V.to(theta0.dtype)
         for _ in range(self.config.steps):
             theta = theta + self.config.dt * scale * low_rank_coupling(theta, U, V)
             if noise is not None:

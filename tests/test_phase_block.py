@@ -307,3 +307,36 @@ def test_phaselm_train_with_the_phase_block_recipe(tmp_path, capsys):
     assert {k.split(".")[0] for k in weights} == {"encoder", "gate", "residual", "U", "V", "norm", "coupling_scale"}
     # The backbone on disk is what training started from (only the block was saved and trained).
     assert not any(k.startswith("backbone") for k in weights)
+
+
+def test_interventions_act_on_a_grafted_block(tiny_model):
+    from phaselm.interventions import Intervention, intervene
+
+    model = tiny_model("mamba")
+    handle = graft(model, PhaseBlockConfig(rank=4), layer=1)
+    try:
+        x = torch.randint(2, VOCAB, (2, 8))
+        with torch.no_grad():
+            base = model(x).logits
+            with intervene(model, Intervention("pin", 0.3)):
+                pinned = model(x).logits
+                r = handle.last.order
+            with handle.disabled():
+                bare = model(x).logits
+            with intervene(model, Intervention("ablate", "phase_core")):
+                ablated = model(x).logits
+            kicks = []
+            hook = handle.core.encoder.register_forward_hook(lambda m, a, out: kicks.append(out.clone()))
+            with intervene(model, Intervention("k_scale", 0.0)):
+                model(x)
+                uncoupled = handle.last.phases
+            hook.remove()
+        torch.testing.assert_close(r, torch.full_like(r, 0.3), atol=1e-5, rtol=0)
+        assert not torch.allclose(pinned, base, atol=1e-5)
+        assert torch.equal(ablated, bare)
+        # k × 0: the phases stay at θ⁰ = π·tanh(Enc·y).
+        torch.testing.assert_close(uncoupled, math.pi * torch.tanh(kicks[0]), rtol=0, atol=0)
+        with torch.no_grad():
+            assert torch.equal(model(x).logits, base)  # every intervention undone
+    finally:
+        handle.remove()

@@ -17,7 +17,7 @@ from live_helpers import write_corpus
 from phaselm.backbones import MAMBA_SHAPES, MambaSpec, build_mamba, save_backbone
 from phaselm.config import dump_recipe, from_dict, load_recipe, tomllib
 from phaselm.corpora import load_text
-from phaselm.experiments.phase_mamba import PhaseMambaRecipe
+from phaselm.experiments.phase_mamba import PhaseMambaRecipe, load_run
 from phaselm.graft import graft
 from phaselm.interventions.sites import structure
 from phaselm.losses import LossConfig
@@ -305,8 +305,18 @@ def test_phaselm_train_with_the_phase_block_recipe(tmp_path, capsys):
     (checkpoint,) = (run / "checkpoints").iterdir()
     weights = load_file(checkpoint / "model.safetensors")
     assert {k.split(".")[0] for k in weights} == {"encoder", "gate", "residual", "U", "V", "norm", "coupling_scale"}
-    # The backbone on disk is what training started from (only the block was saved and trained).
-    assert not any(k.startswith("backbone") for k in weights)
+    assert not any(k.startswith("backbone") for k in weights)  # only the block is saved (and trained)
+    # The run reopens with the trained block inside the middle layer's mixer.
+    model, _, handle, recipe = load_run(run)
+    try:
+        assert isinstance(recipe.core, PhaseBlockConfig) and handle.layer_path == "backbone.layers.1"
+        state = handle.core.state_dict()
+        assert all(torch.equal(state[k], weights[k]) for k in weights)
+        with torch.no_grad(), handle.record() as rec:
+            model(torch.randint(0, 10, (1, 5)))
+        assert rec.sequence().shape == (1, 5)
+    finally:
+        handle.remove()
 
 
 def test_interventions_act_on_a_grafted_block(tiny_model):

@@ -152,3 +152,29 @@ def test_step_decoder_refuses_a_model_without_cache(raises_phaselm):
 
     with raises_phaselm("returned no cache"):
         StepDecoder(NoCache(), torch.zeros(1, 2, dtype=torch.long))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_scan_output_transform_acts_before_the_gate(tiny_model, ids, backend):
+    """An identity transform unfuses the gate without changing logits or gradients; a transform
+    to ones leaves the mixer out_proj(silu(gate)): it acts before the gate."""
+    reference, fast = tiny_model("mamba"), tiny_model("mamba")
+    handle = fast_mamba(fast, backend)
+    mixers = [layer.mixer for layer in fast.backbone.layers]
+    seen = []
+    for mixer in mixers:
+        mixer.scan_output_transform = lambda y: seen.append(y.shape) or y
+    for model in (reference, fast):
+        model.train()
+        model(input_ids=ids, labels=ids).loss.backward()
+    assert seen[0] == (*ids.shape, mixers[0].intermediate_size)
+    torch.testing.assert_close(fast(input_ids=ids).logits, reference(input_ids=ids).logits, rtol=1e-4, atol=1e-5)
+    for (name, p_ref), (_, p_fast) in zip(reference.named_parameters(), fast.named_parameters()):
+        torch.testing.assert_close(p_fast.grad, p_ref.grad, rtol=1e-3, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+    mixers[0].scan_output_transform = torch.ones_like  # before the gate: out_proj(1 · silu(gate))
+    with torch.no_grad():
+        hidden = torch.randn(2, 5, mixers[0].hidden_size)
+        _, gate = mixers[0].in_proj(hidden).chunk(2, dim=-1)
+        expected = mixers[0].out_proj(torch.nn.functional.silu(gate))
+        torch.testing.assert_close(mixers[0](hidden), expected, rtol=1e-5, atol=1e-6)
+    handle.remove()

@@ -9,6 +9,10 @@ baseline's ``GPTConfig``): such a class lists ``recipe_excludes`` (keywords the 
 set, e.g. ``vocab_size``, which comes from the tokenizer), and its other ``__init__`` keywords are
 the table's keys, checked and typed the same way. The model's config is then the one place where
 its settings and their defaults are written.
+
+A section whose dataclass field lists ``metadata={TABLE_KINDS: {"name": Class, ...}}`` holds one
+of several classes: the table's ``kind`` key picks it (absent: the first), and a written recipe
+names it (the Phase-Mamba recipe's ``[core]``: ``"phase-core"`` or ``"phase-block"``).
 """
 
 from __future__ import annotations
@@ -37,6 +41,28 @@ T = TypeVar("T")
 # The top-level key of a run's config.toml that names what wrote it (a recipe class's KIND), as
 # transformers' config.json names its model_type; phaselm.runs dispatches on it.
 KIND_KEY = "kind"
+# The field metadata key of a section that may hold one of several classes, by kind name.
+TABLE_KINDS = "table_kinds"
+
+
+def kinds_field(kinds: dict[str, type]) -> Any:
+    """A dataclass field holding one of ``kinds`` (name → class), picked by its table's ``kind``;
+    the first is the default."""
+    default = next(iter(kinds.values()))
+    return dataclasses.field(default_factory=default, metadata={TABLE_KINDS: kinds})
+
+
+def _tagged_from_dict(kinds: dict[str, type], data: Any, where: str) -> Any:
+    """The class ``data``'s ``kind`` names (the first of ``kinds`` without one), built from the rest."""
+    _check_table(data, where)
+    kind = data.get(KIND_KEY, next(iter(kinds)))
+    if kind not in kinds:
+        raise PhaseLMError(f"{where}.{KIND_KEY} = {kind!r} is unknown; it needs one of {', '.join(map(repr, kinds))}")
+    return from_dict(kinds[kind], {k: v for k, v in data.items() if k != KIND_KEY}, where)
+
+
+def _kind_name(kinds: dict[str, type], value: Any) -> str:
+    return next(name for name, cls in kinds.items() if type(value) is cls)
 
 
 def _type_name(tp: Any) -> str:
@@ -158,7 +184,10 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
         if key not in fields:
             raise _unknown_key(key, list(fields), where)
         tp = hints[key]
-        if is_model_config(tp):  # before the dataclass test: transformers' configs are dataclasses too
+        kinds = fields[key].metadata.get(TABLE_KINDS)
+        if kinds:
+            kwargs[key] = _tagged_from_dict(kinds, value, name)
+        elif is_model_config(tp):  # before the dataclass test: transformers' configs are dataclasses too
             kwargs[key] = config_from_dict(tp, value, name)
         elif dataclasses.is_dataclass(tp):
             kwargs[key] = from_dict(tp, value, name)
@@ -175,7 +204,12 @@ def to_dict(obj: Any) -> dict:
         if is_model_config(type(value)):
             return plain(recipe_table(value))
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            return plain({f.name: getattr(value, f.name) for f in dataclasses.fields(value)})
+            table = plain({f.name: getattr(value, f.name) for f in dataclasses.fields(value)})
+            for f in dataclasses.fields(value):
+                kinds = f.metadata.get(TABLE_KINDS)
+                if kinds and isinstance(table.get(f.name), dict):
+                    table[f.name] = {KIND_KEY: _kind_name(kinds, getattr(value, f.name)), **table[f.name]}
+            return table
         if isinstance(value, dict):
             return {k: plain(v) for k, v in value.items() if v is not None}
         if isinstance(value, (list, tuple)):

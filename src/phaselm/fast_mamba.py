@@ -12,6 +12,11 @@ transformers runs Mamba's selective scan and convolution as Python loops over po
     handle.path                       # which path runs: "phaselm-triton", "mamba_ssm", "transformers", ...
     handle.remove()
 
+A routed ``MambaMixer`` has one hook point that transformers' forward lacks: a callable
+``mixer.scan_output_transform`` (y (B, T, d_inner) → y) applied to the selective scan's output
+before the gate, ``out_proj(transform(y) · silu(gate))`` (the PhaseBlock graft uses it; see
+:func:`route_mixer`). Without it the gate stays fused into the scan.
+
 ``load_backbone`` and ``graft`` call it on CUDA, so a user with a GPU gets the fast path without
 asking; the choice is logged on the ``phaselm`` logger and recorded in run metadata.
 
@@ -123,6 +128,23 @@ def fast_mamba(model: nn.Module, backend: str = "auto") -> FastMamba:
     return handle
 
 
+def route_mixer(mixer: nn.Module) -> FastMamba | None:
+    """Route one Mamba-1 mixer to PhaseLM's ops (Triton on CUDA, the PyTorch reference elsewhere)
+    so it honours ``scan_output_transform``; the handle undoes it, or None where it already was
+    routed (by :func:`fast_mamba`, which then undoes it)."""
+    from transformers.models.mamba.modeling_mamba import MambaMixer
+
+    if type(mixer) is not MambaMixer:
+        raise PhaseLMError(f"only a Hugging Face MambaMixer can be routed here, got {type(mixer).__name__}")
+    if "forward" in mixer.__dict__:
+        return None
+    backend = "triton" if mixer.A_log.is_cuda else "reference"
+    mixer._phaselm_ops = backend
+    mixer.forward = types.MethodType(_mamba_forward, mixer)
+    logger.info("Mamba mixer %s routed alone to PhaseLM's %s ops (for its scan-output hook)", mixer.layer_idx, backend)
+    return FastMamba(mixer, f"phaselm-{backend}", [mixer])
+
+
 def routing(model: nn.Module) -> FastMamba | None:
     """The handle of the routing :func:`fast_mamba` applied to this model, or None."""
     return getattr(model, _ATTRIBUTE, None)
@@ -220,20 +242,25 @@ def _mamba_forward(self, hidden_states, cache_params=None, attention_mask=None, 
     )
     dt, B, C = torch.split(self.x_proj(x), [self.time_step_rank, self.ssm_state_size, self.ssm_state_size], dim=-1)
     dt = F.linear(dt, self.dt_proj.weight)  # the bias joins inside the scan, before the softplus
+    transform = self.__dict__.get("scan_output_transform")
+    gate = z if transform is None else None  # fused into the scan unless y is transformed first
     if decoding:  # no gradient flows here: constants computed once
         A, D, dt_bias = _float_constants(self)
         y = selective_state_step(
-            ssm_state, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], D, z[:, 0], dt_bias, backend=self._phaselm_ops
+            ssm_state, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], D, None if gate is None else gate[:, 0], dt_bias,
+            backend=self._phaselm_ops,
         )
         y = y[:, None]
     else:
         A = -torch.exp(self.A_log.float())
         dt_bias = self.dt_proj.bias.float() if self.dt_proj.bias is not None else None
         y, final = selective_scan(
-            x, dt, A, B, C, self.D.float(), z, dt_bias, initial_state=ssm_state, backend=self._phaselm_ops
+            x, dt, A, B, C, self.D.float(), gate, dt_bias, initial_state=ssm_state, backend=self._phaselm_ops
         )
         if cache_params is not None:
             cache_params.update_recurrent_state(final, self.layer_idx)
+    if transform is not None:
+        y = transform(y) * F.silu(z.to(y.dtype))
     return self.out_proj(y.to(dtype))
 
 

@@ -11,6 +11,11 @@ layers (a ``transformers.Cache``): they are stored on it and updated in place, s
 generation continues the phases exactly where the prompt left them, a CUDA graph of a decoding
 step (:mod:`phaselm.decoding`) replays them, and a forward pass without a cache always starts fresh.
 
+A :class:`~phaselm.phase_block.PhaseBlock` (``core.kind = "phase-block"``) is grafted inside the
+layer instead: the layer's Mamba mixer is routed to PhaseLM's ops (the PyTorch reference on CPU,
+:func:`phaselm.fast_mamba.route_mixer`) and the block becomes its ``scan_output_transform``,
+acting on the selective scan's output before the gate; ``remove()`` undoes both.
+
 On CUDA, grafting onto a Hugging Face Mamba also routes its mixers to PhaseLM's kernels
 (:func:`phaselm.fast_mamba.fast_mamba`) unless they already are; ``remove()`` undoes that too.
 """
@@ -24,8 +29,9 @@ import torch
 from torch import nn
 
 from .errors import PhaseLMError
-from .fast_mamba import FastMamba, fast_mamba, routing
+from .fast_mamba import FastMamba, fast_mamba, route_mixer, routing
 from .interventions.sites import Intervenable, Site, SiteMap
+from .phase_block import PhaseBlock, PhaseBlockConfig
 from .phase_core import PhaseCore, PhaseCoreConfig, PhaseCoreOutput
 
 # Where the decoder layers live, by architecture family; the first path that resolves wins.
@@ -96,10 +102,27 @@ class Recording:
         return torch.cat(self.orders, dim=1)
 
 
-class Graft(Intervenable):
-    """A Phase Core attached to one layer of a model. Call ``remove()`` to detach it."""
+def block_mixer(model: nn.Module, layer_index: int) -> nn.Module:
+    """The Hugging Face Mamba-1 mixer of decoder layer ``layer_index``, where a PhaseBlock grafts."""
+    from transformers.models.mamba.modeling_mamba import MambaMixer
 
-    def __init__(self, model: nn.Module, core: PhaseCore, layer_index: int, layer_path: str, freeze: bool):
+    layers, _ = find_layers(model)
+    mixer = getattr(layers[layer_index], "mixer", None)
+    if type(mixer) is not MambaMixer:
+        raise PhaseLMError(
+            f"a PhaseBlock grafts into a Hugging Face Mamba (Mamba-1) mixer; layer {layer_index} of "
+            f"{type(model).__name__} has none: use core.kind = 'phase-core' for this model"
+        )
+    return mixer
+
+
+class Graft(Intervenable):
+    """A Phase Core (on a layer's output) or a PhaseBlock (inside a layer's Mamba mixer) attached
+    to one layer of a model. Call ``remove()`` to detach it."""
+
+    def __init__(
+        self, model: nn.Module, core: PhaseCore | PhaseBlock, layer_index: int, layer_path: str, freeze: bool
+    ):
         self.model = model
         self.core = core
         self.layer_index = layer_index
@@ -114,6 +137,14 @@ class Graft(Intervenable):
         layers, _ = find_layers(model)
         self._attention_mask: torch.Tensor | None = None
         self.enabled = True
+        self._mixer: nn.Module | None = None
+        self._mixer_routing: FastMamba | None = None
+        if isinstance(core, PhaseBlock):
+            self._mixer = block_mixer(model, layer_index)
+            self._mixer_routing = route_mixer(self._mixer)
+            self._mixer.scan_output_transform = self._transform_scan_output
+            self._handles = []
+            return
         self._handles = [
             layers[layer_index].register_forward_hook(self._hook, with_kwargs=True),
             # The layers do not all see the 2-D padding mask, so catch it where the model does.
@@ -171,6 +202,16 @@ class Graft(Intervenable):
             return (result.hidden, *output[1:])
         return result.hidden
 
+    def _transform_scan_output(self, y: torch.Tensor) -> torch.Tensor:
+        """The PhaseBlock on the mixer's scan output y (B, T, d_inner), before the gate."""
+        if not self.enabled:
+            return y
+        result = self.core(y)
+        self.last = result
+        for recording in self._recordings:
+            recording.orders.append(result.order.detach().cpu())
+        return result.hidden
+
     @contextlib.contextmanager
     def record(self):
         """Collect R from every forward call inside the block (the "measured" condition)."""
@@ -194,17 +235,27 @@ class Graft(Intervenable):
         """Detach the hook, undo a fast path graft() set up, and restore requires_grad flags."""
         for handle in self._handles:
             handle.remove()
+        if self._mixer is not None:
+            self._mixer.__dict__.pop("scan_output_transform", None)
+            self._mixer = None
         if self.fast_path is not None:
             self.fast_path.remove()
             self.fast_path = None
+        if self._mixer_routing is not None:
+            self._mixer_routing.remove()
+            self._mixer_routing = None
         for name, p in self.model.named_parameters():
             if name in self._requires_grad:
                 p.requires_grad_(self._requires_grad[name])
         self.last = None
 
     def intervention_sites(self) -> SiteMap:
-        """The grafted core as the model's oscillator site, and ``phase_core`` as its branch
-        (ablating it runs the bare backbone, as :meth:`disabled`)."""
+        """The grafted core (or PhaseBlock: one oscillator per inner channel) as the model's
+        oscillator site, and ``phase_core`` as its branch (ablating it runs the bare backbone, as
+        :meth:`disabled`)."""
+        if isinstance(self.core, PhaseBlock):
+            site = Site(0, "core", self.core, self.core.config.d_inner)
+            return SiteMap(self.model, [site], {"phase_core": [self]}, label="grafted PhaseBlock")
         site = Site(0, "core", self.core, self.core.config.n_oscillators)
         return SiteMap(self.model, [site], {"phase_core": [self]}, label="grafted Phase Core")
 
@@ -227,11 +278,14 @@ def hidden_size_of(model: nn.Module) -> int:
 
 def graft(
     model: nn.Module,
-    core: PhaseCore | PhaseCoreConfig | None = None,
+    core: PhaseCore | PhaseCoreConfig | PhaseBlock | PhaseBlockConfig | None = None,
     layer: int | str = "middle",
     freeze: bool = True,
 ) -> Graft:
     """Attach ``core`` (or a new core built from a config; default: the seeds' core) to ``layer``.
+
+    A PhaseBlock (or its config, ``d_inner`` 0: the mixer's width) goes inside the layer's Mamba
+    mixer, on the scan output before the gate; everything else below holds for it too.
 
     The backbone is frozen (only the core trains) unless ``freeze=False``. The core is moved
     to the model's device and kept in float32. On CUDA a Hugging Face Mamba's mixers are routed
@@ -239,6 +293,8 @@ def graft(
     """
     layers, path = find_layers(model)
     index = resolve_layer(layer, len(layers))
+    if isinstance(core, (PhaseBlock, PhaseBlockConfig)):
+        return _graft_block(model, core, index, path, freeze)
     if core is None or isinstance(core, PhaseCoreConfig):
         config = core or PhaseCoreConfig()
         if config.hidden_size <= 0:
@@ -258,6 +314,25 @@ def graft(
     device = next(model.parameters()).device
     core.to(device=device, dtype=torch.float32)
     handle = Graft(model, core, index, path, freeze)
+    if device.type == "cuda" and routing(model) is None:
+        routed = fast_mamba(model)
+        handle.fast_path = routed if routed.modules else None
+    return handle
+
+
+def _graft_block(model: nn.Module, block: PhaseBlock | PhaseBlockConfig, index: int, path: str, freeze: bool) -> Graft:
+    """:func:`graft` for a PhaseBlock: checked against the mixer's inner width, float32, on the model's device."""
+    width = block_mixer(model, index).intermediate_size
+    if isinstance(block, PhaseBlockConfig):
+        block = PhaseBlock(block if block.d_inner > 0 else replace(block, d_inner=width))
+    if block.config.d_inner != width:
+        raise PhaseLMError(
+            f"PhaseBlock d_inner {block.config.d_inner} does not match the mixer's inner width {width}; "
+            "leave core.d_inner at 0 to take the mixer's"
+        )
+    device = next(model.parameters()).device
+    block.to(device=device, dtype=torch.float32)
+    handle = Graft(model, block, index, path, freeze)
     if device.type == "cuda" and routing(model) is None:
         routed = fast_mamba(model)
         handle.fast_path = routed if routed.modules else None

@@ -20,6 +20,7 @@ from .data import sequential_batches
 from .graft import Graft
 from .losses import LossConfig, phase_lm_losses
 from .observables import GOLDILOCKS, DriftConfig, DriftController, normalized_entropy, tone_histogram
+from .phase_block import PhaseBlock
 
 
 @dataclass
@@ -100,7 +101,8 @@ class PhaseCoreObjective(Objective):
     """A frozen backbone with a grafted Phase Core, trained on the Phase-Mamba losses.
 
     The backbone and core are both submodules, so ``accelerate`` wraps one module and gradient
-    synchronisation covers the core's parameters (the only ones that require grad).
+    synchronisation covers the core's parameters (the only ones that require grad). A grafted
+    PhaseBlock runs its own drift controller inside its forward; its batch action is logged.
     """
 
     def __init__(self, handle: Graft, loss: LossConfig, drift: DriftConfig):
@@ -110,7 +112,7 @@ class PhaseCoreObjective(Objective):
         self.core = handle.core
         self.saved = handle.core
         self.loss_config = loss
-        self.drift = DriftController(drift) if drift.enabled else None
+        self.drift = DriftController(drift) if drift.enabled and not isinstance(self.core, PhaseBlock) else None
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
         """x, y (B, T) ids and next ids → the Phase-Mamba losses, logits (B, T, V) and the core's R (B, T)."""
@@ -126,6 +128,8 @@ class PhaseCoreObjective(Objective):
             # Acts on the next step: K_eff = K · scale.
             self.core.coupling_scale.fill_(self.drift.scale)
             metrics["drift_action"] = action
+        elif isinstance(self.core, PhaseBlock) and self.core.last_action is not None:
+            metrics["drift_action"] = self.core.last_action
         return metrics
 
     def extra_state(self) -> dict:

@@ -16,7 +16,7 @@ import torch
 from .. import checkpoint as ckpt
 from ..atomic import replace_json
 from ..backbones import MODEL_FOLDER, MambaSpec, build_mamba, load_backbone, mamba_of_shape, save_backbone
-from ..config import dump_recipe, from_dict, to_dict
+from ..config import dump_recipe, from_dict, kinds_field, to_dict
 from ..corpora import load_text
 from ..data import encode_split, sequential_batches
 from ..errors import PhaseLMError
@@ -27,6 +27,7 @@ from ..losses import LossConfig
 from ..objectives import LanguageModelObjective, PhaseCoreObjective
 from ..observables import DriftConfig, normalized_entropy, summarize
 from ..ops.backend import chosen
+from ..phase_block import PhaseBlockConfig
 from ..phase_core import PhaseCoreConfig
 from ..reporting import write_report
 from ..tokenizers import learn_tokenizer
@@ -93,19 +94,32 @@ class SampleConfig:
     seed: int = 0
 
 
+# What the [core] table's ``kind`` builds: the Phase Core on a layer's output (default) or the
+# PhaseBlock inside a layer's Mamba mixer (issue 15).
+CORE_KINDS = {"phase-core": PhaseCoreConfig, "phase-block": PhaseBlockConfig}
+
+
 @dataclass
 class PhaseMambaRecipe:
-    """A recipe for ``phaselm train``: a Phase Core grafted onto a frozen backbone, its loss, drift and training."""
+    """A recipe for ``phaselm train``: a Phase Core (or PhaseBlock) grafted onto a frozen backbone,
+    its loss, drift and training."""
 
     KIND: ClassVar[str] = "phase-mamba"  # config.toml's kind: a Phase Core grafted onto a backbone
 
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    core: PhaseCoreConfig = field(default_factory=PhaseCoreConfig)
+    core: PhaseCoreConfig | PhaseBlockConfig = kinds_field(CORE_KINDS)  # noqa: RUF009 - a field(), as field() itself
     drift: DriftConfig = field(default_factory=lambda: DriftConfig(enabled=True))
     loss: LossConfig = field(default_factory=LossConfig)
     data: CorpusConfig = field(default_factory=CorpusConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-2, min_lr=1e-3))
     sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.core, PhaseBlockConfig) and self.drift.enabled:
+            raise PhaseLMError(
+                "a PhaseBlock runs its own drift controller (core.drift_control, core.band_low/high); "
+                "set drift.enabled = false"
+            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -190,6 +204,8 @@ def build_grafted(recipe: PhaseMambaRecipe, device: str = "cpu"):
         if bf16:
             model.to(torch.bfloat16)
     core = recipe.core
+    if isinstance(core, PhaseBlockConfig):  # graft() takes d_inner from the layer's mixer and checks it
+        return model, tokenizer, graft(model, core, layer=recipe.backbone.layer)
     if core.hidden_size not in (0, hidden_size_of(model)):
         raise PhaseLMError(
             f"core.hidden_size {core.hidden_size} does not match the backbone's {hidden_size_of(model)}; leave it at 0"

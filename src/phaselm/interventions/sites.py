@@ -85,10 +85,12 @@ def model_name(model: nn.Module) -> str:
 
 def find_grafts(model: nn.Module) -> list[Intervenable]:
     """The handles attached to ``model`` that declare sites (``Graft``), found through their
-    forward hooks on its modules, in module (layer) order."""
+    forward hooks on its modules or a routed Mamba mixer's ``scan_output_transform`` (a grafted
+    PhaseBlock), in module (layer) order."""
     found: list = []
     for module in model.modules():
-        for hook in list(module._forward_hooks.values()):
+        attached = [*module._forward_hooks.values(), module.__dict__.get("scan_output_transform")]
+        for hook in attached:
             owner = getattr(hook, "__self__", None)
             if isinstance(owner, Intervenable) and owner not in found and owner.intervention_sites().model is model:
                 found.append(owner)

@@ -31,6 +31,8 @@ class StepOutput:
     logits: torch.Tensor  # (B, T, V)
     order: torch.Tensor | None = None  # (B, T) R per position, when the model has oscillators
     gate_means: torch.Tensor | None = None  # (n_layers,) fusion gates (RWKV share), when the model has them
+    # (B, T) the Kuramoto token mixer's R, mean over layers and heads, when the model has that mixer
+    mixer_order: torch.Tensor | None = None
 
 
 class Objective(nn.Module):
@@ -75,7 +77,9 @@ class LanguageModelObjective(Objective):
     A model whose output carries a bank regulariser (``reg``) adds ``reg_weight · reg`` to the
     loss (logged as ``bank_reg``); one that carries R per layer (``orders``) reports R as the
     mean over layers per position; one that carries fusion gates (``gate_means``) logs them per
-    layer. Validation always reports pure cross-entropy.
+    layer; one with the Kuramoto token mixer (``mixer_orders``: K-SSM's mixer or a fusion branch)
+    reports its R as the mean over layers and heads per position (logged as ``mixer_r_mean``).
+    Validation always reports pure cross-entropy.
     """
 
     def __init__(self, lm: nn.Module, reg_weight: float = 0.0):
@@ -94,7 +98,9 @@ class LanguageModelObjective(Objective):
             losses.update(loss=ce + self.reg_weight * reg, bank_reg=reg)
         orders = getattr(out, "orders", None)
         order = orders.mean(1) if orders is not None else None
-        return StepOutput(losses, out.logits, order, getattr(out, "gate_means", None))
+        mixer_orders = getattr(out, "mixer_orders", None)  # (B, n_layers, T, heads)
+        mixer_order = mixer_orders.mean((1, 3)) if mixer_orders is not None else None
+        return StepOutput(losses, out.logits, order, getattr(out, "gate_means", None), mixer_order)
 
 
 class PhaseCoreObjective(Objective):
@@ -170,6 +176,10 @@ def step_metrics(out: StepOutput) -> dict:
                 tones=tone_histogram(r),
                 goldilocks_residence=GOLDILOCKS.residence(r, u),
             )
+        if out.mixer_order is not None:  # the Kuramoto mixer's synchrony, apart from a bank's R
+            mixer_r = out.mixer_order.detach().float()
+            metrics.update(mixer_r_mean=float(mixer_r.mean()), mixer_r_min=float(mixer_r.min()),
+                           mixer_r_max=float(mixer_r.max()))
         if out.gate_means is not None:  # the fusion gates over training, one value per layer
             metrics["gate_rwkv_share"] = [round(float(g), 5) for g in out.gate_means]
     return metrics

@@ -571,9 +571,12 @@ def test_parse_the_new_kinds(raises_phaselm):
 # ---------------------------------------------------------------- fusion models
 
 
-@pytest.mark.parametrize("branch", ["rwkv", "mamba"])
+KURAMOTO_BRANCH = dict(branches=("rwkv6", "kuramoto"), kuramoto_heads=2, kuramoto_oscillators=4, kuramoto_key_dim=8)
+
+
+@pytest.mark.parametrize("branch", ["rwkv", "mamba", "kuramoto"])
 def test_fusion_branch_ablation_equals_the_models_own_path(branch):
-    model = fusion()
+    model = fusion(**KURAMOTO_BRANCH) if branch == "kuramoto" else fusion()
     x = torch.randint(0, 40, (2, 10), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         own = model(x, ablate=branch, output_branches=True)
@@ -614,6 +617,10 @@ def test_fusion_branches_per_variant(raises_phaselm):
     assert list(structure(fusion()).branches) == ["rwkv", "mamba", "fusion_gate", "mlp"]
     assert list(structure(fusion(fusion="CP")).branches) == ["rwkv", "mamba", "mlp"]
     assert list(structure(fusion(mixer="rwkv6")).branches) == ["rwkv", "mlp"]
+    assert list(structure(fusion(**KURAMOTO_BRANCH)).branches) == ["rwkv", "kuramoto", "fusion_gate", "mlp"]
+    with raises_phaselm(r"this phaselm_fusion model has no branch 'mamba'; its branches are: rwkv, kuramoto, "):
+        with intervene(fusion(**KURAMOTO_BRANCH), Intervention("ablate", "mamba")):
+            pass
     with raises_phaselm(r"this phaselm_fusion model has no branch 'mamba'; its branches are: rwkv, mlp$"):
         with intervene(fusion(mixer="rwkv6"), Intervention("ablate", "mamba")):
             pass

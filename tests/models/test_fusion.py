@@ -131,7 +131,8 @@ def test_bad_inputs(raises_phaselm):
 # ---------------------------------------------------------------- recipes through train-lm
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
-FUSION_RECIPES = ["fusion-gf-mh.toml", "rwkv6.toml", "mamba2.toml", "gpt2-fusion-baseline.toml"]
+FUSION_RECIPES = ["fusion-gf-mh.toml", "fusion-gf-kuramoto.toml", "rwkv6.toml", "mamba2.toml",
+                  "gpt2-fusion-baseline.toml"]
 
 
 @pytest.mark.parametrize("name", FUSION_RECIPES)
@@ -142,10 +143,12 @@ def test_recipe_smoke(name, tmp_path, capsys):
     assert len(json.loads(out)["text"]) > 0
     logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in logged if "loss" in r]
-    if name == "fusion-gf-mh.toml":  # the gate (RWKV share) of each layer is logged every step
+    if name.startswith("fusion-gf"):  # the gate (RWKV share) of each layer is logged every step
         assert all(len(r["gate_rwkv_share"]) == 1 and 0 < r["gate_rwkv_share"][0] < 1 for r in train_rows)
     else:
         assert all("gate_rwkv_share" not in r for r in train_rows)
+    # the Kuramoto branch's R, where the model has one
+    assert all(("mixer_r_mean" in r) == (name == "fusion-gf-kuramoto.toml") for r in train_rows)
 
 
 def test_recipe_shapes_hit_the_seed_sizes():
@@ -154,6 +157,7 @@ def test_recipe_shapes_hit_the_seed_sizes():
 
     targets = {
         "fusion-gf-mh.toml": 5.6e6,
+        "fusion-gf-kuramoto.toml": 5.6e6,
         "rwkv6.toml": 5.0e6,
         "mamba2.toml": 5.0e6,
         "gpt2-fusion-baseline.toml": 6.8e6,
@@ -361,3 +365,76 @@ def test_scan_setting_reaches_both_branches():
         assert (block.rwkv.backend, block.mamba.scan) == (rwkv_backend, ssd_backend)
     with pytest.raises(Exception, match="scan must be one of auto, kernels, chunked, reference"):
         FusionConfig(**TINY, scan="fla")
+
+
+# ---------------------------------------------------------------- a Kuramoto branch
+
+KURAMOTO_TINY = dict(kuramoto_heads=2, kuramoto_oscillators=4, kuramoto_key_dim=8)
+
+
+@pytest.mark.parametrize("branches", [("rwkv6", "kuramoto"), ("kuramoto", "mamba2")], ids=["rwkv-K", "K-mamba"])
+def test_a_kuramoto_branch_trains_reports_its_r_and_ablates_by_name(branches):
+    model = tiny(branches=branches, **KURAMOTO_TINY).train()
+    first, second = model.config.branch_names
+    assert (first, second) == tuple({"rwkv6": "rwkv", "mamba2": "mamba", "kuramoto": "kuramoto"}[b] for b in branches)
+    ids = torch.randint(0, 40, (3, 10))
+    loss = model(ids, labels=ids).loss
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    model.eval()
+    out = model(ids, output_branches=True)
+    assert out.mixer_orders.shape == (3, 2, 10, 2) and ((out.mixer_orders > 0) & (out.mixer_orders <= 1)).all()
+    assert out.kuramoto_outputs[0].shape == (3, 10, 32)
+    assert all(set(states) == {first, second} - {"kuramoto"} for states in out.states)  # recurrent states only
+    no_kuramoto = model(ids, ablate="kuramoto", output_branches=True)
+    assert torch.count_nonzero(no_kuramoto.kuramoto_outputs[0]) == 0
+    assert not torch.allclose(no_kuramoto.logits, out.logits)
+    other = next(n for n in (first, second) if n != "kuramoto")
+    torch.testing.assert_close(getattr(no_kuramoto, f"{other}_outputs")[0], getattr(out, f"{other}_outputs")[0])
+    assert list(model.intervention_sites().branches) == [first, second, "fusion_gate", "mlp"]
+    assert model(ids).mixer_orders is not None and tiny()(ids).mixer_orders is None
+
+
+def test_branches_default_to_the_seed_hybrid_and_check_their_kinds(raises_phaselm, tmp_path):
+    default = FusionConfig(**TINY)
+    assert default.branches == ("rwkv6", "mamba2") and default.branch_names == ("rwkv", "mamba")
+    assert tiny().blocks[0].kuramoto is None
+    with raises_phaselm(r"branches \['mamba2', 'rwkv6'\] are not a fusion of two of rwkv6, mamba2, kuramoto"):
+        FusionConfig(**TINY, branches=("mamba2", "rwkv6"))
+    with raises_phaselm(r"not both kuramoto"):
+        FusionConfig(**TINY, branches=("kuramoto", "kuramoto"))
+    with raises_phaselm(r"branches must be two branch kinds"):
+        FusionConfig(**TINY, branches="kuramoto")
+    with raises_phaselm(r"branches apply to mixer = 'hybrid' only"):
+        FusionConfig(**TINY, mixer="rwkv6", branches=("rwkv6", "kuramoto"))
+    with raises_phaselm(r"kuramoto mixer needs dt > 0"):
+        FusionConfig(**TINY, branches=("rwkv6", "kuramoto"), kuramoto_dt=0.0)
+    with raises_phaselm(r"ablate must be None or a branch of this model \(rwkv, mamba\), got 'kuramoto'"):
+        tiny()(torch.tensor([[1, 2]]), ablate="kuramoto")
+    FusionConfig(**{**TINY, "branches": ("kuramoto", "mamba2"), "rwkv_head_dim": 24})  # no RWKV branch: no RWKV heads
+    model = tiny(branches=["rwkv6", "kuramoto"], **KURAMOTO_TINY)  # a saved config.json gives a list
+    assert model.config.branches == ("rwkv6", "kuramoto")
+    model.save_pretrained(tmp_path)
+    assert FusionForCausalLM.from_pretrained(tmp_path).config.branches == ("rwkv6", "kuramoto")
+
+
+@pytest.mark.parametrize("branches", [("rwkv6", "kuramoto"), ("kuramoto", "mamba2")], ids=["rwkv-K", "K-mamba"])
+def test_diagnostics_with_a_kuramoto_branch(branches):
+    from phaselm.evals.diagnostics import DiagnosticsConfig, diagnose
+
+    model = tiny(branches=branches, **KURAMOTO_TINY)
+    first, second = model.config.branch_names
+    recurrent = first if second == "kuramoto" else second
+    result = diagnose(model, torch.randint(0, 40, (3000,)), DiagnosticsConfig(**TINY_DIAG))
+    assert set(result["checks"]) == set(CHECKS) and result["model"]["branches"] == [first, second]
+    ratio = result["checks"]["state_norm_ratio"]
+    assert ratio["status"] == "n/a" and "Kuramoto branch" in ratio["why"]
+    for name in set(CHECKS) - {"state_norm_ratio"}:
+        assert result["checks"][name]["status"] in ("PASS", "WARN", "FAIL"), name
+    assert set(result["state_norms"]) == {"positions", recurrent} and set(result["frozen_state"]) == {recurrent}
+    assert set(result["checks"]["D4_information_flow"]["per_branch"]) == {first, second}
+    assert 0 < result["balance"][f"{first}_share"] < 1 and result["balance"]["branches"] == [first, second]
+    assert {first, second} <= set(result["depth"]) and result["gradients"]["norms"]["kuramoto"] > 0
+    assert f"{second}_over_{first}" in result["gradients"]
+    json.dumps(result)

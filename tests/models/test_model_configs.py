@@ -104,6 +104,10 @@ PINNED = {  # recipe → (config values, parameter count)
     ),
     "fusion-gf-mh.toml": (GF_MH, 5611685),
     "fusion-gf-mh-bpe.toml": (GF_MH, 5611685),
+    "fusion-gf-kuramoto.toml": (
+        {**GF_MH, "branches": ["rwkv6", "kuramoto"], **KURAMOTO, "kuramoto_key_dim": 32},
+        5551345,
+    ),
     "mamba2.toml": (MAMBA2, 4757634),
     "mamba2-bpe.toml": (MAMBA2, 4757634),
     "rwkv6.toml": (RWKV6, 5129280),

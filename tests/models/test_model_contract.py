@@ -1,6 +1,6 @@
 """The contract every language model family of PhaseLM keeps, tested on tiny configs of each:
-K-SSM (bistable, monostable, no mixer, Kuramoto mixer, driven bank), every fusion type and the two
-pure fusion-family models, and the GPT-2 baseline.
+K-SSM (bistable, monostable, no mixer, Kuramoto mixer, driven bank), every fusion type, the two
+pure fusion-family models, the hybrids with a Kuramoto branch, and the GPT-2 baseline.
 
 - causal: changing later tokens leaves earlier logits bit for bit, and rows of a batch do not mix;
 - cached step-by-step decoding gives the logits of the full forward;
@@ -76,6 +76,17 @@ def fusion(**overrides) -> Family:
     return Family(lambda path: FusionForCausalLM(FusionConfig(**{**FUSION_TINY, **overrides}, scan=path)), ops)
 
 
+def fusion_kuramoto(branches: tuple[str, str]) -> Family:
+    """A GF hybrid with the Kuramoto token mixer as one of its two branches."""
+    ops = tuple({"rwkv6": "rwkv6", "mamba2": "ssd", "kuramoto": "kuramoto_mixer"}[kind] for kind in branches)
+    tiny = dict(branches=branches, kuramoto_heads=2, kuramoto_oscillators=4, kuramoto_key_dim=8)
+
+    def build(path: str) -> FusionForCausalLM:
+        return FusionForCausalLM(FusionConfig(**FUSION_TINY, **tiny, scan=path, kuramoto_backend=path))
+
+    return Family(build, ops)
+
+
 def gpt() -> Family:
     # GPT-2's paths are transformers' attention implementations: eager is the plain reference.
     attention = {"reference": "eager", "auto": "sdpa"}
@@ -101,6 +112,9 @@ FAMILIES = {
     **{f"fusion-{kind}": fusion(fusion=kind) for kind in FUSIONS},
     "rwkv6": fusion(mixer="rwkv6"),
     "mamba2": fusion(mixer="mamba2"),
+    # the Kuramoto mixer in either place (recipes/fusion-gf-kuramoto.toml: in Mamba-2's)
+    "fusion-rwkv6-kuramoto": fusion_kuramoto(("rwkv6", "kuramoto")),
+    "fusion-kuramoto-mamba2": fusion_kuramoto(("kuramoto", "mamba2")),
     "gpt": gpt(),
 }
 

@@ -13,9 +13,11 @@ Checks (thresholds from seed 004 unless marked *ours*; where and why we depart f
 docs/seeds-vs-phaselm.md):
 
     D1 state growth       ‖S‖ at position 512 / ‖S‖ at position 64 (Frobenius, mean over windows),
-                          worst branch and layer.                     PASS < 2, WARN < 10, FAIL ≥ 10
+                          worst recurrent branch (RWKV-6, Mamba-2)
+                          and layer.                                  PASS < 2, WARN < 10, FAIL ≥ 10
     D2 frozen state       variance of the final state across random inputs (mean over elements),
-                          the smallest over branches and layers.      FAIL < 1e-6, else PASS
+                          the smallest over recurrent branches and layers.
+                                                                      FAIL < 1e-6, else PASS
     D3 balance            contribution ratio: RMS of what the larger branch puts into the fused
                           output / RMS of the smaller one's, over all layers (per layer reported).
                           The parts come from ``Fusion.parts`` (WS α·r and (1−α)·m, GF γ·r and
@@ -26,7 +28,8 @@ docs/seeds-vs-phaselm.md):
     long context          PPL at positions 448–511 of 512-token windows / PPL of 64-token windows
                           over the same text.                         PASS < 2, WARN < 5
     state-norm ratio      RWKV ‖S‖ / Mamba ‖S‖ at position 512, taken symmetrically
-                          (max(a/b, b/a)), worst layer.               PASS < 3, WARN < 10
+                          (max(a/b, b/a)), worst layer; n/a with a Kuramoto branch (its cache
+                          is its earlier tokens, no state of fixed size).               PASS < 3, WARN < 10
     output entropy        mean entropy (nats) of the next-token distribution on the text. The
                           seed calls it "initial output entropy" without saying initial to what; we
                           measure the model as given (pass an untrained one for the init check).
@@ -68,7 +71,6 @@ from ..errors import PhaseLMError
 from ..models.fusion import FusionConfig, FusionForCausalLM
 from ..subject import Subject
 from .fusion_measures import (
-    BRANCHES,
     DiagnosticsConfig,
     ablation,
     balance,
@@ -146,23 +148,29 @@ def diagnose(model: FusionForCausalLM, val_ids: torch.Tensor, cfg: DiagnosticsCo
 
     checks = {}
     growth = {b: [layer[-1] / layer[0] if layer[0] > 0 else float("inf") for layer in norms[b]]
-              for b in BRANCHES if b in norms}
+              for b in config.branch_names if b in norms}
     worst = max(max(v) for v in growth.values())
     checks["D1_state_growth"] = _check("D1_state_growth", worst, status_below(worst, 2, 10), per_layer=growth)
     smallest = min(min(v) for v in frozen.values())
     checks["D2_frozen_state"] = _check("D2_frozen_state", smallest, "FAIL" if smallest < 1e-6 else "PASS",
                                        per_layer=frozen)
     if hybrid:
+        first = config.branch_names[0]
         checks["D3_balance"] = _check("D3_balance", bal["ratio"], status_below(bal["ratio"], 5, 10),
-                                      dominant=bal["dominant"], rwkv_share=bal["rwkv_share"])
+                                      dominant=bal["dominant"], **{f"{first}_share": bal[f"{first}_share"]})
+    else:
+        checks["D3_balance"] = _na("D3_balance", f"a pure {config.mixer} model has one branch")
+    if hybrid and not config.has_kuramoto:
         ratios = [max(a / m, m / a) if min(a, m) > 0 else float("inf")
                   for a, m in zip((layer[-1] for layer in norms["rwkv"]), (layer[-1] for layer in norms["mamba"]))]
         checks["state_norm_ratio"] = _check("state_norm_ratio", max(ratios), status_below(max(ratios), 3, 10),
                                             per_layer=ratios)
+    elif hybrid:
+        checks["state_norm_ratio"] = _na("state_norm_ratio", "the Kuramoto branch keeps its earlier tokens, not a "
+                                                             "state of fixed size, so there is no state to compare")
     else:
-        checks["D3_balance"] = _na("D3_balance", f"a pure {config.mixer} model has one branch")
         checks["state_norm_ratio"] = _na("state_norm_ratio", f"a pure {config.mixer} model has one branch")
-    deltas = {b: abl[f"delta_{b}"] for b in BRANCHES if f"delta_{b}" in abl}
+    deltas = {b: abl[f"delta_{b}"] for b in config.branch_names}
     least = min(deltas.values())
     checks["D4_information_flow"] = _check(
         "D4_information_flow", least, "PASS" if least >= 0.01 else "WARN" if least > 0 else "FAIL", per_branch=deltas
@@ -187,6 +195,7 @@ def diagnose(model: FusionForCausalLM, val_ids: torch.Tensor, cfg: DiagnosticsCo
     return {
         "model": {
             "mixer": config.mixer,
+            "branches": list(config.branch_names),
             "fusion": config.fusion if hybrid else None,
             "gate_init": config.gate_init if hybrid else None,
             "hidden_size": config.hidden_size,
@@ -226,8 +235,9 @@ def gate_history(run_dir: Path, windows: torch.Tensor) -> list[dict]:
         model.to(windows.device).eval()
         bal = balance(model, windows)
         if bal:
+            first = bal["branches"][0]
             history.append({"step": int(entry.name.split("-")[1]), "gates": bal["gates"],
-                            "rwkv_share": bal["rwkv_share_per_layer"], "ratio": bal["ratio"]})
+                            f"{first}_share": bal[f"{first}_share_per_layer"], "ratio": bal["ratio"]})
     return history
 
 

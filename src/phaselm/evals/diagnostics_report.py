@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .fusion_measures import BRANCHES
-
 
 def write_diagnostics(result: dict, out_dir: Path) -> dict:
     """Draw the plots into ``out_dir/plots`` and write ``out_dir/diagnostics.json``; returns the result
@@ -35,7 +33,8 @@ def diagnostics_plots(result: dict, plot_dir: Path) -> list[str]:
 
     norms = result["state_norms"]
     fig, ax = plt.subplots(figsize=(6, 4))
-    for branch, style in (("rwkv", "-"), ("mamba", "--")):
+    branches = result["model"].get("branches", ["rwkv", "mamba"])
+    for branch, style in zip(branches, ("-", "--")):
         for i, layer in enumerate(norms.get(branch, [])):
             ax.plot(norms["positions"], layer, style, marker="o", label=f"{branch} L{i}")
     ax.set(xscale="log", yscale="log", xlabel="position", ylabel="‖state‖", title="D1: state norm by position")
@@ -45,7 +44,7 @@ def diagnostics_plots(result: dict, plot_dir: Path) -> list[str]:
     depth = result["depth"]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(depth["residual_variance"], marker="o", label="residual stream")
-    for branch in BRANCHES:
+    for branch in branches:
         if branch in depth:
             ax.plot(range(1, len(depth[branch]["output_variance"]) + 1), depth[branch]["output_variance"], marker="s",
                     label=f"{branch} output ({depth[branch]['character']})")
@@ -65,7 +64,7 @@ def diagnostics_plots(result: dict, plot_dir: Path) -> list[str]:
         steps = [h["step"] for h in history]
         for i in range(len(history[0]["gates"])):
             ax.plot(steps, [h["gates"][i]["mean"] for h in history], marker="o", label=f"gate L{i}")
-        ax.set(xlabel="step", ylabel="mean gate (RWKV share)", title="fusion gates over training")
+        ax.set(xlabel="step", ylabel=f"mean gate ({branches[0]} share)", title="fusion gates over training")
         ax.legend(fontsize=7)
         save(fig, "diag_gates.png")
     return written

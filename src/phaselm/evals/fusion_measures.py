@@ -2,7 +2,10 @@
 frozen state, branch balance and ablation, activation variance through depth, gradient
 coupling, long-context loss, output entropy, decode speed, useful context window and state
 persistence. Each takes a :class:`phaselm.models.fusion.FusionForCausalLM` and windows of
-token ids; :mod:`phaselm.evals.diagnostics` turns them into checks."""
+token ids; :mod:`phaselm.evals.diagnostics` turns them into checks. Branches go by the names the
+model declares (``config.branch_names``: rwkv, mamba, kuramoto); the state measurements (norms,
+frozen state) read the recurrent branches only, since a Kuramoto branch keeps its earlier tokens
+rather than a state of fixed size."""
 
 from __future__ import annotations
 
@@ -15,8 +18,7 @@ import torch.nn.functional as F
 
 from ..errors import PhaseLMError
 from ..models.fusion import FusionForCausalLM
-
-BRANCHES = ("rwkv", "mamba")
+from ..models.fusion_branches import RECURRENT
 
 
 @dataclass
@@ -58,6 +60,11 @@ def model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+def recurrent_branches(model: FusionForCausalLM) -> list[str]:
+    """The model's branches whose state has a fixed size (RWKV-6, Mamba-2), in fusion order."""
+    return [name for name in model.config.branch_names if name in RECURRENT]
+
+
 def state_norm(state: torch.Tensor) -> float:
     """Frobenius norm of a state (B, …), the mean over the batch."""
     return float(state.float().flatten(1).norm(dim=1).mean())
@@ -86,61 +93,64 @@ def token_ce(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def state_norms(model: FusionForCausalLM, windows: torch.Tensor, positions) -> dict:
-    """‖state‖ per branch, layer and position (the state after reading that many tokens)."""
-    norms = {b: [[None] * len(positions) for _ in model.blocks] for b in BRANCHES}
+    """‖state‖ per recurrent branch, layer and position (the state after reading that many tokens)."""
+    branches = recurrent_branches(model)
+    norms = {b: [[None] * len(positions) for _ in model.blocks] for b in branches}
     cache, done = None, 0
     for j, pos in enumerate(positions):
         out = model(windows[:, done:pos], past_key_values=cache, use_cache=True)
         cache, done = out.past_key_values, pos
         for i, layer in cache.layers.items():
-            for branch, (_, state) in layer.items():
-                norms[branch][i][j] = state_norm(state)
-    present = {b: norms[b] for b in BRANCHES if norms[b][0][0] is not None}
-    return {"positions": list(positions), **present}
+            for branch in branches:
+                norms[branch][i][j] = state_norm(layer[branch][1])
+    return {"positions": list(positions), **norms}
 
 
 @torch.no_grad()
 def frozen_state(model: FusionForCausalLM, vocab: int, n_inputs: int, length: int, seed: int) -> dict:
-    """Variance across random inputs of each branch's final state, per layer."""
+    """Variance across random inputs of each recurrent branch's final state, per layer."""
     generator = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, vocab, (n_inputs, length), generator=generator).to(model_device(model))
     out = model(ids, output_branches=True)
     return {
         branch: [float(states[branch].float().var(dim=0).mean()) for states in out.states]
-        for branch in BRANCHES
-        if branch in out.states[0]
+        for branch in recurrent_branches(model)
     }
 
 
 @torch.no_grad()
 def balance(model: FusionForCausalLM, windows: torch.Tensor) -> dict:
-    """RMS of each branch's part of the fused output per layer, their ratio, and gate statistics."""
+    """RMS of each branch's part of the fused output per layer, their ratio, and gate statistics.
+    Keys name the branches (``rwkv_rms``, ``mamba_rms``, ``rwkv_share`` for the first's share, …)."""
     out = model(windows, output_branches=True)
     if model.config.mixer != "hybrid":
         return {}
-    rwkv_rms, mamba_rms, gates = [], [], []
-    total = {"rwkv": 0.0, "mamba": 0.0}
-    for block, r, m, gate in zip(model.blocks, out.rwkv_outputs, out.mamba_outputs, out.gates):
+    first, second = model.config.branch_names
+    first_rms, second_rms, gates = [], [], []
+    total = [0.0, 0.0]
+    for block, r, m, gate in zip(model.blocks, getattr(out, f"{first}_outputs"), getattr(out, f"{second}_outputs"),
+                                 out.gates):
         a, b = block.fusion.parts(r, m)
         ms_a, ms_b = float(a.float().square().mean()), float(b.float().square().mean())
-        total["rwkv"] += ms_a
-        total["mamba"] += ms_b
-        rwkv_rms.append(math.sqrt(ms_a))
-        mamba_rms.append(math.sqrt(ms_b))
+        total[0] += ms_a
+        total[1] += ms_b
+        first_rms.append(math.sqrt(ms_a))
+        second_rms.append(math.sqrt(ms_b))
         if gate is not None:
             g = gate.float()
             gates.append({"mean": float(g.mean()), "std": float(g.std()) if g.numel() > 1 else 0.0,
                           "min": float(g.min()), "max": float(g.max())})
-    a, b = math.sqrt(total["rwkv"]), math.sqrt(total["mamba"])
+    a, b = math.sqrt(total[0]), math.sqrt(total[1])
     ratio = max(a, b) / max(min(a, b), 1e-30)
     return {
-        "rwkv_rms": rwkv_rms,
-        "mamba_rms": mamba_rms,
-        "ratio_per_layer": [max(x, y) / max(min(x, y), 1e-30) for x, y in zip(rwkv_rms, mamba_rms)],
-        "rwkv_share_per_layer": [x / (x + y) if x + y > 0 else None for x, y in zip(rwkv_rms, mamba_rms)],
+        "branches": [first, second],
+        f"{first}_rms": first_rms,
+        f"{second}_rms": second_rms,
+        "ratio_per_layer": [max(x, y) / max(min(x, y), 1e-30) for x, y in zip(first_rms, second_rms)],
+        f"{first}_share_per_layer": [x / (x + y) if x + y > 0 else None for x, y in zip(first_rms, second_rms)],
         "ratio": ratio,
-        "rwkv_share": a / (a + b) if a + b > 0 else None,
-        "dominant": "rwkv" if a >= b else "mamba",
+        f"{first}_share": a / (a + b) if a + b > 0 else None,
+        "dominant": first if a >= b else second,
         "gates": gates,  # per layer; WS: α, HY: the gains (both rows), GF/HGF: γ over positions
     }
 
@@ -152,10 +162,9 @@ def ablation(model: FusionForCausalLM, windows: torch.Tensor) -> dict:
         return float(token_ce(model(windows, ablate=ablate).logits.float(), windows).mean())
 
     result = {"ce": ce()}
-    for branch in BRANCHES:
-        if getattr(model.config, f"has_{branch}"):
-            result[f"ce_without_{branch}"] = ce(branch)
-            result[f"delta_{branch}"] = result[f"ce_without_{branch}"] - result["ce"]
+    for branch in model.config.branch_names:
+        result[f"ce_without_{branch}"] = ce(branch)
+        result[f"delta_{branch}"] = result[f"ce_without_{branch}"] - result["ce"]
     return result
 
 
@@ -164,9 +173,8 @@ def depth_profile(model: FusionForCausalLM, windows: torch.Tensor) -> dict:
     """Activation variance through depth: residual stream, and each branch's output per layer."""
     out = model(windows, output_branches=True, output_hidden_states=True)
     result = {"residual_variance": [float(h.float().var()) for h in out.hidden_states]}
-    for branch, outputs in (("rwkv", out.rwkv_outputs), ("mamba", out.mamba_outputs)):
-        if outputs[0] is None:
-            continue
+    for branch in model.config.branch_names:
+        outputs = getattr(out, f"{branch}_outputs")
         variance = [float(o.float().var()) for o in outputs]
         growth = variance[-1] / variance[0] if variance[0] > 0 else float("inf")
         result[branch] = {
@@ -176,6 +184,9 @@ def depth_profile(model: FusionForCausalLM, windows: torch.Tensor) -> dict:
             "character": "amplifier" if growth > 1 else "damper",
         }
     return result
+
+
+COMPONENTS = ("rwkv", "mamba", "kuramoto", "fusion", "mlp")  # a block's parts, by module name
 
 
 def gradient_coupling(model: FusionForCausalLM, windows: torch.Tensor) -> dict:
@@ -192,7 +203,7 @@ def gradient_coupling(model: FusionForCausalLM, windows: torch.Tensor) -> dict:
         if p.grad is None:
             continue
         parts = name.split(".")
-        component = parts[2] if parts[0] == "blocks" and parts[2] in ("rwkv", "mamba", "fusion", "mlp") else "other"
+        component = parts[2] if parts[0] == "blocks" and parts[2] in COMPONENTS else "other"
         sq = float(p.grad.float().square().sum())
         squares[component] = squares.get(component, 0.0) + sq
         if component != "other":
@@ -202,8 +213,10 @@ def gradient_coupling(model: FusionForCausalLM, windows: torch.Tensor) -> dict:
     model.train(was_training)
     norms = {k: math.sqrt(v) for k, v in squares.items()}
     result = {"norms": norms, "per_layer": {k: [math.sqrt(x) for x in v] for k, v in per_layer.items()}}
-    if "rwkv" in norms and "mamba" in norms and norms["rwkv"] > 0:
-        result["mamba_over_rwkv"] = norms["mamba"] / norms["rwkv"]
+    if model.config.mixer == "hybrid":  # e.g. mamba_over_rwkv: the second branch's gradient over the first's
+        first, second = model.config.branch_names
+        if norms.get(first, 0.0) > 0 and second in norms:
+            result[f"{second}_over_{first}"] = norms[second] / norms[first]
     return result
 
 

@@ -36,8 +36,8 @@ Kinds (``KINDS``; ``Intervention.parse`` reads ``"pin=0.3"``, ``"k_scale=0.5"``,
 * ``unclamp``       K-SSM: u's clamp [u_min, u_max] switched off (the monostable map at
                     evaluation time; "U regulation off"). A grafted core has no clamp.
 * ``ablate b``      zero the output of branch b in the chosen blocks; its state still advances.
-                    K-SSM: ``bank``, ``mixer``, ``mlp``; fusion: ``rwkv``, ``mamba`` (exactly
-                    the model's own ``forward(ablate=…)``), ``fusion_gate`` (the learned fusion
+                    K-SSM: ``bank``, ``mixer``, ``mlp``; fusion: ``rwkv``, ``mamba``, ``kuramoto``
+                    (those it has; exactly the model's own ``forward(ablate=…)``), ``fusion_gate`` (the learned fusion
                     replaced by the plain average (r + m)/2), ``mlp``; a grafted model:
                     ``phase_core`` (the bare backbone, as ``Graft.disabled()``).
 

@@ -203,7 +203,7 @@ def branch_error(info: Structure, branch: str) -> PhaseLMError:
     if not info.branches:
         return PhaseLMError(
             f"this {info.name} model has no branch PhaseLM can ablate (K-SSM: bank, mixer, mlp; fusion: rwkv, mamba, "
-            "fusion_gate, mlp; a grafted model: phase_core)"
+            "kuramoto, fusion_gate, mlp; a grafted model: phase_core)"
         )
     close = difflib.get_close_matches(branch, list(info.branches), n=1, cutoff=0.5)
     hint = f"; did you mean {close[0]}?" if close else ""

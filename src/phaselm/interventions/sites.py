@@ -3,8 +3,8 @@
 As pyvene maps each model type to its modules, every PhaseLM class that can be intervened on
 declares where (:class:`Intervenable`): its oscillator sites — a K-SSM phase bank (``"bank"``)
 or a grafted Phase Core (``"core"``) — whose phases, coupling and output can be forced, and its
-named branches (a block's bank, mixer or MLP, a fusion model's RWKV / Mamba branch or fusion
-gate, a grafted core) whose output can be ablated.
+named branches (a block's bank, mixer or MLP, a fusion model's RWKV / Mamba / Kuramoto branch
+or fusion gate, a grafted core) whose output can be ablated.
 
 :func:`structure` reads a target's declarations: the target's own (K-SSM, fusion model, a bank),
 those of handles attached to it through forward hooks (a ``Graft`` on a Hugging Face model), or,

@@ -1,6 +1,10 @@
 """Fusion hybrids (seed 004; departures in docs/seeds-vs-phaselm.md): RWKV-6 and Mamba-2 side
 by side in every block, as one Hugging Face model family — and the pure RWKV-6 and pure
-Mamba-2 models, which are the same model with one branch.
+Mamba-2 models, which are the same model with one branch. ``branches`` may put the causal Kuramoto
+token mixer (phaselm.layers.kuramoto_mixer) in the place of either (``branches = ["rwkv6",
+"kuramoto"]`` or ``["kuramoto", "mamba2"]``; its settings are the ``kuramoto_*`` keys, defaults
+``KuramotoMixerConfig``'s; phaselm.models.fusion_branches): below, r is the first branch and m
+the second, whatever their kinds.
 
     token → embedding → n_layers × Block → RMSNorm → tied LM head
 
@@ -22,16 +26,19 @@ GF / HGF gate biases start at logit(g₀) with small weights, so γ ≈ g₀ at 
 seed's named inits are ``GATE_INITS`` (balanced 0.5, RWKV-heavy 0.7, Mamba-heavy 0.3 = GF-MH,
 extremes 0.03 = GF-XM and 0.97 = GF-XR). CP and RF have no gate; ``gate_init`` does not apply.
 
-``forward(..., output_branches=True)`` returns, per layer, the RWKV and Mamba branch outputs,
-the gate values (WS: α; HY: (g_r, g_m); GF: γ (B, T, 1); HGF: γ (B, T, d); CP, RF: None) and
-the recurrent states after the input (RWKV wkv (B, H, K, V), Mamba SSM (B, H, P, N));
+``forward(..., output_branches=True)`` returns, per layer, the RWKV, Mamba and Kuramoto branch
+outputs (None for a branch the model lacks), the gate values (WS: α; HY: (g_r, g_m); GF: γ
+(B, T, 1); HGF: γ (B, T, d); CP, RF: None) and the recurrent states after the input (RWKV wkv
+(B, H, K, V), Mamba SSM (B, H, P, N); the Kuramoto branch has none of fixed size);
 ``output_hidden_states=True`` the residual stream after the embedding and after each block
 (n_layers + 1 tensors, before the final norm);
-``ablate="rwkv"`` or ``"mamba"`` zeroes that branch's output before the fusion (its state still
-advances), for ablation studies.
+``ablate="rwkv"``, ``"mamba"`` or ``"kuramoto"`` zeroes that branch's output before the fusion
+(its state still advances), for ablation studies. A model with a Kuramoto branch always returns
+its per-token synchrony R as ``mixer_orders`` (B, n_layers, T, heads), as K-SSM does.
 
 Generation carries, per layer, the RWKV (last token, wkv state) and the Mamba (conv window, SSM
-state), so each new token costs O(1) in the context length.
+state), so each new token costs O(1) in the context length; a Kuramoto branch keeps every
+earlier token's keys and phases (O(T) per new token, like attention's KV cache).
 """
 
 from __future__ import annotations
@@ -47,8 +54,16 @@ from transformers.modeling_outputs import CausalLMOutput
 
 from ..errors import PhaseLMError
 from ..interventions.sites import Intervenable, SiteMap
-from ..layers.mamba2 import Mamba2Mixer
-from ..layers.rwkv6 import RWKV6TimeMix
+from ..layers.kuramoto_mixer import KuramotoMixerConfig
+from .fusion_branches import (
+    BRANCH_NAMES,
+    DEFAULT_BRANCHES,
+    RECURRENT,
+    build_branch,
+    check_branches,
+    kuramoto_mixer_config,
+    run_branch,
+)
 from .recurrent import RecurrentLM, register_auto_classes
 
 MIXERS = ("hybrid", "rwkv6", "mamba2")
@@ -100,7 +115,8 @@ class FusionConfig(PretrainedConfig):
     """The fusion family's one config: the ``[fusion]`` table of a ``train-lm`` recipe builds it
     directly (every keyword below except ``vocab_size``, from the tokenizer, and
     ``tie_word_embeddings``). Defaults are GF-MH at ~5.6M parameters char-level (7 layers of 192,
-    a 30 % RWKV share at init) trained at dropout 0.2, as recipes/fusion-gf-mh.toml."""
+    a 30 % RWKV share at init) trained at dropout 0.2, as recipes/fusion-gf-mh.toml. The Kuramoto
+    branch's ``kuramoto_*`` settings default to ``KuramotoMixerConfig``'s and are unused without one."""
 
     model_type = "phaselm_fusion"
     recipe_excludes = ("vocab_size", "tie_word_embeddings")
@@ -110,9 +126,12 @@ class FusionConfig(PretrainedConfig):
         vocab_size: int = 65,
         hidden_size: int = 192,
         n_layers: int = 7,
-        mixer: str = "hybrid",  # "hybrid" (both branches, fused), "rwkv6" or "mamba2" (one branch)
+        mixer: str = "hybrid",  # "hybrid" (two branches, fused), "rwkv6" or "mamba2" (one branch)
+        # hybrid only: the first (r) and second (m) branch; "kuramoto" may take either place
+        branches: tuple[str, str] = DEFAULT_BRANCHES,
         fusion: str = "GF",  # WS, HY, GF, HGF, CP or RF; hybrid only
-        gate_init: float | str = 0.3,  # RWKV share at init, in (0, 1), or a name of GATE_INITS (GF-MH: 0.3)
+        # the first branch's (RWKV's) share at init, in (0, 1), or a name of GATE_INITS (GF-MH: 0.3)
+        gate_init: float | str = 0.3,
         rwkv_head_dim: int = 64,
         rwkv_mix_rank: int = 32,
         rwkv_decay_rank: int = 64,
@@ -122,6 +141,13 @@ class FusionConfig(PretrainedConfig):
         mamba_head_dim: int = 64,
         mamba_conv_kernel: int = 4,
         mamba_chunk_size: int = 64,
+        kuramoto_heads: int = KuramotoMixerConfig.heads,
+        kuramoto_oscillators: int = KuramotoMixerConfig.oscillators,  # per head
+        kuramoto_key_dim: int = KuramotoMixerConfig.key_dim,  # per head
+        kuramoto_steps: int = KuramotoMixerConfig.steps,
+        kuramoto_dt: float = KuramotoMixerConfig.dt,
+        kuramoto_coupling_init: float = KuramotoMixerConfig.coupling_init,
+        kuramoto_backend: str = KuramotoMixerConfig.backend,  # "auto" (= "sdpa"), "sdpa", "reference"
         # "auto" (= "chunked" for now), "kernels" (fla's RWKV-6 and our fused SSD on CUDA), "chunked", "reference"
         scan: str = "auto",
         mlp_ratio: int = 4,
@@ -135,12 +161,15 @@ class FusionConfig(PretrainedConfig):
             raise PhaseLMError(f"scan must be one of {', '.join(SCANS)}, got {scan!r}")
         fusion = _fusion_name(fusion)
         gate_init = resolve_gate_init(gate_init)
-        if mixer != "mamba2" and (rwkv_head_dim <= 0 or hidden_size % rwkv_head_dim):
+        branches = check_branches(branches, mixer)
+        self.mixer = mixer
+        self.branches = branches
+        if "rwkv" in self.branch_names and (rwkv_head_dim <= 0 or hidden_size % rwkv_head_dim):
             raise PhaseLMError(
                 f"rwkv_head_dim {rwkv_head_dim} does not divide hidden_size {hidden_size}; "
                 "RWKV-6 needs a whole number of heads (e.g. hidden_size a multiple of 64)"
             )
-        if mixer != "rwkv6" and (mamba_head_dim <= 0 or (mamba_expand * hidden_size) % mamba_head_dim):
+        if "mamba" in self.branch_names and (mamba_head_dim <= 0 or (mamba_expand * hidden_size) % mamba_head_dim):
             raise PhaseLMError(
                 f"mamba_head_dim {mamba_head_dim} does not divide "
                 f"mamba_expand·hidden_size = {mamba_expand * hidden_size}; "
@@ -149,7 +178,6 @@ class FusionConfig(PretrainedConfig):
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.n_layers = n_layers
-        self.mixer = mixer
         self.fusion = fusion
         self.gate_init = gate_init
         self.rwkv_head_dim = rwkv_head_dim
@@ -161,20 +189,47 @@ class FusionConfig(PretrainedConfig):
         self.mamba_head_dim = mamba_head_dim
         self.mamba_conv_kernel = mamba_conv_kernel
         self.mamba_chunk_size = mamba_chunk_size
+        self.kuramoto_heads = kuramoto_heads
+        self.kuramoto_oscillators = kuramoto_oscillators
+        self.kuramoto_key_dim = kuramoto_key_dim
+        self.kuramoto_steps = kuramoto_steps
+        self.kuramoto_dt = kuramoto_dt
+        self.kuramoto_coupling_init = kuramoto_coupling_init
+        self.kuramoto_backend = kuramoto_backend
         self.scan = scan
         self.mlp_ratio = mlp_ratio
         self.dropout = dropout
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
+        self.kuramoto_config()  # validates the Kuramoto settings now, not at the first forward
+
+    @property
+    def branch_kinds(self) -> tuple[str, ...]:
+        """The kinds of the branches every block holds, in fusion order: (r, m) for a hybrid."""
+        return tuple(self.branches) if self.mixer == "hybrid" else (self.mixer,)
+
+    @property
+    def branch_names(self) -> tuple[str, ...]:
+        """The module names of the branches ("rwkv", "mamba", "kuramoto"), in fusion order."""
+        return tuple(BRANCH_NAMES[kind] for kind in self.branch_kinds)
 
     @property
     def has_rwkv(self) -> bool:
-        """Does the mixer have an RWKV-6 branch (hybrid or rwkv6)?"""
-        return self.mixer in ("hybrid", "rwkv6")
+        """Does every block have an RWKV-6 branch?"""
+        return "rwkv" in self.branch_names
 
     @property
     def has_mamba(self) -> bool:
-        """Does the mixer have a Mamba-2 branch (hybrid or mamba2)?"""
-        return self.mixer in ("hybrid", "mamba2")
+        """Does every block have a Mamba-2 branch?"""
+        return "mamba" in self.branch_names
+
+    @property
+    def has_kuramoto(self) -> bool:
+        """Does every block have a Kuramoto token-mixer branch?"""
+        return "kuramoto" in self.branch_names
+
+    def kuramoto_config(self) -> KuramotoMixerConfig:
+        """The Kuramoto branch's config, from this config's ``kuramoto_*`` fields."""
+        return kuramoto_mixer_config(self)
 
 
 def _logit(p: float) -> float:
@@ -239,10 +294,10 @@ class Fusion(nn.Module):
 class BlockOutput:
     """One block's branch outputs, fusion gate and carried states, kept for ``output_branches``."""
 
-    rwkv: torch.Tensor | None  # branch outputs (B, T, d)
-    mamba: torch.Tensor | None
+    outputs: dict  # branch name → its output (B, T, d), for the branches present
     gate: torch.Tensor | None
-    state: dict  # {"rwkv": (last token, wkv), "mamba": (conv window, ssm)} for the branches present
+    state: dict  # {"rwkv": (last token, wkv), "mamba": (conv window, ssm), "kuramoto": (keys, phases, real)}
+    order: torch.Tensor | None = None  # the Kuramoto branch's R (B, T, heads), if the block has one
 
 
 class FusionBlock(nn.Module):
@@ -252,64 +307,46 @@ class FusionBlock(nn.Module):
         super().__init__()
         d = config.hidden_size
         self.norm = nn.RMSNorm(d)
-        self.rwkv = (
-            RWKV6TimeMix(
-                d,
-                head_dim=config.rwkv_head_dim,
-                mix_rank=config.rwkv_mix_rank,
-                decay_rank=config.rwkv_decay_rank,
-                layer_id=layer_id,
-                n_layers=config.n_layers,
-                backend="fla" if config.scan == "kernels" else config.scan,
-                chunk_size=config.rwkv_chunk_size,
-            )
-            if config.has_rwkv
-            else None
-        )
-        self.mamba = (
-            Mamba2Mixer(
-                d,
-                state_size=config.mamba_state_size,
-                expand=config.mamba_expand,
-                head_dim=config.mamba_head_dim,
-                conv_kernel=config.mamba_conv_kernel,
-                chunk_size=config.mamba_chunk_size,
-                scan="fused" if config.scan == "kernels" else config.scan,
-            )
-            if config.has_mamba
-            else None
-        )
+        self.branch_names = config.branch_names
+        # One attribute per possible branch (None where absent), so parameter names stay "blocks.i.rwkv.…".
+        self.rwkv = self.mamba = self.kuramoto = None
+        for kind, name in zip(config.branch_kinds, config.branch_names):
+            setattr(self, name, build_branch(kind, config, layer_id))
         self.fusion = Fusion(config.fusion, d, config.gate_init) if config.mixer == "hybrid" else None
         self.mlp_norm = nn.RMSNorm(d)
         self.mlp = nn.Sequential(nn.Linear(d, config.mlp_ratio * d), nn.GELU(), nn.Linear(config.mlp_ratio * d, d))
         self.drop = nn.Dropout(config.dropout)
 
     def forward(
-        self, h: torch.Tensor, state: dict | None = None, ablate: str | None = None, mask: torch.Tensor | None = None
+        self,
+        h: torch.Tensor,
+        state: dict | None = None,
+        ablate: str | None = None,
+        mask: torch.Tensor | None = None,
+        keep_state: bool = True,
     ):
         """h (B, T, d), state None or the branches' dict, mask None or (B, T) → (h (B, T, d), BlockOutput).
 
-        ``ablate`` ("rwkv" or "mamba") zeroes that branch's output before the fusion.
+        ``ablate`` (a branch name) zeroes that branch's output before the fusion; ``keep_state``
+        False lets a Kuramoto branch skip building its cache.
         """
         x = self.norm(h)
         state = state or {}
-        r = m = gate = None
-        new_state = {}
-        if self.rwkv is not None:
-            r, new_state["rwkv"] = self.rwkv(x, state.get("rwkv"), mask)
-            if ablate == "rwkv":
-                r = torch.zeros_like(r)
-        if self.mamba is not None:
-            m, new_state["mamba"] = self.mamba(x, state.get("mamba"), mask)
-            if ablate == "mamba":
-                m = torch.zeros_like(m)
+        outputs, new_state, order = {}, {}, None
+        for name in self.branch_names:
+            out, branch_state, branch_order = run_branch(getattr(self, name), x, state.get(name), mask, keep_state)
+            if branch_state is not None:
+                new_state[name] = branch_state
+            order = branch_order if branch_order is not None else order
+            outputs[name] = torch.zeros_like(out) if ablate == name else out
+        gate = None
         if self.fusion is not None:
-            fused, gate = self.fusion(r, m)
+            fused, gate = self.fusion(*outputs.values())
         else:
-            fused = r if r is not None else m
+            (fused,) = outputs.values()
         h = h + self.drop(fused)
         h = h + self.drop(self.mlp(self.mlp_norm(h)))
-        return h, BlockOutput(r, m, gate, new_state)
+        return h, BlockOutput(outputs, gate, new_state, order)
 
 
 class FusionCache:
@@ -337,15 +374,20 @@ class FusionOutput(CausalLMOutput):
     past_key_values: FusionCache | None = None
     rwkv_outputs: tuple | None = None  # per layer (B, T, d), or None for a model without the branch
     mamba_outputs: tuple | None = None
+    kuramoto_outputs: tuple | None = None
     gates: tuple | None = None  # per layer: see the module docstring
     states: tuple | None = None  # per layer {"rwkv": wkv (B, H, K, V), "mamba": ssm (B, H, P, N)}
-    # (n_layers,) mean RWKV share of the fused output, for the fusions with a share in (0, 1)
-    # (WS, GF, HGF); always returned (it is computed anyway), so training can log the gates.
+    # (n_layers,) mean share of the first branch (RWKV-6, or the Kuramoto mixer in its place) in
+    # the fused output, for the fusions with a share in (0, 1) (WS, GF, HGF); always returned (it
+    # is computed anyway), so training can log the gates.
     gate_means: torch.Tensor | None = None
+    # (B, n_layers, T, heads): the Kuramoto branch's R, always returned by a model that has one
+    mixer_orders: torch.Tensor | None = None
 
 
 class FusionForCausalLM(RecurrentLM, Intervenable):
-    """The fusion family as a Hugging Face causal LM: hybrid RWKV-6 + Mamba-2, or either alone."""
+    """The fusion family as a Hugging Face causal LM: hybrid RWKV-6 + Mamba-2 (either may be the
+    Kuramoto mixer), or RWKV-6 or Mamba-2 alone."""
 
     config_class = FusionConfig
     base_model_prefix = "fusion"
@@ -374,8 +416,10 @@ class FusionForCausalLM(RecurrentLM, Intervenable):
 
         ``output_branches`` adds the per-layer branch outputs, gates and states; ``ablate`` zeroes a branch.
         """
-        if ablate not in (None, "rwkv", "mamba"):
-            raise PhaseLMError(f"ablate must be 'rwkv', 'mamba' or None, got {ablate!r}")
+        if ablate is not None and ablate not in self.config.branch_names:
+            raise PhaseLMError(
+                f"ablate must be None or a branch of this model ({', '.join(self.config.branch_names)}), got {ablate!r}"
+            )
         self.check_ids(input_ids)
         length = input_ids.shape[1]
         offset = past_key_values.seen if past_key_values is not None else 0
@@ -385,7 +429,7 @@ class FusionForCausalLM(RecurrentLM, Intervenable):
         hidden, outs = [], []
         hidden.append(h)
         for i, block in enumerate(self.blocks):
-            h, out = block(h, cache.layers.get(i) if cache is not None else None, ablate, mask)
+            h, out = block(h, cache.layers.get(i) if cache is not None else None, ablate, mask, cache is not None)
             if cache is not None:
                 cache.layers[i] = out.state
             outs.append(out)
@@ -397,25 +441,24 @@ class FusionForCausalLM(RecurrentLM, Intervenable):
         extra = {}
         if self.config.mixer == "hybrid" and self.config.fusion in SHARE_FUSIONS:
             extra["gate_means"] = torch.stack([o.gate.detach().float().mean() for o in outs])
+        if self.config.has_kuramoto:
+            extra["mixer_orders"] = torch.stack([o.order for o in outs], 1)
         if output_hidden_states:
             extra["hidden_states"] = tuple(hidden)
         if output_branches:
             extra.update(
-                rwkv_outputs=tuple(o.rwkv for o in outs),
-                mamba_outputs=tuple(o.mamba for o in outs),
+                {f"{name}_outputs": tuple(o.outputs.get(name) for o in outs) for name in ("rwkv", "mamba", "kuramoto")},
                 gates=tuple(o.gate for o in outs),
-                states=tuple({name: pair[1] for name, pair in o.state.items()} for o in outs),
+                # the recurrent states only: the Kuramoto branch's cache is its earlier tokens, not a state
+                states=tuple({name: o.state[name][1] for name in RECURRENT if name in o.state} for o in outs),
             )
         return FusionOutput(loss=loss, logits=logits, past_key_values=cache, **extra)
 
     def intervention_sites(self) -> SiteMap:
-        """No oscillator sites; the branches rwkv and mamba (those the mixer has), fusion_gate
-        (learned fusions: ablating it averages the branches) and mlp, one entry per block."""
+        """No oscillator sites; the branches the model has (rwkv, mamba, kuramoto: ``branch_names``),
+        fusion_gate (learned fusions: ablating it averages the branches) and mlp, one entry per block."""
         blocks = list(self.blocks)
-        branches = {}
-        for branch in ("rwkv", "mamba"):
-            if any(getattr(b, branch) is not None for b in blocks):
-                branches[branch] = [getattr(b, branch) for b in blocks]
+        branches = {name: [getattr(b, name) for b in blocks] for name in self.config.branch_names}
         gates = [b.fusion if b.fusion is not None and b.fusion.kind in GATED else None for b in blocks]
         if any(gate is not None for gate in gates):
             branches["fusion_gate"] = gates

@@ -237,3 +237,16 @@ def test_example_files_declare_the_issue_s_thresholds(name):
     assert protocol.kind == "does_r_matter" and len(protocol.seeds) >= 3
     assert protocol.thresholds == {"ablation_nats": 0.05, "pin_dz": 0.5}
     assert f"phaselm protocol run protocols/{name}" in (EXAMPLES / name).read_text(encoding="utf-8")
+
+
+def test_cli_runs_it_and_refuses_two_seeds_in_one_line(runs, tmp_path, capsys):
+    from cli_helpers import assert_one_line_error, run_cli
+
+    file = write(tmp_path / "p.toml", spec(runs["kssm"]))
+    code, out, err = run_cli(capsys, "protocol", "run", str(file), "--out", str(tmp_path / "out"))
+    assert code == 0, err
+    assert "Synchrony is" in out and (tmp_path / "out" / "results.json").is_file()
+    bad = write(tmp_path / "bad.toml", spec(runs["kssm"], design={"seeds": [0, 1], "samples_per_condition": 8}))
+    code, _, err = run_cli(capsys, "protocol", "run", str(bad), "--out", str(tmp_path / "bad"))
+    assert_one_line_error(code, err, "needs at least 3 seeds")
+    assert not (tmp_path / "bad").exists()

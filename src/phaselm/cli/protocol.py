@@ -15,8 +15,9 @@ from .app import app, command_line, print_json
 protocol_app = typer.Typer(
     name="protocol",
     help="Run an experiment protocol declared in TOML before running: observation (blind vs measured), "
-    "intervention (each condition vs none) or ablation_grid, or any eval design (r_intervention, temperature_sweep, "
-    "clamp_sweep, order_loss_correlation, ablation_table, fusion_diagnostics) with its options in [eval].\n\n"
+    "intervention (each condition vs none), ablation_grid or does_r_matter (issue 15's causal test), or any eval "
+    "design (r_intervention, temperature_sweep, clamp_sweep, order_loss_correlation, ablation_table, "
+    "fusion_diagnostics) with its options in [eval].\n\n"
     "The protocol file's SHA-256 is stored with its results, and results never attach to a changed protocol. "
     "Examples are in protocols/*.toml (each says at the top how to run it).",
     no_args_is_help=True,
@@ -40,7 +41,9 @@ def protocol_run(
     with permutation, Brown–Forsythe and Levene tests, bootstrap CIs, effect sizes, power for the
     n used), `intervention` (each condition vs none, paired by prompt and seed: KL, perplexity
     under a reference model, distinct-n, repetition, mean R) and `ablation_grid` (layer, K scale,
-    oscillator count, U regulation on/off over validation windows and seeds: loss and R per cell).
+    oscillator count, U regulation on/off over validation windows and seeds: loss and R per cell)
+    and `does_r_matter` (oscillator ablation and R pin / sync / disorder vs intact, ΔCE and KL
+    paired per window, the R–loss correlation, and a verdict by the file's thresholds).
     Holm corrects every protocol's family of tests; every table states n. Running the same file
     again into the same --out replaces its results; a changed file is refused there.
 
@@ -78,7 +81,8 @@ def protocol_check(
     protocol = read_protocol(file)
     info = {**protocol.header(), "samples_per_condition": protocol.samples_per_condition, "seeds": protocol.seeds,
             "conditions": [c.to_dict() for c in protocol.conditions], "metrics": protocol.metrics,
-            "test": protocol.test, "alpha": protocol.alpha, "settings": protocol.settings}
+            "test": protocol.test, "alpha": protocol.alpha, "settings": protocol.settings,
+            "thresholds": protocol.thresholds}
     if as_json:
         print_json(info)
     else:

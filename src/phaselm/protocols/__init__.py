@@ -36,6 +36,10 @@ Kinds (``[protocol] kind``):
                     oscillator count, U regulation on/off, branch ablation) over validation
                     windows drawn with several seeds; loss and R per cell, each cell against
                     the model as trained.
+* ``does_r_matter`` issue 15's causal test (:mod:`.causal`): the oscillator branch ablated and R
+                    pinned / synchronised / disordered, each paired per validation window with
+                    the intact model (ΔCE, KL), and the within-window R–loss ρ; ≥ 3 seeds, one
+                    Holm family, and a verdict by the thresholds the file declares.
 
 The file (every key is checked; a typo names the closest key; see protocols/*.toml):
 
@@ -47,7 +51,9 @@ The file (every key is checked; a typo names the closest key; see protocols/*.to
     [design]     seeds, samples_per_condition (must equal prompts × seeds, or windows × seeds)
     [[conditions]]  intervention = "pin=0.3" or a list (composed), layers, name   (intervention)
     [grid]       layers, k_scale, oscillators, u_regulation, ablate               (ablation_grid)
-    [evaluation] windows, seq_len, batch_size                                      (ablation_grid)
+    [evaluation] windows, seq_len, batch_size                       (ablation_grid, does_r_matter)
+    [causal]     ablate (the oscillator branch), pin (R), layers                   (does_r_matter)
+    [thresholds] ablation_nats, pin_dz (the verdict's bounds, hashed with the file) (does_r_matter)
     [metrics]    names
     [statistics] test = "t" | "wilcoxon" | "permutation", alpha, power, ci_level,
                  bootstrap_resamples, permutation_resamples

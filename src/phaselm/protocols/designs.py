@@ -3,7 +3,7 @@
 
 Two families share the runner:
 
-* result designs (``observation``, ``intervention``, ``ablation_grid``), declared in TOML and
+* result designs (``observation``, ``intervention``, ``ablation_grid``, ``does_r_matter``), declared in TOML and
   checked by :func:`phaselm.protocols.load_protocol`: they return a body that the runner writes
   as results.json / results.md / results.png beside a copy of the protocol file;
 * eval designs (``r_intervention``, ``temperature_sweep``, ``clamp_sweep``,
@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ..errors import PhaseLMError
 from . import eval_designs as ev
+from .causal import run_does_r_matter
 from .grid import grid_cells, run_ablation_grid
 from .intervention import run_intervention
 from .observation import run_observation
@@ -57,6 +58,10 @@ def _grid_units(protocol: Protocol) -> int:
     return len(grid_cells(protocol)) + 1 if protocol.grid else 1
 
 
+def _causal_units(protocol: Protocol) -> int:
+    return 1 + len(protocol.runs)
+
+
 def _run_observation(protocol, subject, reference, progress):
     return run_observation(protocol, subject, progress)
 
@@ -71,6 +76,9 @@ DESIGNS: dict[str, Design] = {d.name: d for d in (
     Design("intervention", "each condition vs none, paired by prompt and seed (declared test, one Holm family, "
            "perplexity under a reference model)", run_intervention, units=_generation_units),
     Design("ablation_grid", "evaluation-time changes over validation windows and seeds", _run_grid, units=_grid_units),
+    Design("does_r_matter", "issue 15's causal test: oscillator ablation and R pin / sync / disorder (ΔCE, KL) and "
+           "the R–loss correlation, paired per window, one Holm family, verdict by pre-declared thresholds",
+           run_does_r_matter, units=_causal_units),
     Design("r_intervention", "forced vs unforced phases, one seed, paired t and Wilcoxon (perplexity under the "
            "unforced model)", ev.run_intervention_eval, output="intervention"),
     Design("temperature_sweep", "text quality per sampling temperature", ev.run_temperature_eval,

@@ -15,7 +15,9 @@ from ..errors import PhaseLMError
 from ..interventions import ALL_LAYERS, Intervention
 from ..metrics import metric_labels
 
-KINDS = ("observation", "intervention", "ablation_grid")
+KINDS = ("observation", "intervention", "ablation_grid", "does_r_matter")
+WINDOW_KINDS = ("ablation_grid", "does_r_matter")  # kinds that score validation windows, not generations
+MIN_CAUSAL_SEEDS = 3  # the does-R-matter protocol's floor (issue 15: ≥ 3 seeds per model)
 TESTS = {"t": "paired t-test", "paired_t": "paired t-test", "wilcoxon": "Wilcoxon signed-rank test",
          "permutation": "sign-flip permutation test"}
 PROMPT_SOURCES = ("validation", "file", "list")
@@ -23,9 +25,12 @@ METRICS = {
     "observation": ("r_mean", "r_std", "r_range", "u_mean"),
     "intervention": ("kl", "perplexity", "distinct_1", "distinct_2", "distinct_3", "repetition", "mean_r"),
     "ablation_grid": ("loss", "r_mean"),
+    # fixed by the design (no [metrics] section): validation CE and KL per condition, R–loss correlation
+    "does_r_matter": ("ce", "kl", "r_loss_correlation"),
 }
 # an intervention protocol scores perplexity under its reference model
-METRIC_LABELS = metric_labels(sorted({m for names in METRICS.values() for m in names}), "reference model")
+METRIC_LABELS = metric_labels(sorted({m for kind, names in METRICS.items() if kind != "does_r_matter"
+                                     for m in names}), "reference model")
 RESULTS = "results.json"
 PROTOCOL_COPY = "protocol.toml"
 MAX_SCATTER = 5000
@@ -35,27 +40,32 @@ RECORDED_TOLERANCE = 1e-4
 
 # section → key → (types, required for which kinds: a tuple of kinds, () = optional)
 _GEN = ("observation", "intervention")
+_NAMED_METRICS = ("observation", "intervention", "ablation_grid")
 SCHEMA: dict[str, dict[str, tuple[tuple, tuple]]] = {
     "protocol": {"kind": ((str,), KINDS), "name": ((str,), ()), "description": ((str,), ())},
-    "model": {"path": ((str,), KINDS), "reference": ((str,), ()), "device": ((str,), ())},
+    "model": {"path": ((str,), KINDS), "reference": ((str,), ()), "device": ((str,), ()), "runs": ((list,), ())},
     "prompts": {"source": ((str,), _GEN), "count": ((int,), ()), "tokens": ((int,), ()), "file": ((str,), ()),
                 "texts": ((list,), ())},
     "decoding": {"max_new_tokens": ((int,), _GEN), "temperature": ((float, int), _GEN), "top_k": ((int,), ())},
     "design": {"seeds": ((list,), KINDS), "samples_per_condition": ((int,), KINDS)},
-    "metrics": {"names": ((list,), KINDS)},
+    "metrics": {"names": ((list,), _NAMED_METRICS)},
     "statistics": {"test": ((str,), KINDS), "alpha": ((float,), KINDS), "power": ((float,), ()),
                    "ci_level": ((float,), ()),
                    "bootstrap_resamples": ((int,), ()), "permutation_resamples": ((int,), ())},
     "grid": {"layers": ((list,), ()), "k_scale": ((list,), ()), "oscillators": ((list,), ()),
              "u_regulation": ((list,), ()), "ablate": ((list,), ())},
-    "evaluation": {"windows": ((int,), ("ablation_grid",)), "seq_len": ((int,), ("ablation_grid",)),
+    "evaluation": {"windows": ((int,), WINDOW_KINDS), "seq_len": ((int,), WINDOW_KINDS),
                    "batch_size": ((int,), ())},
+    "causal": {"ablate": ((str,), ("does_r_matter",)), "pin": ((float,), ("does_r_matter",)),
+               "layers": ((str, int, list), ())},
+    "thresholds": {"ablation_nats": ((float,), ("does_r_matter",)), "pin_dz": ((float,), ("does_r_matter",))},
 }
 CONDITION_KEYS = {"name": (str,), "intervention": (str, list), "layers": (str, int, list)}
 SECTIONS_FOR = {
     "observation": ("protocol", "model", "prompts", "decoding", "design", "metrics", "statistics"),
     "intervention": ("protocol", "model", "prompts", "decoding", "design", "conditions", "metrics", "statistics"),
     "ablation_grid": ("protocol", "model", "design", "grid", "evaluation", "metrics", "statistics"),
+    "does_r_matter": ("protocol", "model", "design", "causal", "evaluation", "thresholds", "statistics"),
 }
 
 
@@ -106,11 +116,16 @@ class Protocol:
     seq_len: int = 0
     batch_size: int = 8
     settings: dict = field(default_factory=dict)  # an eval design's options (its [eval] table)
+    causal: dict = field(default_factory=dict)  # does_r_matter: ablate, pin, layers
+    thresholds: dict = field(default_factory=dict)  # does_r_matter: ablation_nats, pin_dz (pre-declared)
+    runs: list[str] = field(default_factory=list)  # does_r_matter: further training runs beside [model] path
 
     @property
     def n_prompts(self) -> int:
-        """Prompts per seed (evaluation windows per seed for an ablation grid)."""
-        return self.windows if self.kind == "ablation_grid" else int(self.prompt_count or 0)
+        """Prompts per seed (evaluation windows per seed, over every run, for the window kinds)."""
+        if self.kind in WINDOW_KINDS:
+            return self.windows * (1 + len(self.runs))
+        return int(self.prompt_count or 0)
 
     def header(self) -> dict:
         """What identifies the protocol in its results: kind, name, description, file and SHA-256."""
@@ -289,7 +304,7 @@ def load_protocol(path: str | os.PathLike) -> Protocol:
     for key, value in resamples.items():
         if value < 100:
             raise PhaseLMError(f"[statistics] {key} must be at least 100, got {value}")
-    metrics = v["metrics"]["names"]
+    metrics = v["metrics"]["names"] if kind in _NAMED_METRICS else list(METRICS[kind])
     if not metrics or not all(isinstance(m, str) for m in metrics):
         raise PhaseLMError(f"[metrics] names must be a non-empty list of metric names ({', '.join(METRICS[kind])})")
     for m in metrics:
@@ -308,22 +323,25 @@ def load_protocol(path: str | os.PathLike) -> Protocol:
         seeds=seeds, samples_per_condition=n, metrics=list(metrics), test=test, alpha=alpha, power=power,
         ci_level=ci_level, **resamples,
     )
+    if model.get("runs") and kind != "does_r_matter":
+        raise PhaseLMError("[model] runs applies to does_r_matter protocols only (other training seeds of the model)")
     if model.get("reference") and kind != "intervention":
         raise PhaseLMError("[model] reference applies to intervention protocols only (perplexity under a reference "
                            "model)")
     if kind in _GEN:
         _load_generation_design(protocol, v, path)
-    else:
+    elif kind == "ablation_grid":
         _load_grid_design(protocol, v)
+    else:
+        _load_causal_design(protocol, v)
     if kind == "intervention":
         protocol.conditions = _conditions(data["conditions"], path)
     design = protocol.n_prompts * len(seeds)
-    unit = "windows" if kind == "ablation_grid" else "prompts"
+    parts = f"{protocol.windows} windows" if kind in WINDOW_KINDS else f"{protocol.n_prompts} prompts"
+    parts += f" × {1 + len(protocol.runs)} runs" if protocol.runs else ""
     if design != n:
-        raise PhaseLMError(
-            f"[design] samples_per_condition = {n} but the design gives {protocol.n_prompts} {unit} × {len(seeds)} "
-            f"seeds = {design}; make them agree"
-        )
+        raise PhaseLMError(f"[design] samples_per_condition = {n} but the design gives {parts} × {len(seeds)} seeds = "
+                           f"{design}; make them agree")
     return protocol
 
 
@@ -409,11 +427,41 @@ def _load_grid_design(protocol: Protocol, v: dict) -> None:
             raise PhaseLMError(f"[grid] {axis} lists a value twice; give each once")
         out[axis] = values
     protocol.grid = out
+    _load_windows(protocol, v)
+
+
+def _load_windows(protocol: Protocol, v: dict) -> None:
     ev = v["evaluation"]
     protocol.windows, protocol.seq_len, protocol.batch_size = ev["windows"], ev["seq_len"], ev.get("batch_size", 8)
     for key in ("windows", "seq_len", "batch_size"):
         if getattr(protocol, key) < 1:
             raise PhaseLMError(f"[evaluation] {key} must be at least 1, got {getattr(protocol, key)}")
+
+
+def _load_causal_design(protocol: Protocol, v: dict) -> None:
+    """[causal], [thresholds], [evaluation] and [model] runs of a does_r_matter protocol."""
+    if len(protocol.seeds) < MIN_CAUSAL_SEEDS:
+        raise PhaseLMError(f"[design] seeds lists {len(protocol.seeds)}; the does_r_matter protocol needs at least "
+                           f"{MIN_CAUSAL_SEEDS} seeds, e.g. seeds = [0, 1, 2]")
+    _load_windows(protocol, v)
+    causal = v["causal"]
+    ablate = Intervention("ablate", causal["ablate"]).value
+    pin = Intervention("pin", causal["pin"]).value
+    layers = _layers_value(causal.get("layers", ALL_LAYERS), "[causal] layers")
+    protocol.causal = {"ablate": ablate, "pin": pin, "layers": layers}
+    thresholds = v["thresholds"]
+    if not math.isfinite(thresholds["ablation_nats"]):
+        raise PhaseLMError(f"[thresholds] ablation_nats must be a finite number, got {thresholds['ablation_nats']}")
+    if not (thresholds["pin_dz"] >= 0 and math.isfinite(thresholds["pin_dz"])):
+        raise PhaseLMError(f"[thresholds] pin_dz must be a finite number ≥ 0 (a bound on |d_z|), got "
+                           f"{thresholds['pin_dz']}")
+    protocol.thresholds = dict(thresholds)
+    runs = v["model"].get("runs", [])
+    if not all(isinstance(r, str) and r for r in runs):
+        raise PhaseLMError(f"[model] runs must be a list of run directories (other training seeds), got {runs!r}")
+    if len(set(runs)) != len(runs) or v["model"]["path"] in runs:
+        raise PhaseLMError("[model] runs repeats a run (or [model] path); give each training run once")
+    protocol.runs = list(runs)
 
 
 def check_out_dir(out_dir: str | os.PathLike, protocol: Protocol) -> Path:

@@ -278,3 +278,17 @@ def group_by_length(seqs: Sequence[Sequence[int]], size: int) -> list[list[int]]
     for i, seq in enumerate(seqs):
         by_length.setdefault(len(seq), []).append(i)
     return [idx[s : s + size] for idx in by_length.values() for s in range(0, len(idx), size)]
+
+
+def prompt_token_ids(tokenizer, prompts: Sequence) -> list[list[int]]:
+    """Texts or token-id sequences → token ids; an empty prompt is a one-line error."""
+    out = []
+    for p in prompts:
+        if isinstance(p, str):
+            ids = tokenizer.encode(p)
+        else:
+            ids = [int(i) for i in (p.tolist() if isinstance(p, torch.Tensor) else p)]
+        if not ids:
+            raise PhaseLMError("a prompt encodes to no tokens; pass non-empty prompts")
+        out.append(ids)
+    return out

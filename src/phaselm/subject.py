@@ -19,6 +19,7 @@ from .generation import (
     check_prompt_fits,
     check_sampling,
     group_by_length,
+    prompt_token_ids,
     sample_tokens,
     token_reading,
 )
@@ -148,16 +149,7 @@ class Subject:
 
     def encode(self, prompts: Sequence) -> list[list[int]]:
         """Texts or token-id sequences → token ids; an empty prompt is a one-line error."""
-        out = []
-        for p in prompts:
-            if isinstance(p, str):
-                ids = self.tokenizer.encode(p)
-            else:
-                ids = [int(i) for i in (p.tolist() if isinstance(p, torch.Tensor) else p)]
-            if not ids:
-                raise PhaseLMError("a prompt encodes to no tokens; pass non-empty prompts")
-            out.append(ids)
-        return out
+        return prompt_token_ids(self.tokenizer, prompts)
 
     def generate(
         self,

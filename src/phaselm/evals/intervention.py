@@ -12,7 +12,7 @@ from torch import nn
 
 from .. import statistics as st
 from ..errors import PhaseLMError
-from ..generation import group_by_length
+from ..generation import group_by_length, prompt_token_ids
 from ..interventions import Intervention, intervene, require_oscillator_sites
 from ..subject import Subject
 from .outputs import check_positions, eval_mode, eval_progress, model_device, prepare_outputs, write_outputs
@@ -24,7 +24,6 @@ from .sampling import (
     kl_divergence,
     mean_nll,
     per_prompt_metrics,
-    prompt_token_ids,
     r_per_layer,
 )
 from .subject import METRIC_LABELS, METRICS, SAMPLES_SHOWN

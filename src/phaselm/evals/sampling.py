@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,20 +30,6 @@ def validation_prompts(val_ids: torch.Tensor, n: int = 50, prompt_tokens: int = 
         )
     starts = [(i * room) // (n - 1) for i in range(n)]
     return [val_ids[s : s + prompt_tokens].tolist() for s in starts]
-
-
-def prompt_token_ids(tokenizer, prompts: Sequence) -> list[list[int]]:
-    """Texts or token-id sequences → token ids; an empty prompt is a one-line error."""
-    out = []
-    for p in prompts:
-        if isinstance(p, str):
-            ids = tokenizer.encode(p)
-        else:
-            ids = [int(i) for i in (p.tolist() if isinstance(p, torch.Tensor) else p)]
-        if not ids:
-            raise PhaseLMError("a prompt encodes to no tokens; pass non-empty prompts")
-        out.append(ids)
-    return out
 
 
 def sample(

@@ -12,7 +12,7 @@ from torch import nn
 
 from .. import statistics as st
 from ..errors import PhaseLMError
-from ..generation import group_by_length
+from ..generation import group_by_length, prompt_token_ids
 from ..subject import Subject
 from .intervention import table_markdown
 from .outputs import check_positions, eval_mode, eval_progress, model_device, prepare_outputs, write_outputs
@@ -23,7 +23,6 @@ from .sampling import (
     generate_all,
     mean_nll,
     per_prompt_metrics,
-    prompt_token_ids,
     r_per_layer,
 )
 from .subject import DEFAULT_TEMPERATURES, METRIC_LABELS

@@ -45,7 +45,7 @@ one token per token (a KV cache, O(T) per new token), unlike the SSM mixers' fix
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -91,6 +91,11 @@ class KuramotoMixerConfig:
             raise PhaseLMError(
                 f"kuramoto mixer backend must be one of {', '.join(accepted(KURAMOTO_MIXER))}, got {self.backend!r}"
             )
+
+    @classmethod
+    def from_model_config(cls, config) -> KuramotoMixerConfig:
+        """Built from a model config's ``kuramoto_<field>`` attributes (K-SSM's, fusion's)."""
+        return cls(**{f.name: getattr(config, f"kuramoto_{f.name}") for f in fields(cls)})
 
 
 def allowed_keys(past_real: torch.Tensor | None, new_real: torch.Tensor) -> torch.Tensor:

@@ -61,7 +61,6 @@ from .fusion_branches import (
     RECURRENT,
     build_branch,
     check_branches,
-    kuramoto_mixer_config,
     run_branch,
 )
 from .recurrent import RecurrentLM, register_auto_classes
@@ -229,7 +228,7 @@ class FusionConfig(PretrainedConfig):
 
     def kuramoto_config(self) -> KuramotoMixerConfig:
         """The Kuramoto branch's config, from this config's ``kuramoto_*`` fields."""
-        return kuramoto_mixer_config(self)
+        return KuramotoMixerConfig.from_model_config(self)
 
 
 def _logit(p: float) -> float:

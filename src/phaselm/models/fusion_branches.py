@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import PhaseLMError
-from ..layers.kuramoto_mixer import KuramotoMixer, KuramotoMixerConfig
+from ..layers.kuramoto_mixer import KuramotoMixer
 from ..layers.mamba2 import Mamba2Mixer
 from ..layers.rwkv6 import RWKV6TimeMix
 
@@ -74,19 +74,6 @@ def run_branch(
         return out, new_state, order
     out, new_state = module(x, state, mask)
     return out, new_state, None
-
-
-def kuramoto_mixer_config(config) -> KuramotoMixerConfig:
-    """The Kuramoto branch's settings from a FusionConfig's ``kuramoto_*`` fields."""
-    return KuramotoMixerConfig(
-        heads=config.kuramoto_heads,
-        oscillators=config.kuramoto_oscillators,
-        key_dim=config.kuramoto_key_dim,
-        steps=config.kuramoto_steps,
-        dt=config.kuramoto_dt,
-        coupling_init=config.kuramoto_coupling_init,
-        backend=config.kuramoto_backend,
-    )
 
 
 def check_branches(branches, mixer: str) -> tuple[str, str]:

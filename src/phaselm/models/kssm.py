@@ -167,15 +167,7 @@ class KSSMConfig(PretrainedConfig):
 
     def kuramoto_config(self) -> KuramotoMixerConfig:
         """The Kuramoto mixer's config (``mixer = "kuramoto"``), from this config's ``kuramoto_*`` fields."""
-        return KuramotoMixerConfig(
-            heads=self.kuramoto_heads,
-            oscillators=self.kuramoto_oscillators,
-            key_dim=self.kuramoto_key_dim,
-            steps=self.kuramoto_steps,
-            dt=self.kuramoto_dt,
-            coupling_init=self.kuramoto_coupling_init,
-            backend=self.kuramoto_backend,
-        )
+        return KuramotoMixerConfig.from_model_config(self)
 
 
 class KSSMCache:

@@ -311,6 +311,12 @@ def graft(
             "recurrent core mode needs a model that passes a transformers Cache to its layers; "
             "RWKV does not: use core.mode = 'token'"
         )
+    return _attach(model, core, index, path, freeze)
+
+
+def _attach(model: nn.Module, core: nn.Module, index: int, path: str, freeze: bool) -> Graft:
+    """The last step of every graft: the core (Phase Core or PhaseBlock) in float32 on the model's
+    device, hooked in; on CUDA the model's Mamba mixers are routed to PhaseLM's kernels."""
     device = next(model.parameters()).device
     core.to(device=device, dtype=torch.float32)
     handle = Graft(model, core, index, path, freeze)
@@ -330,10 +336,4 @@ def _graft_block(model: nn.Module, block: PhaseBlock | PhaseBlockConfig, index: 
             f"PhaseBlock d_inner {block.config.d_inner} does not match the mixer's inner width {width}; "
             "leave core.d_inner at 0 to take the mixer's"
         )
-    device = next(model.parameters()).device
-    block.to(device=device, dtype=torch.float32)
-    handle = Graft(model, block, index, path, freeze)
-    if device.type == "cuda" and routing(model) is None:
-        routed = fast_mamba(model)
-        handle.fast_path = routed if routed.modules else None
-    return handle
+    return _attach(model, block, index, path, freeze)

@@ -41,6 +41,7 @@ from phaselm.ops import harmonics as harmonics_ops
 from phaselm.ops import kuramoto as kuramoto_ops
 from phaselm.ops import selective_scan as scan_ops
 from phaselm.ops import ssd as ssd_ops
+from phaselm.ops.backend import triton_runs_on
 from phaselm.ops.rwkv6 import fla_available, rwkv6, rwkv6_chunked, rwkv6_reference
 from phaselm.ops.rwkv6_triton import rwkv6_triton
 from phaselm.ops.ssd import ssd_chunked, ssd_reference
@@ -347,7 +348,7 @@ def main() -> None:
     report["checks"]["ssd chunked vs reference"] = relative_errors(
         lambda *t: ssd_chunked(*t)[0], lambda *t: ssd_reference(*t)[0], s
     )
-    if ssd_ops.fused_available(s[0]):
+    if triton_runs_on(s[0].device):
         report["checks"]["ssd fused vs reference"] = relative_errors(
             lambda *t: ssd_ops.ssd_fused(*t)[0], lambda *t: ssd_reference(*t)[0], s
         )
@@ -357,7 +358,7 @@ def main() -> None:
         )
 
     theta = (torch.rand(64, 256, 192, device=device) - 0.5) * 8
-    if harmonics_ops.fused_available(theta):
+    if triton_runs_on(theta.device):
         report["checks"]["harmonics fused vs direct"] = relative_errors(
             lambda t: harmonics_ops.harmonics_fused(t, 32), lambda t: harmonics_ops.harmonics_reference(t, 32), [theta]
         )

@@ -328,7 +328,7 @@ def save(device: str, args, speeds: dict, profiles: dict) -> None:
         Path(out).mkdir(parents=True, exist_ok=True)
         result = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "smoke": args.smoke,
                   "speeds": speeds, "breakdown_ms": profiles}
-        (Path(out) / f"kssm_profile{os.environ.get('PROFILE_TAG', '')}.json").write_text(json.dumps(result, indent=2))
+        (Path(out) / "kssm_profile.json").write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -23,8 +23,6 @@ Triton's interpreter, which is how the CPU tests compare the two.
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from .backend import Op, accepted, resolve, triton_on_cuda
@@ -44,13 +42,6 @@ def harmonics_reference(theta: torch.Tensor, n_harmonics: int) -> tuple[torch.Te
     n = torch.arange(1, n_harmonics + 1, device=theta.device, dtype=torch.float32)
     angles = theta.float().unsqueeze(-1) * n  # (..., N, H)
     return torch.cos(angles).mean(-2), torch.sin(angles).mean(-2)
-
-
-def fused_available(theta: torch.Tensor) -> bool:
-    """Can the Triton kernel run on ``theta``'s device (CUDA, or any under ``TRITON_INTERPRET=1``)?"""
-    if triton is None:
-        return False
-    return theta.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def harmonics(theta: torch.Tensor, n_harmonics: int, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:

@@ -27,13 +27,11 @@ Shapes: x (B, T, H, P), a (B, T, H), b and c (B, T, H, N), state (B, H, P, N).
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .backend import Op, accepted, resolve
+from .backend import Op, accepted, resolve, triton_runs_on
 
 try:  # Triton ships with CUDA builds of torch; the CPU test environment installs it for the interpreter.
     import triton
@@ -127,13 +125,6 @@ def ssd_chunked(x, a, b, c, initial_state=None, chunk_size: int = 64, matmul_dty
     return y[:, :length].to(out_dtype), final_state.to(out_dtype)
 
 
-def fused_available(x: torch.Tensor) -> bool:
-    """Can the fused Triton kernels run on ``x``'s device (CUDA, or any under ``TRITON_INTERPRET=1``)?"""
-    if triton is None:
-        return False
-    return x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
-
-
 def fused_supports(chunk_size: int) -> bool:
     """The kernel's chunk is one tile: a power of two, and at least 16 (tl.dot's smallest side)."""
     return chunk_size >= 16 and chunk_size & (chunk_size - 1) == 0
@@ -161,7 +152,7 @@ def ssd_fused(x, a, b, c, initial_state=None, chunk_size: int = 64):
     the inputs' dtype and returns y and the final state in x's dtype."""
     if triton is None:
         raise RuntimeError("the fused SSD kernel needs Triton; use backend='chunked'")
-    if not fused_available(x):
+    if not triton_runs_on(x.device):
         raise RuntimeError("the fused SSD kernel needs CUDA tensors (or TRITON_INTERPRET=1); use backend='chunked'")
     if not fused_supports(chunk_size):
         raise ValueError(f"the fused SSD kernel needs chunk_size a power of two ≥ 16, got {chunk_size}")

@@ -74,3 +74,17 @@ def test_a_metrics_line_torn_by_a_kill_does_not_stop_resume(tmp_path, tiny_model
     )
     records = read_jsonl(run / "metrics.jsonl")
     assert [r["step"] for r in records if r.get("split") != "val"] == [2, 4, 6]
+
+
+def test_resume_may_change_how_the_step_runs():
+    from phaselm.run_directory import _differ_only_in_resumable_keys as resumable
+
+    old = "[train]\nsteps = 6\nlr = 0.1\n"
+    assert resumable(old, '[train]\nsteps = 6\nlr = 0.1\ncompile_mode = "reduce-overhead"\ncompile = false\n')
+    assert resumable(old, '[train]\nsteps = 8\nlr = 0.1\ndistributed = "fsdp"\n')
+    assert not resumable(old, '[train]\nsteps = 6\nlr = 0.2\ncompile_mode = "reduce-overhead"\n')
+
+
+def test_an_unknown_compile_mode_is_refused(raises_phaselm):
+    with raises_phaselm("train.compile_mode must be one of default, reduce-overhead"):
+        TrainConfig(compile_mode="fastest")

@@ -21,10 +21,13 @@ def holds_run(directory: Path) -> bool:
     return any((directory / name).exists() for name in RUN_MARKERS)
 
 
+HOW_A_STEP_RUNS = ("distributed", "compile", "compile_mode")
+
+
 def _differ_only_in_resumable_keys(old_text: str, new_text: str) -> bool:
-    """Do the two recipes differ in ``train.steps`` (an integer in the new one) and
-    ``train.distributed`` alone? Neither changes the model or what a checkpoint holds (a
-    recipe written before ``distributed`` existed lacks the key)."""
+    """Do the two recipes differ in ``train.steps`` (an integer in the new one), and in how the
+    step runs (``train.distributed``, ``train.compile``, ``train.compile_mode``) alone? None of
+    these changes the model or what a checkpoint holds (an older recipe may lack the keys)."""
     from .config import tomllib
 
     try:
@@ -35,7 +38,8 @@ def _differ_only_in_resumable_keys(old_text: str, new_text: str) -> bool:
         old = {"kind": new["kind"], **old}
     old_train, new_train = dict(old.get("train", {})), dict(new.get("train", {}))
     for train_section in (old_train, new_train):
-        train_section.pop("distributed", None)
+        for key in HOW_A_STEP_RUNS:
+            train_section.pop(key, None)
     old_train.pop("steps", None)
     steps = new_train.pop("steps", None)
     return isinstance(steps, int) and {**old, "train": old_train} == {**new, "train": new_train}
@@ -45,8 +49,9 @@ def prepare_run_dir(run_dir: str | os.PathLike, config_text: str, resume: bool) 
     """Create a fresh run directory, or check the one being resumed. Never overwrites a run.
 
     A resumed run must have the same recipe, except that ``train.steps`` may change (extending
-    a finished run) and ``train.distributed`` may (an FSDP run resumes under DDP or on one
-    process, and vice versa): config.toml then records the new recipe. The cosine schedule follows the
+    a finished run) and so may how the step runs (``train.distributed``: an FSDP run resumes
+    under DDP or on one process, and vice versa; ``train.compile``, ``train.compile_mode``):
+    config.toml then records the new recipe. The cosine schedule follows the
     new length from the resumed step on, so the learning rate moves at the resume.
     """
     run_dir = Path(run_dir)
@@ -59,7 +64,8 @@ def prepare_run_dir(run_dir: str | os.PathLike, config_text: str, resume: bool) 
             if not _differ_only_in_resumable_keys(stored, config_text):
                 raise PhaseLMError(
                     f"cannot resume {run_dir}: its config.toml differs from this recipe in more than "
-                    "train.steps and train.distributed; resume with the same recipe (those two may change) "
+                    "train.steps and how the step runs (train.distributed, train.compile, train.compile_mode); resume "
+                    "with the same recipe (those may change) "
                     "or start a new run in another directory"
                 )
             config_file.write_text(config_text, encoding="utf-8")

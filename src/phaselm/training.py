@@ -42,6 +42,8 @@ from .guard import check_finite_weights, nonfinite_report, step_is_finite
 from .objectives import LanguageModelObjective, Objective, PhaseCoreObjective, StepOutput, step_metrics  # noqa: F401  (re-exported)
 from .run_directory import prepare_run_dir, truncate_metrics
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
+
 
 @dataclass
 class TrainConfig:
@@ -65,6 +67,9 @@ class TrainConfig:
     seed: int = 0
     bf16: bool = True  # autocast in bf16 on CUDA; ignored on CPU
     compile: bool = True  # torch.compile the training step on CUDA (2–3× faster); ignored on CPU
+    # torch.compile's mode: "reduce-overhead" replays the step as CUDA graphs, which pays where
+    # the host cannot issue a small model's many kernels as fast as the GPU runs them.
+    compile_mode: str = "default"
     # A step whose loss, gradient norm or R is not finite: "stop" the run (with the module that
     # produced it) or "skip" the step (ten in a row still stop it).
     on_nonfinite: str = "stop"
@@ -84,6 +89,9 @@ class TrainConfig:
                                f"min_lr={self.min_lr}")
         if self.on_nonfinite not in ("stop", "skip"):
             raise PhaseLMError(f"train.on_nonfinite must be 'stop' or 'skip', got {self.on_nonfinite!r}")
+        if self.compile_mode not in COMPILE_MODES:
+            raise PhaseLMError(f"train.compile_mode must be one of {', '.join(COMPILE_MODES)}, "
+                               f"got {self.compile_mode!r}")
         if self.distributed not in distributed.DISTRIBUTED_CHOICES:
             raise PhaseLMError(f"train.distributed must be 'ddp' or 'fsdp', got {self.distributed!r}")
 
@@ -223,8 +231,10 @@ def train(
         model, optimizer_acc = objective, optimizer
     else:
         model, optimizer_acc = accelerator.prepare(objective, optimizer)
+    graphed = cfg.compile and cuda and cfg.compile_mode == "reduce-overhead"
     if cfg.compile and cuda:
-        model = torch.compile(model)  # the training step only; evaluation and saving use the plain module
+        # The training step only; evaluation and saving use the plain module.
+        model = torch.compile(model, **({} if cfg.compile_mode == "default" else {"mode": cfg.compile_mode}))
 
     saved_steps: set[int] = set()
 
@@ -283,6 +293,8 @@ def train(
                 else:
                     syncing = distributed.gradient_sync(objective, False) if sharded else accelerator.no_sync(model)
                 with syncing:
+                    if graphed:  # a new step: the graphs may overwrite the previous step's outputs
+                        torch.compiler.cudagraph_mark_step_begin()
                     with accelerator.autocast():
                         out = model(x, y)
                     accelerator.backward(out.losses["loss"] / cfg.grad_accum)

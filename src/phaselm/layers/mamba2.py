@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops.causal_conv1d import causal_conv1d, causal_conv1d_reference
 from ..ops.ssd import BACKENDS as SCANS
 from ..ops.ssd import ssd, ssd_step
 from ..oscillators import full_precision
@@ -74,10 +75,16 @@ class Mamba2Mixer(nn.Module):
         if mask is not None:
             xbc = xbc * mask[..., None].to(xbc.dtype)
         window = state[0] if state is not None else hidden.new_zeros(batch, self.conv_channels, self.kernel - 1)
-        # Prefill and single-token steps share one path: the window holds the last k−1 inputs.
-        xbc_padded = torch.cat([window, xbc.transpose(1, 2)], dim=-1)
-        new_window = xbc_padded[..., -(self.kernel - 1) :]
-        xbc = F.silu(self.conv(xbc_padded).transpose(1, 2))  # (B, T, C): causal by construction
+        # The window holds the last k−1 inputs, carried to the next call.
+        new_window = torch.cat([window, xbc.transpose(1, 2)], dim=-1)[..., -(self.kernel - 1) :]
+        weight = self.conv.weight[:, 0]  # (C, k): the depthwise Conv1d's taps
+        if state is None:
+            # A fresh sequence (training, prefill): the resolved op, Triton on CUDA, where
+            # PyTorch's depthwise conv costs three kernels of its own per step (forward, input
+            # and weight gradients).
+            xbc = causal_conv1d(xbc, weight, self.conv.bias, silu=True)
+        else:  # a continuation (cached steps): the reference is the one path that takes a window
+            xbc = causal_conv1d_reference(xbc, weight, self.conv.bias, silu=True, initial_state=window)
         x, b, c = xbc.split([self.d_inner, self.state_size, self.state_size], dim=-1)
         dt = F.softplus(dt.float() + self.dt_bias)  # (B, T, H)
         if mask is not None:

@@ -148,3 +148,17 @@ def test_bank_starts_at_a_regular_point_inside_a_model():
     p = bank.to_params(torch.randn(50, 32) * 0.1)
     delta, u = bistable_map(p, bank.cfg)
     assert (delta.abs() > 0.5).all() and ((u > 0.5) & (u < 2)).all()
+
+
+def test_no_bank_ablation_has_no_bank_no_r_and_no_oscillator_sites():
+    from phaselm.objectives import LanguageModelObjective
+
+    model = tiny(bank=False)
+    assert all(block.bank is None for block in model.blocks)
+    assert not any("bank" in name for name, _ in model.named_parameters())
+    ids = torch.randint(0, 40, (2, 12))
+    out = model(ids, labels=ids, output_orders=True)
+    assert out.orders is None and out.u is None and float(out.reg) == 0.0
+    assert not model.intervention_sites().oscillators
+    step = LanguageModelObjective(model)(ids[:, :-1], ids[:, 1:])
+    assert step.order is None and torch.isfinite(step.losses["loss"])

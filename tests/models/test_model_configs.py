@@ -27,6 +27,7 @@ RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 # config.to_dict() without transformers' generic keys (id2label, return_dict, …) and its
 # parameter count. Values shared by every recipe of a family are in *_ALL.
 KSSM_ALL = {
+    "bank": True,
     "bank_steps": 1, "chunk_size": 64, "conv_kernel": 4, "dropout": 0.2, "expand": 1, "head_dim": 64,
     "hidden_size": 384, "max_position_embeddings": 1024, "mlp_ratio": 4, "model_type": "kssm", "n_harmonics": 32,
     "n_layers": 6, "n_oscillators": 192, "reg_through_hidden": False, "reg_weight": 0.5, "scan": "auto",
@@ -96,6 +97,7 @@ PINNED = {  # recipe → (config values, parameter count)
     "kssm-v3.toml": (KSSM_V3, 10350126),
     "kssm-v3-bpe.toml": (KSSM_V3, 10350126),
     "kssm-v3-monostable.toml": ({**KSSM_V3, "bistable": False}, 10350126),
+    "kssm-v3-nobank.toml": ({**KSSM_V3, "bank": False}, 10100076),
     "kssm-v3-nomixer.toml": ({**KSSM_ALL, "bistable": True, "mixer": "none", "position_embedding": True}, 7760322),
     "kssm-v3-driven.toml": (KSSM_V3_DRIVEN, 10795950),
     "kssm-kuramoto.toml": (

@@ -102,6 +102,7 @@ def gpt() -> Family:
 FAMILIES = {
     "kssm-bistable": kssm(),
     "kssm-monostable": kssm(bistable=False),
+    "kssm-nobank": kssm(bank=False),
     "kssm-nomixer": Family(kssm(mixer="none", position_embedding=True).build, (), takes_padding=False),
     "kssm-kuramoto": kssm_kuramoto(),
     # recipes/kssm-v3-driven.toml's bank: a recurrent bank (carried phases) in the cache and under padding

@@ -80,6 +80,7 @@ class KSSMConfig(PretrainedConfig):
         kuramoto_dt: float = KuramotoMixerConfig.dt,
         kuramoto_coupling_init: float = KuramotoMixerConfig.coupling_init,
         kuramoto_backend: str = KuramotoMixerConfig.backend,  # "auto" (= "sdpa"), "sdpa", "reference"
+        bank: bool = True,  # False: blocks without the bistable bank (the seed's no-bank ablation)
         n_oscillators: int = BankConfig.n_oscillators,
         n_harmonics: int = BankConfig.n_harmonics,
         bistable: bool = BankConfig.bistable,  # False: the monostable ablation
@@ -125,6 +126,7 @@ class KSSMConfig(PretrainedConfig):
         self.kuramoto_dt = kuramoto_dt
         self.kuramoto_coupling_init = kuramoto_coupling_init
         self.kuramoto_backend = kuramoto_backend
+        self.bank = bank
         self.n_oscillators = n_oscillators
         self.n_harmonics = n_harmonics
         self.bistable = bistable
@@ -201,8 +203,8 @@ class Block(nn.Module):
         elif config.mixer == "kuramoto":
             self.mixer = KuramotoMixer(d, config.kuramoto_config())
         self.mixer_norm = nn.RMSNorm(d) if self.mixer is not None else None
-        self.bank_norm = nn.RMSNorm(d)
-        self.bank = BistableBank(d, config.bank_config())
+        self.bank_norm = nn.RMSNorm(d) if config.bank else None
+        self.bank = BistableBank(d, config.bank_config()) if config.bank else None
         self.mlp_norm = nn.RMSNorm(d)
         self.mlp = nn.Sequential(nn.Linear(d, config.mlp_ratio * d), nn.GELU(), nn.Linear(config.mlp_ratio * d, d))
         self.drop = nn.Dropout(config.dropout)
@@ -216,8 +218,8 @@ class Block(nn.Module):
         bank_phases: torch.Tensor | None = None,
     ):
         """h (B, T, d), mixer state or None, mask None or (B, T), the bank's carried phases None
-        or (B, N) → (h (B, T, d), BankOutput (its ``state``: the phases to carry on, or None),
-        new mixer state, the Kuramoto mixer's R (B, T, heads) or None).
+        or (B, N) → (h (B, T, d), BankOutput (its ``state``: the phases to carry on, or None) or
+        None without a bank, new mixer state, the Kuramoto mixer's R (B, T, heads) or None).
 
         ``keep_state`` False lets the Kuramoto mixer skip building its cache (training)."""
         new_state = mixer_order = None
@@ -227,8 +229,10 @@ class Block(nn.Module):
         elif self.mixer is not None:
             mixed, new_state = self.mixer(self.mixer_norm(h), state, mask)
             h = h + self.drop(mixed)
-        bank = self.bank(self.bank_norm(h), bank_phases, mask)
-        h = h + self.drop(bank.out)
+        bank = None
+        if self.bank is not None:
+            bank = self.bank(self.bank_norm(h), bank_phases, mask)
+            h = h + self.drop(bank.out)
         h = h + self.drop(self.mlp(self.mlp_norm(h)))
         return h, bank, new_state, mixer_order
 
@@ -301,11 +305,12 @@ class KSSMForCausalLM(RecurrentLM, Intervenable):
             h, bank, new_state, mixer_order = block(h, state, mask, cache is not None, bank_phases)
             if cache is not None and new_state is not None:
                 cache.layers[i] = new_state
-            if cache is not None and bank.state is not None:
-                cache.bank_phases[i] = bank.state
-            orders.append(bank.order)
-            regs.append(bank.reg)
-            us.append(bank.u)
+            if bank is not None:
+                if cache is not None and bank.state is not None:
+                    cache.bank_phases[i] = bank.state
+                orders.append(bank.order)
+                regs.append(bank.reg)
+                us.append(bank.u)
             if mixer_order is not None:
                 mixer_orders.append(mixer_order)
         if cache is not None:
@@ -316,9 +321,9 @@ class KSSMForCausalLM(RecurrentLM, Intervenable):
             loss=loss,
             logits=logits,
             past_key_values=cache,
-            orders=torch.stack(orders, 1),
-            reg=torch.stack(regs).mean(),
-            u=torch.stack(us, 1) if output_orders else None,
+            orders=torch.stack(orders, 1) if orders else None,  # None: no bank, no R
+            reg=torch.stack(regs).mean() if regs else logits.new_zeros((), dtype=torch.float32),
+            u=torch.stack(us, 1) if output_orders and us else None,
             mixer_orders=torch.stack(mixer_orders, 1) if mixer_orders else None,
         )
 
@@ -326,8 +331,8 @@ class KSSMForCausalLM(RecurrentLM, Intervenable):
         """Each block's phase bank is an oscillator site; the branches are bank, mixer (unless
         there is none) and mlp, one entry per block."""
         blocks = list(self.blocks)
-        sites = [Site(i, "bank", b.bank, b.bank.cfg.n_oscillators) for i, b in enumerate(blocks)]
-        branches = {"bank": [b.bank for b in blocks]}
+        sites = [Site(i, "bank", b.bank, b.bank.cfg.n_oscillators) for i, b in enumerate(blocks) if b.bank is not None]
+        branches = {"bank": [b.bank for b in blocks]} if sites else {}
         if any(b.mixer is not None for b in blocks):
             branches["mixer"] = [b.mixer for b in blocks]
         branches["mlp"] = [b.mlp for b in blocks]

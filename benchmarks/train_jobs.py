@@ -7,7 +7,14 @@
 
 Each ``--job NAME RECIPE [KEY=VALUE ...]`` runs ``phaselm train-lm RECIPE --set KEY=VALUE …`` (the
 ``--set`` overrides given once apply to every job) under a time limit, at most ``--parallel`` at a
-time. Small models leave most of an H100 idle, so running several at once buys wall time; the
+time on each of ``--gpus`` GPUs (a job goes to the GPU running the fewest; ``CUDA_VISIBLE_DEVICES``
+pins it there). ``--deadline`` stops every job that is still running that many seconds after the
+start, so a device call ends with what every job logged so far.
+
+``--protocol NAME FILE JOB [JOB ...]`` runs ``phaselm protocol run`` on the named jobs' trained
+models once they have all finished (the first as ``[model] path``, the others as ``[model] runs``,
+written into a copy of FILE; the design, seeds and thresholds stay the file's), and returns its
+results.md and results.json. Small models leave most of an H100 idle, so running several at once buys wall time; the
 tokens/s they log are then shared-GPU figures and the table says so — speed comes from
 ``phaselm bench`` or a run alone (``--parallel 1``), never from a shared one.
 
@@ -42,6 +49,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--parallel", type=int, default=1, help="jobs at once on the GPU (default 1: speeds are clean)")
     parser.add_argument("--limit", type=float, default=550, help="seconds allowed per job")
     parser.add_argument("--keep", action="append", default=[], metavar="NAME", help="return this job's model folder")
+    parser.add_argument("--gpus", type=int, default=1, help="GPUs to spread the jobs over (--parallel on each)")
+    parser.add_argument("--deadline", type=float, default=float("inf"),
+                        help="seconds after the start at which every job still running is stopped")
+    parser.add_argument("--protocol", nargs="+", action="append", default=[], metavar="NAME FILE JOB",
+                        help="after the named jobs finish, run this protocol file on their models")
+    parser.add_argument("--runs", type=Path, default=None, help="where the run folders go (default: a fresh temp dir)")
     parser.add_argument("--out", type=Path, default=Path("runs/train-jobs"))
     args = parser.parse_args(argv)
     for job in args.job:
@@ -50,6 +63,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     names = [job[0] for job in args.job]
     if len(set(names)) != len(names):
         parser.error("job names must differ")
+    for protocol in args.protocol:
+        if len(protocol) < 3 or not Path(protocol[1]).is_file() or not set(protocol[2:]) <= set(names):
+            parser.error(f"--protocol needs NAME FILE JOB [JOB ...] with an existing file and known jobs, "
+                         f"got {' '.join(protocol)}")
     return args
 
 
@@ -101,10 +118,56 @@ def keep_model(run_dir: Path, name: str, out: Path) -> None:
         (out / f"{name}.model.tgz.part-{i // PART_BYTES:02d}").write_bytes(data[i:i + PART_BYTES])
 
 
+def protocol_copy(source: Path, models: list[Path], target: Path) -> Path:
+    """FILE with its ``[model]`` table pointing at ``models`` (first: path, rest: runs)."""
+    text = source.read_text()
+    lines, in_model = [], False
+    for line in text.splitlines():
+        if line.strip().startswith("["):
+            in_model = line.strip() == "[model]"
+            lines.append(line)
+            if in_model:
+                lines.append(f'path = "{models[0]}"')
+                if models[1:]:
+                    lines.append("runs = [" + ", ".join(f'"{m}"' for m in models[1:]) + "]")
+            continue
+        if in_model and line.split("=")[0].strip() in ("path", "runs"):
+            continue
+        lines.append(line)
+    target.write_text("\n".join(lines) + "\n")
+    return target
+
+
+def run_protocols(args, runs: Path, results: Path, finished: list[str], env: dict) -> None:
+    """Each --protocol whose jobs all finished with a model, at once, one per GPU in turn."""
+    started, running = time.time(), []
+    for index, (name, file, *jobs) in enumerate(args.protocol):
+        missing = [job for job in jobs if not (runs / job / "model").is_dir()]
+        if missing:
+            (results / f"{name}.protocol.txt").write_text(f"not run: no trained model for {', '.join(missing)}\n")
+            continue
+        copy = protocol_copy(Path(file), [runs / job for job in jobs], results / f"{name}.protocol.toml")
+        out = runs / f"protocol-{name}"
+        command = [sys.executable, "-m", "phaselm", "protocol", "run", str(copy), "--out", str(out)]
+        job_env = {**env, "CUDA_VISIBLE_DEVICES": str(index % args.gpus)} if args.gpus > 1 else env
+        log = open(results / f"{name}.protocol.log", "w")  # noqa: SIM115  (closed below, when the run ends)
+        running.append((name, out, log, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=job_env)))
+    for name, out, log, process in running:
+        code = process.wait()
+        log.close()
+        print(f"protocol {name} exit {code} after {time.time() - started:.0f} s", flush=True)
+        for produced in ("results.md", "results.json"):
+            if (out / produced).is_file():
+                (results / f"{name}.protocol.{produced.split('.')[-1]}").write_bytes((out / produced).read_bytes())
+    write_results(args.out, results, finished, args.parallel)
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    runs = Path(tempfile.mkdtemp(prefix="runs-"))  # fresh: a warm machine keeps earlier runs
+    start_time = time.time()
+    runs = args.runs or Path(tempfile.mkdtemp(prefix="runs-"))  # fresh: a warm machine keeps earlier runs
+    runs.mkdir(parents=True, exist_ok=True)
     results = Path(tempfile.mkdtemp(prefix="results-"))
     (results / "machine.txt").write_text(machine_text(args.parallel))
     print((results / "machine.txt").read_text(), flush=True)
@@ -112,22 +175,29 @@ def main(argv=None) -> None:
     # Each job's CPU thread pool gets its share of the cores: side-by-side jobs whose pools all
     # spin on every core starve each other's kernel-launching threads.
     env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.parallel)))
-    running: dict[str, tuple[subprocess.Popen, float]] = {}
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // (args.parallel * args.gpus))))
+    running: dict[str, tuple[subprocess.Popen, float, int]] = {}
     finished: list[str] = []
     while pending or running:
-        while pending and len(running) < args.parallel:
+        while pending and len(running) < args.parallel * args.gpus and time.time() - start_time < args.deadline:
+            load = [sum(1 for *_, g in running.values() if g == gpu) for gpu in range(args.gpus)]
+            gpu = load.index(min(load))
             name, recipe, *own = pending.pop(0)
             command = [sys.executable, "-m", "phaselm", "train-lm", recipe, "--out", str(runs / name), "--json"]
             for item in [*args.set, *own]:
                 command += ["--set", item]
             with open(results / f"{name}.summary.json", "w") as stdout, open(results / f"{name}.log", "w") as stderr:
                 (results / f"{name}.command.txt").write_text(" ".join(command[1:]) + "\n")
-                running[name] = (subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env), time.time())
-            print(f"started {name}: {' '.join(command[2:])}", flush=True)
+                job_env = {**env, "CUDA_VISIBLE_DEVICES": str(gpu)} if args.gpus > 1 else env
+                running[name] = (subprocess.Popen(command, stdout=stdout, stderr=stderr, env=job_env), time.time(), gpu)
+            print(f"started {name} on GPU {gpu}: {' '.join(command[2:])}", flush=True)
+        if pending and time.time() - start_time >= args.deadline:
+            print(f"deadline: not started {', '.join(job[0] for job in pending)}", flush=True)
+            pending.clear()
         time.sleep(2)
-        for name, (process, started) in list(running.items()):
-            if process.poll() is None and time.time() - started > args.limit:
+        for name, (process, started, _gpu) in list(running.items()):
+            late = time.time() - start_time > args.deadline
+            if process.poll() is None and (time.time() - started > args.limit or late):
                 process.kill()  # past its limit: what it logged so far still comes back
             if process.poll() is None:
                 continue
@@ -141,6 +211,7 @@ def main(argv=None) -> None:
             write_results(args.out, results, finished, args.parallel)
             if name in args.keep and (runs / name / "model").is_dir():
                 keep_model(runs / name, name, args.out)
+    run_protocols(args, runs, results, finished, env)
     print("\n".join(sorted(os.listdir(args.out))))
 
 

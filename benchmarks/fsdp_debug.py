@@ -114,7 +114,8 @@ class StepProbe:
             return norm
 
         Accelerator.clip_grad_norm_ = recording_clip
-        handles = [register_optimizer_step_pre_hook(self.before_step), register_optimizer_step_post_hook(self.after_step)]
+        handles = [register_optimizer_step_pre_hook(self.before_step),
+                   register_optimizer_step_post_hook(self.after_step)]
 
         def uninstall():
             Accelerator.clip_grad_norm_ = original
@@ -336,7 +337,8 @@ def summarize(out: Path) -> list[dict]:
         records[record["config"]] = record
     rows = []
     # The one-process run that judges the DDP runs' learning: the recipe setting, else any.
-    reference = REFERENCE if REFERENCE in records else next((n for n in sorted(records) if n.startswith("single-")), None)
+    singles = [n for n in sorted(records) if n.startswith("single-")]
+    reference = REFERENCE if REFERENCE in records else (singles or [None])[0]
     for name in [*MATRIX, *sorted(set(records) - set(MATRIX))]:
         record = records.get(name)
         if record is None:
@@ -366,6 +368,8 @@ def summarize(out: Path) -> list[dict]:
             "seconds": record.get("seconds"), "error": record.get("error"),
         })
     print(table(rows))
+    if any(not r.get("environment", {}).get("cuda", True) for r in records.values()):
+        print("\n(on a CPU train() ignores compile and bf16: those columns repeat the eager fp32 runs)")
     cli = cli_outcome(out)
     if cli:
         print("\nPhase Core FSDP run (hang check): " + json.dumps(cli))
@@ -402,8 +406,8 @@ def table(rows: list[dict]) -> str:
         return "—" if not values else " → ".join(number(v, 4) for v in values)
 
     head = ["config", "status", "loss first → last", "val_ce", "drop", "learns", "grad norm first → last",
-            "missing/nonfinite/zero grads", "mean |update|", "params never updated", "rank spread", "diverges from DDP at",
-            "s"]
+            "missing/nonfinite/zero grads", "mean |update|", "params never updated", "rank spread",
+            "diverges from DDP at", "s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         learns = {True: "yes", False: "**NO**", None: "—"}[r["learns"]]

@@ -203,3 +203,37 @@ def test_fsdp_is_refused_on_gpus_until_a_gpu_run_shows_it_trains(raises_phaselm)
     refuse_unverified_fsdp(cuda=False)  # CPU (gloo): matches DDP, see the tests above
     with raises_phaselm(r'"fsdp" is not yet correct on GPUs .* use "ddp"'):
         refuse_unverified_fsdp(cuda=True)
+
+
+def test_the_fsdp_refusal_on_gpus_is_lifted_only_by_its_variable(monkeypatch, raises_phaselm, caplog):
+    """benchmarks/fsdp_debug.py runs FSDP on GPUs to find the cause: PHASELM_ALLOW_UNVERIFIED_FSDP=1, and said."""
+    from phaselm.training import ALLOW_UNVERIFIED_FSDP_ENV, refuse_unverified_fsdp
+
+    monkeypatch.setenv(ALLOW_UNVERIFIED_FSDP_ENV, "yes")  # only "1" lifts it
+    with raises_phaselm(r'"fsdp" is not yet correct on GPUs'):
+        refuse_unverified_fsdp(cuda=True)
+    monkeypatch.setenv(ALLOW_UNVERIFIED_FSDP_ENV, "1")
+    with caplog.at_level("WARNING", logger="phaselm.distributed"):
+        refuse_unverified_fsdp(cuda=True)
+    assert "not verified there" in caplog.text
+
+
+def test_unwrap_leaves_no_fsdp_mark_that_makes_generate_wait_for_other_processes(tmp_path):
+    """A 2-GPU Phase Core FSDP run hung at exit: its first process sampled alone, and transformers'
+    generate, seeing fully_shard's mark on the model, all-reduced once per token (synced_gpus)."""
+    import torch.distributed as dist
+    from transformers.distributed.fsdp import is_fsdp_managed_module
+
+    from phaselm import distributed
+    from phaselm.backbones import MambaSpec, build_mamba
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        model = build_mamba(MambaSpec(hidden_size=16, n_layers=1), vocab_size=11)
+        distributed.shard(model, torch.device("cpu"))
+        assert is_fsdp_managed_module(model)
+        distributed.unwrap(model)
+        assert not any(is_fsdp_managed_module(m) for m in model.modules())
+        assert not any("_fsdp_use_orig_params" in vars(m) for m in model.modules())
+    finally:
+        dist.destroy_process_group()

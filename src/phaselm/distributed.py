@@ -107,6 +107,12 @@ def unwrap(module: nn.Module) -> None:
     state._pre_forward_hook_handle.remove()
     state._post_forward_hook_handle.remove()
     module.__class__ = next(c for c in type(module).__mro__ if not issubclass(c, FSDPModule))
+    # fully_shard also marks every module it manages; transformers' generate() reads that mark as
+    # "FSDP: keep the processes in step" and all-reduces once per token, so a generation in the
+    # first process alone (a Phase Core run's sample) waits forever on the others (NCCL) or fails (gloo).
+    for managed in module.modules():
+        for mark in ("_is_fsdp_managed_module", "_fsdp_use_orig_params"):
+            managed.__dict__.pop(mark, None)
 
 
 @contextlib.contextmanager

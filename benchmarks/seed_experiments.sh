@@ -11,7 +11,8 @@
 #
 #   OUT=$OUT GPUS=4 STAGE=kssm bash benchmarks/seed_experiments.sh      (device: nvidia-h200-x4)
 #   SMOKE=1 GPUS=1 STAGE=kssm bash benchmarks/seed_experiments.sh       (CPU: toy sizes, 3 steps)
-# Environment: SEEDS (default "0 1 2"), PARALLEL (jobs at once per GPU, default 3: queued jobs start as
+# Environment: VARIANTS (STAGE=kssm: which of driven kuramoto bistable monostable nobank gpt, in
+# that order by default), SEEDS (default "0 1 2"), PARALLEL (jobs at once per GPU, default 3: queued jobs start as
 # earlier ones end, so a deadline cuts the last in the queue, not every job on a GPU), DEADLINE
 # (seconds after which running jobs stop, default 470: the protocols follow), SET (extra
 # space-separated overrides for every job).
@@ -56,15 +57,21 @@ names() { for seed in $SEEDS; do printf '%s ' "$1-s$seed"; done; }
 case $STAGE in
   kssm)
     # The oscillator variants first (the protocols need their models); the controls queue behind.
-    job driven kssm-v3-driven kssm kssm.bank_carry_phases=false
-    job kuramoto kssm-kuramoto kssm
-    job bistable kssm-v3 kssm
-    job monostable kssm-v3-monostable kssm
-    job nobank kssm-v3-nobank kssm
-    job gpt gpt-baseline gpt
-    for variant in bistable monostable driven kuramoto; do
-      # shellcheck disable=SC2046
-      args+=(--protocol "does-r-matter-$variant" protocols/kssm-does-r-matter.toml $(names "$variant"))
+    for variant in ${VARIANTS:-driven kuramoto bistable monostable nobank gpt}; do
+      case $variant in
+        driven) job driven kssm-v3-driven kssm kssm.bank_carry_phases=false ;;
+        kuramoto) job kuramoto kssm-kuramoto kssm ;;
+        bistable) job bistable kssm-v3 kssm ;;
+        monostable) job monostable kssm-v3-monostable kssm ;;
+        nobank) job nobank kssm-v3-nobank kssm ;;
+        gpt) job gpt gpt-baseline gpt ;;
+        *) echo "unknown variant $variant" >&2; exit 2 ;;
+      esac
+      case $variant in
+        # shellcheck disable=SC2046
+        driven|kuramoto|bistable|monostable)
+          args+=(--protocol "does-r-matter-$variant" protocols/kssm-does-r-matter.toml $(names "$variant")) ;;
+      esac
     done ;;
   fusion)
     for kind in GF HGF CP RF WS HY; do job "fusion-$kind" fusion-gf-mh fusion "fusion.fusion='$kind'"; done

@@ -119,20 +119,29 @@ def keep_model(run_dir: Path, name: str, out: Path) -> None:
 
 
 def protocol_copy(source: Path, models: list[Path], target: Path) -> Path:
-    """FILE with its ``[model]`` table pointing at ``models`` (first: path, rest: runs)."""
-    text = source.read_text()
-    lines, in_model = [], False
-    for line in text.splitlines():
+    """FILE with its ``[model]`` table pointing at ``models`` (first: path, rest: runs), and a
+    declared ``samples_per_condition`` (windows × seeds × runs) that counts the added runs."""
+    import tomllib
+
+    declared = tomllib.loads(source.read_text())
+    windows = declared.get("evaluation", {}).get("windows")
+    seeds = declared.get("design", {}).get("seeds", [])
+    lines, table = [], ""
+    for line in source.read_text().splitlines():
+        key = line.split("=")[0].strip()
         if line.strip().startswith("["):
-            in_model = line.strip() == "[model]"
+            table = line.strip()
             lines.append(line)
-            if in_model:
+            if table == "[model]":
                 lines.append(f'path = "{models[0]}"')
                 if models[1:]:
                     lines.append("runs = [" + ", ".join(f'"{m}"' for m in models[1:]) + "]")
             continue
-        if in_model and line.split("=")[0].strip() in ("path", "runs"):
+        if table == "[model]" and key in ("path", "runs"):
             continue
+        if table == "[design]" and key == "samples_per_condition" and windows:
+            line = (f"samples_per_condition = {windows * len(seeds) * len(models)}  "
+                    f"# = {windows} windows × {len(seeds)} seeds × {len(models)} runs")
         lines.append(line)
     target.write_text("\n".join(lines) + "\n")
     return target

@@ -112,3 +112,18 @@ def test_kssm_profile_smoke_times_every_backend_pair_and_breaks_a_step_down(tmp_
     for groups in (kssm, gpt):
         assert sum(v for k, v in groups.items() if k != "step") <= groups["step"] * 1.001
     assert "| mixer |" in done.stdout and "× GPT" in done.stdout
+
+
+def test_train_jobs_protocol_copy_points_at_the_runs_and_counts_them(tmp_path):
+    import importlib.util
+
+    from phaselm.protocols.spec import load_protocol
+
+    spec = importlib.util.spec_from_file_location("train_jobs", ROOT / "benchmarks" / "train_jobs.py")
+    train_jobs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_jobs)
+    runs = [tmp_path / f"run-s{i}" for i in range(3)]
+    copy = train_jobs.protocol_copy(ROOT / "protocols" / "kssm-does-r-matter.toml", runs, tmp_path / "p.toml")
+    protocol = load_protocol(copy)  # the protocol's own checks: 20 windows × 3 seeds × 3 runs = 180
+    assert protocol.model_path == str(runs[0]) and list(protocol.runs) == [str(r) for r in runs[1:]]
+    assert protocol.samples_per_condition == 180

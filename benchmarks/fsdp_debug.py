@@ -32,6 +32,12 @@ One configuration:      ... benchmarks/fsdp_debug.py --out DIR --config fsdp-eag
 The table of a folder:  python benchmarks/fsdp_debug.py --out DIR --summarize
 A CLI command with stack dumps (hang hunting): ... fsdp_debug.py --out DIR --stack-dump-after 60 --cli train ...
 
+Every multi-process launch ends with ``output_hook_check`` (written to extra/output-hook-check.json):
+whether this torch's FSDP2 finishes a backward through a module that returns a plain dataclass,
+and through one whose dataclass ``phaselm.distributed.expose_to_fsdp`` registered. The cause
+found for the GPU failure: torch 2.11 does not look inside dataclasses (``plain_dataclass``
+false), so ``train()``'s objective, returning StepOutput, never had a backward finished.
+
 Reading the table: a configuration "learns" when its loss drop (first step to the mean of the
 last five) is at least half that of its DDP twin (same compile/autocast). "diverges at" is the
 first step where loss or grad norm leaves the DDP twin's by more than the tolerance (1e-3
@@ -370,6 +376,9 @@ def summarize(out: Path) -> list[dict]:
     print(table(rows))
     if any(not r.get("environment", {}).get("cuda", True) for r in records.values()):
         print("\n(on a CPU train() ignores compile and bf16: those columns repeat the eager fp32 runs)")
+    hook_check = out / "extra" / "output-hook-check.json"
+    if hook_check.exists():
+        print("\nFSDP backward through a dataclass output (finished?): " + hook_check.read_text().replace("\n", ""))
     cli = cli_outcome(out)
     if cli:
         print("\nPhase Core FSDP run (hang check): " + json.dumps(cli))
@@ -419,6 +428,48 @@ def table(rows: list[dict]) -> str:
     notes = [f"{r['config']}: {r['error']}" for r in rows if r.get("error")]
     notes += [f"{r['config']}: never updated: {', '.join(r['never_updated'][:8])}" for r in rows if r["never_updated"]]
     return "\n".join(lines + (["", "notes:", *notes] if notes else []))
+
+
+# --------------------------------------------------------------------------------------------
+# the cause found on CPU: does this torch's FSDP2 finish a backward through a dataclass output?
+
+
+def output_hook_check(device: torch.device) -> dict:
+    """Shard a tiny module returning a plain dataclass, run one backward, and say whether FSDP
+    finished it (the shards are registered again and hold gradients): first as it is, then with
+    the dataclass registered by ``phaselm.distributed.expose_to_fsdp`` (what ``train()`` does with
+    StepOutput). Collective: every process runs it.
+
+    Expected where torch's FSDP2 finds outputs with pytree (2.11): ``plain_dataclass`` False and
+    ``exposed`` True; where it looks inside dataclasses itself (2.13): both True.
+    """
+    import dataclasses
+
+    from torch.distributed.fsdp._fully_shard import _fsdp_state
+
+    from phaselm.distributed import shard
+
+    @dataclasses.dataclass
+    class Out:  # a fresh type: registered with no pytree until the second pass
+        loss: torch.Tensor
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(8, 8)
+
+        def forward(self, x):
+            return Out(self.linear(x).square().mean())
+
+    result = {"torch": torch.__version__, "fsdp_looks_inside_dataclasses": hasattr(_fsdp_state, "collect_grad_tensors")}
+    torch.manual_seed(0)
+    for case, types in (("plain_dataclass", ()), ("exposed", (Out,))):
+        net = Net().to(device)
+        shard(net, device, output_types=types)
+        shards = list(net.parameters())
+        net(torch.randn(4, 8, device=device)).loss.backward()
+        result[case] = all(a is b for a, b in zip(shards, net.parameters())) and all(p.grad is not None for p in shards)
+    return result
 
 
 # --------------------------------------------------------------------------------------------
@@ -475,6 +526,15 @@ def main() -> None:
             losses = [s["loss"] for s in record["steps"] if s.get("loss") is not None]
             print(f"[fsdp_debug] {name}: {record['status']}, loss {losses[:1]} → {losses[-1:]}, "
                   f"{record['seconds']:.1f}s", flush=True)
+    if processes() > 1:
+        # After the configurations: an Accelerate state made here first would be the one train()
+        # gets, and one made without cpu=True turns train()'s Accelerator(cpu=True) into one process.
+        from accelerate import PartialState
+
+        check = output_hook_check(PartialState().device)
+        if rank() == 0:
+            write_json(out / "extra" / "output-hook-check.json", check)
+            print(f"[fsdp_debug] output hook check: {json.dumps(check)}", flush=True)
     if rank() == 0 and not args.config:
         summarize(out)
 

@@ -237,3 +237,102 @@ def test_unwrap_leaves_no_fsdp_mark_that_makes_generate_wait_for_other_processes
         assert not any("_fsdp_use_orig_params" in vars(m) for m in model.modules())
     finally:
         dist.destroy_process_group()
+
+
+# --------------------------------------------------------------------------------------------
+# FSDP on torch releases that look for a forward's outputs with pytree (the GPU machine's 2.11)
+
+
+@pytest.fixture
+def one_process_group(tmp_path):
+    """A one-process gloo group: fully_shard runs its whole hook machinery on a single process too."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+@pytest.fixture
+def outputs_found_as_older_torch_finds_them(monkeypatch):
+    """FSDP2 hooks the end of backward onto the forward's output tensors. torch 2.13 looks inside
+    dataclasses for them; older releases flatten the output with torch's pytree, to which an
+    unregistered dataclass is one opaque leaf. Here 2.13 finds them the older way."""
+    from torch.distributed.fsdp._fully_shard import _fsdp_state
+    from torch.utils._pytree import tree_flatten
+
+    if hasattr(_fsdp_state, "collect_grad_tensors"):  # absent: this torch already searches the older way
+        monkeypatch.setattr(
+            _fsdp_state,
+            "collect_grad_tensors",
+            lambda output: tuple(t for t in tree_flatten(output)[0] if torch.is_tensor(t) and t.requires_grad),
+        )
+
+
+def trainable(module: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+def test_a_backward_fsdp_never_saw_is_caught_and_exposing_the_output_type_fixes_it(
+    one_process_group, outputs_found_as_older_torch_finds_them, raises_phaselm
+):
+    """The 2-GPU FSDP run that did not learn: the objective's dataclass output hid its tensors, so
+    FSDP never finished a backward and the optimizer's shards never got a gradient."""
+    import dataclasses
+
+    from phaselm import distributed
+
+    @dataclasses.dataclass
+    class Out:  # a fresh type, registered with no pytree yet
+        loss: torch.Tensor
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            return Out(self.linear(x).square().mean())
+
+    x = torch.randn(3, 4)
+    hidden = Net()
+    distributed.shard(hidden, torch.device("cpu"))
+    shards = trainable(hidden)
+    hidden(x).loss.backward()
+    assert all(p.grad is None for p in shards)  # what the optimizer steps got nothing
+    with raises_phaselm("FSDP did not finish the backward pass"):
+        distributed.check_backward_finished(hidden, shards)
+
+    exposed = Net()
+    distributed.shard(exposed, torch.device("cpu"), output_types=(Out,))
+    shards = trainable(exposed)
+    exposed(x).loss.backward()
+    distributed.check_backward_finished(exposed, shards)
+    assert all(p.grad is not None for p in shards)
+
+
+def test_sharded_objective_gradients_match_the_unsharded_ones_on_older_torch(
+    one_process_group, outputs_found_as_older_torch_finds_them, tiny_model
+):
+    """train()'s sharding of an objective (StepOutput, tied embeddings): every shard gets the plain
+    model's gradient, however this torch's FSDP looks for the outputs."""
+    import copy
+
+    from torch.distributed.tensor import DTensor
+
+    from phaselm import distributed
+    from phaselm.objectives import LanguageModelObjective, StepOutput
+
+    objective = LanguageModelObjective(tiny_model("gpt2"))
+    reference = copy.deepcopy(objective)
+    distributed.shard(objective, torch.device("cpu"), output_types=(StepOutput,))
+    shards = trainable(objective)
+    ids = torch.randint(0, 32, (2, 9), generator=torch.Generator().manual_seed(1))
+    x, y = ids[:, :-1], ids[:, 1:]
+    objective(x, y).losses["loss"].backward()
+    distributed.check_backward_finished(objective, shards)
+    reference(x, y).losses["loss"].backward()
+    names = [n for n, p in reference.named_parameters() if p.requires_grad]
+    for name, shard, plain in zip(names, shards, trainable(reference), strict=True):
+        assert isinstance(shard.grad, DTensor), name
+        assert torch.allclose(distributed.full_tensor(shard.grad), plain.grad, atol=1e-6), name

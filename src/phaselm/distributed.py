@@ -28,6 +28,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .errors import PhaseLMError
+
 DISTRIBUTED_CHOICES = ("ddp", "fsdp")
 
 logger = logging.getLogger("phaselm.distributed")
@@ -54,19 +56,57 @@ def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.full_tensor() if isinstance(tensor, _dtensor_type()) else tensor
 
 
-def shard(module: nn.Module, device: torch.device) -> list[nn.Parameter]:
+def shard(module: nn.Module, device: torch.device, output_types: tuple[type, ...] = ()) -> list[nn.Parameter]:
     """Shard ``module``'s parameters over all processes in place (FSDP2 ``fully_shard``).
 
-    Returns the parameters left whole in every process: the 0-d ones (K-SSM's ``spread``),
-    which ``fully_shard`` refuses; their gradients are averaged by :func:`average_gradients`.
-    Build the optimizer afterwards: sharding replaces every other parameter by its shard.
+    ``output_types``: the dataclasses ``module``'s forward returns (an objective's StepOutput),
+    made visible to FSDP by :func:`expose_to_fsdp`. Returns the parameters left whole in every
+    process: the 0-d ones (K-SSM's ``spread``), which ``fully_shard`` refuses; their gradients
+    are averaged by :func:`average_gradients`. Build the optimizer afterwards: sharding replaces
+    every other parameter by its shard.
     """
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
+    for output_type in output_types:
+        expose_to_fsdp(output_type)
     replicated = [p for p in module.parameters() if p.dim() == 0]
     fully_shard(module, mesh=init_device_mesh(device.type, (world_size(),)), ignored_params=set(replicated))
     return replicated
+
+
+def expose_to_fsdp(output_type: type) -> None:
+    """Let every torch's FSDP2 find the tensors inside ``output_type``, a dataclass a sharded module returns.
+
+    FSDP2 finishes a backward (reduce-scatters the gradients into the sharded parameters and
+    re-registers those) from a hook it puts on the forward's outputs. torch 2.13 looks inside
+    dataclasses for them; older releases (the 2.11 on the GPU machine) look with torch's pytree,
+    to which a plain dataclass is one opaque leaf: no hook, so after backward the module keeps
+    the gathered parameters with this process's unreduced gradients, the optimizer's shards get
+    none, and nothing but the 0-d parameters ever trains (issue 16: FSDP did not learn on GPUs).
+    Registering the dataclass with torch's pytree (global, idempotent) makes its tensors visible.
+    """
+    from torch.utils import _pytree as pytree  # torch's own pytree, what FSDP2 reads; torch has no public one
+
+    if output_type not in pytree.SUPPORTED_NODES:
+        pytree.register_dataclass(output_type)
+
+
+def check_backward_finished(module: nn.Module, sharded_params: list[nn.Parameter]) -> None:
+    """Raise unless FSDP finished the last backward of ``module``: its trainable parameters are
+    again ``sharded_params`` (the shards the optimizer steps), as they are after a finished one.
+
+    A backward FSDP never saw ends with the gathered copies still registered, holding the
+    gradients, while the optimizer's shards get none: the run would go on without learning.
+    Every process fails alike (no communication), so none waits on another.
+    """
+    current = [p for p in module.parameters() if p.requires_grad]
+    if len(current) != len(sharded_params) or any(a is not b for a, b in zip(current, sharded_params)):
+        raise PhaseLMError(
+            "FSDP did not finish the backward pass (the gradients never reached the sharded parameters, "
+            f"torch {torch.__version__}): the objective's output hides its tensors from fully_shard; "
+            'use train.distributed = "ddp"'
+        )
 
 
 def average_gradients(params: list[nn.Parameter]) -> None:

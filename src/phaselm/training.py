@@ -218,7 +218,7 @@ def train(
                                "directory")
         # The full weights go in before sharding, which then cuts them like fresh ones.
         ckpt.load_module_state(latest, objective.saved, expected_config=checkpoint_config)
-    replicated = distributed.shard(objective, accelerator.device) if sharded else []
+    replicated = distributed.shard(objective, accelerator.device, output_types=(StepOutput,)) if sharded else []
     # Built after sharding, which replaces every parameter by its shard.
     params = [p for p in objective.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(decay_groups(objective, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
@@ -308,6 +308,8 @@ def train(
                     with accelerator.autocast():
                         out = model(x, y)
                     accelerator.backward(out.losses["loss"] / cfg.grad_accum)
+            if sharded:  # a backward FSDP did not finish would leave the shards without gradients
+                distributed.check_backward_finished(objective, params)
             distributed.average_gradients(replicated)  # the few parameters FSDP leaves whole (none under DDP)
             # With clipping off, the norm is still computed (max_norm = inf) for the finiteness check.
             max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")

@@ -56,6 +56,8 @@ from ..ops.backend import Op, accepted, resolve
 
 KURAMOTO_MIXER = Op("kuramoto_mixer", ("reference", "sdpa"), auto=lambda device: "sdpa")
 
+READOUTS = ("phases", "field")
+
 # (keys (B, H, P, D_k), values (B, steps, H, P, 2·D), real (B, P) bool): batch first throughout,
 # so a cache reorders every entry with one index_select along dim 0.
 MixerState = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -74,6 +76,12 @@ class KuramotoMixerConfig:
     # linearised dynamics stays stable while K·dt < 2. (The PhaseBlock's 0.08 moves it by ~0.1.)
     dt: float = 0.5
     coupling_init: float = 1.0  # K_h at initialisation (= softplus(κ_h))
+    # "phases": [cos θ_t, sin θ_t, R_t]; "field": also the field relative to the token's own
+    # phase, conj(z_t)·M_t (module docstring)
+    readout: str = "field"
+    # Rotary positions on q and k (base 10,000): without them the kernel cannot tell the previous
+    # token from any other, and the mixer learns to couple each token to itself (module docstring).
+    rotary: bool = True
     backend: str = "auto"  # "auto" (= "sdpa" on every device), "sdpa" or "reference"
 
     def __post_init__(self) -> None:
@@ -86,6 +94,15 @@ class KuramotoMixerConfig:
             raise PhaseLMError(
                 f"kuramoto mixer needs dt > 0 and coupling_init > 0, got {self.dt} and {self.coupling_init}; "
                 "give positive values"
+            )
+        if self.rotary and self.key_dim % 2:
+            raise PhaseLMError(
+                f"kuramoto mixer with rotary positions needs an even key_dim, got {self.key_dim}; "
+                "use an even key_dim or rotary = false"
+            )
+        if self.readout not in READOUTS:
+            raise PhaseLMError(
+                f"kuramoto mixer readout must be one of {', '.join(READOUTS)}, got {self.readout!r}"
             )
         if self.backend not in accepted(KURAMOTO_MIXER):
             raise PhaseLMError(
@@ -111,6 +128,18 @@ def allowed_keys(past_real: torch.Tensor | None, new_real: torch.Tensor) -> torc
     key_pos = torch.arange(past + length, device=real.device)[None, :]
     causal = key_pos <= query_pos
     return (causal & (real[:, None, :] | (key_pos == query_pos)))[:, None]
+
+
+def rotate_by_position(x: torch.Tensor, first_position: int, base: float = 10_000.0) -> torch.Tensor:
+    """Rotary position embedding: x (B, H, T, D_k), D_k even, at positions first_position … +T−1.
+    Pair i = (x_i, x_{i+D_k/2}) turns by position·base^(−2i/D_k), so q_t·k_s depends on t − s only."""
+    half, dtype = x.shape[-1] // 2, torch.promote_types(x.dtype, torch.float32)  # angles never in bf16
+    frequencies = base ** (-torch.arange(half, device=x.device, dtype=dtype) / half)
+    positions = torch.arange(first_position, first_position + x.shape[2], device=x.device, dtype=dtype)
+    angle = positions[:, None] * frequencies  # (T, D_k/2)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    x1, x2 = x.to(dtype).split(half, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
 
 
 def mean_field_reference(
@@ -161,7 +190,8 @@ class KuramotoMixer(nn.Module):
         h, d, dk = cfg.heads, cfg.oscillators, cfg.key_dim
         self.widths = [h * d, h * d, h * dk, h * dk]  # θ, ω, q, k
         self.in_proj = nn.Linear(hidden_size, sum(self.widths), bias=False)
-        self.out_proj = nn.Linear(h * (2 * d + 1), hidden_size, bias=False)
+        per_head_features = (4 if cfg.readout == "field" else 2) * d + 1
+        self.out_proj = nn.Linear(h * per_head_features, hidden_size, bias=False)
         self.coupling_logit = nn.Parameter(torch.full((h,), math.log(math.expm1(cfg.coupling_init))))
         with torch.no_grad():
             phase_rows, rest = self.in_proj.weight.split([h * d, sum(self.widths) - h * d])
@@ -200,6 +230,9 @@ class KuramotoMixer(nn.Module):
             else torch.ones(batch, length, dtype=torch.bool, device=hidden.device)
         )
         past_keys, past_values, past_real = cache if cache is not None else (None, None, None)
+        if cfg.rotary:
+            past_length = 0 if cache is None else past_keys.shape[2]
+            q, k = rotate_by_position(q, past_length), rotate_by_position(k, past_length)
         keys = k if cache is None else torch.cat([past_keys, k.to(past_keys.dtype)], dim=2)
         # Plain causal attention (no mask tensor: the fastest kernels) unless a past or padding needs one.
         plain = cache is None and attention_mask is None
@@ -212,10 +245,16 @@ class KuramotoMixer(nn.Module):
             z_all = z if cache is None else torch.cat([past_values[:, step], z.to(past_values.dtype)], dim=2)
             field = mean_field(q, keys, z_all, allowed, backend).to(phase_dtype)
             re, im = field.split(d, dim=-1)
-            theta = theta + cfg.dt * (omega + coupling * (torch.cos(theta) * im - torch.sin(theta) * re))
+            cos, sin = torch.cos(theta), torch.sin(theta)
+            # conj(z_t)·M_t = Σ_s A_ts·e^{i(θ_s − θ_t)}: the field as the token's own phase sees it
+            aligned, pull = cos * re + sin * im, cos * im - sin * re
+            theta = theta + cfg.dt * (omega + coupling * pull)
         # Local synchrony of the last step; the 1e-12 keeps sqrt's gradient finite at |M| = 0.
         order = torch.sqrt(re.square() + im.square() + 1e-12).mean(-1)  # (B, H, T)
-        features = torch.cat([torch.cos(theta), torch.sin(theta), order[..., None]], dim=-1)
+        parts = [torch.cos(theta), torch.sin(theta)]
+        if cfg.readout == "field":
+            parts += [aligned, pull]
+        features = torch.cat([*parts, order[..., None]], dim=-1)
         features = features.transpose(1, 2).reshape(batch, length, -1).to(hidden.dtype)
         out = self.out_proj(features)
 

@@ -20,6 +20,7 @@ from phaselm.layers.kuramoto_mixer import (
     mean_field,
     mean_field_loop,
     mean_field_reference,
+    rotate_by_position,
 )
 from phaselm.models.kssm import KSSMConfig, KSSMForCausalLM
 from phaselm.ops import backend
@@ -70,8 +71,9 @@ def test_a_padded_key_is_never_seen_and_a_padded_query_sees_only_itself():
 
 
 @pytest.mark.parametrize("length", [1, 6, 11])
-def test_reference_equals_sdpa_forward_and_every_gradient(length):
-    sdpa, reference = both_paths()
+@pytest.mark.parametrize("options", [{}, {"readout": "phases", "rotary": False}], ids=["default", "phases-norotary"])
+def test_reference_equals_sdpa_forward_and_every_gradient(length, options):
+    sdpa, reference = both_paths(**options)
     x = hidden(2, length)
     readout = torch.randn(2, length, HIDDEN, dtype=torch.float64)
     results = []
@@ -186,7 +188,57 @@ def test_uniform_strong_coupling_synchronises_the_phases_and_weak_coupling_does_
     torch.testing.assert_close(weak, start, atol=1e-2, rtol=0)  # K ≈ 0: R stays where it started
 
 
+def test_rotary_scores_depend_only_on_the_distance_between_tokens():
+    gen = torch.Generator().manual_seed(3)
+    q, k = (torch.randn(1, 2, 6, 4, dtype=torch.float64, generator=gen) for _ in range(2))
+    scores = [rotate_by_position(q, first) @ rotate_by_position(k, first).transpose(-1, -2) for first in (0, 37)]
+    torch.testing.assert_close(scores[1], scores[0], rtol=1e-10, atol=1e-12)
+    assert not torch.allclose(scores[0], q @ k.transpose(-1, -2))  # and the rotation does act
+
+
+def previous_token_loss(rotary: bool, steps: int = 250, length: int = 16) -> float:
+    """Train embedding → mixer → MLP to name the previous token (8 symbols; chance = ln 8 = 2.08):
+    the char-level skill the K-SSM's mixer failed to learn (issue 15). Held-out CE."""
+    torch.manual_seed(0)
+    width = 32
+    cfg = KuramotoMixerConfig(heads=2, oscillators=8, key_dim=8, rotary=rotary)
+    embed, norm, layer = torch.nn.Embedding(8, width), torch.nn.RMSNorm(width), KuramotoMixer(width, cfg)
+    head = torch.nn.Sequential(torch.nn.RMSNorm(width), torch.nn.Linear(width, 64), torch.nn.GELU(), torch.nn.Linear(64, 8))
+    modules = torch.nn.ModuleList([embed, norm, layer, head])
+    optimizer = torch.optim.AdamW(modules.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(0)
+
+    def loss(batch: int) -> torch.Tensor:
+        ids = torch.randint(0, 8, (batch, length), generator=gen)
+        h = embed(ids)
+        logits = head(h + layer(norm(h), use_cache=False)[0])[:, 1:]
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, 8), ids[:, :-1].reshape(-1))
+
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss(32).backward()
+        optimizer.step()
+    with torch.no_grad():
+        return loss(256).item()
+
+
+def test_with_rotary_positions_the_mixer_carries_the_previous_token_and_without_it_cannot():
+    # Without positions the softmax cannot single out token t − 1 (only itself, by content):
+    # the diagnosis of issue 15's K-SSM stuck at bigram CE. With them it learns the copy.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matmuls: threads only add overhead
+    try:
+        with_rotary, without = previous_token_loss(rotary=True), previous_token_loss(rotary=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert with_rotary < 0.75 and without > 1.2, (with_rotary, without)  # measured: 0.50 and 1.59
+
+
 def test_bad_settings_are_one_line_errors():
+    with pytest.raises(PhaseLMError, match="even key_dim"):
+        KuramotoMixerConfig(key_dim=5)
+    with pytest.raises(PhaseLMError, match="readout must be one of"):
+        KSSMConfig(mixer="kuramoto", kuramoto_readout="mean")
     with pytest.raises(PhaseLMError, match="steps ≥ 1"):
         KSSMConfig(mixer="kuramoto", kuramoto_steps=0)
     with pytest.raises(PhaseLMError, match="dt > 0"):

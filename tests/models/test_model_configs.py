@@ -81,7 +81,7 @@ GPT_ALL = {
 }
 KURAMOTO = {
     "kuramoto_heads": 6, "kuramoto_oscillators": 32, "kuramoto_key_dim": 64, "kuramoto_steps": 2, "kuramoto_dt": 0.5,
-    "kuramoto_coupling_init": 1.0, "kuramoto_backend": "auto",
+    "kuramoto_coupling_init": 1.0, "kuramoto_backend": "auto", "kuramoto_readout": "phases", "kuramoto_rotary": True,
 }  # fmt: skip
 KSSM_V3 = {**KSSM_ALL, "bistable": True, "mixer": "ssd", "position_embedding": False}
 KSSM_V3_DRIVEN = {

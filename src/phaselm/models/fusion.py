@@ -146,6 +146,8 @@ class FusionConfig(PretrainedConfig):
         kuramoto_steps: int = KuramotoMixerConfig.steps,
         kuramoto_dt: float = KuramotoMixerConfig.dt,
         kuramoto_coupling_init: float = KuramotoMixerConfig.coupling_init,
+        kuramoto_readout: str = KuramotoMixerConfig.readout,  # "phases" or "field" (phases + the field relative to them)
+        kuramoto_rotary: bool = KuramotoMixerConfig.rotary,  # rotary positions on the coupling kernel's q, k
         kuramoto_backend: str = KuramotoMixerConfig.backend,  # "auto" (= "sdpa"), "sdpa", "reference"
         # "auto" (= "chunked" for now), "kernels" (fla's RWKV-6 and our fused SSD on CUDA), "chunked", "reference"
         scan: str = "auto",
@@ -194,6 +196,8 @@ class FusionConfig(PretrainedConfig):
         self.kuramoto_steps = kuramoto_steps
         self.kuramoto_dt = kuramoto_dt
         self.kuramoto_coupling_init = kuramoto_coupling_init
+        self.kuramoto_readout = kuramoto_readout
+        self.kuramoto_rotary = kuramoto_rotary
         self.kuramoto_backend = kuramoto_backend
         self.scan = scan
         self.mlp_ratio = mlp_ratio

@@ -79,6 +79,8 @@ class KSSMConfig(PretrainedConfig):
         kuramoto_steps: int = KuramotoMixerConfig.steps,
         kuramoto_dt: float = KuramotoMixerConfig.dt,
         kuramoto_coupling_init: float = KuramotoMixerConfig.coupling_init,
+        kuramoto_readout: str = KuramotoMixerConfig.readout,  # "phases" or "field" (phases + the field relative to them)
+        kuramoto_rotary: bool = KuramotoMixerConfig.rotary,  # rotary positions on the coupling kernel's q, k
         kuramoto_backend: str = KuramotoMixerConfig.backend,  # "auto" (= "sdpa"), "sdpa", "reference"
         bank: bool = True,  # False: blocks without the bistable bank (the seed's no-bank ablation)
         n_oscillators: int = BankConfig.n_oscillators,
@@ -125,6 +127,8 @@ class KSSMConfig(PretrainedConfig):
         self.kuramoto_steps = kuramoto_steps
         self.kuramoto_dt = kuramoto_dt
         self.kuramoto_coupling_init = kuramoto_coupling_init
+        self.kuramoto_readout = kuramoto_readout
+        self.kuramoto_rotary = kuramoto_rotary
         self.kuramoto_backend = kuramoto_backend
         self.bank = bank
         self.n_oscillators = n_oscillators

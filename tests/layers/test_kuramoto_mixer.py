@@ -203,7 +203,8 @@ def previous_token_loss(rotary: bool, steps: int = 250, length: int = 16) -> flo
     width = 32
     cfg = KuramotoMixerConfig(heads=2, oscillators=8, key_dim=8, rotary=rotary)
     embed, norm, layer = torch.nn.Embedding(8, width), torch.nn.RMSNorm(width), KuramotoMixer(width, cfg)
-    head = torch.nn.Sequential(torch.nn.RMSNorm(width), torch.nn.Linear(width, 64), torch.nn.GELU(), torch.nn.Linear(64, 8))
+    nn = torch.nn
+    head = nn.Sequential(nn.RMSNorm(width), nn.Linear(width, 64), nn.GELU(), nn.Linear(64, 8))
     modules = torch.nn.ModuleList([embed, norm, layer, head])
     optimizer = torch.optim.AdamW(modules.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(0)

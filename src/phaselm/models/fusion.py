@@ -146,7 +146,7 @@ class FusionConfig(PretrainedConfig):
         kuramoto_steps: int = KuramotoMixerConfig.steps,
         kuramoto_dt: float = KuramotoMixerConfig.dt,
         kuramoto_coupling_init: float = KuramotoMixerConfig.coupling_init,
-        kuramoto_readout: str = KuramotoMixerConfig.readout,  # "phases" or "field" (phases + the field relative to them)
+        kuramoto_readout: str = KuramotoMixerConfig.readout,  # "phases" or "field" (+ the field seen from each phase)
         kuramoto_rotary: bool = KuramotoMixerConfig.rotary,  # rotary positions on the coupling kernel's q, k
         kuramoto_backend: str = KuramotoMixerConfig.backend,  # "auto" (= "sdpa"), "sdpa", "reference"
         # "auto" (= "chunked" for now), "kernels" (fla's RWKV-6 and our fused SSD on CUDA), "chunked", "reference"

@@ -79,7 +79,7 @@ class KSSMConfig(PretrainedConfig):
         kuramoto_steps: int = KuramotoMixerConfig.steps,
         kuramoto_dt: float = KuramotoMixerConfig.dt,
         kuramoto_coupling_init: float = KuramotoMixerConfig.coupling_init,
-        kuramoto_readout: str = KuramotoMixerConfig.readout,  # "phases" or "field" (phases + the field relative to them)
+        kuramoto_readout: str = KuramotoMixerConfig.readout,  # "phases" or "field" (+ the field seen from each phase)
         kuramoto_rotary: bool = KuramotoMixerConfig.rotary,  # rotary positions on the coupling kernel's q, k
         kuramoto_backend: str = KuramotoMixerConfig.backend,  # "auto" (= "sdpa"), "sdpa", "reference"
         bank: bool = True,  # False: blocks without the bistable bank (the seed's no-bank ablation)

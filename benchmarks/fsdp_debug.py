@@ -226,7 +226,7 @@ def run_config(name: str, args) -> dict:
     from phaselm.experiments.language_model import LMRecipe, build_lm, recipe_text
     from phaselm.ops.backend import chosen
     from phaselm.tokenizers import learn_tokenizer
-    from phaselm.training import ALLOW_UNVERIFIED_FSDP_ENV, LanguageModelObjective, train
+    from phaselm.training import LanguageModelObjective, train
 
     setting = parse_config(name)
     world = processes()
@@ -242,7 +242,6 @@ def run_config(name: str, args) -> dict:
         "train.distributed": "ddp" if setting["dist"] == "single" else setting["dist"],
     }
     recipe = load_recipe(LMRecipe, ROOT / "recipes" / "kssm-v3.toml", overrides)
-    os.environ[ALLOW_UNVERIFIED_FSDP_ENV] = "1"  # the point of this script: FSDP on GPUs, refused otherwise
     # Each train() builds an Accelerator; its state is process-wide and would keep the first mixed precision.
     AcceleratorState._reset_state()
     GradientState._reset_state()

@@ -22,7 +22,6 @@ PYTHON=${PYTHON:-python3}
 TORCHRUN=${TORCHRUN:-torchrun}
 source "$(dirname "$0")/device_env.sh"
 export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0}
-export PHASELM_ALLOW_UNVERIFIED_FSDP=1  # the refusal this diagnostic exists to lift (training.refuse_unverified_fsdp)
 mkdir -p "$OUT/logs" "$OUT/extra"
 rm -f "$OUT"/extra/cli-* "$OUT"/configs/*.json
 common=(--out "$OUT" --steps "$STEPS" --stack-dump-after $((TIMEOUT > 30 ? TIMEOUT - 15 : TIMEOUT)))

@@ -196,28 +196,6 @@ def test_fsdp_on_one_process_trains_unsharded_and_says_so(tmp_path, tiny_model, 
     assert torch.isfinite(torch.tensor(train_losses(tmp_path / "run")[2]))
 
 
-def test_fsdp_is_refused_on_gpus_until_a_gpu_run_shows_it_trains(raises_phaselm):
-    """A 2-GPU K-SSM run with FSDP did not learn (docs/benchmarks.md): refused there, with the way out."""
-    from phaselm.training import refuse_unverified_fsdp
-
-    refuse_unverified_fsdp(cuda=False)  # CPU (gloo): matches DDP, see the tests above
-    with raises_phaselm(r'"fsdp" is not yet correct on GPUs .* use "ddp"'):
-        refuse_unverified_fsdp(cuda=True)
-
-
-def test_the_fsdp_refusal_on_gpus_is_lifted_only_by_its_variable(monkeypatch, raises_phaselm, caplog):
-    """benchmarks/fsdp_debug.py runs FSDP on GPUs to find the cause: PHASELM_ALLOW_UNVERIFIED_FSDP=1, and said."""
-    from phaselm.training import ALLOW_UNVERIFIED_FSDP_ENV, refuse_unverified_fsdp
-
-    monkeypatch.setenv(ALLOW_UNVERIFIED_FSDP_ENV, "yes")  # only "1" lifts it
-    with raises_phaselm(r'"fsdp" is not yet correct on GPUs'):
-        refuse_unverified_fsdp(cuda=True)
-    monkeypatch.setenv(ALLOW_UNVERIFIED_FSDP_ENV, "1")
-    with caplog.at_level("WARNING", logger="phaselm.distributed"):
-        refuse_unverified_fsdp(cuda=True)
-    assert "not verified there" in caplog.text
-
-
 def test_unwrap_leaves_no_fsdp_mark_that_makes_generate_wait_for_other_processes(tmp_path):
     """A 2-GPU Phase Core FSDP run hung at exit: its first process sampled alone, and transformers'
     generate, seeing fully_shard's mark on the model, all-reduced once per token (synced_gpus)."""

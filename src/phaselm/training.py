@@ -119,27 +119,6 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-# Set to 1 to run FSDP on GPUs anyway: for benchmarks/fsdp_debug.py, which looks for the cause.
-ALLOW_UNVERIFIED_FSDP_ENV = "PHASELM_ALLOW_UNVERIFIED_FSDP"
-
-
-def refuse_unverified_fsdp(cuda: bool) -> None:
-    """FSDP across GPUs is refused until a GPU run shows it trains: on two H200s (2026-11-26,
-    docs/benchmarks.md) a K-SSM run with it ended at loss 4.44 where DDP and one process reach
-    2.38, and a Phase Core run hung at exit. Its CPU (gloo) runs match DDP to 1e-5.
-
-    ``PHASELM_ALLOW_UNVERIFIED_FSDP=1`` lets it run (with a warning), for the diagnostic only."""
-    if cuda and os.environ.get(ALLOW_UNVERIFIED_FSDP_ENV) == "1":
-        distributed.logger.warning(
-            f"{ALLOW_UNVERIFIED_FSDP_ENV}=1: running FSDP on GPUs although it is not verified there (diagnostic use)"
-        )
-    elif cuda:
-        raise PhaseLMError(
-            'train.distributed = "fsdp" is not yet correct on GPUs (a 2-GPU K-SSM run with it did not learn; '
-            'see docs/benchmarks.md); use "ddp" (the default)'
-        )
-
-
 @dataclass
 class TrainResult:
     """What a finished (or stopped) training run returns: its directory, last step, evaluation, drift actions."""
@@ -201,8 +180,6 @@ def train(
     if not any(p.requires_grad for p in objective.parameters()):
         raise PhaseLMError("nothing to train: the objective has no parameter that requires grad")
     sharded = cfg.distributed == "fsdp" and accelerator.num_processes > 1
-    if sharded:
-        refuse_unverified_fsdp(cuda)
     if main:
         distributed.log_distribution(cfg.distributed, accelerator.num_processes)
     generator = torch.Generator().manual_seed(cfg.seed + accelerator.process_index)

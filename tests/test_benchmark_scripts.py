@@ -127,3 +127,20 @@ def test_train_jobs_protocol_copy_points_at_the_runs_and_counts_them(tmp_path):
     protocol = load_protocol(copy)  # the protocol's own checks: 20 windows × 3 seeds × 3 runs = 180
     assert protocol.model_path == str(runs[0]) and list(protocol.runs) == [str(r) for r in runs[1:]]
     assert protocol.samples_per_condition == 180
+
+
+def test_seed_experiments_trains_toy_runs_and_runs_the_protocol_on_their_seeds(tmp_path):
+    """benchmarks/seed_experiments.sh at toy sizes: two seeds of one oscillator variant, then the
+    does-R-matter protocol over both runs (on the device it once failed only at this last step)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "SMOKE": "1", "STAGE": "kssm", "VARIANTS": "bistable", "SEEDS": "0 1", "OUT": str(tmp_path / "out"),
+           "RUNS": str(tmp_path / "runs")}
+    done = subprocess.run(["bash", "benchmarks/seed_experiments.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "protocol does-r-matter-bistable exit 0" in done.stdout, done.stdout[-2000:]
+    with tarfile.open(tmp_path / "out" / "results.tgz") as tar:
+        names = {Path(n).name for n in tar.getnames()}
+        verdict = tar.extractfile("./does-r-matter-bistable.protocol.md").read().decode()
+    assert {"bistable-s0.metrics.jsonl", "bistable-s1.metrics.jsonl", "does-r-matter-bistable.protocol.json"} <= names
+    assert "2 runs" in verdict or "× 2 run" in verdict

@@ -70,12 +70,14 @@ and output transforms), ``install`` (one planner per act, ``intervene``), ``meas
 
 from .clamp import check_clamp_bounds, override_clamp
 from .geometry import (
+    FieldTransform,
     PhaseTransform,
     arc_offsets,
     arc_order,
     arc_step,
     arc_transform,
     check_order_value,
+    field_order_transform,
     kept_oscillators,
     mean_phase,
     subset_transform,
@@ -85,6 +87,7 @@ from .install import INSTALLERS, Applied, intervene
 from .kinds import (
     ALL_LAYERS,
     KINDS,
+    OSCILLATOR_KINDS,
     VALUE_CHECKS,
     VALUE_HINTS,
     Intervention,
@@ -108,6 +111,8 @@ from .sites import (
     require_oscillator_sites,
     require_oscillators,
     resolve_layers,
+    site_order,
+    sites_of_kind,
     structure,
 )
 
@@ -115,9 +120,11 @@ __all__ = [
     "ALL_LAYERS",
     "INSTALLERS",
     "KINDS",
+    "OSCILLATOR_KINDS",
     "VALUE_CHECKS",
     "VALUE_HINTS",
     "Applied",
+    "FieldTransform",
     "Intervenable",
     "Intervention",
     "Kind",
@@ -140,6 +147,7 @@ __all__ = [
     "check_factor",
     "check_kind",
     "check_order_value",
+    "field_order_transform",
     "find_grafts",
     "has_oscillators",
     "intervene",
@@ -153,6 +161,8 @@ __all__ = [
     "require_oscillator_sites",
     "require_oscillators",
     "resolve_layers",
+    "site_order",
+    "sites_of_kind",
     "structure",
     "subset_transform",
 ]

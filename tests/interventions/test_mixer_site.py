@@ -29,9 +29,19 @@ def kssm(backend: str = "reference", **overrides) -> KSSMForCausalLM:
 
 def fusion_kuramoto() -> FusionForCausalLM:
     torch.manual_seed(0)
-    config = FusionConfig(vocab_size=40, hidden_size=32, n_layers=2, branches=("rwkv6", "kuramoto"), rwkv_head_dim=16,
-                          rwkv_mix_rank=4, rwkv_decay_rank=8, rwkv_chunk_size=4, kuramoto_heads=2,
-                          kuramoto_oscillators=4, kuramoto_key_dim=8)
+    config = FusionConfig(
+        vocab_size=40,
+        hidden_size=32,
+        n_layers=2,
+        branches=("rwkv6", "kuramoto"),
+        rwkv_head_dim=16,
+        rwkv_mix_rank=4,
+        rwkv_decay_rank=8,
+        rwkv_chunk_size=4,
+        kuramoto_heads=2,
+        kuramoto_oscillators=4,
+        kuramoto_key_dim=8,
+    )
     return FusionForCausalLM(config).eval()
 
 
@@ -50,8 +60,12 @@ def mixer_r(model, x) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_kssm_and_fusion_declare_their_mixers_as_sites():
     sites = structure(kssm()).sites
-    assert [(s.layer, s.kind, s.n_oscillators) for s in sites] == [(0, "bank", 8), (1, "bank", 8),
-                                                                    (2, "mixer", 8), (3, "mixer", 8)]
+    assert [(s.layer, s.kind, s.n_oscillators) for s in sites] == [
+        (0, "bank", 8),
+        (1, "bank", 8),
+        (2, "mixer", 8),
+        (3, "mixer", 8),
+    ]
     model = kssm()
     assert [s.module for s in sites if s.kind == "mixer"] != []
     assert all(isinstance(s.module, KuramotoMixer) for s in structure(model).sites if s.kind == "mixer")
@@ -126,8 +140,10 @@ def test_reference_and_sdpa_agree_under_a_transform_with_ragged_lengths():
     mask[0, :4] = 0  # ragged: row 0 is 5 tokens long
     outs = [m(x, mask, use_cache=False) for m in (ref, fast)]
     weight = torch.randn_like(outs[0][0])
-    grads = [torch.autograd.grad((o * weight).sum() + r.sum(), [x, *m.parameters()])
-             for (o, r, _), m in zip(outs, (ref, fast))]
+    grads = [
+        torch.autograd.grad((o * weight).sum() + r.sum(), [x, *m.parameters()])
+        for (o, r, _), m in zip(outs, (ref, fast))
+    ]
     torch.testing.assert_close(outs[1][0], outs[0][0])
     torch.testing.assert_close(outs[1][1], outs[0][1])
     for a, b in zip(grads[1], grads[0]):
@@ -178,8 +194,11 @@ def test_output_kinds_and_the_fusion_branch():
 
 
 BAD = [
-    (lambda: kssm(mixer="ssd"), Intervention("pin", 0.5, sites="mixer"),
-     "intervention 'pin' targets mixer sites, but this kssm model has none; its oscillator sites are: bank"),
+    (
+        lambda: kssm(mixer="ssd"),
+        Intervention("pin", 0.5, sites="mixer"),
+        "intervention 'pin' targets mixer sites, but this kssm model has none; its oscillator sites are: bank",
+    ),
     (kssm, Intervention("oscillators", 2, sites="mixer"), "a Kuramoto mixer's R is across tokens"),
     (kssm, Intervention("sync", layers=[2], sites="mixer"), "layer 2 is out of range: this model has 2 mixer sites"),
     (fusion_kuramoto, Intervention("unclamp"), "intervention 'unclamp' needs K-SSM banks"),

@@ -65,7 +65,8 @@ def plan_phases(info: Structure, item: Intervention, record: dict, context: Plan
     steps: list[Installer] = []
     for site in chosen:
         if site.kind == "mixer":
-            steps.append(lambda s=site, t=mixer_transform(item): append_transform(s.module.phase_transforms, t))
+            field_transform = mixer_transform(item)
+            steps.append(lambda s=site, t=field_transform: append_transform(s.module.phase_transforms, t))
             continue
         transform = KINDS[item.kind].build(item.value, site.n_oscillators)  # validates (e.g. m divides N) now
         if item.kind == "oscillators":

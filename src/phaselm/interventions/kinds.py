@@ -207,7 +207,9 @@ class Intervention:
                     f"got {self.sites!r}"
                 )
             if kind.act == "branch":
-                raise PhaseLMError(f"ablate names a branch ({self.value}), not oscillator sites; drop sites={self.sites!r}")
+                raise PhaseLMError(
+                    f"ablate names a branch ({self.value}), not oscillator sites; drop sites={self.sites!r}"
+                )
 
     @property
     def target_order(self) -> float | None:

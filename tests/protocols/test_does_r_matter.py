@@ -198,7 +198,87 @@ def test_runs_on_a_grafted_phase_core(tiny_model, tmp_path, corpus):
     handle.remove()
 
 
+def train_briefly(subject, corpus, steps: int = 40) -> None:
+    """A few Adam steps on the corpus (seq 16, batch 16), so the model is a trained one."""
+    from phaselm.corpora import load_text
+    from phaselm.data import encode_split
+
+    model = subject.model.train()
+    train, _ = encode_split(subject.tokenizer, load_text(str(corpus)), 0.1)
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        starts = torch.randint(0, len(train) - 17, (16,), generator=g)
+        x = torch.stack([train[j : j + 16] for j in starts])
+        y = torch.stack([train[j + 1 : j + 17] for j in starts])
+        loss = F.cross_entropy(model(input_ids=x).logits.transpose(1, 2), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+
+
+MIXER_SITES = dict(mixer="kuramoto", kuramoto_heads=2, kuramoto_oscillators=4, kuramoto_key_dim=8,
+                   kuramoto_backend="reference")
+
+
+def test_runs_on_the_mixer_sites_of_a_trained_kuramoto_kssm(tmp_path, corpus):
+    """[causal] sites = "mixer": pin/sync/disorder act on the mixers only, and the R–loss ρ reads
+    the mixers' R (mean over the mixer sites; each the mean over heads), recomputed here."""
+    from phaselm.interventions import measure, structure
+
+    run = make_run(tmp_path / "runs", "kssm-kuramoto", corpus=corpus, **MIXER_SITES)
+    subject = P.load_subject(run, "cpu")
+    train_briefly(subject, corpus)
+    data = spec(run, causal={"ablate": "mixer", "pin": 0.5, "sites": "mixer"})
+    result = P.run_protocol(write(tmp_path / "p.toml", data), tmp_path / "out", subject=subject, progress=False)
+    assert result["n"] == 12 and result["holm_family_size"] == 9
+    assert result["conditions"] == ["intact", "ablate mixer", "pin R = 0.5", "sync (R = 1)", "disorder (R = 0)"]
+    assert [i.get("sites") for i in result["interventions"]] == [None, "mixer", "mixer", "mixer"]
+    for row in result["comparisons"]:
+        assert row["kl"]["mean_x"] > 0
+    mixers = [s.layer for s in structure(subject.model).sites if s.kind == "mixer"]
+    assert mixers == [2, 3]
+    seed, start = result["windows"]["starts"][0][0]
+    val = subject.validation_ids()
+    x, y = val[start : start + 16][None], val[start + 1 : start + 17]
+    with torch.no_grad(), measure(subject.model) as m:
+        logits = subject.model(input_ids=x).logits[0].float()
+    ce = F.cross_entropy(logits, y.long(), reduction="none").double().numpy()
+    r = torch.stack([m.orders[layer][0][0] for layer in mixers]).mean(0).double().numpy()
+    assert seed == 0
+    assert result["per_window"]["rho"][0] == pytest.approx(st.correlation(r, ce).spearman_rho, abs=1e-6)
+
+
+def test_runs_on_a_fusion_model_s_kuramoto_branch(tmp_path, corpus):
+    from phaselm.models.fusion import FusionConfig, FusionForCausalLM
+
+    alphabet = (string.ascii_letters + string.digits + " .")[:64]
+    text = "".join(ch if ch in alphabet else " " for ch in corpus.read_text(encoding="utf-8"))
+    small = tmp_path / "alphabet.txt"
+    small.write_text(text, encoding="utf-8")
+    torch.manual_seed(0)
+    model = FusionForCausalLM(FusionConfig(
+        vocab_size=64, hidden_size=32, n_layers=2, branches=("rwkv6", "kuramoto"), rwkv_head_dim=16, rwkv_mix_rank=4,
+        rwkv_decay_rank=8, rwkv_chunk_size=4, kuramoto_heads=2, kuramoto_oscillators=4, kuramoto_key_dim=8)).eval()
+    subject = P.Subject(model, CharTokenizer(alphabet), model, corpus=str(small), path="tiny fusion")
+    data = spec(Path("unused"), causal={"ablate": "kuramoto", "pin": 0.5, "sites": "mixer"})
+    result = P.run_protocol(write(tmp_path / "p.toml", data), tmp_path / "out", subject=subject, progress=False)
+    assert result["n"] == 12 and result["holm_family_size"] == 9
+    assert result["conditions"][1] == "ablate kuramoto" and result["comparisons"][1]["kl"]["mean_x"] > 0
+    assert all(rho is not None for rho in result["per_window"]["rho"])
+
+
+def test_mixer_sites_on_a_model_without_them_are_refused(runs, tmp_path, raises_phaselm):
+    file = write(tmp_path / "p.toml", spec(runs["kssm"], causal={"ablate": "bank", "pin": 0.5, "sites": "mixer"}))
+    with raises_phaselm("targets mixer sites, but this kssm model has none; its oscillator sites are: bank"):
+        P.run_protocol(file, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 BAD = [
+    ("unknown sites", {"causal": {"ablate": "mixer", "pin": 0.5, "sites": "mixr"}},
+     "[causal] sites must be one of bank, core, mixer"),
     ("two seeds", {"design": {"seeds": [0, 1], "samples_per_condition": 8}},
      "the does_r_matter protocol needs at least 3 seeds"),
     ("missing thresholds", {"thresholds": {"pin_dz": 0.5}}, "is missing [thresholds] ablation_nats"),
@@ -231,12 +311,15 @@ def test_a_model_lacking_the_declared_branch_is_refused(runs, tmp_path, raises_p
         P.run_protocol(file, tmp_path / "out", progress=False)
 
 
-@pytest.mark.parametrize("name", ["kssm-does-r-matter.toml", "phase-mamba-does-r-matter.toml"])
+@pytest.mark.parametrize("name", ["kssm-does-r-matter.toml", "phase-mamba-does-r-matter.toml",
+                                  "kssm-kuramoto-does-r-matter.toml"])
 def test_example_files_declare_the_issue_s_thresholds(name):
     protocol = P.load_protocol(EXAMPLES / name)
     assert protocol.kind == "does_r_matter" and len(protocol.seeds) >= 3
     assert protocol.thresholds == {"ablation_nats": 0.05, "pin_dz": 0.5}
     assert f"phaselm protocol run protocols/{name}" in (EXAMPLES / name).read_text(encoding="utf-8")
+    if "kuramoto" in name:
+        assert protocol.causal["sites"] == "mixer" and protocol.causal["ablate"] == "mixer"
 
 
 def test_cli_runs_it_and_refuses_two_seeds_in_one_line(runs, tmp_path, capsys):

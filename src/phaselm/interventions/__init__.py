@@ -9,8 +9,13 @@
 ``model`` is a K-SSM, a fusion model (RWKV-6 / Mamba-2), any Hugging Face model with grafted
 Phase Cores (``phaselm.graft``; the grafts are found through their hooks), or a ``Graft``
 handle: each declares its sites (``Intervenable``); a model that declares none has no sites.
-``layers`` counts the model's oscillator sites for the oscillator kinds (K-SSM: one bank per
-block; a grafted model: its cores, usually just layer 0) and its blocks for ``ablate``.
+Oscillator sites are of three kinds (``OSCILLATOR_KINDS``): ``bank`` (K-SSM's phase bank),
+``core`` (a grafted Phase Core) and ``mixer`` (the causal Kuramoto token mixer: K-SSM's
+``mixer = "kuramoto"``, a fusion model's kuramoto branch). ``layers`` counts the model's
+oscillator sites for the oscillator kinds (K-SSM: one bank per block, then one mixer per block
+with a Kuramoto mixer; a grafted model: its cores, usually just layer 0) and its blocks for
+``ablate``. ``Intervention(..., sites="mixer")`` (or ``"bank"``, ``"core"``) acts on the sites
+of that kind only, and ``layers`` then counts those; left out, every oscillator site.
 
 Kinds (``KINDS``; ``Intervention.parse`` reads ``"pin=0.3"``, ``"k_scale=0.5"``, ``"ablate=mamba"``):
 
@@ -24,7 +29,8 @@ Kinds (``KINDS``; ``Intervention.parse`` reads ``"pin=0.3"``, ``"k_scale=0.5"``,
                     slots is the mean over the m kept). Evaluation time: the coupling step still
                     runs all N, and nothing is retrained with m oscillators.
 * ``k_scale f``     the coupling K multiplied by f ≥ 0 (K-SSM: K = 2·sigmoid(u) of each
-                    position; a Phase Core: its K × drift scale) before the coupling steps.
+                    position; a Phase Core: its K × drift scale; a Kuramoto mixer: K_h per
+                    head) before the coupling steps.
 * ``mean_output``   the oscillator output replaced by its mean over positions;
 * ``noise_output``  … or by Gaussian noise with the same per-channel mean and std.
                     (K-SSM: the bank's contribution to the residual stream; a Phase Core: its
@@ -51,6 +57,15 @@ The readout is a mean over oscillators, so which oscillator gets which slot of t
 change the output; ψ is kept from the free dynamics, so only the spread (R, and with it every
 higher harmonic) is forced.
 
+A Kuramoto mixer site is token-coupled: its R is the synchrony |M_t| of the field
+M_t = Σ_{s≤t} A_ts e^{iθ_s} that token t couples to (per head and oscillator; ``measure`` and the
+protocols read per token the mean over its heads and oscillators). No causal assignment of token
+phases can pin that (token 0 always sees only itself), so there ``sync`` / ``disorder`` /
+``pin r`` act on the field through the same ``phase_transforms`` slot: |M_t| set to 1 / 0 / r
+with its phase kept (``field_order_transform``), in every Euler step, so the coupling's pull and
+the readout's R both see it. ``k_scale`` scales its K_h; ``mean_output`` / ``noise_output``
+replace its output; ``oscillators m`` is refused there (no per-token ensemble to subsample).
+
 Interventions compose: nested ``intervene`` blocks or several interventions in one call act in
 order (the last registered acts last). Everything is validated before anything is installed (a
 bad layer, branch or value leaves the model untouched); on exit — also after an exception —
@@ -70,12 +85,14 @@ and output transforms), ``install`` (one planner per act, ``intervene``), ``meas
 
 from .clamp import check_clamp_bounds, override_clamp
 from .geometry import (
+    FieldTransform,
     PhaseTransform,
     arc_offsets,
     arc_order,
     arc_step,
     arc_transform,
     check_order_value,
+    field_order_transform,
     kept_oscillators,
     mean_phase,
     subset_transform,
@@ -85,6 +102,7 @@ from .install import INSTALLERS, Applied, intervene
 from .kinds import (
     ALL_LAYERS,
     KINDS,
+    OSCILLATOR_KINDS,
     VALUE_CHECKS,
     VALUE_HINTS,
     Intervention,
@@ -108,6 +126,8 @@ from .sites import (
     require_oscillator_sites,
     require_oscillators,
     resolve_layers,
+    site_order,
+    sites_of_kind,
     structure,
 )
 
@@ -115,9 +135,11 @@ __all__ = [
     "ALL_LAYERS",
     "INSTALLERS",
     "KINDS",
+    "OSCILLATOR_KINDS",
     "VALUE_CHECKS",
     "VALUE_HINTS",
     "Applied",
+    "FieldTransform",
     "Intervenable",
     "Intervention",
     "Kind",
@@ -140,6 +162,7 @@ __all__ = [
     "check_factor",
     "check_kind",
     "check_order_value",
+    "field_order_transform",
     "find_grafts",
     "has_oscillators",
     "intervene",
@@ -153,6 +176,8 @@ __all__ = [
     "require_oscillator_sites",
     "require_oscillators",
     "resolve_layers",
+    "site_order",
+    "sites_of_kind",
     "structure",
     "subset_transform",
 ]

@@ -16,6 +16,8 @@ import torch
 from ..errors import PhaseLMError
 
 PhaseTransform = Callable[[torch.Tensor], torch.Tensor]  # θ (…, N) → θ (…, N)
+# A Kuramoto mixer's phase transform: its mean field (Re M, Im M) (…) → the same (the mixer's docstring)
+FieldTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def check_order_value(r) -> float:
@@ -105,5 +107,18 @@ def subset_transform(m: int, n: int) -> PhaseTransform:
         if theta.device not in by_device:
             by_device[theta.device] = index.to(theta.device)
         return theta.index_select(-1, by_device[theta.device])
+
+    return transform
+
+
+def field_order_transform(r: float) -> FieldTransform:
+    """(Re M, Im M) (…) → the field with |M| = ``r`` and its phase ψ = arg M kept (ψ = 0 where
+    M = 0): a token-coupled layer's synchrony pinned at r (sync: 1, disorder: 0) — the arc's rule
+    "ψ kept, only the spread forced" for the phases a token couples to."""
+    check_order_value(r)
+
+    def transform(re: torch.Tensor, im: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        psi = torch.atan2(im, re)
+        return r * torch.cos(psi), r * torch.sin(psi)
 
     return transform

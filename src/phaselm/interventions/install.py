@@ -19,11 +19,11 @@ import torch
 from torch import nn
 
 from ..errors import PhaseLMError
-from .geometry import arc_step, kept_oscillators
+from .geometry import arc_step, field_order_transform, kept_oscillators
 from .hooks import OutputTransform, Remover, add_output_transform, append_transform, average_fusion, zero_output
 from .kinds import KINDS, Intervention
 from .measure import Calibration, calibrate
-from .sites import Site, Structure, require_sites, resolve_layers, structure
+from .sites import Site, Structure, resolve_layers, sites_of_kind, structure
 
 Installer = Callable[[], Remover]  # makes one change; returns what undoes it
 
@@ -39,9 +39,10 @@ class PlanContext:
 
 
 def chosen_sites(info: Structure, item: Intervention, record: dict) -> list[Site]:
-    """The oscillator sites ``item`` acts on (its layers recorded); no sites is a one-line error."""
-    sites = require_sites(info, item.kind)
-    layers = resolve_layers(item.layers, len(sites))
+    """The oscillator sites ``item`` acts on (its layers, which count the sites of ``item.sites``
+    when it names a kind, recorded); no sites is a one-line error."""
+    sites = sites_of_kind(info, item.sites, item.kind)
+    layers = resolve_layers(item.layers, len(sites), f"{item.sites} sites" if item.sites else "oscillator layers")
     record["layers"] = layers
     return [sites[layer] for layer in layers]
 
@@ -57,17 +58,35 @@ def plan_phases(info: Structure, item: Intervention, record: dict, context: Plan
     target = item.target_order
     if target is not None:
         record["target_order"] = target
-        if chosen:
-            n = chosen[0].n_oscillators
+        arcs = [site for site in chosen if site.kind != "mixer"]  # a mixer forces its field, not an arc
+        if arcs:
+            n = arcs[0].n_oscillators
             record.update(n_oscillators=n, arc_width=arc_step(n, target) * (n - 1))
     steps: list[Installer] = []
     for site in chosen:
+        if site.kind == "mixer":
+            field_transform = mixer_transform(item)
+            steps.append(lambda s=site, t=field_transform: append_transform(s.module.phase_transforms, t))
+            continue
         transform = KINDS[item.kind].build(item.value, site.n_oscillators)  # validates (e.g. m divides N) now
         if item.kind == "oscillators":
             record.setdefault("n_oscillators", site.n_oscillators)
             record.setdefault("kept", kept_oscillators(site.n_oscillators, item.value))
         steps.append(lambda s=site, t=transform: append_transform(s.module.phase_transforms, t))
     return steps
+
+
+def mixer_transform(item: Intervention):
+    """A Kuramoto mixer site's phase transform for ``item``: the field each token couples to, at
+    |M| = the kind's R with its phase kept (``field_order_transform``). ``oscillators m`` is
+    refused: the mixer's R is across tokens, so there is no per-token ensemble to subsample."""
+    target = item.target_order
+    if target is None:
+        raise PhaseLMError(
+            f"intervention {item.kind!r} needs a bank or core site; a Kuramoto mixer's R is across tokens — "
+            "use pin, sync, disorder or k_scale there, or sites='bank'"
+        )
+    return field_order_transform(target)
 
 
 def plan_coupling(info: Structure, item: Intervention, record: dict, context: PlanContext) -> list[Installer]:
@@ -88,8 +107,8 @@ def plan_clamp(info: Structure, item: Intervention, record: dict, context: PlanC
     chosen = chosen_sites(info, item, record)
     if any(site.kind != "bank" for site in chosen):
         raise PhaseLMError(
-            "intervention 'unclamp' needs K-SSM banks (the clamp of u); a grafted Phase Core has no clamp — "
-            "U regulation there is a training-time loss term: compare separately trained runs"
+            "intervention 'unclamp' needs K-SSM banks (the clamp of u); a grafted Phase Core or a Kuramoto mixer "
+            "has no clamp — pass sites='bank', or compare separately trained runs"
         )
     return [lambda s=site: unclamp(s.module) for site in chosen]
 
@@ -170,6 +189,8 @@ def output_replacement(site: Site, kind: str, mean: torch.Tensor, std: torch.Ten
 
     if site.kind == "bank":
         return lambda args, out: dataclasses.replace(out, out=replacement(out.out.float()).to(out.out.dtype))
+    if site.kind == "mixer":  # (out, R, cache): R and the cache are the mixer's own
+        return lambda args, out: (replacement(out[0].float()).to(out[0].dtype), *out[1:])
 
     def core(args, out):
         hidden = args[0]

@@ -17,6 +17,9 @@ from ..errors import PhaseLMError
 from .geometry import PhaseTransform, arc_transform, check_order_value, subset_transform
 
 ALL_LAYERS = "all"
+# Oscillator site kinds (phaselm.interventions.sites): a K-SSM phase bank, a grafted Phase Core,
+# the Kuramoto token mixer. Here, not in sites, so that ``Intervention`` can check its ``sites``.
+OSCILLATOR_KINDS = ("bank", "core", "mixer")
 
 
 def check_factor(value, name: str = "k_scale") -> float:
@@ -165,11 +168,15 @@ def check_kind(kind: str) -> Kind:
 class Intervention:
     """What to do and where. ``layers`` is a list of layer indices or ``"all"``; an empty list
     is a no-op (nothing is installed, the model stays bit-exact). ``value``: see :data:`KINDS`
-    (R for pin, a factor for k_scale, a count for oscillators, a branch name for ablate)."""
+    (R for pin, a factor for k_scale, a count for oscillators, a branch name for ablate).
+    ``sites``: None (every oscillator site of the model) or one site kind of
+    :data:`OSCILLATOR_KINDS` (e.g. ``"mixer"``: the Kuramoto token mixers only); ``layers`` then
+    counts the sites of that kind. Not for ``ablate``, which names a branch."""
 
     kind: str
     value: Any = None
     layers: tuple[int, ...] | str = ALL_LAYERS
+    sites: str | None = None
 
     def __post_init__(self) -> None:
         kind = check_kind(self.kind)
@@ -193,6 +200,16 @@ class Intervention:
         else:
             layers = as_layer_tuple(layers)
         object.__setattr__(self, "layers", layers)
+        if self.sites is not None:
+            if self.sites not in OSCILLATOR_KINDS:
+                raise PhaseLMError(
+                    f"sites must be one of {', '.join(OSCILLATOR_KINDS)} (or left out for every oscillator site), "
+                    f"got {self.sites!r}"
+                )
+            if kind.act == "branch":
+                raise PhaseLMError(
+                    f"ablate names a branch ({self.value}), not oscillator sites; drop sites={self.sites!r}"
+                )
 
     @property
     def target_order(self) -> float | None:
@@ -212,7 +229,7 @@ class Intervention:
             what = f"{self.kind} {self.value:g}"
         else:
             what = f"{self.kind} {self.value}"
-        return f"{what} @ layers {where}"
+        return f"{what} @ {self.sites + ' ' if self.sites else ''}layers {where}"
 
     @property
     def spec(self) -> str:
@@ -222,22 +239,28 @@ class Intervention:
         return f"{self.kind}={self.value:g}" if isinstance(self.value, float) else f"{self.kind}={self.value}"
 
     def to_dict(self) -> dict:
-        """A JSON-ready form (kind, value, layers) that :meth:`from_dict` reads back."""
-        return {
+        """A JSON-ready form (kind, value, layers; sites where chosen) that :meth:`from_dict` reads back."""
+        out = {
             "kind": self.kind,
             "value": self.value,
             "layers": self.layers if self.layers == ALL_LAYERS else list(self.layers),
         }
+        if self.sites is not None:
+            out["sites"] = self.sites
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> Intervention:
-        """The intervention :meth:`to_dict` wrote; layers default to all."""
-        return cls(data["kind"], data.get("value"), data.get("layers", ALL_LAYERS))
+        """The intervention :meth:`to_dict` wrote; layers default to all, sites to every site."""
+        return cls(data["kind"], data.get("value"), data.get("layers", ALL_LAYERS), data.get("sites"))
 
     @classmethod
-    def parse(cls, spec: str, layers: Sequence[int] | str = ALL_LAYERS, default_value: Any = None) -> Intervention:
+    def parse(
+        cls, spec: str, layers: Sequence[int] | str = ALL_LAYERS, default_value: Any = None, sites: str | None = None
+    ) -> Intervention:
         """``"sync"``, ``"disorder"``, ``"pin=0.3"`` (or ``"pin"`` with ``default_value``),
-        ``"k_scale=0.5"``, ``"oscillators=4"``, ``"mean_output"``, ``"ablate=mamba"``."""
+        ``"k_scale=0.5"``, ``"oscillators=4"``, ``"mean_output"``, ``"ablate=mamba"``; ``sites``
+        as in :class:`Intervention`."""
         name, _, value = str(spec).strip().partition("=")
         name = name.strip()
         kind = check_kind(name)
@@ -246,15 +269,15 @@ class Intervention:
             if not kind.needs_value:
                 raise PhaseLMError(f"intervention {name!r} takes no value (got {value!r}); write just {name}")
             if kind.value == "branch":
-                return cls(name, value, layers)
+                return cls(name, value, layers, sites)
             try:
                 number = float(value)
             except ValueError:
                 raise PhaseLMError(
                     f"bad intervention {spec!r}: {value!r} is not a number; write e.g. {name}=0.3"
                 ) from None
-            return cls(name, number, layers)
-        return cls(name, default_value if kind.needs_value else None, layers)
+            return cls(name, number, layers, sites)
+        return cls(name, default_value if kind.needs_value else None, layers, sites)
 
 
 def as_layer_tuple(layers: Iterable) -> tuple[int, ...]:

@@ -11,16 +11,18 @@ import torch
 
 from ..errors import PhaseLMError
 from .hooks import add_output_transform
-from .sites import Site, Structure, structure
+from .sites import Site, Structure, site_order, structure
 
 Calibration = dict[int, tuple[torch.Tensor, torch.Tensor, int]]  # layer → (mean (D,), std (D,), positions)
 
 
 def site_output(site: Site, args: tuple, out) -> torch.Tensor:
     """The oscillator output (B, T, D) of a site, float32: a bank's contribution to the residual
-    stream, or a core's modulation h' − h."""
+    stream, a mixer's output, or a core's modulation h' − h."""
     if site.kind == "bank":
         return out.out.float()
+    if site.kind == "mixer":
+        return out[0].float()
     return out.hidden.float() - args[0].float()
 
 
@@ -93,23 +95,24 @@ class Measurement:
 
 @contextlib.contextmanager
 def measure(target) -> Iterator[Measurement]:
-    """Record R at every oscillator site during the block; the computation is untouched (the
-    recorder only reads the site's output, after any intervention has acted on it)."""
+    """Record R (B, T) at every oscillator site during the block (a mixer's: the mean over its
+    heads); the computation is untouched (the recorder only reads the site's output, after any
+    intervention has acted on it)."""
     info = structure(target)
     if not info.sites:
         raise PhaseLMError(f"measuring R needs a model with oscillators; this {info.name} model has none")
     measurement = Measurement({s.layer: [] for s in info.sites})
     handles = []
 
-    def recorder(layer: int):
+    def recorder(site: Site):
         def hook(module, args, output):
-            measurement.orders[layer].append(output.order.detach().float().cpu())
+            measurement.orders[site.layer].append(site_order(site, output).detach().float().cpu())
 
         return hook
 
     try:
         for site in info.sites:
-            handles.append(site.module.register_forward_hook(recorder(site.layer)))
+            handles.append(site.module.register_forward_hook(recorder(site)))
         yield measurement
     finally:
         for handle in handles:

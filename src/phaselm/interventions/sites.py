@@ -1,8 +1,10 @@
 """Where interventions act: the sites each model class declares.
 
 As pyvene maps each model type to its modules, every PhaseLM class that can be intervened on
-declares where (:class:`Intervenable`): its oscillator sites — a K-SSM phase bank (``"bank"``)
-or a grafted Phase Core (``"core"``) — whose phases, coupling and output can be forced, and its
+declares where (:class:`Intervenable`): its oscillator sites — a K-SSM phase bank (``"bank"``),
+a grafted Phase Core (``"core"``) or a causal Kuramoto token mixer (``"mixer"``: K-SSM's
+``mixer = "kuramoto"``, a fusion model's kuramoto branch) — whose phases, coupling and output
+can be forced, and its
 named branches (a block's bank, mixer or MLP, a fusion model's RWKV / Mamba / Kuramoto branch
 or fusion gate, a grafted core) whose output can be ablated.
 
@@ -17,24 +19,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+import torch
 from torch import nn
 
 from ..errors import PhaseLMError
-from .kinds import ALL_LAYERS
-
-OSCILLATOR_KINDS = ("bank", "core")
+from .kinds import ALL_LAYERS, OSCILLATOR_KINDS
 
 
 @dataclass
 class Site:
     """One oscillator site.
 
-    ``kind``: ``"bank"`` (a K-SSM phase bank) or ``"core"`` (a grafted Phase Core). ``module``
-    has the two transform slots that one mechanism serves for both: ``phase_transforms``
-    (θ (…, N) → θ after the dynamics, before the readout) and ``coupling_transforms`` (K → K
-    before the coupling steps), applied in order inside its forward. Its forward output has
-    ``order`` (B, T) and the oscillator output (a bank's ``out``; a core's ``hidden``).
-    ``layer`` counts the target's oscillator sites.
+    ``kind``: ``"bank"`` (a K-SSM phase bank), ``"core"`` (a grafted Phase Core) or ``"mixer"``
+    (a Kuramoto token mixer). ``module`` has the two transform slots that one mechanism serves
+    for all: ``phase_transforms`` and ``coupling_transforms`` (K → K before the coupling steps),
+    applied in order inside its forward. A bank's and a core's phase transforms map θ (…, N) → θ
+    after the dynamics, before the readout, and their forward output has ``order`` (B, T) and the
+    oscillator output (a bank's ``out``; a core's ``hidden``). A mixer's phase transforms map the
+    mean field each token couples to, (Re M, Im M) → the same, in every step (its R is across
+    tokens; see ``phaselm.layers.kuramoto_mixer``); its output is (out, R (B, T, heads), cache)
+    and its R per token is the mean over heads. ``n_oscillators``: per position (a mixer:
+    heads × oscillators per head). ``layer`` counts the target's oscillator sites.
     """
 
     layer: int
@@ -183,6 +188,30 @@ def require_sites(info: Structure, kind: str) -> list[Site]:
             f"this {info.name} model has no oscillators (it declares no oscillator sites)"
         )
     return info.sites
+
+
+def sites_of_kind(info: Structure, site_kind: str | None, intervention: str) -> list[Site]:
+    """The oscillator sites of ``info`` that ``intervention`` (a kind's name) acts on: every one
+    for ``site_kind`` None, else those of that kind, in layer order; none is a one-line error."""
+    sites = require_sites(info, intervention)
+    if site_kind is None:
+        return sites
+    chosen = [site for site in sites if site.kind == site_kind]
+    if not chosen:
+        present = ", ".join(dict.fromkeys(site.kind for site in sites))
+        raise PhaseLMError(
+            f"intervention {intervention!r} targets {site_kind} sites, but this {info.name} model has none; "
+            f"its oscillator sites are: {present}"
+        )
+    return chosen
+
+
+def site_order(site: Site, output) -> torch.Tensor:
+    """R (B, T) from a site's forward output: a bank's or core's ``order``; a mixer's R (B, T,
+    heads) averaged over heads (the synchrony of the field each token couples to)."""
+    if site.kind == "mixer":
+        return output[1].mean(-1)
+    return output.order
 
 
 def resolve_layers(layers: tuple[int, ...] | str, n_sites: int, what: str = "oscillator layers") -> list[int]:

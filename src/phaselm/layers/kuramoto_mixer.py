@@ -49,6 +49,25 @@ Choices, and why:
 - Phases and their updates stay in float32 (float64 when the input is); under autocast only the
   attention call and the projections take autocast's dtype.
 
+Interventions (an oscillator site of kind ``"mixer"``, :mod:`phaselm.interventions`): the mixer has
+the two transform slots of every oscillator site. ``coupling_transforms`` act on K_h (H, 1, 1)
+before the steps. ``phase_transforms`` act on the synchrony a token couples to — the mean field
+M_t (B, H, T, D) of every step, given as (Re M, Im M) and returned the same way — right after the
+attention read and before the update, the readout's R_t and the field readout use it:
+
+    θ_t ← θ_t + dt·(ω_t + K_h·Im(conj(z_t)·f(M_t)))          f: the installed transforms, in order
+
+Why the field and not the token phases: the mixer's R is an order parameter across tokens,
+|Σ_{s≤t} A_ts e^{iθ_s}|, with weights that differ per query t, so no causal assignment of token
+phases can set it (token 0 sees only itself: its |M| is 1 whatever its phase). Forcing
+|M_t| = r with arg M_t kept (``pin r``; sync r = 1, disorder r = 0) is the bank's rule ("ψ kept,
+only the spread forced") for the neighbourhood a token couples to, and it holds exactly at every
+position and step. Disorder removes the pull (K·0); sync makes every token see a fully
+synchronised past at its mean phase. Each step's forced field is a function of tokens ≤ t, so
+causality, padding and the cache are unchanged. The slots act outside the attention call, so the
+reference and SDPA paths honour them alike; with no transform installed nothing runs (the output
+is bit-identical to a mixer without slots).
+
 Causality holds by construction: θ_t⁽ᵏ⁾ depends only on tokens ≤ t. A padded position
 (``mask`` 0) is excluded as a key from every softmax (it sees only itself), so padding leaves the
 real tokens' outputs unchanged. The decoding state keeps the keys (rotated) and, per step k, the values
@@ -196,7 +215,8 @@ class KuramotoMixer(nn.Module):
     """Causal Kuramoto token mixer (see the module docstring for the equations).
 
     ``forward(hidden (B, T, C), attention_mask=None, cache=None)`` → (out (B, T, C),
-    R (B, T, H), new cache or None).
+    R (B, T, H), new cache or None). ``phase_transforms`` and ``coupling_transforms``: the
+    intervention slots (module docstring).
     """
 
     def __init__(self, hidden_size: int, cfg: KuramotoMixerConfig | None = None):
@@ -214,6 +234,10 @@ class KuramotoMixer(nn.Module):
             rest.normal_(std=0.02)
         # The recurrent models' GPT-2 init must not overwrite the phase rows' scale.
         self.in_proj._phaselm_initialised = True
+        # Intervention slots (module docstring): (Re M, Im M) (B, H, T, D) → the same, every step;
+        # K (H, 1, 1) → K. Plain lists, not state: installed and removed by phaselm.interventions.
+        self.phase_transforms: list = []
+        self.coupling_transforms: list = []
 
     def forward(
         self,
@@ -238,6 +262,8 @@ class KuramotoMixer(nn.Module):
         theta = math.pi * torch.tanh(phase_in.to(phase_dtype))
         omega = omega.to(phase_dtype)
         coupling = F.softplus(self.coupling_logit.to(phase_dtype))[:, None, None]  # K (H, 1, 1)
+        for transform in self.coupling_transforms:
+            coupling = transform(coupling)
 
         new_real = (
             attention_mask.bool()
@@ -260,6 +286,8 @@ class KuramotoMixer(nn.Module):
             z_all = z if cache is None else torch.cat([past_values[:, step], z.to(past_values.dtype)], dim=2)
             field = mean_field(q, keys, z_all, allowed, backend).to(phase_dtype)
             re, im = field.split(d, dim=-1)
+            for transform in self.phase_transforms:  # forced synchrony of the field (docstring)
+                re, im = transform(re, im)
             cos, sin = torch.cos(theta), torch.sin(theta)
             # conj(z_t)·M_t = Σ_s A_ts·e^{i(θ_s − θ_t)}: the field as the token's own phase sees it
             aligned, pull = cos * re + sin * im, cos * im - sin * re

@@ -53,7 +53,7 @@ from transformers import PretrainedConfig
 from transformers.modeling_outputs import CausalLMOutput
 
 from ..errors import PhaseLMError
-from ..interventions.sites import Intervenable, SiteMap
+from ..interventions.sites import Intervenable, Site, SiteMap
 from ..layers.kuramoto_mixer import KuramotoMixerConfig
 from .fusion_branches import (
     BRANCH_NAMES,
@@ -458,15 +458,19 @@ class FusionForCausalLM(RecurrentLM, Intervenable):
         return FusionOutput(loss=loss, logits=logits, past_key_values=cache, **extra)
 
     def intervention_sites(self) -> SiteMap:
-        """No oscillator sites; the branches the model has (rwkv, mamba, kuramoto: ``branch_names``),
-        fusion_gate (learned fusions: ablating it averages the branches) and mlp, one entry per block."""
+        """Oscillator sites: each block's Kuramoto branch (kind ``"mixer"``, heads × oscillators per
+        head), if the model has one; the branches the model has (rwkv, mamba, kuramoto:
+        ``branch_names``), fusion_gate (learned fusions: ablating it averages the branches) and
+        mlp, one entry per block."""
         blocks = list(self.blocks)
+        mixers = [b.kuramoto for b in blocks if b.kuramoto is not None]
+        sites = [Site(i, "mixer", m, m.cfg.heads * m.cfg.oscillators) for i, m in enumerate(mixers)]
         branches = {name: [getattr(b, name) for b in blocks] for name in self.config.branch_names}
         gates = [b.fusion if b.fusion is not None and b.fusion.kind in GATED else None for b in blocks]
         if any(gate is not None for gate in gates):
             branches["fusion_gate"] = gates
         branches["mlp"] = [b.mlp for b in blocks]
-        return SiteMap(self, [], branches)
+        return SiteMap(self, sites, branches)
 
 
 register_auto_classes(FusionConfig, FusionForCausalLM)

@@ -332,11 +332,14 @@ class KSSMForCausalLM(RecurrentLM, Intervenable):
         )
 
     def intervention_sites(self) -> SiteMap:
-        """Each block's phase bank is an oscillator site; the branches are bank, mixer (unless
-        there is none) and mlp, one entry per block."""
+        """Each block's phase bank is an oscillator site, then each Kuramoto mixer (``mixer =
+        "kuramoto"``: heads × oscillators per head), so the banks keep their layer numbers; the
+        branches are bank, mixer (unless there is none) and mlp, one entry per block."""
         blocks = list(self.blocks)
         sites = [Site(i, "bank", b.bank, b.bank.cfg.n_oscillators) for i, b in enumerate(blocks) if b.bank is not None]
         branches = {"bank": [b.bank for b in blocks]} if sites else {}
+        mixers = [b.mixer for b in blocks if isinstance(b.mixer, KuramotoMixer)]
+        sites += [Site(len(sites) + i, "mixer", m, m.cfg.heads * m.cfg.oscillators) for i, m in enumerate(mixers)]
         if any(b.mixer is not None for b in blocks):
             branches["mixer"] = [b.mixer for b in blocks]
         branches["mlp"] = [b.mlp for b in blocks]

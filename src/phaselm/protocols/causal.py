@@ -9,6 +9,12 @@ next-token distributions; and the within-window Spearman ρ of per-token R again
 is tested against 0 (R at position t paired with the loss of predicting token t + 1). These
 4 × 2 + 1 tests are one Holm family.
 
+``[causal] sites`` picks the oscillator sites that pin / sync / disorder act on and whose R the
+correlation reads (with ``[causal] layers``, which then counts sites of that kind): left out,
+every site; ``"mixer"``, the Kuramoto token mixers only (K-SSM's ``mixer = "kuramoto"``, a fusion
+kuramoto branch), whose R per token is the mean over heads of the synchrony of the field it
+couples to; ``"bank"`` or ``"core"`` likewise. Per-token R is the mean over the chosen sites.
+
 Verdict, with the thresholds the file declares (and hashes): "synchrony is used" iff the
 ablation's mean ΔCE ≥ ``ablation_nats`` with Holm-adjusted p ≤ α, and pinning R moves CE with
 |d_z| ≥ ``pin_dz`` and Holm-adjusted p ≤ α; otherwise "not shown". With ``[model] runs``
@@ -23,7 +29,7 @@ import torch.nn.functional as F
 
 from .. import statistics as st
 from ..evals import kl_divergence
-from ..interventions import Intervention, intervene, require_oscillator_sites
+from ..interventions import Intervention, intervene, require_oscillator_sites, resolve_layers, sites_of_kind, structure
 from .grid import grid_windows
 from .scoring import compare, count_phrase, holm_family, power_statement
 from .spec import Protocol, resolve_path
@@ -35,17 +41,27 @@ CE, KL, CORRELATION = "ΔCE", "KL", "R–loss ρ"
 def causal_conditions(protocol: Protocol) -> list[tuple[str, Intervention]]:
     """The four declared conditions, (name, intervention), in table order: ablation, pin, sync, disorder."""
     c = protocol.causal
+    sites = c.get("sites")
     return [(f"ablate {c['ablate']}", Intervention("ablate", c["ablate"], c["layers"])),
-            (f"pin R = {c['pin']:g}", Intervention("pin", c["pin"], c["layers"])),
-            ("sync (R = 1)", Intervention("sync", None, c["layers"])),
-            ("disorder (R = 0)", Intervention("disorder", None, c["layers"]))]
+            (f"pin R = {c['pin']:g}", Intervention("pin", c["pin"], c["layers"], sites)),
+            ("sync (R = 1)", Intervention("sync", None, c["layers"], sites)),
+            ("disorder (R = 0)", Intervention("disorder", None, c["layers"], sites))]
 
 
-def _log_probs(subject: Subject, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log p (B, T, V) and R averaged over oscillator sites (B, T) of equal-length windows."""
+def chosen_sites(subject: Subject, protocol: Protocol) -> list[int]:
+    """The layer numbers (rows of a reading's R) of the sites the R conditions act on:
+    ``[causal] sites`` (a kind, or every site) and ``[causal] layers`` (counting those)."""
+    c = protocol.causal
+    sites = sites_of_kind(structure(subject.model), c.get("sites"), "pin")
+    return [sites[i].layer for i in resolve_layers(c["layers"], len(sites))]
+
+
+def _log_probs(subject: Subject, seqs: list[list[int]], rows: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log p (B, T, V) and R averaged over the oscillator sites ``rows`` (B, T) of equal-length windows."""
     readings = subject.readings(seqs, len(seqs))
     logp = torch.stack([F.log_softmax(r.logits, -1) for r in readings])
-    r = torch.stack([r.r.mean(0) for r in readings]) if all(r.r is not None for r in readings) else None
+    have_r = rows and all(r.r is not None for r in readings)
+    r = torch.stack([r.r[rows].mean(0) for r in readings]) if have_r else None
     return logp, r
 
 
@@ -58,13 +74,14 @@ def score_windows(subject: Subject, protocol: Protocol, conditions: list[tuple[s
     windows = grid_windows(val_ids, protocol)
     out = {"starts": windows, "intact": [], "rho": [], "token_r": [], "token_ce": [],
            **{name: {"ce": [], "kl": []} for name, _ in conditions}}
+    rows = chosen_sites(subject, protocol)
     for seed in protocol.seeds:
         starts = [s for sd, s in windows if sd == seed]
         for b in range(0, len(starts), protocol.batch_size):
             batch = starts[b : b + protocol.batch_size]
             seqs = [val_ids[s : s + protocol.seq_len].tolist() for s in batch]
             targets = torch.stack([val_ids[s + 1 : s + protocol.seq_len + 1] for s in batch]).long()[..., None]
-            logp0, r = _log_probs(subject, seqs)
+            logp0, r = _log_probs(subject, seqs, rows)
             ce0 = -logp0.gather(-1, targets).squeeze(-1).double()  # (B, T)
             out["intact"] += ce0.mean(-1).tolist()
             for i in range(len(batch)):
@@ -76,7 +93,7 @@ def score_windows(subject: Subject, protocol: Protocol, conditions: list[tuple[s
                 out["rho"].append(st.correlation(r[i].double().numpy(), ce0[i].numpy()).spearman_rho)
             for name, item in conditions:
                 with intervene(subject.target, item, seed=seed):
-                    logp, _ = _log_probs(subject, seqs)
+                    logp, _ = _log_probs(subject, seqs, rows)
                 out[name]["ce"] += (-logp.gather(-1, targets).squeeze(-1).double()).mean(-1).tolist()
                 out[name]["kl"] += kl_divergence(logp0, logp).double().mean(-1).tolist()
     return out
@@ -157,6 +174,8 @@ def run_does_r_matter(protocol: Protocol, subject: Subject, reference=None, prog
     pooled_r = (st.correlation(pooled["token_r"], pooled["token_ce"]).to_dict()
                 if len(pooled["token_r"]) >= st.MIN_N else None)
     runs = [s.path or protocol.model_path for s in subjects]
+    layers = protocol.causal["layers"]
+    layers_label = layers if isinstance(layers, str) else ",".join(map(str, layers))
     tables = [{
         "title": f"Causal tests (n = {n} windows of {protocol.seq_len} tokens: {protocol.windows} per seed × "
                  f"{count_phrase(len(protocol.seeds), 'seed')} × {count_phrase(len(runs), 'run')}; paired per window; "
@@ -167,8 +186,9 @@ def run_does_r_matter(protocol: Protocol, subject: Subject, reference=None, prog
         "rows": rows,
         "note": "ΔCE: condition − intact validation cross-entropy per window (nats per token; per character for a "
                 "character-level model). KL: mean over the window's positions of KL(intact ‖ condition), tested "
-                "against 0. R–loss ρ: within-window Spearman ρ of per-token R (mean over oscillator sites) and "
-                "per-token CE, tested against 0.",
+                "against 0. R–loss ρ: within-window Spearman ρ of per-token R (mean over the chosen oscillator "
+                f"sites: {protocol.causal.get('sites') or 'every kind'}, layers {layers_label}) and per-token CE, "
+                "tested against 0.",
     }, {
         "title": f"Pre-declared thresholds and verdict (n = {n} windows)",
         "header": ["criterion", "n", "threshold", "observed", "p Holm", "met"],
@@ -177,7 +197,7 @@ def run_does_r_matter(protocol: Protocol, subject: Subject, reference=None, prog
         "title": f"Per-token R vs CE, all tokens pooled (n = {len(pooled['token_r'])} tokens; descriptive, tokens are "
                  "not independent)",
         "header": ["R of", "n", "Pearson r", "Spearman ρ", "R mean"],
-        "rows": [["mean over sites", len(pooled["token_r"]), (pooled_r or {}).get("pearson_r"),
+        "rows": [["mean over the chosen sites", len(pooled["token_r"]), (pooled_r or {}).get("pearson_r"),
                   (pooled_r or {}).get("spearman_rho"),
                   sum(pooled["token_r"]) / len(pooled["token_r"]) if pooled["token_r"] else None]],
     }]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .. import statistics as st
 from ..errors import PhaseLMError
-from ..interventions import ALL_LAYERS, Intervention
+from ..interventions import ALL_LAYERS, OSCILLATOR_KINDS, Intervention
 from ..metrics import metric_labels
 
 KINDS = ("observation", "intervention", "ablation_grid", "does_r_matter")
@@ -57,7 +57,7 @@ SCHEMA: dict[str, dict[str, tuple[tuple, tuple]]] = {
     "evaluation": {"windows": ((int,), WINDOW_KINDS), "seq_len": ((int,), WINDOW_KINDS),
                    "batch_size": ((int,), ())},
     "causal": {"ablate": ((str,), ("does_r_matter",)), "pin": ((float,), ("does_r_matter",)),
-               "layers": ((str, int, list), ())},
+               "layers": ((str, int, list), ()), "sites": ((str,), ())},
     "thresholds": {"ablation_nats": ((float,), ("does_r_matter",)), "pin_dz": ((float,), ("does_r_matter",))},
 }
 CONDITION_KEYS = {"name": (str,), "intervention": (str, list), "layers": (str, int, list)}
@@ -116,7 +116,7 @@ class Protocol:
     seq_len: int = 0
     batch_size: int = 8
     settings: dict = field(default_factory=dict)  # an eval design's options (its [eval] table)
-    causal: dict = field(default_factory=dict)  # does_r_matter: ablate, pin, layers
+    causal: dict = field(default_factory=dict)  # does_r_matter: ablate, pin, layers, sites
     thresholds: dict = field(default_factory=dict)  # does_r_matter: ablation_nats, pin_dz (pre-declared)
     runs: list[str] = field(default_factory=list)  # does_r_matter: further training runs beside [model] path
 
@@ -448,7 +448,11 @@ def _load_causal_design(protocol: Protocol, v: dict) -> None:
     ablate = Intervention("ablate", causal["ablate"]).value
     pin = Intervention("pin", causal["pin"]).value
     layers = _layers_value(causal.get("layers", ALL_LAYERS), "[causal] layers")
-    protocol.causal = {"ablate": ablate, "pin": pin, "layers": layers}
+    sites = causal.get("sites")  # one oscillator site kind, e.g. "mixer"; left out: every site
+    if sites is not None and sites not in OSCILLATOR_KINDS:
+        raise PhaseLMError(f"[causal] sites must be one of {', '.join(OSCILLATOR_KINDS)} (or left out for every "
+                           f"oscillator site), got {sites!r}")
+    protocol.causal = {"ablate": ablate, "pin": pin, "layers": layers, "sites": sites}
     thresholds = v["thresholds"]
     if not math.isfinite(thresholds["ablation_nats"]):
         raise PhaseLMError(f"[thresholds] ablation_nats must be a finite number, got {thresholds['ablation_nats']}")

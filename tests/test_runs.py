@@ -155,7 +155,7 @@ OSCILLATOR_EVALS = {
     "intervention": (["--kind", "sync", "--prompts", "2", "--prompt-tokens", "4", "--max-new-tokens", "4"], {}),
     "correlation": (["--batches", "1", "--batch-size", "2", "--seq-len", "16"], {}),
     "clamp": (["--bounds", "0.5:2", "--batches", "1", "--batch-size", "2", "--seq-len", "16"],
-              {"phase-mamba": "a grafted Phase Core, which has no u to clamp"}),
+              {"phase-mamba": "a grafted Phase Core or a Kuramoto token mixer) have no u to clamp"}),
 }
 
 

@@ -50,8 +50,8 @@ def clamp_eval(
     model = subject.model
     val_ids = subject.validation_ids() if val_ids is None else val_ids
     if not has_oscillators(model) and oscillator_sites(model):
-        raise PhaseLMError("a clamp sweep clamps u of K-SSM's bistable banks; this model's oscillators are a grafted "
-                           "Phase Core, which has no u to clamp")
+        raise PhaseLMError("a clamp sweep clamps u of K-SSM's bistable banks; this model's oscillators (a grafted "
+                           "Phase Core or a Kuramoto token mixer) have no u to clamp")
     banks = require_oscillators(model, "a clamp sweep")
     if getattr(getattr(model, "config", None), "model_type", "") != "kssm":
         raise PhaseLMError("a clamp sweep needs a K-SSM model (bounds of its bistable u)")

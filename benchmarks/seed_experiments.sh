@@ -6,6 +6,8 @@
 #   STAGE=kssm   K-SSM bistable / monostable / no-bank / driven / Kuramoto-mixer and the GPT
 #                baseline, char-level Tiny Shakespeare, 5,000 steps, SEEDS seeds each; then
 #                protocols/kssm-does-r-matter.toml on each oscillator variant's runs
+#   STAGE=bpe    the same family (bistable, monostable, no-bank, GPT) on BPE-16K over the book corpus
+#                at the BPE recipes' 2,500 steps (SET="data.corpus=.data/gutenberg", books carried)
 #   STAGE=fusion the fusion table (WS, HY, GF, HGF, CP, RF; pure RWKV-6, pure Mamba-2; GPT-2) and the
 #                gate inits GF-XM / GF-XR, char-level, 5,000 steps, SEEDS seeds
 #
@@ -73,6 +75,18 @@ case $STAGE in
           args+=(--protocol "does-r-matter-$variant" protocols/kssm-does-r-matter.toml $(names "$variant")) ;;
       esac
     done ;;
+  bpe)
+    # The K-SSM family on BPE-16K over the book corpus (each recipe's own 2,500 steps of 32 × 256
+    # tokens); the corpus must be given: SET="data.corpus=.data/gutenberg" with the books carried.
+    for variant in ${VARIANTS:-bistable monostable nobank gpt}; do
+      case $variant in
+        bistable) job bpe-bistable kssm-v3-bpe kssm ;;
+        monostable) job bpe-monostable kssm-v3-bpe kssm kssm.bistable=false ;;
+        nobank) job bpe-nobank kssm-v3-bpe kssm kssm.bank=false ;;
+        gpt) job bpe-gpt gpt-baseline-bpe gpt ;;
+        *) echo "unknown variant $variant" >&2; exit 2 ;;
+      esac
+    done ;;
   fusion)
     for kind in GF HGF CP RF WS HY; do job "fusion-$kind" fusion-gf-mh fusion "fusion.fusion='$kind'"; done
     job gf-xm fusion-gf-mh fusion fusion.gate_init=0.03
@@ -80,6 +94,6 @@ case $STAGE in
     job rwkv6 rwkv6 fusion
     job mamba2 mamba2 fusion
     job gpt2 gpt2-fusion-baseline gpt ;;
-  *) echo "STAGE must be kssm or fusion, got $STAGE" >&2; exit 2 ;;
+  *) echo "STAGE must be kssm, bpe or fusion, got $STAGE" >&2; exit 2 ;;
 esac
 python3 benchmarks/train_jobs.py "${args[@]}"

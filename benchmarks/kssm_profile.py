@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from phaselm.config import load_recipe
+from phaselm.config import load_recipe, parse_override
 from phaselm.experiments.language_model import LMRecipe, build_lm
 from phaselm.objectives import LanguageModelObjective
 from phaselm.ops.backend import chosen, triton_runs_on
@@ -56,15 +56,21 @@ SMOKE = {
     "kssm": {"kssm.hidden_size": 32, "kssm.n_layers": 1, "kssm.head_dim": 16, "kssm.state_size": 16,
              "kssm.n_oscillators": 8, "kssm.n_harmonics": 4, "kssm.chunk_size": 16},
     "gpt2": {"gpt.n_embd": 32, "gpt.n_layer": 1, "gpt.n_head": 2},
+    "fusion": {"fusion.hidden_size": 32, "fusion.n_layers": 1, "fusion.rwkv_head_dim": 16, "fusion.mamba_head_dim": 16},
     "train": {"train.batch_size": 2, "train.seq_len": 20},
 }
 
 
+# --set KEY=VALUE overrides for both recipes (e.g. the fusion target's batch 16 × 512)
+OVERRIDES: dict = {}
+
+
 def build(recipe_path: str, device: str, smoke: bool, fused_adamw: bool = False):
-    overrides = dict(SMOKE["train"]) if smoke else {}
+    overrides = {**SMOKE["train"], **OVERRIDES} if smoke else dict(OVERRIDES)
     recipe = load_recipe(LMRecipe, recipe_path, overrides)
     if smoke:
-        recipe = load_recipe(LMRecipe, recipe_path, {**overrides, **SMOKE["kssm" if recipe.arch == "kssm" else "gpt2"]})
+        size = {"kssm": "kssm", "fusion": "fusion"}.get(recipe.arch, "gpt2")
+        recipe = load_recipe(LMRecipe, recipe_path, {**overrides, **SMOKE[size]})
     torch.manual_seed(0)
     model = build_lm(recipe, VOCAB).to(device)
     objective = LanguageModelObjective(model, recipe.kssm.reg_weight if recipe.arch == "kssm" else 0.0)
@@ -242,7 +248,13 @@ def main() -> None:
                              "backends (mode: default, reduce-overhead, max-autotune-no-cudagraphs; optimizer: "
                              "foreach, fused)")
     parser.add_argument("--no-breakdown", action="store_true", help="skip the eager per-group breakdown")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a recipe override for both models, e.g. train.batch_size=16 (--kssm may name any "
+                             "train-lm recipe: a fusion model's kernels are listed the same way)")
     args = parser.parse_args()
+    for item in args.set:
+        key, value = parse_override(item)
+        OVERRIDES[key] = value
     device = "cpu" if args.smoke else "cuda"
     if device == "cuda" and not torch.cuda.is_available():
         parser.error("needs a CUDA device (or --smoke for the CPU check)")
@@ -250,6 +262,7 @@ def main() -> None:
 
     speeds: dict[str, dict] = {}
     variants = [("gpt", args.gpt, {}, {})]
+    label = "kssm" if Path(args.kssm).name == "kssm-v3.toml" else Path(args.kssm).stem  # the profiled model's rows
     for pair in filter(None, args.pairs.split(",")):
         ssd, bank, *harmonics = pair.split(":")
         if ssd not in SSD_BACKENDS or bank not in BANK_BACKENDS or harmonics not in ([], ["reference"], ["triton"]):
@@ -258,8 +271,8 @@ def main() -> None:
         env = {"PHASELM_BACKEND_SSD": ssd, "PHASELM_BACKEND_BISTABLE_BANK": bank}
         if harmonics:
             env["PHASELM_BACKEND_HARMONICS"] = harmonics[0]
-        variants.append((f"kssm ssd={ssd} bank={bank}" + (f" harmonics={harmonics[0]}" if harmonics else ""), args.kssm,
-                         env, {}))
+        name = f"{label} ssd={ssd} bank={bank}" + (f" harmonics={harmonics[0]}" if harmonics else "")
+        variants.append((name, args.kssm, env, {}))
     for setting in filter(None, args.settings.split(",")):
         mode, optimizer = setting.split(":")
         if optimizer not in ("foreach", "fused"):
@@ -268,7 +281,7 @@ def main() -> None:
             continue  # the rows above
         options = {"mode": mode, "fused_adamw": optimizer == "fused"}
         variants += [(f"gpt {mode} {optimizer}-adamw", args.gpt, {}, options),
-                     (f"kssm auto {mode} {optimizer}-adamw", args.kssm, {}, options)]
+                     (f"{label} auto {mode} {optimizer}-adamw", args.kssm, {}, options)]
     for name, path, env, options in variants:
         if "triton" in env.values() and not triton_runs_on(device):
             speeds[name] = {"skipped": "Triton cannot run on this device"}

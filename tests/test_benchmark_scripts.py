@@ -144,3 +144,18 @@ def test_seed_experiments_trains_toy_runs_and_runs_the_protocol_on_their_seeds(t
         verdict = tar.extractfile("./does-r-matter-bistable.protocol.md").read().decode()
     assert {"bistable-s0.metrics.jsonl", "bistable-s1.metrics.jsonl", "does-r-matter-bistable.protocol.json"} <= names
     assert "2 runs" in verdict or "× 2 run" in verdict
+
+
+def test_kssm_profile_lists_a_fusion_models_kernels_at_an_overridden_shape(tmp_path):
+    """The fusion targets of issue 13 are profiled with the same script: --kssm names their recipe."""
+    command = [sys.executable, "benchmarks/kssm_profile.py", "--smoke", "--kssm", "recipes/fusion-gf-mh.toml",
+               "--gpt", "recipes/gpt2-fusion-baseline.toml", "--pairs", "chunked:reference", "--no-breakdown",
+               "--kernels", "3", "--set", "train.seq_len=24"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(ROOT / "src"), "OUT": str(tmp_path)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    speeds = json.loads((tmp_path / "kssm_profile.json").read_text())["speeds"]
+    assert set(speeds) == {"gpt", "fusion-gf-mh ssd=chunked bank=reference"}
+    for speed in speeds.values():
+        assert speed["kernels"]["launches"] > 0 and len(speed["kernels"]["top"]) == 3
+    assert "fusion-gf-mh ssd=chunked bank=reference: one compiled step" in done.stdout

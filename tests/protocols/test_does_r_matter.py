@@ -56,26 +56,12 @@ def write(path: Path, data: dict) -> Path:
 def reliant(runs, corpus):
     """The tiny K-SSM with its Mamba mixer cut (out_proj frozen at 0), so the phase banks are its
     only path across tokens, trained 150 steps (~3 s): a model whose synchrony is used."""
-    from phaselm.corpora import load_text
-    from phaselm.data import encode_split
 
     subject = P.load_subject(runs["kssm"], "cpu")
-    model = subject.model.train()
-    for block in model.blocks:
+    for block in subject.model.blocks:
         block.mixer.out_proj.weight.data.zero_()
         block.mixer.out_proj.weight.requires_grad_(False)
-    train, _ = encode_split(subject.tokenizer, load_text(str(corpus)), 0.1)
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], 3e-3)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(150):
-        starts = torch.randint(0, len(train) - 17, (16,), generator=g)
-        x = torch.stack([train[j : j + 16] for j in starts])
-        y = torch.stack([train[j + 1 : j + 17] for j in starts])
-        loss = F.cross_entropy(model(input_ids=x).logits.transpose(1, 2), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
+    train_briefly(subject, corpus, steps=150)
     return subject
 
 
@@ -205,7 +191,7 @@ def train_briefly(subject, corpus, steps: int = 40) -> None:
 
     model = subject.model.train()
     train, _ = encode_split(subject.tokenizer, load_text(str(corpus)), 0.1)
-    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], 3e-3)
     g = torch.Generator().manual_seed(0)
     for _ in range(steps):
         starts = torch.randint(0, len(train) - 17, (16,), generator=g)

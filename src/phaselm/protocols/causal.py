@@ -29,7 +29,8 @@ import torch.nn.functional as F
 
 from .. import statistics as st
 from ..evals import kl_divergence
-from ..interventions import Intervention, intervene, require_oscillator_sites, resolve_layers, sites_of_kind, structure
+from ..interventions import Intervention, intervene, require_oscillator_sites, structure
+from ..interventions.install import chosen_sites
 from .grid import grid_windows
 from .scoring import compare, count_phrase, holm_family, power_statement
 from .spec import Protocol, resolve_path
@@ -48,12 +49,11 @@ def causal_conditions(protocol: Protocol) -> list[tuple[str, Intervention]]:
             ("disorder (R = 0)", Intervention("disorder", None, c["layers"], sites))]
 
 
-def chosen_sites(subject: Subject, protocol: Protocol) -> list[int]:
-    """The layer numbers (rows of a reading's R) of the sites the R conditions act on:
-    ``[causal] sites`` (a kind, or every site) and ``[causal] layers`` (counting those)."""
-    c = protocol.causal
-    sites = sites_of_kind(structure(subject.model), c.get("sites"), "pin")
-    return [sites[i].layer for i in resolve_layers(c["layers"], len(sites))]
+def r_rows(subject: Subject, conditions: list[tuple[str, Intervention]]) -> list[int]:
+    """The layer numbers (rows of a reading's R) of the sites the R conditions act on, chosen as
+    ``intervene`` chooses them for the pin condition (``[causal] sites`` and ``layers``)."""
+    pin = next(item for _, item in conditions if item.kind == "pin")
+    return [site.layer for site in chosen_sites(structure(subject.model), pin, {})]
 
 
 def _log_probs(subject: Subject, seqs: list[list[int]], rows: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -74,7 +74,7 @@ def score_windows(subject: Subject, protocol: Protocol, conditions: list[tuple[s
     windows = grid_windows(val_ids, protocol)
     out = {"starts": windows, "intact": [], "rho": [], "token_r": [], "token_ce": [],
            **{name: {"ce": [], "kl": []} for name, _ in conditions}}
-    rows = chosen_sites(subject, protocol)
+    rows = r_rows(subject, conditions)
     for seed in protocol.seeds:
         starts = [s for sd, s in windows if sd == seed]
         for b in range(0, len(starts), protocol.batch_size):

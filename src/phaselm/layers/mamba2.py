@@ -75,8 +75,9 @@ class Mamba2Mixer(nn.Module):
         if mask is not None:
             xbc = xbc * mask[..., None].to(xbc.dtype)
         window = state[0] if state is not None else hidden.new_zeros(batch, self.conv_channels, self.kernel - 1)
-        # The window holds the last k−1 inputs, carried to the next call.
-        new_window = torch.cat([window, xbc.transpose(1, 2)], dim=-1)[..., -(self.kernel - 1) :]
+        # The window holds the last k−1 inputs, carried to the next call (only the tail is joined).
+        tail = xbc[:, -(self.kernel - 1) :].transpose(1, 2)
+        new_window = torch.cat([window, tail], dim=-1)[..., -(self.kernel - 1) :]
         weight = self.conv.weight[:, 0]  # (C, k): the depthwise Conv1d's taps
         if state is None:
             # A fresh sequence (training, prefill): the resolved op, Triton on CUDA, where

@@ -32,8 +32,7 @@ Choices, and why:
   mixer stayed at bigram CE (2.45 on Tiny Shakespeare, 3 seeds, vs 1.50 with the SSD mixer) with
   R ≈ 0.95 — each token coupled to itself, |M_t| ≈ 1. On CPU the mixer without positions cannot
   learn to name the previous token (held-out CE 1.59, chance 2.08) and learns it with them (0.50;
-  tests/layers/test_kuramoto_mixer.py), and a tiny K-SSM goes from 2.91 to 2.73 val CE (no
-  mixer: 2.94). Rotary is what the Kuramoto attention paper (arXiv 2606.11585) uses: position
+  tests/layers/test_kuramoto_mixer.py). Rotary is what the Kuramoto attention paper (arXiv 2606.11585) uses: position
   enters as a phase drift in the score, keeps the scores relative, so left padding and the cache
   (positions continue at the past length) still leave outputs unchanged.
 - θ⁽⁰⁾ = π·tanh(·) rather than atan2 of two projections: atan2's gradient is singular where both

@@ -8,6 +8,10 @@
 #                protocols/kssm-does-r-matter.toml on each oscillator variant's runs
 #   STAGE=bpe    the same family (bistable, monostable, no-bank, GPT) on BPE-16K over the book corpus
 #                at the BPE recipes' 2,500 steps (SET="data.corpus=.data/gutenberg", books carried)
+#   STAGE=phase-mamba  a Mamba pretrained here on the book corpus (recipes/pretrain-mamba-books.toml,
+#                PRETRAIN_LIMIT seconds at most, default 300), then SEEDS Phase Cores grafted on it
+#                (recipes/phase-mamba.toml) side by side, then does-R-matter over the cores and the
+#                observation and intervention protocols on the first (CORPUS, default .data/gutenberg)
 #   STAGE=fusion the fusion table (WS, HY, GF, HGF, CP, RF; pure RWKV-6, pure Mamba-2; GPT-2) and the
 #                gate inits GF-XM / GF-XR, char-level, 5,000 steps, SEEDS seeds
 #
@@ -71,8 +75,12 @@ case $STAGE in
       esac
       case $variant in
         # shellcheck disable=SC2046
-        driven|kuramoto|bistable|monostable)
+        driven|bistable|monostable)
           args+=(--protocol "does-r-matter-$variant" protocols/kssm-does-r-matter.toml $(names "$variant")) ;;
+        # The token-coupled design: its synchrony lives in the mixer, so the test is on the mixer sites.
+        # shellcheck disable=SC2046
+        kuramoto)
+          args+=(--protocol "does-r-matter-$variant" protocols/kssm-kuramoto-does-r-matter.toml $(names "$variant")) ;;
       esac
     done ;;
   bpe)
@@ -87,6 +95,30 @@ case $STAGE in
         *) echo "unknown variant $variant" >&2; exit 2 ;;
       esac
     done ;;
+  phase-mamba)
+    corpus=${CORPUS:-.data/gutenberg}
+    backbone=${RUNS:-/tmp/seed-experiment-runs}/backbone
+    pre=(--set "data.corpus=$corpus")
+    [ -n "${SMOKE:-}" ] && for s in model.hidden_size=16 model.n_layers=1 tokenizer.vocab_size=300 train.steps=3 \
+        train.batch_size=2 train.seq_len=16 train.eval_batches=1 train.log_every=1; do pre+=(--set "$s"); done
+    rm -rf "$backbone"
+    echo "pretraining the backbone: phaselm pretrain recipes/pretrain-mamba-books.toml --out $backbone ${pre[*]}"
+    started=$(date +%s)
+    timeout "${PRETRAIN_LIMIT:-300}" python3 -m phaselm pretrain recipes/pretrain-mamba-books.toml --out "$backbone" \
+      "${pre[@]}" > "$OUT/backbone.log" 2>&1
+    echo "pretrain exit $? after $(( $(date +%s) - started )) s"
+    cp "$backbone/metrics.jsonl" "$OUT/backbone.metrics.jsonl" 2>/dev/null
+    cp "$backbone/summary.json" "$OUT/backbone.summary.json" 2>/dev/null && cat "$OUT/backbone.summary.json"
+    [ -d "$backbone/model" ] || { echo "no backbone model: see $OUT/backbone.log"; tail -20 "$OUT/backbone.log"; exit 1; }
+    args+=(--command train)
+    # shellcheck disable=SC2046
+    job pm phase-mamba core "backbone.name=$backbone/model" "data.corpus=$corpus" $([ -n "${SMOKE:-}" ] &&
+      echo core.n_oscillators=8 sample.max_new_tokens=4)
+    first=$(names pm | cut -d' ' -f1)
+    # shellcheck disable=SC2046
+    args+=(--protocol does-r-matter-phase-mamba protocols/phase-mamba-does-r-matter.toml $(names pm)
+           --protocol observation-phase-mamba protocols/phase-mamba-observation.toml "$first"
+           --protocol intervention-phase-mamba protocols/phase-mamba-intervention.toml "$first") ;;
   fusion)
     for kind in GF HGF CP RF WS HY; do job "fusion-$kind" fusion-gf-mh fusion "fusion.fusion='$kind'"; done
     job gf-xm fusion-gf-mh fusion fusion.gate_init=0.03
@@ -94,6 +126,6 @@ case $STAGE in
     job rwkv6 rwkv6 fusion
     job mamba2 mamba2 fusion
     job gpt2 gpt2-fusion-baseline gpt ;;
-  *) echo "STAGE must be kssm, bpe or fusion, got $STAGE" >&2; exit 2 ;;
+  *) echo "STAGE must be kssm, bpe, phase-mamba or fusion, got $STAGE" >&2; exit 2 ;;
 esac
 python3 benchmarks/train_jobs.py "${args[@]}"

@@ -6,7 +6,8 @@
         --job gf-mh-s1 recipes/fusion-gf-mh.toml train.seed=1
 
 Each ``--job NAME RECIPE [KEY=VALUE ...]`` runs ``phaselm train-lm RECIPE --set KEY=VALUE …`` (the
-``--set`` overrides given once apply to every job) under a time limit, at most ``--parallel`` at a
+``--set`` overrides given once apply to every job; ``--command train`` runs Phase-Mamba recipes
+with ``phaselm train`` instead) under a time limit, at most ``--parallel`` at a
 time on each of ``--gpus`` GPUs (a job goes to the GPU running the fewest; ``CUDA_VISIBLE_DEVICES``
 pins it there). ``--deadline`` stops every job that is still running that many seconds after the
 start, so a device call ends with what every job logged so far.
@@ -54,6 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="seconds after the start at which every job still running is stopped")
     parser.add_argument("--protocol", nargs="+", action="append", default=[], metavar="NAME FILE JOB",
                         help="after the named jobs finish, run this protocol file on their models")
+    parser.add_argument("--command", choices=["train-lm", "train"], default="train-lm",
+                        help="the phaselm command every job runs: train-lm (language models) or train (Phase-Mamba)")
     parser.add_argument("--runs", type=Path, default=None, help="where the run folders go (default: a fresh temp dir)")
     parser.add_argument("--out", type=Path, default=Path("runs/train-jobs"))
     args = parser.parse_args(argv)
@@ -95,6 +98,11 @@ def summarize(results: Path, name: str, parallel: int) -> str:
     vals = [r for r in records if r.get("split") == "val"]
     best = min(vals, key=lambda r: r["val_ce"]) if vals else {"val_ce": float("nan"), "step": 0}
     shared = " (GPU shared)" if parallel > 1 else ""
+    if "val_ppl_with_core" in summary:  # a Phase-Mamba run: the core's effect and its observables
+        return (f"{name}: core parameters {summary['trainable_parameters']:,}  val ppl "
+                f"{summary['val_ppl_with_core']:.3f} with core / {summary['val_ppl_without_core']:.3f} without  "
+                f"R mean {summary['order']['mean']:.3f}  U mean {summary['uncertainty']['mean']:.3f}  "
+                f"median tokens/s {speeds[len(speeds) // 2]:,.0f}{shared}")
     return (f"{name}: parameters {summary['parameters']:,}  val loss {summary['val_ce']:.4f}  "
             f"best val {best['val_ce']:.4f} @ {best['step']}  val ppl {summary['val_ppl']:.2f}  "
             f"median tokens/s {speeds[len(speeds) // 2]:,.0f}{shared}  train {summary['train_seconds']:.0f} s")
@@ -151,7 +159,7 @@ def run_protocols(args, runs: Path, results: Path, finished: list[str], env: dic
     """Each --protocol whose jobs all finished with a model, at once, one per GPU in turn."""
     started, running = time.time(), []
     for index, (name, file, *jobs) in enumerate(args.protocol):
-        missing = [job for job in jobs if not (runs / job / "model").is_dir()]
+        missing = [job for job in jobs if not (runs / job / "summary.json").is_file()]  # written last, by both commands
         if missing:
             (results / f"{name}.protocol.txt").write_text(f"not run: no trained model for {', '.join(missing)}\n")
             continue
@@ -161,14 +169,18 @@ def run_protocols(args, runs: Path, results: Path, finished: list[str], env: dic
         job_env = {**env, "CUDA_VISIBLE_DEVICES": str(index % args.gpus)} if args.gpus > 1 else env
         log = open(results / f"{name}.protocol.log", "w")  # noqa: SIM115  (closed below, when the run ends)
         running.append((name, out, log, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=job_env)))
-    for name, out, log, process in running:
-        code = process.wait()
-        log.close()
-        print(f"protocol {name} exit {code} after {time.time() - started:.0f} s", flush=True)
-        for produced in ("results.md", "results.json"):
-            if (out / produced).is_file():
-                (results / f"{name}.protocol.{produced.split('.')[-1]}").write_bytes((out / produced).read_bytes())
-    write_results(args.out, results, finished, args.parallel)
+    write_results(args.out, results, finished, args.parallel)  # the protocol copies and logs, even if cut off
+    while running:  # each protocol's results join results.tgz as it ends: a call cut off keeps those that finished
+        time.sleep(2)
+        for entry in [entry for entry in running if entry[3].poll() is not None]:
+            running.remove(entry)
+            name, out, log, process = entry
+            log.close()
+            print(f"protocol {name} exit {process.returncode} after {time.time() - started:.0f} s", flush=True)
+            for produced in ("results.md", "results.json"):
+                if (out / produced).is_file():
+                    (results / f"{name}.protocol.{produced.split('.')[-1]}").write_bytes((out / produced).read_bytes())
+            write_results(args.out, results, finished, args.parallel)
 
 
 def main(argv=None) -> None:
@@ -192,7 +204,7 @@ def main(argv=None) -> None:
             load = [sum(1 for *_, g in running.values() if g == gpu) for gpu in range(args.gpus)]
             gpu = load.index(min(load))
             name, recipe, *own = pending.pop(0)
-            command = [sys.executable, "-m", "phaselm", "train-lm", recipe, "--out", str(runs / name), "--json"]
+            command = [sys.executable, "-m", "phaselm", args.command, recipe, "--out", str(runs / name), "--json"]
             for item in [*args.set, *own]:
                 command += ["--set", item]
             with open(results / f"{name}.summary.json", "w") as stdout, open(results / f"{name}.log", "w") as stderr:

@@ -159,3 +159,24 @@ def test_kssm_profile_lists_a_fusion_models_kernels_at_an_overridden_shape(tmp_p
     for speed in speeds.values():
         assert speed["kernels"]["launches"] > 0 and len(speed["kernels"]["top"]) == 3
     assert "fusion-gf-mh ssd=chunked bank=reference: one compiled step" in done.stdout
+
+
+def test_seed_experiments_pretrains_a_backbone_then_grafts_cores_and_runs_their_protocols(tmp_path):
+    """STAGE=phase-mamba at toy sizes: `phaselm pretrain`, one Phase Core per seed through
+    train_jobs' `--command train`, then does-R-matter over the cores and the observation and
+    intervention protocols on the first; results.tgz holds each protocol's verdict."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "SMOKE": "1", "STAGE": "phase-mamba", "SEEDS": "0 1", "CORPUS": "tinyshakespeare",
+           "OUT": str(tmp_path / "out"), "RUNS": str(tmp_path / "runs")}
+    done = subprocess.run(["bash", "benchmarks/seed_experiments.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for protocol in ("does-r-matter", "observation", "intervention"):
+        assert f"protocol {protocol}-phase-mamba exit 0" in done.stdout, done.stdout[-2000:]
+    assert json.loads((tmp_path / "out" / "backbone.summary.json").read_text())["steps"] == 3
+    with tarfile.open(tmp_path / "out" / "results.tgz") as tar:
+        names = {Path(n).name for n in tar.getnames()}
+        table = tar.extractfile("./table.txt").read().decode()
+    assert {"pm-s0.metrics.jsonl", "pm-s1.summary.json", "does-r-matter-phase-mamba.protocol.json",
+            "intervention-phase-mamba.protocol.md"} <= names
+    assert "with core" in table and "R mean" in table

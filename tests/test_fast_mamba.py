@@ -41,6 +41,17 @@ def test_auto_on_cpu_keeps_transformers_path(tiny_model):
     assert fast_mamba(tiny_model("gpt2")).path == "none"
 
 
+def test_auto_routes_a_model_bound_for_the_gpu_before_it_moves(tiny_model, monkeypatch):
+    """`phaselm pretrain` builds its Mamba on the CPU and training moves it to the GPU: routed by
+    where it will run, it trains on our kernels rather than transformers' Python-loop scan."""
+    monkeypatch.setattr("phaselm.fast_mamba.mamba_ssm_installed", lambda: False)
+    model = tiny_model("mamba")
+    handle = fast_mamba(model, device="cuda")
+    assert handle.path == "phaselm-triton" and handle.modules
+    handle.remove()
+    assert routing(model) is None
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_logits_and_every_gradient_equal_transformers(tiny_model, ids, backend):
     reference, fast = tiny_model("mamba"), tiny_model("mamba")

@@ -90,14 +90,16 @@ def _mixer_kinds():
     return kinds
 
 
-def fast_mamba(model: nn.Module, backend: str = "auto") -> FastMamba:
+def fast_mamba(model: nn.Module, backend: str = "auto", device: str | torch.device | None = None) -> FastMamba:
     """Route the model's Hugging Face Mamba/Mamba-2 mixers to PhaseLM's kernels; returns the handle.
 
     ``backend``: "auto" (our Triton kernels on CUDA unless mamba_ssm is installed, which
     transformers then uses itself; on CPU transformers' own path, since kernels would not help),
     "triton" (our kernels; also on CPU under ``TRITON_INTERPRET=1``, for tests) or "reference"
     (our plain PyTorch ops, for checks). Calling it again on a routed model returns the same
-    handle. A model without Mamba mixers gets a handle with path "none".
+    handle. A model without Mamba mixers gets a handle with path "none". ``device``: where the
+    model will run, when it is not there yet (a model built on the CPU that training then moves
+    to the GPU); by default where its parameters are.
     """
     if backend not in BACKENDS:
         raise PhaseLMError(f"fast Mamba backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -108,7 +110,7 @@ def fast_mamba(model: nn.Module, backend: str = "auto") -> FastMamba:
     routed = [m for m in model.modules() if type(m) in kinds]
     if not routed:
         return FastMamba(model, "none")
-    device = next(model.parameters()).device
+    device = torch.device(device) if device is not None else next(model.parameters()).device
     if backend == "auto":
         if device.type != "cuda":
             return FastMamba(model, "transformers")

@@ -21,6 +21,17 @@ def train_steps(run):
     return [r["step"] for r in records if r.get("split") != "val"]
 
 
+def test_pretrain_routes_its_mamba_to_our_kernels_for_the_device_it_trains_on(tmp_path, capsys, monkeypatch):
+    import phaselm.experiments.phase_mamba as phase_mamba
+
+    asked = []
+    monkeypatch.setattr(phase_mamba, "fast_mamba", lambda model, device=None: asked.append((type(model).__name__, device)))
+    pre = [f"data.corpus={write_corpus(tmp_path)}", "model.hidden_size=16", "model.n_layers=1", *TINY, "train.steps=1"]
+    code, _, err = run_cli(capsys, "pretrain", "--out", str(tmp_path / "pre"), *set_args(pre))
+    assert code == 0, err
+    assert asked == [("MambaForCausalLM", "cuda" if torch.cuda.is_available() else "cpu")]
+
+
 def test_pretrain_then_train_extend_when_resumed_with_more_steps(tmp_path, capsys):
     corpus = write_corpus(tmp_path)
     pre, pre_run = [f"data.corpus={corpus}", "model.hidden_size=16", "model.n_layers=1", *TINY], tmp_path / "pre"

@@ -20,7 +20,7 @@ from ..config import dump_recipe, from_dict, kinds_field, to_dict
 from ..corpora import load_text
 from ..data import encode_split, sequential_batches
 from ..errors import PhaseLMError
-from ..fast_mamba import scan_path
+from ..fast_mamba import fast_mamba, scan_path
 from ..generation import generate
 from ..graft import Graft, graft, hidden_size_of
 from ..losses import LossConfig
@@ -148,6 +148,9 @@ def pretrain(
     train_ids, val_ids = encode_split(tokenizer, text, recipe.data.val_fraction)
     torch.manual_seed(recipe.train.seed)
     model = build_mamba(recipe.model, tokenizer.vocab_size)
+    # On a GPU the new model runs on PhaseLM's Mamba kernels, as a loaded backbone does (training
+    # moves it there); transformers' own path without mamba_ssm loops over positions in Python.
+    fast_mamba(model, device="cuda" if torch.cuda.is_available() else "cpu")
     result = train(
         LanguageModelObjective(model),
         train_ids,

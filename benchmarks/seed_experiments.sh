@@ -11,7 +11,8 @@
 #   STAGE=phase-mamba  a Mamba pretrained here on the book corpus (recipes/pretrain-mamba-books.toml,
 #                PRETRAIN_LIMIT seconds at most, default 300), then SEEDS Phase Cores grafted on it
 #                (recipes/phase-mamba.toml) side by side, then does-R-matter over the cores and the
-#                observation and intervention protocols on the first (CORPUS, default .data/gutenberg)
+#                observation and intervention protocols on the first (CORPUS, default .data/gutenberg;
+#                PM_PROTOCOLS picks among "does-r-matter observation intervention")
 #   STAGE=fusion the fusion table (WS, HY, GF, HGF, CP, RF; pure RWKV-6, pure Mamba-2; GPT-2) and the
 #                gate inits GF-XM / GF-XR, char-level, 5,000 steps, SEEDS seeds
 #
@@ -115,10 +116,13 @@ case $STAGE in
     job pm phase-mamba core "backbone.name=$backbone/model" "data.corpus=$corpus" $([ -n "${SMOKE:-}" ] &&
       echo core.n_oscillators=8 sample.max_new_tokens=4)
     first=$(names pm | cut -d' ' -f1)
-    # shellcheck disable=SC2046
-    args+=(--protocol does-r-matter-phase-mamba protocols/phase-mamba-does-r-matter.toml $(names pm)
-           --protocol observation-phase-mamba protocols/phase-mamba-observation.toml "$first"
-           --protocol intervention-phase-mamba protocols/phase-mamba-intervention.toml "$first") ;;
+    for protocol in ${PM_PROTOCOLS:-does-r-matter observation intervention}; do
+      case $protocol in
+        # shellcheck disable=SC2046
+        does-r-matter) args+=(--protocol does-r-matter-phase-mamba protocols/phase-mamba-does-r-matter.toml $(names pm)) ;;
+        *) args+=(--protocol "$protocol-phase-mamba" "protocols/phase-mamba-$protocol.toml" "$first") ;;
+      esac
+    done ;;
   fusion)
     for kind in GF HGF CP RF WS HY; do job "fusion-$kind" fusion-gf-mh fusion "fusion.fusion='$kind'"; done
     job gf-xm fusion-gf-mh fusion fusion.gate_init=0.03

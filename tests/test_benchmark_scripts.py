@@ -14,9 +14,12 @@ from cli_helpers import TINY_MODEL, TINY_TRAIN, set_args
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_script(*args, timeout=120) -> subprocess.CompletedProcess:
-    """``python3 ARGS`` from the repo root with src/ on the path, as the device runs the scripts."""
+def run_script(*args, timeout=120, interpret=True) -> subprocess.CompletedProcess:
+    """``python3 ARGS`` from the repo root with src/ on the path, as the device runs the scripts
+    (``interpret=False``: without the tests' TRITON_INTERPRET, so Triton kernels count as absent)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    if not interpret:
+        env.pop("TRITON_INTERPRET", None)
     return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -180,3 +183,14 @@ def test_seed_experiments_pretrains_a_backbone_then_grafts_cores_and_runs_their_
     assert {"pm-s0.metrics.jsonl", "pm-s1.summary.json", "does-r-matter-phase-mamba.protocol.json",
             "intervention-phase-mamba.protocol.md"} <= names
     assert "with core" in table and "R mean" in table
+
+
+def test_check_fast_paths_runs_on_cpu_and_its_chunked_paths_match_their_references(tmp_path):
+    """The device's correctness check must not rot between device calls: on CPU it runs the
+    PyTorch fast paths (the compiled kernels are skipped) and writes every check it knows."""
+    done = run_script("benchmarks/check_fast_paths.py", "--out", str(tmp_path), timeout=300, interpret=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    checks = json.loads((tmp_path / "fast_paths.json").read_text())["checks"]
+    assert {"rwkv6 chunked vs reference", "ssd chunked vs reference", "selective scan triton vs reference"} <= set(checks)
+    for name in ("rwkv6 chunked vs reference", "ssd chunked vs reference"):
+        assert max(checks[name]["forward"]) < 1e-4 and max(checks[name]["backward"]) < 1e-4, (name, checks[name])

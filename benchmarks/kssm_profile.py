@@ -100,6 +100,18 @@ def batch(recipe, device: str):
     return torch.randint(0, VOCAB, shape, device=device), torch.randint(0, VOCAB, shape, device=device)
 
 
+def is_kernel(event, device: str) -> bool:
+    """A profiler row that is work on the device: not a user annotation such as the optimizer's
+    "Optimizer.step#AdamW.step", whose device row is the span from its first kernel to its last,
+    idle gaps included, over kernels that have rows of their own (counting it twice inflated
+    every kernel-time total before 2026-11-26's third session)."""
+    if getattr(event, "is_user_annotation", False) or event.key.startswith(("Optimizer.", "ProfilerStep")):
+        return False
+    if device != "cuda":
+        return event.self_cpu_time_total > 0
+    return event.device_time_total > 0 and event.device_type == torch.autograd.DeviceType.CUDA
+
+
 def top_kernels(forward, objective, optimizer, x, y, device: str, count: int) -> dict:
     """One more compiled step under the profiler: its kernels by device time (what bounds the step:
     a few long matmuls, or many short launches)."""
@@ -109,9 +121,7 @@ def top_kernels(forward, objective, optimizer, x, y, device: str, count: int) ->
     with torch.profiler.profile(activities=activities) as prof:
         train_step(forward, objective, optimizer, x, y, device)
         synchronize(device)
-    kernels = [e for e in prof.key_averages()
-               if (e.device_time_total if device == "cuda" else e.self_cpu_time_total) > 0
-               and (device != "cuda" or e.device_type == torch.autograd.DeviceType.CUDA)]
+    kernels = [e for e in prof.key_averages() if is_kernel(e, device)]
     time_of = (lambda e: e.device_time_total) if device == "cuda" else (lambda e: e.self_cpu_time_total)
     kernels.sort(key=time_of, reverse=True)
     return {

@@ -25,7 +25,10 @@ def test_pretrain_routes_its_mamba_to_our_kernels_for_the_device_it_trains_on(tm
     import phaselm.experiments.phase_mamba as phase_mamba
 
     asked = []
-    monkeypatch.setattr(phase_mamba, "fast_mamba", lambda model, device=None: asked.append((type(model).__name__, device)))
+    def record(model, device=None):
+        asked.append((type(model).__name__, device))
+
+    monkeypatch.setattr(phase_mamba, "fast_mamba", record)
     pre = [f"data.corpus={write_corpus(tmp_path)}", "model.hidden_size=16", "model.n_layers=1", *TINY, "train.steps=1"]
     code, _, err = run_cli(capsys, "pretrain", "--out", str(tmp_path / "pre"), *set_args(pre))
     assert code == 0, err

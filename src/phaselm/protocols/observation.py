@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from .. import statistics as st
 from ..errors import PhaseLMError
@@ -18,6 +19,13 @@ from .subject import (
     producing_positions,
     protocol_prompts,
 )
+
+
+def model_dtype(subject: Subject) -> torch.dtype:
+    """The dtype the model's own weights compute in (a grafted core's float32 weights aside)."""
+    core = {id(p) for p in subject.handle.core.parameters()} if subject.handle is not None else set()
+    return next((p.dtype for p in subject.model.parameters() if id(p) not in core and p.is_floating_point()),
+                torch.float32)
 
 
 def run_observation(protocol: Protocol, subject: Subject, progress=None) -> dict:
@@ -135,6 +143,14 @@ def run_observation(protocol: Protocol, subject: Subject, progress=None) -> dict
     if worst is not None:
         verdict += f"; R recorded during measured generation vs recomputed on the same text: max |Δ| = {worst:.2g}"
     verdict += "; measuring CHANGED the computation." if changed else "; measuring did not change the computation."
+    precision = model_dtype(subject)
+    if worst is not None and worst > RECORDED_TOLERANCE and precision != torch.float32:
+        # Decoding (cached, one position at a time) and the full-sequence recomputation take
+        # different kernels; in reduced precision they round differently, and the oscillators
+        # can amplify that. A bf16 backbone alone moved R by ~1e-2 on the CPU demo model.
+        verdict += (f" The model computes in {str(precision).removeprefix('torch.')}: decoding and the full-sequence "
+                    "pass round differently, so part or all of that R difference may be rounding; run the model "
+                    "in float32 to tell the two apart.")
 
     tables = [
         {
@@ -206,7 +222,8 @@ def run_observation(protocol: Protocol, subject: Subject, progress=None) -> dict
             "order": "blind first for even-numbered samples, measured first for odd (counterbalanced)",
         },
         "agreement": {"mean": agreement, "identical_samples": identical, "n": n, "max_recorded_vs_recomputed_r": worst,
-                      "tolerance": RECORDED_TOLERANCE, "computation_changed": changed},
+                      "tolerance": RECORDED_TOLERANCE, "computation_changed": changed,
+                      "model_dtype": str(precision).removeprefix("torch.")},
         "comparisons": comparisons,
         "spread": spreads,
         "variance_permutation": variance_perm,

@@ -50,6 +50,7 @@ tiny() {  # toy model sizes for the CPU smoke run
                kssm.kuramoto_heads=2 kssm.kuramoto_oscillators=4 kssm.kuramoto_key_dim=8 ;;
     fusion) echo fusion.hidden_size=32 fusion.n_layers=1 fusion.rwkv_head_dim=16 fusion.mamba_head_dim=16 ;;
     gpt) echo gpt.n_embd=32 gpt.n_layer=1 gpt.n_head=2 ;;
+    core) echo core.n_oscillators=8 sample.max_new_tokens=4 ;;
   esac
 }
 job() {  # NAME RECIPE ARCH [KEY=VALUE ...]: one job per seed
@@ -112,9 +113,7 @@ case $STAGE in
     cp "$backbone/summary.json" "$OUT/backbone.summary.json" 2>/dev/null && cat "$OUT/backbone.summary.json"
     [ -d "$backbone/model" ] || { echo "no backbone model: see $OUT/backbone.log"; tail -20 "$OUT/backbone.log"; exit 1; }
     args+=(--command train)
-    # shellcheck disable=SC2046
-    job pm phase-mamba core "backbone.name=$backbone/model" "data.corpus=$corpus" $([ -n "${SMOKE:-}" ] &&
-      echo core.n_oscillators=8 sample.max_new_tokens=4)
+    job pm phase-mamba core "backbone.name=$backbone/model" "data.corpus=$corpus"
     first=$(names pm | cut -d' ' -f1)
     for protocol in ${PM_PROTOCOLS:-does-r-matter observation intervention}; do
       case $protocol in

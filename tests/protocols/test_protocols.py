@@ -220,43 +220,41 @@ def test_a_planted_observer_effect_is_flagged(runs, tmp_path, monkeypatch):
     assert "measuring CHANGED the computation" in result["verdict"]
 
 
-def test_observation_on_a_tiny_grafted_hf_model(tiny_model, tmp_path):
+def observe_grafted_mamba(tiny_model, tmp_path, coupling: float, dtype: torch.dtype = torch.float32) -> dict:
+    """The observation protocol (2 prompts × 2 seeds) on a tiny Mamba, its backbone in ``dtype``,
+    with a float32 Phase Core in recurrent mode grafted on."""
     from phaselm.graft import graft
     from phaselm.phase_core import PhaseCoreConfig
 
-    model = tiny_model("mamba")
-    handle = graft(model, PhaseCoreConfig(n_oscillators=8, alpha_init=2.0, coupling=1.0, mode="recurrent"))
+    model = tiny_model("mamba").to(dtype)
+    handle = graft(model, PhaseCoreConfig(n_oscillators=8, alpha_init=2.0, coupling=coupling, mode="recurrent"))
     tokenizer = CharTokenizer((string.ascii_letters + string.digits + " .")[:64])
     subject = P.Subject(model, tokenizer, handle, corpus=None, path="tiny mamba")
     data = spec("observation", Path("unused"), prompts={"source": "list", "texts": ["To be", "or not"]},
                 design={"seeds": [0, 1], "samples_per_condition": 4})
-    result = P.run_protocol(write(tmp_path / "obs.toml", data), tmp_path / "out", subject=subject, progress=False)
+    try:
+        return P.run_protocol(write(tmp_path / "obs.toml", data), tmp_path / "out", subject=subject, progress=False)
+    finally:
+        handle.remove()
+
+
+def test_observation_on_a_tiny_grafted_hf_model(tiny_model, tmp_path):
+    result = observe_grafted_mamba(tiny_model, tmp_path, coupling=1.0)
     assert result["model"]["type"] == "mamba (grafted Phase Core)" and result["n"] == 4
     assert result["agreement"]["identical_samples"] == 4 and result["agreement"]["max_recorded_vs_recomputed_r"] < 1e-4
     assert not result["detected"] and "computes in" not in result["verdict"]
-    handle.remove()
 
 
 def test_observation_names_reduced_precision_when_recorded_and_recomputed_r_differ(tiny_model, tmp_path):
     """A bf16 backbone rounds differently when decoding than in the full-sequence pass (on the
     GPU's H200 run: |ΔR| 0.088 with identical tokens): the verdict says so instead of leaving
-    "CHANGED" unexplained."""
-    from phaselm.graft import graft
-    from phaselm.phase_core import PhaseCoreConfig
-
-    model = tiny_model("mamba").to(torch.bfloat16)
-    # The core (float32) carries its phases along the sequence, so a rounding difference persists.
-    handle = graft(model, PhaseCoreConfig(n_oscillators=8, alpha_init=2.0, coupling=2.0, mode="recurrent"))
-    tokenizer = CharTokenizer((string.ascii_letters + string.digits + " .")[:64])
-    subject = P.Subject(model, tokenizer, handle, corpus=None, path="tiny bf16 mamba")
-    data = spec("observation", Path("unused"), prompts={"source": "list", "texts": ["To be", "or not"]},
-                design={"seeds": [0, 1], "samples_per_condition": 4})
-    result = P.run_protocol(write(tmp_path / "obs.toml", data), tmp_path / "out", subject=subject, progress=False)
+    "CHANGED" unexplained. The recurrent core carries its phases along the sequence, so a
+    rounding difference persists."""
+    result = observe_grafted_mamba(tiny_model, tmp_path, coupling=2.0, dtype=torch.bfloat16)
     assert result["agreement"]["model_dtype"] == "bfloat16"
     assert result["agreement"]["identical_samples"] == 4
     assert result["agreement"]["max_recorded_vs_recomputed_r"] > 1e-3  # the float32 model: < 1e-4 (test above)
     assert "computes in bfloat16" in result["verdict"] and "run the model in float32" in result["verdict"]
-    handle.remove()
 
 
 # ---------------------------------------------------------------- hashing and refusal

@@ -11,6 +11,8 @@ import torch
 from phaselm.corpora import load_text
 from phaselm.tokenizers import CharTokenizer
 
+EXAMPLE_PROTOCOLS = Path(__file__).resolve().parents[1] / "protocols"  # the protocol files users run
+FAST_RESAMPLING = {"bootstrap_resamples": 200, "permutation_resamples": 200}  # keeps protocol tests quick
 TINY_KSSM = dict(hidden_size=32, n_layers=2, head_dim=16, n_oscillators=8, n_harmonics=4, chunk_size=8)
 
 

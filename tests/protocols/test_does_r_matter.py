@@ -13,22 +13,13 @@ import tomli_w
 import torch
 import torch.nn.functional as F
 
-from eval_helpers import make_run
+from eval_helpers import EXAMPLE_PROTOCOLS, FAST_RESAMPLING, make_run
 from phaselm import protocols as P
 from phaselm import statistics as st
 from phaselm.data import CharTokenizer
 from phaselm.interventions import Intervention, intervene
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "protocols"
-FAST = {"bootstrap_resamples": 200, "permutation_resamples": 200}
-
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory, corpus) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("runs")
-    return {"kssm": make_run(root, "kssm", corpus=corpus), "gpt": make_run(root, "gpt", arch="gpt2", corpus=corpus)}
 
 
 def spec(model: Path, ablation_nats: float = 0.05, pin_dz: float = 0.5, **sections) -> dict:
@@ -40,7 +31,7 @@ def spec(model: Path, ablation_nats: float = 0.05, pin_dz: float = 0.5, **sectio
         "causal": {"ablate": "bank", "pin": 0.5},
         "evaluation": {"windows": 4, "seq_len": 16, "batch_size": 4},
         "thresholds": {"ablation_nats": ablation_nats, "pin_dz": pin_dz},
-        "statistics": {"test": "t", "alpha": 0.05, **FAST},
+        "statistics": {"test": "t", "alpha": 0.05, **FAST_RESAMPLING},
     }
     base.update(sections)
     return base
@@ -300,10 +291,10 @@ def test_a_model_lacking_the_declared_branch_is_refused(runs, tmp_path, raises_p
 @pytest.mark.parametrize("name", ["kssm-does-r-matter.toml", "phase-mamba-does-r-matter.toml",
                                   "kssm-kuramoto-does-r-matter.toml"])
 def test_example_files_declare_the_issue_s_thresholds(name):
-    protocol = P.load_protocol(EXAMPLES / name)
+    protocol = P.load_protocol(EXAMPLE_PROTOCOLS / name)
     assert protocol.kind == "does_r_matter" and len(protocol.seeds) >= 3
     assert protocol.thresholds == {"ablation_nats": 0.05, "pin_dz": 0.5}
-    assert f"phaselm protocol run protocols/{name}" in (EXAMPLES / name).read_text(encoding="utf-8")
+    assert f"phaselm protocol run protocols/{name}" in (EXAMPLE_PROTOCOLS / name).read_text(encoding="utf-8")
     if "kuramoto" in name:
         assert protocol.causal["sites"] == "mixer" and protocol.causal["ablate"] == "mixer"
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from cli_helpers import assert_one_line_error, run_cli
-from eval_helpers import make_run
+from eval_helpers import EXAMPLE_PROTOCOLS, FAST_RESAMPLING
 from phaselm import protocols as P
 from phaselm import statistics as st
 from phaselm.config import tomllib
@@ -24,18 +24,8 @@ from phaselm.data import CharTokenizer, load_text
 from phaselm.errors import PhaseLMError
 from phaselm.interventions import Intervention, intervene
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "protocols"
-FAST = {"bootstrap_resamples": 200, "permutation_resamples": 200}
-
-
 # One intra-op thread for this module (see conftest.one_thread).
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory, corpus) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("runs")
-    return {"kssm": make_run(root, "kssm", corpus=corpus), "gpt": make_run(root, "gpt", arch="gpt2", corpus=corpus)}
 
 
 def spec(kind: str, model: Path, **sections) -> dict:
@@ -44,7 +34,7 @@ def spec(kind: str, model: Path, **sections) -> dict:
         "protocol": {"kind": kind, "name": f"tiny {kind}"},
         "model": {"path": str(model), "device": "cpu"},
         "design": {"seeds": [0, 1], "samples_per_condition": 6},
-        "statistics": {"test": "t", "alpha": 0.05, **FAST},
+        "statistics": {"test": "t", "alpha": 0.05, **FAST_RESAMPLING},
     }
     if kind in ("observation", "intervention"):
         base["prompts"] = {"source": "validation", "count": 3, "tokens": 12}
@@ -152,7 +142,7 @@ def test_bad_protocol_files_are_one_line_errors(runs, tmp_path, raises_phaselm, 
 def observation(runs, tmp_path_factory):
     root = tmp_path_factory.mktemp("observation")
     file = write(root / "obs.toml", spec("observation", runs["kssm"],
-                                         statistics={"test": "permutation", "alpha": 0.05, **FAST}))
+                                         statistics={"test": "permutation", "alpha": 0.05, **FAST_RESAMPLING}))
     out = root / "out"
     return file, out, P.run_protocol(file, out, progress=False)
 
@@ -481,9 +471,9 @@ def test_cli_refuses_a_changed_protocol(observation, tmp_path, capsys):
 # ---------------------------------------------------------------- the example files
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.toml")))
+@pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLE_PROTOCOLS.glob("*.toml")))
 def test_example_protocols_are_valid_and_say_how_to_run(name, capsys):
-    file = EXAMPLES / name
+    file = EXAMPLE_PROTOCOLS / name
     protocol = P.load_protocol(file)
     assert protocol.samples_per_condition >= 50
     head = file.read_text(encoding="utf-8").split("\n[", 1)[0]
